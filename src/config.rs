@@ -1,0 +1,323 @@
+//! The configuration file: one TOML document, one section per stage.
+//!
+//! Each stage owns its section's struct and its checks; this module only puts them together,
+//! reads the file and reports the first problem with the field it concerns. Unknown fields are
+//! errors, so a typo never silently falls back to a default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::decision::DecisionConfig;
+use crate::probes::ProbesConfig;
+use crate::scorer::ScorerConfig;
+use crate::shadow::{ExecutionProvider, RuntimeOptions};
+
+/// A config value that cannot be used, with the field it is in.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("config field `{field}`: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, problem: impl fmt::Display) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+/// Fails with `field: problem` unless `ok`.
+pub fn ensure(ok: bool, field: &str, problem: impl fmt::Display) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(field, problem))
+    }
+}
+
+/// The shape of every record: feature count and class count.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Number of f32 features per sample (784 for MNIST).
+    pub features: usize,
+    /// Labels are integers in 0..classes.
+    pub classes: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            features: 784,
+            classes: 10,
+        }
+    }
+}
+
+impl InputConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.features > 0, "input.features", "must be at least 1")?;
+        ensure(
+            self.classes >= 2,
+            "input.classes",
+            format!("{} classes: a classifier needs at least 2", self.classes),
+        )
+    }
+}
+
+/// How samples are grouped for one shadow run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Samples per window: a fresh shadow model is trained on each window plus the probes.
+    pub size: usize,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self { size: 8192 }
+    }
+}
+
+impl WindowConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.size > 0, "window.size", "must be at least 1 sample")
+    }
+}
+
+/// The shadow model and how it is trained on each window.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    /// Hidden layer widths; `[]` is multinomial logistic regression.
+    pub hidden: Vec<usize>,
+    /// Epochs per window: the length of every loss trajectory.
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// Seed of weight init and shuffling; each window derives its own from it.
+    pub seed: u64,
+    pub execution_provider: ExecutionProvider,
+    pub cuda_fallback_to_cpu: bool,
+    pub intra_threads: usize,
+    /// Path of libonnxruntime.so; default: ORT_DYLIB_PATH, then the setup cache.
+    pub onnxruntime_library: Option<PathBuf>,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        Self {
+            hidden: vec![256],
+            epochs: 30,
+            batch_size: 128,
+            learning_rate: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 1,
+            execution_provider: ExecutionProvider::Cpu,
+            cuda_fallback_to_cpu: false,
+            intra_threads: 1,
+            onnxruntime_library: None,
+        }
+    }
+}
+
+impl ShadowConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        ensure(
+            self.hidden.len() <= 2,
+            "shadow.hidden",
+            format!(
+                "{} hidden layers: at most 2 are supported",
+                self.hidden.len()
+            ),
+        )?;
+        for (i, &width) in self.hidden.iter().enumerate() {
+            ensure(
+                width > 0,
+                &format!("shadow.hidden[{i}]"),
+                "a hidden layer of width 0 cannot learn anything",
+            )?;
+        }
+        ensure(
+            self.epochs > 0,
+            "shadow.epochs",
+            "must be at least 1: a trajectory needs one loss per epoch",
+        )?;
+        ensure(
+            self.batch_size > 0,
+            "shadow.batch_size",
+            "must be at least 1",
+        )?;
+        ensure(
+            self.learning_rate.is_finite() && self.learning_rate > 0.0,
+            "shadow.learning_rate",
+            format!("{} must be a positive number", self.learning_rate),
+        )?;
+        ensure(
+            (0.0..1.0).contains(&self.momentum),
+            "shadow.momentum",
+            format!("{} must be in [0, 1)", self.momentum),
+        )?;
+        ensure(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "shadow.weight_decay",
+            format!("{} must be >= 0", self.weight_decay),
+        )?;
+        ensure(
+            self.intra_threads > 0,
+            "shadow.intra_threads",
+            "must be at least 1",
+        )?;
+        if let Some(lib) = &self.onnxruntime_library {
+            ensure(
+                lib.is_file(),
+                "shadow.onnxruntime_library",
+                format!(
+                    "{} does not exist: run scripts/setup.sh or fix the path",
+                    lib.display()
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            library: self.onnxruntime_library.clone(),
+            execution_provider: self.execution_provider,
+            cuda_fallback_to_cpu: self.cuda_fallback_to_cpu,
+            intra_threads: self.intra_threads,
+        }
+    }
+}
+
+/// Everything the detection engine needs: window in, decisions out.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub input: InputConfig,
+    pub window: WindowConfig,
+    pub shadow: ShadowConfig,
+    pub probes: ProbesConfig,
+    pub scorer: ScorerConfig,
+    pub decision: DecisionConfig,
+}
+
+impl EngineConfig {
+    /// Checks every field; the first problem found is returned with its field name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.input.validate()?;
+        self.window.validate()?;
+        self.shadow.validate()?;
+        self.probes.validate()?;
+        self.scorer.validate(self.probes.count)?;
+        self.decision.validate()
+    }
+
+    /// Parses and validates a TOML document; relative paths are taken from `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> anyhow::Result<Self> {
+        let mut config: EngineConfig = toml::from_str(text)?;
+        config.probes.resolve_paths(base_dir);
+        if let Some(lib) = &mut config.shadow.onnxruntime_library {
+            *lib = base_dir.join(&*lib);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base)
+            .map_err(|e| anyhow::anyhow!("config file {} refused: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<EngineConfig> {
+        EngineConfig::from_toml(text, Path::new("."))
+    }
+
+    fn refused_field(text: &str) -> String {
+        let err = parse(text).expect_err("config should be refused");
+        match err.downcast_ref::<ConfigError>() {
+            Some(e) => e.field.clone(),
+            None => panic!("expected a ConfigError, got: {err}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.window.size, 8192);
+        assert_eq!(c.shadow.hidden, vec![256]);
+        assert_eq!(c.shadow.epochs, 30);
+        assert_eq!(c.scorer.k, 50);
+        assert_eq!(c.probes.count, 250);
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lossgate.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The example names probe files in the setup cache; check the rest without them.
+        let text = text
+            .replace("file = ", "# file = ")
+            .replace("labels_file = ", "# labels_file = ");
+        parse(&text).unwrap();
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_name() {
+        let err = parse("[scorer]\nkk = 3\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `kk`"), "{err}");
+    }
+
+    #[test]
+    fn each_invalid_value_names_its_field() {
+        let cases = [
+            ("[scorer]\nk = 250\n", "scorer.k"),
+            ("[scorer]\nk = 0\n", "scorer.k"),
+            ("[decision]\nalpha = 1.0\n", "decision.alpha"),
+            ("[decision]\nalpha = 0.0\n", "decision.alpha"),
+            (
+                "[decision]\nreject_fraction = 1.5\n",
+                "decision.reject_fraction",
+            ),
+            ("[decision]\npolicy = \"threshold\"\n", "decision.threshold"),
+            ("[shadow]\nepochs = 0\n", "shadow.epochs"),
+            ("[shadow]\nhidden = [256, 0]\n", "shadow.hidden[1]"),
+            ("[shadow]\nhidden = [8, 8, 8]\n", "shadow.hidden"),
+            ("[shadow]\nlearning_rate = -0.1\n", "shadow.learning_rate"),
+            ("[shadow]\nmomentum = 1.0\n", "shadow.momentum"),
+            ("[shadow]\nbatch_size = 0\n", "shadow.batch_size"),
+            ("[window]\nsize = 0\n", "window.size"),
+            ("[input]\nfeatures = 784\nclasses = 1\n", "input.classes"),
+            ("[probes]\ncount = 1\n", "probes.count"),
+            (
+                "[probes]\nfile = \"/no/such/probes.csv\"\nformat = \"csv\"\n",
+                "probes.file",
+            ),
+            (
+                "[shadow]\nonnxruntime_library = \"/no/such/lib.so\"\n",
+                "shadow.onnxruntime_library",
+            ),
+        ];
+        for (text, field) in cases {
+            assert_eq!(refused_field(text), field, "for config:\n{text}");
+        }
+    }
+}

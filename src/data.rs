@@ -1,0 +1,297 @@
+//! Labelled samples in memory, and the file formats they are read from (IDX, CSV, JSON lines).
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ndarray::{s, Array2, Axis};
+
+/// Samples as the engine takes them: one row of features per sample, one label each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledSamples {
+    pub features: Array2<f32>,
+    pub labels: Vec<i64>,
+}
+
+impl LabelledSamples {
+    pub fn new(features: Array2<f32>, labels: Vec<i64>) -> Result<Self> {
+        if features.nrows() != labels.len() {
+            bail!(
+                "{} feature rows but {} labels",
+                features.nrows(),
+                labels.len()
+            );
+        }
+        Ok(Self { features, labels })
+    }
+
+    pub fn empty(features: usize) -> Self {
+        Self {
+            features: Array2::zeros((0, features)),
+            labels: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn feature_count(&self) -> usize {
+        self.features.ncols()
+    }
+
+    /// The samples at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Self {
+        Self {
+            features: self.features.select(Axis(0), indices),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+        }
+    }
+
+    /// Rows `start..end`.
+    pub fn slice(&self, start: usize, end: usize) -> Self {
+        Self {
+            features: self.features.slice(s![start..end, ..]).to_owned(),
+            labels: self.labels[start..end].to_vec(),
+        }
+    }
+
+    /// These samples followed by `other`'s.
+    pub fn concat(&self, other: &Self) -> Result<Self> {
+        let features =
+            ndarray::concatenate(Axis(0), &[self.features.view(), other.features.view()]).map_err(
+                |e| {
+                    anyhow!(
+                        "cannot join samples of {} and {} features: {e}",
+                        self.feature_count(),
+                        other.feature_count()
+                    )
+                },
+            )?;
+        Ok(Self {
+            features,
+            labels: self.labels.iter().chain(&other.labels).copied().collect(),
+        })
+    }
+
+    /// Checks every sample against the configured shape.
+    pub fn check_shape(&self, features: usize, classes: usize) -> Result<()> {
+        if self.feature_count() != features {
+            bail!(
+                "samples have {} features, the config says input.features = {features}",
+                self.feature_count()
+            );
+        }
+        if let Some((i, l)) = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l < 0 || l >= classes as i64)
+        {
+            bail!("sample {i} has label {l}, outside 0..{classes} (input.classes)");
+        }
+        if let Some(pos) = self.features.iter().position(|v| !v.is_finite()) {
+            bail!("sample {} has a non-finite feature", pos / features.max(1));
+        }
+        Ok(())
+    }
+}
+
+fn read_be_u32(bytes: &[u8], at: usize) -> Result<u32> {
+    bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| anyhow!("truncated IDX header"))
+}
+
+/// Reads an IDX file of unsigned bytes (as MNIST ships); returns its dimensions and data.
+pub fn read_idx_u8(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading IDX file {}", path.display()))?;
+    let magic = read_be_u32(&bytes, 0)?;
+    if magic >> 8 != 0x08 {
+        bail!(
+            "{} is not an unsigned-byte IDX file (magic {magic:#010x})",
+            path.display()
+        );
+    }
+    let rank = (magic & 0xff) as usize;
+    let dims = (0..rank)
+        .map(|i| read_be_u32(&bytes, 4 + 4 * i).map(|d| d as usize))
+        .collect::<Result<Vec<_>>>()?;
+    let start = 4 + 4 * rank;
+    let expected: usize = dims.iter().product();
+    if bytes.len() - start != expected {
+        bail!(
+            "{}: header promises {expected} values, file holds {}",
+            path.display(),
+            bytes.len() - start
+        );
+    }
+    Ok((dims, bytes[start..].to_vec()))
+}
+
+/// Reads an IDX image file and its label file; pixels are scaled to [0, 1].
+pub fn read_idx_pair(images: &Path, labels: &Path) -> Result<LabelledSamples> {
+    let (dims, pixels) = read_idx_u8(images)?;
+    let (label_dims, label_bytes) = read_idx_u8(labels)?;
+    let n = *dims
+        .first()
+        .ok_or_else(|| anyhow!("{}: IDX file without dimensions", images.display()))?;
+    if label_dims != [n] {
+        bail!(
+            "{} holds {n} images but {} holds labels of shape {label_dims:?}",
+            images.display(),
+            labels.display()
+        );
+    }
+    let per_sample = if n == 0 { 0 } else { pixels.len() / n };
+    let features = Array2::from_shape_vec(
+        (n, per_sample),
+        pixels.iter().map(|&p| p as f32 / 255.0).collect(),
+    )?;
+    LabelledSamples::new(features, label_bytes.iter().map(|&l| l as i64).collect())
+}
+
+/// Reads a CSV file with a header row: every column but `label_column` is a feature.
+pub fn read_csv(path: &Path, label_column: &str) -> Result<LabelledSamples> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading CSV file {}", path.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines
+        .next()
+        .ok_or_else(|| anyhow!("{} is empty", path.display()))?
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let label_at = header
+        .iter()
+        .position(|h| *h == label_column)
+        .ok_or_else(|| {
+            anyhow!(
+                "{} has no column named {label_column:?} (columns: {})",
+                path.display(),
+                header.join(", ")
+            )
+        })?;
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for (line_no, line) in lines.enumerate() {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let row = line_no + 2;
+        if fields.len() != header.len() {
+            bail!(
+                "{} line {row}: {} fields, header has {}",
+                path.display(),
+                fields.len(),
+                header.len()
+            );
+        }
+        for (i, f) in fields.iter().enumerate() {
+            if i == label_at {
+                labels.push(f.parse::<i64>().with_context(|| {
+                    format!(
+                        "{} line {row}: label {f:?} is not an integer",
+                        path.display()
+                    )
+                })?);
+            } else {
+                features.push(f.parse::<f32>().with_context(|| {
+                    format!("{} line {row}: {f:?} is not a number", path.display())
+                })?);
+            }
+        }
+    }
+    let n = labels.len();
+    LabelledSamples::new(
+        Array2::from_shape_vec((n, header.len() - 1), features)?,
+        labels,
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct JsonSample {
+    features: Vec<f32>,
+    label: i64,
+}
+
+/// Reads JSON lines in the input record format: `{"features": [...], "label": 3}`.
+pub fn read_json_lines(path: &Path) -> Result<LabelledSamples> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading JSON lines file {}", path.display()))?;
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    let mut width = None;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let sample: JsonSample = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        if *width.get_or_insert(sample.features.len()) != sample.features.len() {
+            bail!(
+                "{} line {}: {} features, earlier lines have {}",
+                path.display(),
+                i + 1,
+                sample.features.len(),
+                width.unwrap()
+            );
+        }
+        features.extend(sample.features);
+        labels.push(sample.label);
+    }
+    let n = labels.len();
+    LabelledSamples::new(
+        Array2::from_shape_vec((n, width.unwrap_or(0)), features)?,
+        labels,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn csv_and_json_lines_read_the_same_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("p.csv");
+        std::fs::write(&csv, "a,label,b\n0.5,3,1.0\n0.25,1,0\n").unwrap();
+        let jsonl = dir.path().join("p.jsonl");
+        let mut f = std::fs::File::create(&jsonl).unwrap();
+        writeln!(f, r#"{{"features": [0.5, 1.0], "label": 3}}"#).unwrap();
+        writeln!(
+            f,
+            r#"{{"features": [0.25, 0.0], "label": 1, "other": "ignored"}}"#
+        )
+        .unwrap();
+        let a = read_csv(&csv, "label").unwrap();
+        let b = read_json_lines(&jsonl).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.labels, vec![3, 1]);
+    }
+
+    #[test]
+    fn idx_pair_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("img");
+        let labels = dir.path().join("lab");
+        let mut img = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2];
+        img.extend([0u8, 255, 51, 102]);
+        std::fs::write(&images, img).unwrap();
+        std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 2, 7, 4]).unwrap();
+        let s = read_idx_pair(&images, &labels).unwrap();
+        assert_eq!(s.labels, vec![7, 4]);
+        assert_eq!(s.features.row(0).to_vec(), vec![0.0, 1.0]);
+        assert!(s.check_shape(2, 10).is_ok());
+        assert!(s
+            .check_shape(2, 5)
+            .unwrap_err()
+            .to_string()
+            .contains("label 7"));
+    }
+}

@@ -1,0 +1,150 @@
+//! The detection engine: one window of samples plus the clean probes in, a decision per sample
+//! out. Pure computation: no Kafka, no files, no clocks. The daemon, the demo and the
+//! evaluation harness all drive it.
+
+pub mod trajectory;
+
+use anyhow::{Context, Result};
+use ndarray::{s, Array2, Axis};
+
+use crate::config::EngineConfig;
+use crate::data::LabelledSamples;
+use crate::decision::{Decision, DecisionConfig, Threshold};
+use crate::scorer::ProbeScorer;
+use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
+use trajectory::{kept_epochs, record_loss_matrix, TrainingPlan};
+
+/// Everything one window produced, for the sinks, the metrics and the evaluation plots.
+pub struct WindowOutcome {
+    /// `[samples + probes, epochs]` losses; the probes are the last rows.
+    pub losses: Array2<f32>,
+    /// Epochs that passed the epoch filter (the columns the scores use).
+    pub kept_epochs: Vec<usize>,
+    /// One score per window sample.
+    pub sample_scores: Vec<f32>,
+    /// Leave-one-out score of every probe (this window's clean score distribution).
+    pub probe_scores: Vec<f32>,
+    pub threshold: Threshold,
+    /// One decision per window sample, in input order.
+    pub decisions: Vec<Decision>,
+}
+
+impl WindowOutcome {
+    pub fn sample_count(&self) -> usize {
+        self.decisions.len()
+    }
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    model: ShadowModel,
+    probes: LabelledSamples,
+    windows_done: u64,
+}
+
+impl Engine {
+    /// Opens the shadow model on `runtime` and checks the probes against the configured shape.
+    pub fn new(runtime: &Runtime, config: EngineConfig, probes: LabelledSamples) -> Result<Self> {
+        config.validate()?;
+        probes
+            .check_shape(config.input.features, config.input.classes)
+            .context("probes")?;
+        anyhow::ensure!(
+            probes.len() > config.scorer.k,
+            "{} probes loaded, scorer.k = {} needs more than k",
+            probes.len(),
+            config.scorer.k
+        );
+        let shape = MlpShape {
+            features: config.input.features,
+            hidden: config.shadow.hidden.clone(),
+            classes: config.input.classes,
+        };
+        let sgd = Sgd {
+            learning_rate: config.shadow.learning_rate,
+            momentum: config.shadow.momentum,
+            weight_decay: config.shadow.weight_decay,
+        };
+        let model = ShadowModel::new(runtime, shape, sgd, config.shadow.seed)?;
+        Ok(Self {
+            config,
+            model,
+            probes,
+            windows_done: 0,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Applies a new decision section from the next window on (live reload).
+    pub fn set_decision(&mut self, decision: DecisionConfig) -> Result<()> {
+        decision.validate()?;
+        self.config.decision = decision;
+        Ok(())
+    }
+
+    /// Runs one window with the next window seed.
+    pub fn process(&mut self, window: &LabelledSamples) -> Result<WindowOutcome> {
+        let seed = self
+            .config
+            .shadow
+            .seed
+            .wrapping_add(self.windows_done.wrapping_mul(0x9e37_79b9));
+        self.windows_done += 1;
+        self.process_seeded(window, seed, |_| {})
+    }
+
+    /// Trains a fresh shadow model on `window` + probes, scores every sample against the
+    /// probes' trajectories and decides. `on_epoch` reports training progress.
+    pub fn process_seeded(
+        &mut self,
+        window: &LabelledSamples,
+        seed: u64,
+        on_epoch: impl FnMut(usize),
+    ) -> Result<WindowOutcome> {
+        window
+            .check_shape(self.config.input.features, self.config.input.classes)
+            .context("window")?;
+        let joined = window.concat(&self.probes)?;
+        let plan = TrainingPlan {
+            epochs: self.config.shadow.epochs,
+            batch_size: self.config.shadow.batch_size,
+            seed,
+        };
+        let losses = record_loss_matrix(
+            &mut self.model,
+            joined.features.view(),
+            &joined.labels,
+            plan,
+            on_epoch,
+        )?;
+        Ok(self.score_and_decide(losses, window.len()))
+    }
+
+    /// Scoring and decision on a recorded loss matrix (samples first, then probes).
+    pub fn score_and_decide(&self, losses: Array2<f32>, sample_count: usize) -> WindowOutcome {
+        let kept = kept_epochs(losses.view());
+        let trajectories = losses.select(Axis(1), &kept);
+        let samples = trajectories.slice(s![..sample_count, ..]);
+        let probes = trajectories.slice(s![sample_count.., ..]);
+        let scorer = ProbeScorer::build(&self.config.scorer, probes);
+        let probe_scores = scorer.leave_one_out_scores(probes);
+        let sample_scores = scorer.score_rows(samples);
+        let decision = &self.config.decision;
+        let threshold = decision.threshold(&probe_scores, &sample_scores);
+        let decisions = sample_scores
+            .iter()
+            .map(|&s| decision.decide(s, &threshold))
+            .collect();
+        WindowOutcome {
+            losses,
+            kept_epochs: kept,
+            sample_scores,
+            probe_scores,
+            threshold,
+            decisions,
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! lossgate: a streaming data-poisoning firewall for online training.
+//!
+//! The data path, stage by stage: [`data`] and [`probes`] bring samples in; [`engine`] trains
+//! the [`shadow`] model on a window and records loss trajectories; [`scorer`] measures each
+//! trajectory against the clean probes'; [`decision`] turns scores into forward/quarantine.
+//! [`eval`] drives the same engine offline on MNIST with a poisoning attack.
+
+pub mod config;
+pub mod data;
+pub mod decision;
+pub mod engine;
+pub mod eval;
+pub mod onnx;
+pub mod probes;
+pub mod scorer;
+pub mod shadow;
+
+pub use config::{ConfigError, EngineConfig};
+pub use engine::{Engine, WindowOutcome};

@@ -1,0 +1,286 @@
+//! The scoring stage: how far a loss trajectory lies from the clean probes' trajectories.
+//!
+//! Score = mean L2 distance to the k nearest probe trajectories. The probes are indexed with
+//! HNSW (hnsw_rs); an exact scan is kept as the reference the index is tested against.
+
+use hnsw_rs::anndists::dist::DistL2;
+use hnsw_rs::hnsw::Hnsw;
+use ndarray::ArrayView2;
+use serde::Deserialize;
+
+use crate::config::{ensure, ConfigError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum IndexKind {
+    /// Approximate nearest neighbours (hnsw_rs).
+    #[default]
+    Hnsw,
+    /// Compare with every probe: exact, linear in the probe count.
+    Exact,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScorerConfig {
+    /// Neighbours averaged into a score (the paper's k = 50).
+    pub k: usize,
+    pub index: IndexKind,
+    /// HNSW links per node.
+    pub hnsw_max_connections: usize,
+    /// HNSW candidate list while building.
+    pub hnsw_ef_construction: usize,
+    /// HNSW candidate list while searching (raised to k + 1 if smaller).
+    pub hnsw_ef_search: usize,
+}
+
+impl Default for ScorerConfig {
+    fn default() -> Self {
+        Self {
+            k: 50,
+            index: IndexKind::Hnsw,
+            hnsw_max_connections: 24,
+            hnsw_ef_construction: 200,
+            hnsw_ef_search: 200,
+        }
+    }
+}
+
+impl ScorerConfig {
+    pub fn validate(&self, probe_count: usize) -> Result<(), ConfigError> {
+        ensure(self.k > 0, "scorer.k", "must be at least 1")?;
+        ensure(
+            self.k < probe_count,
+            "scorer.k",
+            format!(
+                "{} is not smaller than probes.count ({probe_count}): each probe's leave-one-out score needs k other probes",
+                self.k
+            ),
+        )?;
+        ensure(
+            (2..=255).contains(&self.hnsw_max_connections),
+            "scorer.hnsw_max_connections",
+            format!("{} must be in 2..=255", self.hnsw_max_connections),
+        )?;
+        ensure(
+            self.hnsw_ef_construction > 0,
+            "scorer.hnsw_ef_construction",
+            "must be at least 1",
+        )?;
+        ensure(
+            self.hnsw_ef_search > 0,
+            "scorer.hnsw_ef_search",
+            "must be at least 1",
+        )
+    }
+}
+
+/// A neighbour: probe index and L2 distance.
+pub type Neighbour = (usize, f32);
+
+enum Index {
+    Exact(Vec<Vec<f32>>),
+    Hnsw {
+        graph: Box<Hnsw<'static, f32, DistL2>>,
+        ef_search: usize,
+    },
+}
+
+/// The probe trajectories of one window, ready to score samples against.
+pub struct ProbeScorer {
+    index: Index,
+    probe_count: usize,
+    k: usize,
+}
+
+fn l2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt()
+}
+
+impl ProbeScorer {
+    /// Indexes the probes' trajectories (one row per probe).
+    pub fn build(config: &ScorerConfig, probes: ArrayView2<f32>) -> Self {
+        let rows: Vec<Vec<f32>> = probes.rows().into_iter().map(|r| r.to_vec()).collect();
+        let probe_count = rows.len();
+        let index = match config.index {
+            IndexKind::Exact => Index::Exact(rows),
+            IndexKind::Hnsw => {
+                let graph = Hnsw::new(
+                    config.hnsw_max_connections,
+                    probe_count.max(1),
+                    16,
+                    config.hnsw_ef_construction,
+                    DistL2 {},
+                );
+                for (id, row) in rows.iter().enumerate() {
+                    graph.insert_slice((row, id));
+                }
+                Index::Hnsw {
+                    graph: Box::new(graph),
+                    ef_search: config.hnsw_ef_search,
+                }
+            }
+        };
+        Self {
+            index,
+            probe_count,
+            k: config.k,
+        }
+    }
+
+    pub fn probe_count(&self) -> usize {
+        self.probe_count
+    }
+
+    /// The `count` nearest probes, nearest first.
+    pub fn nearest(&self, query: &[f32], count: usize) -> Vec<Neighbour> {
+        let count = count.min(self.probe_count);
+        match &self.index {
+            Index::Exact(rows) => {
+                let mut all: Vec<Neighbour> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (i, l2(query, r)))
+                    .collect();
+                if count < all.len() {
+                    all.select_nth_unstable_by(count, |a, b| a.1.total_cmp(&b.1));
+                    all.truncate(count);
+                }
+                all.sort_by(|a, b| a.1.total_cmp(&b.1));
+                all
+            }
+            Index::Hnsw { graph, ef_search } => graph
+                .search(query, count, (*ef_search).max(count + 1))
+                .into_iter()
+                .map(|n| (n.d_id, n.distance))
+                .collect(),
+        }
+    }
+
+    /// A sample's score: mean distance to its k nearest probes.
+    pub fn score(&self, trajectory: &[f32]) -> f32 {
+        mean_distance(&self.nearest(trajectory, self.k))
+    }
+
+    /// Scores every row.
+    pub fn score_rows(&self, trajectories: ArrayView2<f32>) -> Vec<f32> {
+        trajectories
+            .rows()
+            .into_iter()
+            .map(|r| self.score(r.as_slice().expect("rows are contiguous")))
+            .collect()
+    }
+
+    /// Each probe's score against the other probes (itself left out): the clean score
+    /// distribution of this window, which the calibrated threshold is drawn from.
+    pub fn leave_one_out_scores(&self, probes: ArrayView2<f32>) -> Vec<f32> {
+        probes
+            .rows()
+            .into_iter()
+            .enumerate()
+            .map(|(id, row)| {
+                let others: Vec<Neighbour> = self
+                    .nearest(row.as_slice().expect("rows are contiguous"), self.k + 1)
+                    .into_iter()
+                    .filter(|&(n, _)| n != id)
+                    .take(self.k)
+                    .collect();
+                mean_distance(&others)
+            })
+            .collect()
+    }
+}
+
+fn mean_distance(neighbours: &[Neighbour]) -> f32 {
+    if neighbours.is_empty() {
+        return f32::INFINITY;
+    }
+    neighbours.iter().map(|n| n.1).sum::<f32>() / neighbours.len() as f32
+}
+
+/// Share of the exact k nearest that the approximate search also found, over all queries.
+pub fn recall_at_k(
+    exact: &ProbeScorer,
+    approximate: &ProbeScorer,
+    queries: ArrayView2<f32>,
+    k: usize,
+) -> f64 {
+    let mut found = 0usize;
+    let mut total = 0usize;
+    for q in queries.rows() {
+        let q = q.as_slice().expect("rows are contiguous");
+        let truth: std::collections::HashSet<usize> =
+            exact.nearest(q, k).into_iter().map(|n| n.0).collect();
+        found += approximate
+            .nearest(q, k)
+            .iter()
+            .filter(|n| truth.contains(&n.0))
+            .count();
+        total += truth.len();
+    }
+    found as f64 / total.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    fn grid() -> Array2<f32> {
+        // Probes on a line: 0, 1, 2, ..., 9 (one dimension, so distances are easy to check).
+        Array2::from_shape_fn((10, 1), |(i, _)| i as f32)
+    }
+
+    #[test]
+    fn exact_score_is_mean_distance_to_k_nearest() {
+        let config = ScorerConfig {
+            k: 3,
+            index: IndexKind::Exact,
+            ..Default::default()
+        };
+        let scorer = ProbeScorer::build(&config, grid().view());
+        // Nearest to 0.2: probes 0, 1, 2 at 0.2, 0.8, 1.8.
+        assert!((scorer.score(&[0.2]) - (0.2 + 0.8 + 1.8) / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn leave_one_out_skips_the_probe_itself() {
+        let config = ScorerConfig {
+            k: 2,
+            index: IndexKind::Exact,
+            ..Default::default()
+        };
+        let probes = grid();
+        let scorer = ProbeScorer::build(&config, probes.view());
+        let loo = scorer.leave_one_out_scores(probes.view());
+        assert_eq!(loo[0], 1.5); // neighbours 1 and 2
+        assert_eq!(loo[5], 1.0); // neighbours 4 and 6
+    }
+
+    #[test]
+    fn hnsw_agrees_with_exact_on_a_small_set() {
+        let probes = grid();
+        let exact = ProbeScorer::build(
+            &ScorerConfig {
+                k: 3,
+                index: IndexKind::Exact,
+                ..Default::default()
+            },
+            probes.view(),
+        );
+        let hnsw = ProbeScorer::build(
+            &ScorerConfig {
+                k: 3,
+                ..Default::default()
+            },
+            probes.view(),
+        );
+        for q in [0.0f32, 3.3, 9.9] {
+            assert!((exact.score(&[q]) - hnsw.score(&[q])).abs() < 1e-6);
+        }
+    }
+}

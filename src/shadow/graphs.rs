@@ -1,0 +1,233 @@
+//! The shadow model's ONNX graphs: one SGD step, and a per-sample evaluation.
+//!
+//! ORT's training API is not in the stock builds, so a whole optimiser step is one inference
+//! graph: it takes the batch, the weights and the momentum buffers and returns the updated
+//! weights and buffers plus each sample's loss (computed before the update). The gradients are
+//! derived by hand for the MLP and checked against finite differences in the tests.
+
+use crate::onnx::{encode, Attr, Dim, Elem, GraphBuilder};
+
+const BATCH: Dim = Dim::Symbolic("batch");
+
+/// The MLP's shape: `features -> hidden... -> classes`, ReLU between layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlpShape {
+    pub features: usize,
+    pub hidden: Vec<usize>,
+    pub classes: usize,
+}
+
+impl MlpShape {
+    /// `(fan_in, fan_out)` of every dense layer, input first.
+    pub fn layers(&self) -> Vec<(usize, usize)> {
+        let mut widths = vec![self.features];
+        widths.extend(&self.hidden);
+        widths.push(self.classes);
+        widths.windows(2).map(|w| (w[0], w[1])).collect()
+    }
+
+    /// Names and shapes of the parameters in graph order: W0, b0, W1, b1, ...
+    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+        self.layers()
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &(fan_in, fan_out))| {
+                [
+                    (format!("W{i}"), vec![fan_in, fan_out]),
+                    (format!("b{i}"), vec![fan_out]),
+                ]
+            })
+            .collect()
+    }
+
+    /// Multiply-adds x2 of one forward pass per sample.
+    pub fn forward_flops_per_sample(&self) -> f64 {
+        self.layers()
+            .iter()
+            .map(|&(i, o)| 2.0 * (i * o) as f64)
+            .sum()
+    }
+
+    /// FLOPs of one train step per sample: forward, weight gradients, and the input gradients
+    /// of every layer but the first (the data needs none).
+    pub fn train_flops_per_sample(&self) -> f64 {
+        let layers = self.layers();
+        let back_inputs: f64 = layers
+            .iter()
+            .skip(1)
+            .map(|&(i, o)| 2.0 * (i * o) as f64)
+            .sum();
+        2.0 * self.forward_flops_per_sample() + back_inputs
+    }
+}
+
+fn dims(shape: &[usize]) -> Vec<Dim> {
+    shape.iter().map(|&d| Dim::Fixed(d)).collect()
+}
+
+/// Inputs shared by both graphs: the batch, its labels and the parameters.
+fn declare_batch_and_params(g: &mut GraphBuilder, shape: &MlpShape) -> Vec<String> {
+    g.input("x", Elem::F32, &[BATCH, Dim::Fixed(shape.features)]);
+    g.input("y", Elem::I64, &[BATCH]);
+    shape
+        .parameters()
+        .iter()
+        .map(|(name, s)| g.input(name, Elem::F32, &dims(s)))
+        .collect()
+}
+
+/// Forward pass; returns every layer's input activation and the logits.
+fn forward(g: &mut GraphBuilder, params: &[String]) -> (Vec<String>, String) {
+    let n_layers = params.len() / 2;
+    let mut activations = vec!["x".to_string()];
+    let mut z = String::new();
+    for layer in 0..n_layers {
+        let a = activations.last().unwrap().clone();
+        z = g.gemm(
+            &a,
+            &params[2 * layer],
+            Some(&params[2 * layer + 1]),
+            false,
+            false,
+        );
+        if layer + 1 < n_layers {
+            activations.push(g.op("Relu", &[&z], vec![]));
+        }
+    }
+    (activations, z)
+}
+
+/// Per-sample cross-entropy from logits; returns `(log_probs, one_hot, loss)`.
+fn cross_entropy(
+    g: &mut GraphBuilder,
+    logits: &str,
+    classes: usize,
+    loss_name: &str,
+) -> (String, String) {
+    let log_probs = g.op("LogSoftmax", &[logits], vec![Attr::Int("axis", 1)]);
+    let depth = g.const_i64(&[], vec![classes as i64]);
+    let values = g.const_f32(&[2], vec![0.0, 1.0]);
+    let one_hot = g.op(
+        "OneHot",
+        &["y", &depth, &values],
+        vec![Attr::Int("axis", -1)],
+    );
+    let picked = g.op("Mul", &[&one_hot, &log_probs], vec![]);
+    let summed = g.reduce_sum(&picked, 1);
+    g.op_named("Neg", &[&summed], loss_name, vec![]);
+    (log_probs, one_hot)
+}
+
+/// The train-step graph. Inputs: `x[N,D]`, `y[N]` (int64), `W0, b0, ...`, `lr`, `momentum`,
+/// `weight_decay` (scalars), `vW0, vb0, ...` (momentum buffers). Outputs: `loss[N]`, then
+/// `W0_next, b0_next, ...`, then `vW0_next, vb0_next, ...`.
+///
+/// The update is PyTorch's SGD: `g += wd * p; v = momentum * v + g; p -= lr * v`, on the
+/// gradient of the batch's mean loss.
+pub fn train_step_graph(shape: &MlpShape) -> Vec<u8> {
+    let mut g = GraphBuilder::new("lossgate_train_step");
+    let params = declare_batch_and_params(&mut g, shape);
+    let lr = g.input("lr", Elem::F32, &[]);
+    let momentum = g.input("momentum", Elem::F32, &[]);
+    let weight_decay = g.input("weight_decay", Elem::F32, &[]);
+    let velocities: Vec<String> = shape
+        .parameters()
+        .iter()
+        .map(|(name, s)| g.input(&format!("v{name}"), Elem::F32, &dims(s)))
+        .collect();
+
+    let (activations, logits) = forward(&mut g, &params);
+    let (log_probs, one_hot) = cross_entropy(&mut g, &logits, shape.classes, "loss");
+
+    // d(mean loss)/d(logits) = (softmax - one_hot) / N
+    let probs = g.op("Exp", &[&log_probs], vec![]);
+    let diff = g.op("Sub", &[&probs, &one_hot], vec![]);
+    let x_shape = g.op("Shape", &["x"], vec![]);
+    let zero = g.const_i64(&[], vec![0]);
+    let n = g.op("Gather", &[&x_shape, &zero], vec![Attr::Int("axis", 0)]);
+    let n = g.op("Cast", &[&n], vec![Attr::Int("to", 1)]);
+    let inv_n = g.op("Reciprocal", &[&n], vec![]);
+    let mut upstream = g.op("Mul", &[&diff, &inv_n], vec![]);
+
+    let n_layers = params.len() / 2;
+    let mut grads = vec![String::new(); params.len()];
+    for layer in (0..n_layers).rev() {
+        let input = &activations[layer];
+        grads[2 * layer] = g.gemm(input, &upstream, None, true, false);
+        grads[2 * layer + 1] = g.reduce_sum(&upstream, 0);
+        if layer > 0 {
+            // ReLU's derivative: the layer input is relu(z) >= 0, so its sign is 1 where z > 0.
+            let d_input = g.gemm(&upstream, &params[2 * layer], None, false, true);
+            let relu_mask = g.op("Sign", &[input], vec![]);
+            upstream = g.op("Mul", &[&d_input, &relu_mask], vec![]);
+        }
+    }
+
+    let mut param_outputs = Vec::new();
+    let mut velocity_outputs = Vec::new();
+    for ((param, grad), velocity) in params.iter().zip(&grads).zip(&velocities) {
+        let decay = g.op("Mul", &[&weight_decay, param], vec![]);
+        let grad = g.op("Add", &[grad, &decay], vec![]);
+        let kept = g.op("Mul", &[&momentum, velocity], vec![]);
+        let velocity_next = format!("{velocity}_next");
+        g.op_named("Add", &[&kept, &grad], &velocity_next, vec![]);
+        let step = g.op("Mul", &[&lr, &velocity_next], vec![]);
+        let param_next = format!("{param}_next");
+        g.op_named("Sub", &[param, &step], &param_next, vec![]);
+        param_outputs.push(param_next);
+        velocity_outputs.push(velocity_next);
+    }
+
+    g.output("loss", Elem::F32, &[BATCH]);
+    for ((name, s), v) in shape.parameters().iter().zip(&param_outputs) {
+        debug_assert_eq!(&format!("{name}_next"), v);
+        g.output(v, Elem::F32, &dims(s));
+    }
+    for ((_, s), v) in shape.parameters().iter().zip(&velocity_outputs) {
+        g.output(v, Elem::F32, &dims(s));
+    }
+    encode(&g.finish())
+}
+
+/// The evaluation graph. Inputs: `x`, `y`, `W0, b0, ...`. Outputs: `loss[N]` and the predicted
+/// class `pred[N]` (int64).
+pub fn eval_graph(shape: &MlpShape) -> Vec<u8> {
+    let mut g = GraphBuilder::new("lossgate_eval");
+    let params = declare_batch_and_params(&mut g, shape);
+    let (_, logits) = forward(&mut g, &params);
+    cross_entropy(&mut g, &logits, shape.classes, "loss");
+    g.op_named(
+        "ArgMax",
+        &[&logits],
+        "pred",
+        vec![Attr::Int("axis", 1), Attr::Int("keepdims", 0)],
+    );
+    g.output("loss", Elem::F32, &[BATCH]);
+    g.output("pred", Elem::I64, &[BATCH]);
+    encode(&g.finish())
+}
+
+/// The matrix products of one train step and nothing else, for measuring the GEMM ceiling.
+/// Inputs: for every layer `a{i}[N,in]`, `W{i}[in,out]`, `g{i}[N,out]`. Outputs: the forward
+/// product, the weight gradient, and (beyond the first layer) the input gradient.
+pub fn gemm_only_graph(shape: &MlpShape) -> Vec<u8> {
+    let mut g = GraphBuilder::new("lossgate_gemm_ceiling");
+    for (i, &(fan_in, fan_out)) in shape.layers().iter().enumerate() {
+        let a = g.input(&format!("a{i}"), Elem::F32, &[BATCH, Dim::Fixed(fan_in)]);
+        let w = g.input(
+            &format!("W{i}"),
+            Elem::F32,
+            &[Dim::Fixed(fan_in), Dim::Fixed(fan_out)],
+        );
+        let up = g.input(&format!("g{i}"), Elem::F32, &[BATCH, Dim::Fixed(fan_out)]);
+        let fwd = g.gemm(&a, &w, None, false, false);
+        g.output(&fwd, Elem::F32, &[BATCH, Dim::Fixed(fan_out)]);
+        let dw = g.gemm(&a, &up, None, true, false);
+        g.output(&dw, Elem::F32, &[Dim::Fixed(fan_in), Dim::Fixed(fan_out)]);
+        if i > 0 {
+            let da = g.gemm(&up, &w, None, false, true);
+            g.output(&da, Elem::F32, &[BATCH, Dim::Fixed(fan_in)]);
+        }
+    }
+    encode(&g.finish())
+}

@@ -1,0 +1,9 @@
+//! The shadow model stage: an MLP trained on ONNX Runtime through graphs built in Rust.
+
+pub mod graphs;
+pub mod model;
+pub mod runtime;
+
+pub use graphs::MlpShape;
+pub use model::{Evaluation, Sgd, ShadowModel};
+pub use runtime::{ExecutionProvider, Runtime, RuntimeOptions};

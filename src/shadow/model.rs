@@ -1,0 +1,199 @@
+//! The shadow model: an MLP whose weights live in ONNX Runtime values between steps.
+
+use std::borrow::Cow;
+
+use anyhow::{anyhow, Context, Result};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::graphs::{eval_graph, train_step_graph, MlpShape};
+use super::runtime::Runtime;
+
+/// SGD with momentum and weight decay, as PyTorch applies it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sgd {
+    pub learning_rate: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+/// Per-sample loss and predicted class from one evaluation pass.
+pub struct Evaluation {
+    pub loss: Vec<f32>,
+    pub predicted: Vec<i64>,
+}
+
+pub struct ShadowModel {
+    shape: MlpShape,
+    train: Session,
+    eval: Session,
+    parameter_names: Vec<String>,
+    velocity_names: Vec<String>,
+    /// Weights and momentum buffers: ORT's outputs of one step are fed back as the next
+    /// step's inputs, so they never leave ORT's memory during training.
+    parameters: Vec<DynValue>,
+    velocities: Vec<DynValue>,
+    hyper: [(&'static str, DynValue); 3],
+}
+
+fn scalar(v: f32) -> Result<DynValue> {
+    Ok(Tensor::from_array((Vec::<i64>::new(), vec![v]))?.into_dyn())
+}
+
+fn tensor(shape: &[usize], data: Vec<f32>) -> Result<DynValue> {
+    let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    Ok(Tensor::from_array((dims, data))?.into_dyn())
+}
+
+fn batch_inputs<'a>(
+    x: &[f32],
+    y: &[i64],
+    features: usize,
+) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
+    let n = y.len();
+    if x.len() != n * features {
+        return Err(anyhow!(
+            "batch of {n} labels has {} feature values, expected {}",
+            x.len(),
+            n * features
+        ));
+    }
+    let x = Tensor::from_array((vec![n as i64, features as i64], x.to_vec()))?;
+    let y = Tensor::from_array((vec![n as i64], y.to_vec()))?;
+    Ok(vec![
+        (Cow::Borrowed("x"), x.into_dyn().into()),
+        (Cow::Borrowed("y"), y.into_dyn().into()),
+    ])
+}
+
+impl ShadowModel {
+    /// Builds both graphs for `shape`, opens their sessions and initialises weights from `seed`.
+    pub fn new(runtime: &Runtime, shape: MlpShape, sgd: Sgd, seed: u64) -> Result<Self> {
+        let train = runtime
+            .session(&train_step_graph(&shape))
+            .context("opening the train-step graph")?;
+        let eval = runtime
+            .session(&eval_graph(&shape))
+            .context("opening the evaluation graph")?;
+        let parameter_names: Vec<String> = shape.parameters().into_iter().map(|(n, _)| n).collect();
+        let velocity_names = parameter_names.iter().map(|n| format!("v{n}")).collect();
+        let mut model = Self {
+            shape,
+            train,
+            eval,
+            parameter_names,
+            velocity_names,
+            parameters: Vec::new(),
+            velocities: Vec::new(),
+            hyper: [
+                ("lr", scalar(sgd.learning_rate)?),
+                ("momentum", scalar(sgd.momentum)?),
+                ("weight_decay", scalar(sgd.weight_decay)?),
+            ],
+        };
+        model.reset(seed)?;
+        Ok(model)
+    }
+
+    pub fn shape(&self) -> &MlpShape {
+        &self.shape
+    }
+
+    /// A fresh model: PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+    /// weights and biases, and zero momentum.
+    pub fn reset(&mut self, seed: u64) -> Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut parameters = Vec::new();
+        let mut velocities = Vec::new();
+        for (i, (_, shape)) in self.shape.parameters().iter().enumerate() {
+            let fan_in = self.shape.layers()[i / 2].0 as f32;
+            let bound = 1.0 / fan_in.sqrt();
+            let len: usize = shape.iter().product();
+            let values = (0..len).map(|_| rng.random_range(-bound..bound)).collect();
+            parameters.push(tensor(shape, values)?);
+            velocities.push(tensor(shape, vec![0.0; len])?);
+        }
+        self.parameters = parameters;
+        self.velocities = velocities;
+        Ok(())
+    }
+
+    /// One SGD step on a batch; returns each sample's loss before the update.
+    pub fn train_step(&mut self, x: &[f32], y: &[i64]) -> Result<Vec<f32>> {
+        let mut inputs = batch_inputs(x, y, self.shape.features)?;
+        for (name, value) in self.parameter_names.iter().zip(&self.parameters) {
+            inputs.push((Cow::Borrowed(name.as_str()), value.into()));
+        }
+        for (name, value) in &self.hyper {
+            inputs.push((Cow::Borrowed(*name), value.into()));
+        }
+        for (name, value) in self.velocity_names.iter().zip(&self.velocities) {
+            inputs.push((Cow::Borrowed(name.as_str()), value.into()));
+        }
+        let mut outputs = self.train.run(inputs).context("running the train step")?;
+        let loss = outputs["loss"].try_extract_tensor::<f32>()?.1.to_vec();
+        let mut take = |name: String| {
+            outputs
+                .remove(&name)
+                .ok_or_else(|| anyhow!("train step lost output {name}"))
+        };
+        let parameters = self
+            .parameter_names
+            .iter()
+            .map(|n| take(format!("{n}_next")))
+            .collect::<Result<Vec<_>>>()?;
+        let velocities = self
+            .velocity_names
+            .iter()
+            .map(|n| take(format!("{n}_next")))
+            .collect::<Result<Vec<_>>>()?;
+        drop(outputs);
+        self.parameters = parameters;
+        self.velocities = velocities;
+        Ok(loss)
+    }
+
+    /// Per-sample loss and prediction without changing the weights.
+    pub fn evaluate(&mut self, x: &[f32], y: &[i64]) -> Result<Evaluation> {
+        let mut inputs = batch_inputs(x, y, self.shape.features)?;
+        for (name, value) in self.parameter_names.iter().zip(&self.parameters) {
+            inputs.push((Cow::Borrowed(name.as_str()), value.into()));
+        }
+        let outputs = self
+            .eval
+            .run(inputs)
+            .context("running the evaluation graph")?;
+        Ok(Evaluation {
+            loss: outputs["loss"].try_extract_tensor::<f32>()?.1.to_vec(),
+            predicted: outputs["pred"].try_extract_tensor::<i64>()?.1.to_vec(),
+        })
+    }
+
+    /// Copies the weights out of ORT (W0, b0, W1, b1, ... flattened row-major).
+    pub fn parameters(&self) -> Result<Vec<Vec<f32>>> {
+        self.parameters
+            .iter()
+            .map(|v| Ok(v.try_extract_tensor::<f32>()?.1.to_vec()))
+            .collect()
+    }
+
+    /// Replaces the weights (same order and sizes as [`Self::parameters`]); momentum is kept.
+    pub fn set_parameters(&mut self, values: Vec<Vec<f32>>) -> Result<()> {
+        let shapes = self.shape.parameters();
+        if values.len() != shapes.len() {
+            return Err(anyhow!(
+                "expected {} parameter tensors, got {}",
+                shapes.len(),
+                values.len()
+            ));
+        }
+        self.parameters = shapes
+            .iter()
+            .zip(values)
+            .map(|((_, s), v)| tensor(s, v))
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+}
