@@ -117,7 +117,7 @@ impl Default for ShadowConfig {
             hidden: vec![256],
             epochs: 30,
             batch_size: 128,
-            learning_rate: 0.1,
+            learning_rate: 0.01,
             momentum: 0.9,
             weight_decay: 0.0,
             seed: 1,

@@ -126,7 +126,10 @@ impl Engine {
     /// Scoring and decision on a recorded loss matrix (samples first, then probes).
     pub fn score_and_decide(&self, losses: Array2<f32>, sample_count: usize) -> WindowOutcome {
         let kept = kept_epochs(losses.view());
-        let trajectories = losses.select(Axis(1), &kept);
+        let trajectories = losses
+            .select(Axis(1), &kept)
+            .as_standard_layout()
+            .into_owned();
         let samples = trajectories.slice(s![..sample_count, ..]);
         let probes = trajectories.slice(s![sample_count.., ..]);
         let scorer = ProbeScorer::build(&self.config.scorer, probes);
