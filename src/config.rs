@@ -24,10 +24,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(field: impl Into<String>, problem: impl fmt::Display) -> Self {
-        Self {
-            field: field.into(),
-            problem: problem.to_string(),
-        }
+        Self { field: field.into(), problem: problem.to_string() }
     }
 }
 
@@ -52,10 +49,7 @@ pub struct InputConfig {
 
 impl Default for InputConfig {
     fn default() -> Self {
-        Self {
-            features: 784,
-            classes: 10,
-        }
+        Self { features: 784, classes: 10 }
     }
 }
 
@@ -134,10 +128,7 @@ impl ShadowConfig {
         ensure(
             self.hidden.len() <= 2,
             "shadow.hidden",
-            format!(
-                "{} hidden layers: at most 2 are supported",
-                self.hidden.len()
-            ),
+            format!("{} hidden layers: at most 2 are supported", self.hidden.len()),
         )?;
         for (i, &width) in self.hidden.iter().enumerate() {
             ensure(
@@ -151,11 +142,7 @@ impl ShadowConfig {
             "shadow.epochs",
             "must be at least 1: a trajectory needs one loss per epoch",
         )?;
-        ensure(
-            self.batch_size > 0,
-            "shadow.batch_size",
-            "must be at least 1",
-        )?;
+        ensure(self.batch_size > 0, "shadow.batch_size", "must be at least 1")?;
         ensure(
             self.learning_rate.is_finite() && self.learning_rate > 0.0,
             "shadow.learning_rate",
@@ -171,19 +158,12 @@ impl ShadowConfig {
             "shadow.weight_decay",
             format!("{} must be >= 0", self.weight_decay),
         )?;
-        ensure(
-            self.intra_threads > 0,
-            "shadow.intra_threads",
-            "must be at least 1",
-        )?;
+        ensure(self.intra_threads > 0, "shadow.intra_threads", "must be at least 1")?;
         if let Some(lib) = &self.onnxruntime_library {
             ensure(
                 lib.is_file(),
                 "shadow.onnxruntime_library",
-                format!(
-                    "{} does not exist: run scripts/setup.sh or fix the path",
-                    lib.display()
-                ),
+                format!("{} does not exist: run scripts/setup.sh or fix the path", lib.display()),
             )?;
         }
         Ok(())
@@ -274,9 +254,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lossgate.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         // The example names probe files in the setup cache; check the rest without them.
-        let text = text
-            .replace("file = ", "# file = ")
-            .replace("labels_file = ", "# labels_file = ");
+        let text = text.replace("file = ", "# file = ").replace("labels_file = ", "# labels_file = ");
         parse(&text).unwrap();
     }
 
@@ -293,10 +271,7 @@ mod tests {
             ("[scorer]\nk = 0\n", "scorer.k"),
             ("[decision]\nalpha = 1.0\n", "decision.alpha"),
             ("[decision]\nalpha = 0.0\n", "decision.alpha"),
-            (
-                "[decision]\nreject_fraction = 1.5\n",
-                "decision.reject_fraction",
-            ),
+            ("[decision]\nreject_fraction = 1.5\n", "decision.reject_fraction"),
             ("[decision]\npolicy = \"threshold\"\n", "decision.threshold"),
             ("[shadow]\nepochs = 0\n", "shadow.epochs"),
             ("[shadow]\nhidden = [256, 0]\n", "shadow.hidden[1]"),
@@ -307,14 +282,8 @@ mod tests {
             ("[window]\nsize = 0\n", "window.size"),
             ("[input]\nfeatures = 784\nclasses = 1\n", "input.classes"),
             ("[probes]\ncount = 1\n", "probes.count"),
-            (
-                "[probes]\nfile = \"/no/such/probes.csv\"\nformat = \"csv\"\n",
-                "probes.file",
-            ),
-            (
-                "[shadow]\nonnxruntime_library = \"/no/such/lib.so\"\n",
-                "shadow.onnxruntime_library",
-            ),
+            ("[probes]\nfile = \"/no/such/probes.csv\"\nformat = \"csv\"\n", "probes.file"),
+            ("[shadow]\nonnxruntime_library = \"/no/such/lib.so\"\n", "shadow.onnxruntime_library"),
         ];
         for (text, field) in cases {
             assert_eq!(refused_field(text), field, "for config:\n{text}");

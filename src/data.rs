@@ -15,20 +15,13 @@ pub struct LabelledSamples {
 impl LabelledSamples {
     pub fn new(features: Array2<f32>, labels: Vec<i64>) -> Result<Self> {
         if features.nrows() != labels.len() {
-            bail!(
-                "{} feature rows but {} labels",
-                features.nrows(),
-                labels.len()
-            );
+            bail!("{} feature rows but {} labels", features.nrows(), labels.len());
         }
         Ok(Self { features, labels })
     }
 
     pub fn empty(features: usize) -> Self {
-        Self {
-            features: Array2::zeros((0, features)),
-            labels: Vec::new(),
-        }
+        Self { features: Array2::zeros((0, features)), labels: Vec::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -61,20 +54,15 @@ impl LabelledSamples {
 
     /// These samples followed by `other`'s.
     pub fn concat(&self, other: &Self) -> Result<Self> {
-        let features =
-            ndarray::concatenate(Axis(0), &[self.features.view(), other.features.view()]).map_err(
-                |e| {
-                    anyhow!(
-                        "cannot join samples of {} and {} features: {e}",
-                        self.feature_count(),
-                        other.feature_count()
-                    )
-                },
-            )?;
-        Ok(Self {
-            features,
-            labels: self.labels.iter().chain(&other.labels).copied().collect(),
-        })
+        let features = ndarray::concatenate(Axis(0), &[self.features.view(), other.features.view()])
+            .map_err(|e| {
+                anyhow!(
+                    "cannot join samples of {} and {} features: {e}",
+                    self.feature_count(),
+                    other.feature_count()
+                )
+            })?;
+        Ok(Self { features, labels: self.labels.iter().chain(&other.labels).copied().collect() })
     }
 
     /// Checks every sample against the configured shape.
@@ -85,12 +73,7 @@ impl LabelledSamples {
                 self.feature_count()
             );
         }
-        if let Some((i, l)) = self
-            .labels
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l < 0 || l >= classes as i64)
-        {
+        if let Some((i, l)) = self.labels.iter().enumerate().find(|(_, &l)| l < 0 || l >= classes as i64) {
             bail!("sample {i} has label {l}, outside 0..{classes} (input.classes)");
         }
         if let Some(pos) = self.features.iter().position(|v| !v.is_finite()) {
@@ -109,27 +92,18 @@ fn read_be_u32(bytes: &[u8], at: usize) -> Result<u32> {
 
 /// Reads an IDX file of unsigned bytes (as MNIST ships); returns its dimensions and data.
 pub fn read_idx_u8(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading IDX file {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading IDX file {}", path.display()))?;
     let magic = read_be_u32(&bytes, 0)?;
     if magic >> 8 != 0x08 {
-        bail!(
-            "{} is not an unsigned-byte IDX file (magic {magic:#010x})",
-            path.display()
-        );
+        bail!("{} is not an unsigned-byte IDX file (magic {magic:#010x})", path.display());
     }
     let rank = (magic & 0xff) as usize;
-    let dims = (0..rank)
-        .map(|i| read_be_u32(&bytes, 4 + 4 * i).map(|d| d as usize))
-        .collect::<Result<Vec<_>>>()?;
+    let dims =
+        (0..rank).map(|i| read_be_u32(&bytes, 4 + 4 * i).map(|d| d as usize)).collect::<Result<Vec<_>>>()?;
     let start = 4 + 4 * rank;
     let expected: usize = dims.iter().product();
     if bytes.len() - start != expected {
-        bail!(
-            "{}: header promises {expected} values, file holds {}",
-            path.display(),
-            bytes.len() - start
-        );
+        bail!("{}: header promises {expected} values, file holds {}", path.display(), bytes.len() - start);
     }
     Ok((dims, bytes[start..].to_vec()))
 }
@@ -138,9 +112,7 @@ pub fn read_idx_u8(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
 pub fn read_idx_pair(images: &Path, labels: &Path) -> Result<LabelledSamples> {
     let (dims, pixels) = read_idx_u8(images)?;
     let (label_dims, label_bytes) = read_idx_u8(labels)?;
-    let n = *dims
-        .first()
-        .ok_or_else(|| anyhow!("{}: IDX file without dimensions", images.display()))?;
+    let n = *dims.first().ok_or_else(|| anyhow!("{}: IDX file without dimensions", images.display()))?;
     if label_dims != [n] {
         bail!(
             "{} holds {n} images but {} holds labels of shape {label_dims:?}",
@@ -149,17 +121,15 @@ pub fn read_idx_pair(images: &Path, labels: &Path) -> Result<LabelledSamples> {
         );
     }
     let per_sample = if n == 0 { 0 } else { pixels.len() / n };
-    let features = Array2::from_shape_vec(
-        (n, per_sample),
-        pixels.iter().map(|&p| p as f32 / 255.0).collect(),
-    )?;
+    let features =
+        Array2::from_shape_vec((n, per_sample), pixels.iter().map(|&p| p as f32 / 255.0).collect())?;
     LabelledSamples::new(features, label_bytes.iter().map(|&l| l as i64).collect())
 }
 
 /// Reads a CSV file with a header row: every column but `label_column` is a feature.
 pub fn read_csv(path: &Path, label_column: &str) -> Result<LabelledSamples> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading CSV file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading CSV file {}", path.display()))?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines
         .next()
@@ -167,49 +137,32 @@ pub fn read_csv(path: &Path, label_column: &str) -> Result<LabelledSamples> {
         .split(',')
         .map(str::trim)
         .collect();
-    let label_at = header
-        .iter()
-        .position(|h| *h == label_column)
-        .ok_or_else(|| {
-            anyhow!(
-                "{} has no column named {label_column:?} (columns: {})",
-                path.display(),
-                header.join(", ")
-            )
-        })?;
+    let label_at = header.iter().position(|h| *h == label_column).ok_or_else(|| {
+        anyhow!("{} has no column named {label_column:?} (columns: {})", path.display(), header.join(", "))
+    })?;
     let mut features = Vec::new();
     let mut labels = Vec::new();
     for (line_no, line) in lines.enumerate() {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         let row = line_no + 2;
         if fields.len() != header.len() {
-            bail!(
-                "{} line {row}: {} fields, header has {}",
-                path.display(),
-                fields.len(),
-                header.len()
-            );
+            bail!("{} line {row}: {} fields, header has {}", path.display(), fields.len(), header.len());
         }
         for (i, f) in fields.iter().enumerate() {
             if i == label_at {
                 labels.push(f.parse::<i64>().with_context(|| {
-                    format!(
-                        "{} line {row}: label {f:?} is not an integer",
-                        path.display()
-                    )
+                    format!("{} line {row}: label {f:?} is not an integer", path.display())
                 })?);
             } else {
-                features.push(f.parse::<f32>().with_context(|| {
-                    format!("{} line {row}: {f:?} is not a number", path.display())
-                })?);
+                features.push(
+                    f.parse::<f32>()
+                        .with_context(|| format!("{} line {row}: {f:?} is not a number", path.display()))?,
+                );
             }
         }
     }
     let n = labels.len();
-    LabelledSamples::new(
-        Array2::from_shape_vec((n, header.len() - 1), features)?,
-        labels,
-    )
+    LabelledSamples::new(Array2::from_shape_vec((n, header.len() - 1), features)?, labels)
 }
 
 #[derive(serde::Deserialize)]
@@ -225,13 +178,9 @@ pub fn read_json_lines(path: &Path) -> Result<LabelledSamples> {
     let mut features = Vec::new();
     let mut labels = Vec::new();
     let mut width = None;
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let sample: JsonSample = serde_json::from_str(line)
-            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let sample: JsonSample =
+            serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), i + 1))?;
         if *width.get_or_insert(sample.features.len()) != sample.features.len() {
             bail!(
                 "{} line {}: {} features, earlier lines have {}",
@@ -245,10 +194,7 @@ pub fn read_json_lines(path: &Path) -> Result<LabelledSamples> {
         labels.push(sample.label);
     }
     let n = labels.len();
-    LabelledSamples::new(
-        Array2::from_shape_vec((n, width.unwrap_or(0)), features)?,
-        labels,
-    )
+    LabelledSamples::new(Array2::from_shape_vec((n, width.unwrap_or(0)), features)?, labels)
 }
 
 #[cfg(test)]
@@ -264,11 +210,7 @@ mod tests {
         let jsonl = dir.path().join("p.jsonl");
         let mut f = std::fs::File::create(&jsonl).unwrap();
         writeln!(f, r#"{{"features": [0.5, 1.0], "label": 3}}"#).unwrap();
-        writeln!(
-            f,
-            r#"{{"features": [0.25, 0.0], "label": 1, "other": "ignored"}}"#
-        )
-        .unwrap();
+        writeln!(f, r#"{{"features": [0.25, 0.0], "label": 1, "other": "ignored"}}"#).unwrap();
         let a = read_csv(&csv, "label").unwrap();
         let b = read_json_lines(&jsonl).unwrap();
         assert_eq!(a, b);
@@ -288,10 +230,6 @@ mod tests {
         assert_eq!(s.labels, vec![7, 4]);
         assert_eq!(s.features.row(0).to_vec(), vec![0.0, 1.0]);
         assert!(s.check_shape(2, 10).is_ok());
-        assert!(s
-            .check_shape(2, 5)
-            .unwrap_err()
-            .to_string()
-            .contains("label 7"));
+        assert!(s.check_shape(2, 5).unwrap_err().to_string().contains("label 7"));
     }
 }

@@ -34,13 +34,7 @@ pub struct DecisionConfig {
 
 impl Default for DecisionConfig {
     fn default() -> Self {
-        Self {
-            policy: Policy::Calibrated,
-            alpha: 0.1,
-            reject_fraction: 0.4,
-            threshold: None,
-            observe: false,
-        }
+        Self { policy: Policy::Calibrated, alpha: 0.1, reject_fraction: 0.4, threshold: None, observe: false }
     }
 }
 
@@ -64,10 +58,9 @@ impl DecisionConfig {
                 "decision.threshold",
                 "policy \"threshold\" needs an absolute score here, e.g. threshold = 2.5",
             )),
-            (_, Some(t)) if !t.is_finite() => Err(ConfigError::new(
-                "decision.threshold",
-                format!("{t} is not a finite number"),
-            )),
+            (_, Some(t)) if !t.is_finite() => {
+                Err(ConfigError::new("decision.threshold", format!("{t} is not a finite number")))
+            }
             _ => Ok(()),
         }
     }
@@ -117,11 +110,7 @@ impl DecisionConfig {
         match self.policy {
             Policy::Calibrated => Threshold {
                 value: conformal_quantile(probe_scores, self.alpha),
-                rule: format!(
-                    "calibrated alpha {} over {} probes",
-                    self.alpha,
-                    probe_scores.len()
-                ),
+                rule: format!("calibrated alpha {} over {} probes", self.alpha, probe_scores.len()),
             },
             Policy::RejectFraction => Threshold {
                 value: reject_fraction_threshold(sample_scores, self.reject_fraction),
@@ -137,26 +126,14 @@ impl DecisionConfig {
     /// The decision for one sample's score under this window's threshold.
     pub fn decide(&self, score: f32, threshold: &Threshold) -> Decision {
         let flagged = score > threshold.value;
-        let action = if flagged && !self.observe {
-            Action::Quarantine
-        } else {
-            Action::Forward
-        };
+        let action = if flagged && !self.observe { Action::Quarantine } else { Action::Forward };
         let comparison = if flagged { ">" } else { "<=" };
-        let mut reason = format!(
-            "score {score:.4} {comparison} threshold {:.4} ({})",
-            threshold.value, threshold.rule
-        );
+        let mut reason =
+            format!("score {score:.4} {comparison} threshold {:.4} ({})", threshold.value, threshold.rule);
         if flagged && self.observe {
             reason.push_str("; observe mode: would quarantine, forwarded");
         }
-        Decision {
-            action,
-            flagged,
-            score,
-            threshold: threshold.value,
-            reason,
-        }
+        Decision { action, flagged, score, threshold: threshold.value, reason }
     }
 }
 
@@ -203,14 +180,8 @@ mod tests {
             rejected += (fresh > conformal_quantile(&probes, alpha)) as usize;
         }
         let rate = rejected as f64 / trials as f64;
-        assert!(
-            rate <= alpha + 0.02,
-            "false-reject rate {rate} exceeds alpha {alpha}"
-        );
-        assert!(
-            rate >= alpha - 0.04,
-            "false-reject rate {rate} far below alpha: threshold too loose"
-        );
+        assert!(rate <= alpha + 0.02, "false-reject rate {rate} exceeds alpha {alpha}");
+        assert!(rate >= alpha - 0.04, "false-reject rate {rate} far below alpha: threshold too loose");
     }
 
     #[test]
@@ -222,14 +193,8 @@ mod tests {
 
     #[test]
     fn observe_mode_flags_but_forwards() {
-        let config = DecisionConfig {
-            observe: true,
-            ..Default::default()
-        };
-        let threshold = Threshold {
-            value: 1.0,
-            rule: "test".into(),
-        };
+        let config = DecisionConfig { observe: true, ..Default::default() };
+        let threshold = Threshold { value: 1.0, rule: "test".into() };
         let d = config.decide(2.0, &threshold);
         assert!(d.flagged);
         assert_eq!(d.action, Action::Forward);
@@ -237,9 +202,6 @@ mod tests {
         let enforce = DecisionConfig::default().decide(2.0, &threshold);
         assert_eq!(enforce.action, Action::Quarantine);
         assert_eq!((enforce.score, enforce.threshold), (2.0, 1.0));
-        assert_eq!(
-            DecisionConfig::default().decide(0.5, &threshold).action,
-            Action::Forward
-        );
+        assert_eq!(DecisionConfig::default().decide(0.5, &threshold).action, Action::Forward);
     }
 }

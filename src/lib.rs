@@ -5,6 +5,7 @@
 //! trajectory against the clean probes'; [`decision`] turns scores into forward/quarantine.
 //! [`eval`] drives the same engine offline on MNIST with a poisoning attack.
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod decision;

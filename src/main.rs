@@ -10,10 +10,7 @@ use lossgate::shadow::Runtime;
 use lossgate::EngineConfig;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Streaming data-poisoning firewall for online training"
-)]
+#[command(version, about = "Streaming data-poisoning firewall for online training")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,6 +47,12 @@ enum Command {
         /// Write each seed's first-window loss trajectories as CSV into this folder.
         #[arg(long)]
         trajectories: Option<PathBuf>,
+    },
+    /// Measure the shadow model, the GEMM ceiling, a whole window and the scorer; print a table.
+    Bench {
+        /// Short runs and a small window (a smoke test, not a measurement).
+        #[arg(long)]
+        quick: bool,
     },
     /// Validate a config file and print it as understood.
     CheckConfig {
@@ -101,17 +104,10 @@ fn run(cli: Cli) -> Result<()> {
                 mnist_dir,
                 seeds,
                 max_samples,
-                attack: PatchAttack {
-                    target,
-                    ratio: poison_ratio,
-                    ..Default::default()
-                },
+                attack: PatchAttack { target, ratio: poison_ratio, ..Default::default() },
                 trajectories_dir: trajectories,
-                jobs: jobs.unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                }),
+                jobs: jobs
+                    .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
             };
             tracing::info!(
                 window = config.window.size,
@@ -128,6 +124,11 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
+            Ok(())
+        }
+        Command::Bench { quick } => {
+            let runtime = Runtime::load(&Default::default())?;
+            print!("{}", lossgate::bench::report(&runtime, quick)?);
             Ok(())
         }
         Command::CheckConfig { config } => {

@@ -57,10 +57,7 @@ impl ProbesConfig {
         ensure(
             self.count >= 2,
             "probes.count",
-            format!(
-                "{}: at least 2 probes are needed to score against",
-                self.count
-            ),
+            format!("{}: at least 2 probes are needed to score against", self.count),
         )?;
         if let Some(file) = &self.file {
             ensure(
@@ -86,43 +83,29 @@ impl ProbesConfig {
     }
 
     pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.file, &mut self.labels_file]
-            .into_iter()
-            .flatten()
-        {
+        for p in [&mut self.file, &mut self.labels_file].into_iter().flatten() {
             *p = base.join(&*p);
         }
     }
 
     /// Loads the probe file, checks it against the input shape and draws `count` probes.
     pub fn load(&self, features: usize, classes: usize) -> Result<LabelledSamples> {
-        let file = self
-            .file
-            .as_ref()
-            .context("no probe file configured (probes.file)")?;
+        let file = self.file.as_ref().context("no probe file configured (probes.file)")?;
         let all = match self.format {
-            ProbeFormat::Idx => read_idx_pair(
-                file,
-                self.labels_file
-                    .as_ref()
-                    .context("probes.labels_file is missing")?,
-            )?,
+            ProbeFormat::Idx => {
+                read_idx_pair(file, self.labels_file.as_ref().context("probes.labels_file is missing")?)?
+            }
             ProbeFormat::Csv => read_csv(file, &self.label_column)?,
             ProbeFormat::Jsonl => read_json_lines(file)?,
         };
-        all.check_shape(features, classes)
-            .with_context(|| format!("probe file {}", file.display()))?;
+        all.check_shape(features, classes).with_context(|| format!("probe file {}", file.display()))?;
         draw(&all, self.count, self.seed).with_context(|| format!("probe file {}", file.display()))
     }
 }
 
 /// `count` samples drawn without replacement with a fixed seed.
 pub fn draw(from: &LabelledSamples, count: usize, seed: u64) -> Result<LabelledSamples> {
-    anyhow::ensure!(
-        from.len() >= count,
-        "holds {} samples, probes.count asks for {count}",
-        from.len()
-    );
+    anyhow::ensure!(from.len() >= count, "holds {} samples, probes.count asks for {count}", from.len());
     let mut indices: Vec<usize> = (0..from.len()).collect();
     indices.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
     indices.truncate(count);

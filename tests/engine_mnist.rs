@@ -29,28 +29,12 @@ fn patch_poisons_stand_out_on_mnist() {
     let seed = &report.seeds[0];
     assert_eq!(seed.windows.len(), 3);
     assert_eq!(seed.total.poisons, 61);
-    assert!(
-        seed.mean_window_auc >= 0.85,
-        "ROC-AUC {}\n{}",
-        seed.mean_window_auc,
-        report.to_table()
-    );
-    assert!(
-        seed.total.true_positive_rate() >= 0.6,
-        "{}",
-        report.to_table()
-    );
-    assert!(
-        seed.total.false_reject_rate() <= 0.25,
-        "{}",
-        report.to_table()
-    );
+    assert!(seed.mean_window_auc >= 0.85, "ROC-AUC {}\n{}", seed.mean_window_auc, report.to_table());
+    assert!(seed.total.true_positive_rate() >= 0.6, "{}", report.to_table());
+    assert!(seed.total.false_reject_rate() <= 0.25, "{}", report.to_table());
 }
 
-fn window_and_probes() -> (
-    lossgate::data::LabelledSamples,
-    lossgate::data::LabelledSamples,
-) {
+fn window_and_probes() -> (lossgate::data::LabelledSamples, lossgate::data::LabelledSamples) {
     let all = common::mnist_train(1300);
     (all.slice(0, 1000), all.slice(1000, 1300))
 }
@@ -64,29 +48,16 @@ fn reject_fraction_and_observe_policies_on_a_real_window() {
     config.decision.policy = Policy::RejectFraction;
     let mut engine = Engine::new(&runtime, config, probes).unwrap();
     let outcome = engine.process(&window).unwrap();
-    let quarantined = outcome
-        .decisions
-        .iter()
-        .filter(|d| d.action == Action::Quarantine)
-        .count();
-    assert_eq!(
-        quarantined, 400,
-        "the paper's rule quarantines 40 % of the window"
-    );
+    let quarantined = outcome.decisions.iter().filter(|d| d.action == Action::Quarantine).count();
+    assert_eq!(quarantined, 400, "the paper's rule quarantines 40 % of the window");
     assert_eq!(outcome.losses.dim(), (1300, 4));
-    assert!(outcome
-        .decisions
-        .iter()
-        .all(|d| d.reason.contains("reject-fraction 0.4")));
+    assert!(outcome.decisions.iter().all(|d| d.reason.contains("reject-fraction 0.4")));
 
     let mut observe = engine.config().decision.clone();
     observe.observe = true;
     engine.set_decision(observe).unwrap();
     let outcome = engine.process(&window).unwrap();
-    assert!(outcome
-        .decisions
-        .iter()
-        .all(|d| d.action == Action::Forward));
+    assert!(outcome.decisions.iter().all(|d| d.action == Action::Forward));
     assert_eq!(outcome.decisions.iter().filter(|d| d.flagged).count(), 400);
 }
 
@@ -105,8 +76,7 @@ fn windows_of_the_wrong_shape_are_refused_with_a_reason() {
 fn too_few_probes_for_k_are_refused_at_start() {
     let runtime = common::runtime();
     let (_, probes) = window_and_probes();
-    let err = Engine::new(&runtime, small_config(), probes.slice(0, 40))
-        .err()
-        .expect("k = 50 needs > 50 probes");
+    let err =
+        Engine::new(&runtime, small_config(), probes.slice(0, 40)).err().expect("k = 50 needs > 50 probes");
     assert!(format!("{err:#}").contains("scorer.k"), "{err:#}");
 }

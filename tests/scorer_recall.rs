@@ -3,53 +3,23 @@
 
 mod common;
 
+use lossgate::bench::synthetic_trajectories;
 use lossgate::config::EngineConfig;
 use lossgate::data::LabelledSamples;
 use lossgate::engine::trajectory::{record_loss_matrix, TrainingPlan};
 use lossgate::scorer::{recall_at_k, IndexKind, ProbeScorer, ScorerConfig};
 use lossgate::shadow::{MlpShape, Sgd, ShadowModel};
-use ndarray::Array2;
-use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, LogNormal, Normal};
-
-/// Loss-trajectory-like rows: a start loss, an exponential decay, noise, and a spike now and then.
-fn synthetic_trajectories(rows: usize, epochs: usize, seed: u64) -> Array2<f32> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let start = LogNormal::new(-0.5, 1.0).unwrap();
-    let noise = Normal::new(0.0, 0.05).unwrap();
-    let mut out = Array2::zeros((rows, epochs));
-    for mut row in out.rows_mut() {
-        let l0: f64 = start.sample(&mut rng);
-        let rate: f64 = rng.random_range(0.02..0.6);
-        for (e, v) in row.iter_mut().enumerate() {
-            let spike = if rng.random_bool(0.02) {
-                rng.random_range(0.5..3.0)
-            } else {
-                0.0
-            };
-            *v = ((l0 * (-rate * e as f64).exp()) + noise.sample(&mut rng) + spike).max(0.0) as f32;
-        }
-    }
-    out
-}
 
 fn recall_with(probes: usize, queries: usize) -> f64 {
     let k = 50;
     let probe_rows = synthetic_trajectories(probes, 30, 1);
     let query_rows = synthetic_trajectories(queries, 30, 2);
     let exact = ProbeScorer::build(
-        &ScorerConfig {
-            k,
-            index: IndexKind::Exact,
-            ..Default::default()
-        },
+        &ScorerConfig { k, index: IndexKind::Exact, ..Default::default() },
         probe_rows.view(),
     );
     let hnsw = ProbeScorer::build(
-        &ScorerConfig {
-            k,
-            ..Default::default()
-        },
+        &ScorerConfig { k, index: IndexKind::Hnsw, ..Default::default() },
         probe_rows.view(),
     );
     recall_at_k(&exact, &hnsw, query_rows.view(), k)
@@ -58,12 +28,14 @@ fn recall_with(probes: usize, queries: usize) -> f64 {
 #[test]
 fn hnsw_recall_at_default_probe_count() {
     let recall = recall_with(250, 2000);
+    eprintln!("recall@50 = {recall} at 250 probes");
     assert!(recall >= 0.99, "recall@50 = {recall} at 250 probes");
 }
 
 #[test]
 fn hnsw_recall_at_25000_probes() {
     let recall = recall_with(25_000, 500);
+    eprintln!("recall@50 = {recall} at 25 000 probes");
     assert!(recall >= 0.99, "recall@50 = {recall} at 25 000 probes");
 }
 
@@ -74,30 +46,12 @@ fn hnsw_and_exact_make_the_same_decisions_on_a_real_window() {
     let window = all.slice(0, 1250);
     let probes: LabelledSamples = all.slice(1250, 1500);
     let joined = window.concat(&probes).unwrap();
-    let shape = MlpShape {
-        features: 784,
-        hidden: vec![64],
-        classes: 10,
-    };
-    let sgd = Sgd {
-        learning_rate: 0.01,
-        momentum: 0.9,
-        weight_decay: 0.0,
-    };
+    let shape = MlpShape { features: 784, hidden: vec![64], classes: 10 };
+    let sgd = Sgd { learning_rate: 0.01, momentum: 0.9, weight_decay: 0.0 };
     let mut model = ShadowModel::new(&runtime, shape, sgd, 3).unwrap();
-    let plan = TrainingPlan {
-        epochs: 12,
-        batch_size: 128,
-        seed: 3,
-    };
-    let losses = record_loss_matrix(
-        &mut model,
-        joined.features.view(),
-        &joined.labels,
-        plan,
-        |_| {},
-    )
-    .unwrap();
+    let plan = TrainingPlan { epochs: 12, batch_size: 128, seed: 3 };
+    let losses =
+        record_loss_matrix(&mut model, joined.features.view(), &joined.labels, plan, |_| {}).unwrap();
 
     let mut config = EngineConfig::default();
     config.scorer.index = IndexKind::Exact;
@@ -105,8 +59,7 @@ fn hnsw_and_exact_make_the_same_decisions_on_a_real_window() {
     config.scorer.index = IndexKind::Hnsw;
     let hnsw = lossgate::engine::score_and_decide(&config, losses, window.len());
     assert_eq!(exact.threshold.value, hnsw.threshold.value);
-    let flagged =
-        |o: &lossgate::WindowOutcome| o.decisions.iter().map(|d| d.flagged).collect::<Vec<_>>();
+    let flagged = |o: &lossgate::WindowOutcome| o.decisions.iter().map(|d| d.flagged).collect::<Vec<_>>();
     assert_eq!(flagged(&exact), flagged(&hnsw));
     assert!(flagged(&exact).iter().any(|&f| f) && flagged(&exact).iter().any(|&f| !f));
     // Far outliers (well above the threshold) can miss a neighbour in HNSW's greedy search;
@@ -117,9 +70,5 @@ fn hnsw_and_exact_make_the_same_decisions_on_a_real_window() {
         .zip(&hnsw.sample_scores)
         .filter(|(a, b)| (*a - *b).abs() > 1e-5 * a.abs().max(1.0))
         .count();
-    assert!(
-        differing * 100 <= window.len(),
-        "{differing} of {} scores differ",
-        window.len()
-    );
+    assert!(differing * 100 <= window.len(), "{differing} of {} scores differ", window.len());
 }

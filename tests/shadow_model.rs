@@ -7,20 +7,12 @@ use lossgate::shadow::graphs::{eval_graph, train_step_graph};
 use lossgate::shadow::{MlpShape, Sgd, ShadowModel};
 use rand::{Rng, SeedableRng};
 
-const PLAIN_SGD: Sgd = Sgd {
-    learning_rate: 1.0,
-    momentum: 0.0,
-    weight_decay: 0.0,
-};
+const PLAIN_SGD: Sgd = Sgd { learning_rate: 1.0, momentum: 0.0, weight_decay: 0.0 };
 
 fn random_batch(n: usize, features: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<i64>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let x = (0..n * features)
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    let y = (0..n)
-        .map(|_| rng.random_range(0..classes as i64))
-        .collect();
+    let x = (0..n * features).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let y = (0..n).map(|_| rng.random_range(0..classes as i64)).collect();
     (x, y)
 }
 
@@ -33,11 +25,7 @@ fn mean_loss(model: &mut ShadowModel, x: &[f32], y: &[i64]) -> f64 {
 /// batch's mean loss; compare that with central finite differences of the evaluation graph.
 fn check_gradients(hidden: Vec<usize>) {
     let runtime = common::runtime();
-    let shape = MlpShape {
-        features: 5,
-        hidden,
-        classes: 3,
-    };
+    let shape = MlpShape { features: 5, hidden, classes: 3 };
     let (x, y) = random_batch(7, 5, 3, 11);
     let mut model = ShadowModel::new(&runtime, shape, PLAIN_SGD, 5).unwrap();
     let before = model.parameters().unwrap();
@@ -73,10 +61,7 @@ fn check_gradients(hidden: Vec<usize>) {
             checked += 1;
         }
     }
-    assert!(
-        checked > 15 && at_kinks * 10 < checked,
-        "{checked} checked, {at_kinks} at ReLU kinks"
-    );
+    assert!(checked > 15 && at_kinks * 10 < checked, "{checked} checked, {at_kinks} at ReLU kinks");
 }
 
 #[test]
@@ -97,11 +82,7 @@ fn gradients_match_finite_differences_with_two_hidden_layers() {
 #[test]
 fn momentum_and_weight_decay_follow_pytorch_sgd() {
     let runtime = common::runtime();
-    let shape = MlpShape {
-        features: 4,
-        hidden: vec![3],
-        classes: 3,
-    };
+    let shape = MlpShape { features: 4, hidden: vec![3], classes: 3 };
     let (x, y) = random_batch(5, 4, 3, 2);
     let mut plain = ShadowModel::new(&runtime, shape.clone(), PLAIN_SGD, 9).unwrap();
     let start = plain.parameters().unwrap();
@@ -112,21 +93,14 @@ fn momentum_and_weight_decay_follow_pytorch_sgd() {
         .map(|(a, b)| a.iter().zip(b).map(|(a, b)| a - b).collect())
         .collect();
 
-    let sgd = Sgd {
-        learning_rate: 0.1,
-        momentum: 0.9,
-        weight_decay: 0.01,
-    };
+    let sgd = Sgd { learning_rate: 0.1, momentum: 0.9, weight_decay: 0.01 };
     let mut model = ShadowModel::new(&runtime, shape, sgd, 9).unwrap();
     model.train_step(&x, &y).unwrap();
     for ((p0, g), p1) in start.iter().zip(&gradient).zip(model.parameters().unwrap()) {
         for ((p0, g), p1) in p0.iter().zip(g).zip(p1) {
             // v = g + wd * p (momentum buffer starts at 0); p -= lr * v
             let expected = p0 - 0.1 * (g + 0.01 * p0);
-            assert!(
-                (expected - p1).abs() < 1e-5,
-                "expected {expected}, got {p1}"
-            );
+            assert!((expected - p1).abs() < 1e-5, "expected {expected}, got {p1}");
         }
     }
 }
@@ -135,15 +109,8 @@ fn momentum_and_weight_decay_follow_pytorch_sgd() {
 fn graphs_written_to_files_load_in_onnx_runtime() {
     let runtime = common::runtime();
     let dir = tempfile::tempdir().unwrap();
-    let shape = MlpShape {
-        features: 784,
-        hidden: vec![256],
-        classes: 10,
-    };
-    for (name, bytes) in [
-        ("train.onnx", train_step_graph(&shape)),
-        ("eval.onnx", eval_graph(&shape)),
-    ] {
+    let shape = MlpShape { features: 784, hidden: vec![256], classes: 10 };
+    for (name, bytes) in [("train.onnx", train_step_graph(&shape)), ("eval.onnx", eval_graph(&shape))] {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
         let session = runtime.session_from_file(&path).unwrap();
@@ -155,22 +122,10 @@ fn graphs_written_to_files_load_in_onnx_runtime() {
 fn mnist_losses(seed: u64) -> ndarray::Array2<f32> {
     let runtime = common::runtime();
     let data = common::mnist_train(2000);
-    let shape = MlpShape {
-        features: 784,
-        hidden: vec![64],
-        classes: 10,
-    };
-    let sgd = Sgd {
-        learning_rate: 0.1,
-        momentum: 0.9,
-        weight_decay: 0.0,
-    };
+    let shape = MlpShape { features: 784, hidden: vec![64], classes: 10 };
+    let sgd = Sgd { learning_rate: 0.1, momentum: 0.9, weight_decay: 0.0 };
     let mut model = ShadowModel::new(&runtime, shape, sgd, seed).unwrap();
-    let plan = TrainingPlan {
-        epochs: 3,
-        batch_size: 128,
-        seed,
-    };
+    let plan = TrainingPlan { epochs: 3, batch_size: 128, seed };
     record_loss_matrix(&mut model, data.features.view(), &data.labels, plan, |_| {}).unwrap()
 }
 
@@ -178,19 +133,22 @@ fn mnist_losses(seed: u64) -> ndarray::Array2<f32> {
 fn training_on_mnist_lowers_the_loss_and_repeats_exactly_with_the_same_seed() {
     let losses = mnist_losses(4);
     let means: Vec<f32> = losses.mean_axis(ndarray::Axis(0)).unwrap().to_vec();
-    assert!(
-        means[0] < 1.0,
-        "after one epoch the mean loss should be far below ln(10) = 2.3: {means:?}"
-    );
+    assert!(means[0] < 1.0, "after one epoch the mean loss should be far below ln(10) = 2.3: {means:?}");
     assert!(means[2] < means[0], "loss should keep falling: {means:?}");
-    assert_eq!(
-        losses,
-        mnist_losses(4),
-        "same seed, same CPU: same loss matrix"
-    );
-    assert_ne!(
-        losses,
-        mnist_losses(5),
-        "another seed should train differently"
-    );
+    assert_eq!(losses, mnist_losses(4), "same seed, same CPU: same loss matrix");
+    assert_ne!(losses, mnist_losses(5), "another seed should train differently");
+}
+
+#[test]
+fn cuda_that_cannot_load_is_refused_or_falls_back_to_cpu_when_allowed() {
+    use lossgate::shadow::{ExecutionProvider, Runtime, RuntimeOptions};
+    // This machine has no GPU and the CPU build of ONNX Runtime: CUDA cannot load here.
+    let strict = RuntimeOptions { execution_provider: ExecutionProvider::Cuda, ..Default::default() };
+    let err = format!("{:#}", Runtime::load(&strict).err().expect("CUDA must not load on a CPU-only host"));
+    assert!(err.contains("CUDA") || err.contains("cuda"), "{err}");
+    assert!(err.contains("cuda_fallback_to_cpu"), "the error says how to run anyway: {err}");
+
+    let lenient = RuntimeOptions { cuda_fallback_to_cpu: true, ..strict };
+    let runtime = Runtime::load(&lenient).unwrap();
+    assert_eq!(runtime.provider(), ExecutionProvider::Cpu);
 }

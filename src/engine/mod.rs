@@ -47,9 +47,7 @@ impl Engine {
     /// Opens the shadow model on `runtime` and checks the probes against the configured shape.
     pub fn new(runtime: &Runtime, config: EngineConfig, probes: LabelledSamples) -> Result<Self> {
         config.validate()?;
-        probes
-            .check_shape(config.input.features, config.input.classes)
-            .context("probes")?;
+        probes.check_shape(config.input.features, config.input.classes).context("probes")?;
         anyhow::ensure!(
             probes.len() > config.scorer.k,
             "{} probes loaded, scorer.k = {} needs more than k",
@@ -67,12 +65,7 @@ impl Engine {
             weight_decay: config.shadow.weight_decay,
         };
         let model = ShadowModel::new(runtime, shape, sgd, config.shadow.seed)?;
-        Ok(Self {
-            config,
-            model,
-            probes,
-            windows_done: 0,
-        })
+        Ok(Self { config, model, probes, windows_done: 0 })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -88,11 +81,7 @@ impl Engine {
 
     /// Runs one window with the next window seed.
     pub fn process(&mut self, window: &LabelledSamples) -> Result<WindowOutcome> {
-        let seed = self
-            .config
-            .shadow
-            .seed
-            .wrapping_add(self.windows_done.wrapping_mul(0x9e37_79b9));
+        let seed = self.config.shadow.seed.wrapping_add(self.windows_done.wrapping_mul(0x9e37_79b9));
         self.windows_done += 1;
         self.process_seeded(window, seed, |_| {})
     }
@@ -105,37 +94,23 @@ impl Engine {
         seed: u64,
         on_epoch: impl FnMut(usize),
     ) -> Result<WindowOutcome> {
-        window
-            .check_shape(self.config.input.features, self.config.input.classes)
-            .context("window")?;
+        window.check_shape(self.config.input.features, self.config.input.classes).context("window")?;
         let joined = window.concat(&self.probes)?;
         let plan = TrainingPlan {
             epochs: self.config.shadow.epochs,
             batch_size: self.config.shadow.batch_size,
             seed,
         };
-        let losses = record_loss_matrix(
-            &mut self.model,
-            joined.features.view(),
-            &joined.labels,
-            plan,
-            on_epoch,
-        )?;
+        let losses =
+            record_loss_matrix(&mut self.model, joined.features.view(), &joined.labels, plan, on_epoch)?;
         Ok(score_and_decide(&self.config, losses, window.len()))
     }
 }
 
 /// Scoring and decision on a recorded `[samples + probes, epochs]` loss matrix (samples first).
-pub fn score_and_decide(
-    config: &EngineConfig,
-    losses: Array2<f32>,
-    sample_count: usize,
-) -> WindowOutcome {
+pub fn score_and_decide(config: &EngineConfig, losses: Array2<f32>, sample_count: usize) -> WindowOutcome {
     let kept = kept_epochs(losses.view());
-    let trajectories = losses
-        .select(Axis(1), &kept)
-        .as_standard_layout()
-        .into_owned();
+    let trajectories = losses.select(Axis(1), &kept).as_standard_layout().into_owned();
     let samples = trajectories.slice(s![..sample_count, ..]);
     let probes = trajectories.slice(s![sample_count.., ..]);
     let scorer = ProbeScorer::build(&config.scorer, probes);
@@ -143,16 +118,6 @@ pub fn score_and_decide(
     let sample_scores = scorer.score_rows(samples);
     let decision = &config.decision;
     let threshold = decision.threshold(&probe_scores, &sample_scores);
-    let decisions = sample_scores
-        .iter()
-        .map(|&s| decision.decide(s, &threshold))
-        .collect();
-    WindowOutcome {
-        losses,
-        kept_epochs: kept,
-        sample_scores,
-        probe_scores,
-        threshold,
-        decisions,
-    }
+    let decisions = sample_scores.iter().map(|&s| decision.decide(s, &threshold)).collect();
+    WindowOutcome { losses, kept_epochs: kept, sample_scores, probe_scores, threshold, decisions }
 }

@@ -67,10 +67,7 @@ pub fn record_loss_matrix(
 /// twice the mean of the previous three kept epochs (drops the loss spikes that many
 /// simultaneous attacks cause).
 pub fn kept_epochs(losses: ArrayView2<f32>) -> Vec<usize> {
-    let means: Vec<f32> = losses
-        .mean_axis(Axis(0))
-        .map(|m| m.to_vec())
-        .unwrap_or_default();
+    let means: Vec<f32> = losses.mean_axis(Axis(0)).map(|m| m.to_vec()).unwrap_or_default();
     let mut kept: Vec<usize> = (0..means.len().min(3)).collect();
     for (epoch, &mean) in means.iter().enumerate().skip(3) {
         let recent = &kept[kept.len() - 3..];
@@ -90,10 +87,7 @@ mod tests {
     #[test]
     fn epoch_filter_drops_spikes_and_keeps_the_first_three() {
         // Means per epoch: 2, 1, 0.5, 0.4, 5 (spike), 0.3
-        let losses = array![
-            [2.0f32, 1.0, 0.5, 0.4, 5.0, 0.3],
-            [2.0, 1.0, 0.5, 0.4, 5.0, 0.3]
-        ];
+        let losses = array![[2.0f32, 1.0, 0.5, 0.4, 5.0, 0.3], [2.0, 1.0, 0.5, 0.4, 5.0, 0.3]];
         assert_eq!(kept_epochs(losses.view()), vec![0, 1, 2, 3, 5]);
         let short = array![[9.0f32, 100.0]];
         assert_eq!(kept_epochs(short.view()), vec![0, 1]);

@@ -21,12 +21,7 @@ pub struct PatchAttack {
 
 impl Default for PatchAttack {
     fn default() -> Self {
-        Self {
-            target: 0,
-            ratio: 0.01,
-            patch_size: 3,
-            margin: 1,
-        }
+        Self { target: 0, ratio: 0.01, patch_size: 3, margin: 1 }
     }
 }
 
@@ -45,15 +40,9 @@ impl PatchAttack {
     /// Returns a mask: `true` for every poisoned sample.
     pub fn poison(&self, data: &mut LabelledSamples, seed: u64) -> Vec<bool> {
         let side = (data.feature_count() as f64).sqrt() as usize;
-        assert_eq!(
-            side * side,
-            data.feature_count(),
-            "the patch attack needs square images"
-        );
+        assert_eq!(side * side, data.feature_count(), "the patch attack needs square images");
         let count = (self.ratio * data.len() as f64).round() as usize;
-        let mut candidates: Vec<usize> = (0..data.len())
-            .filter(|&i| data.labels[i] != self.target)
-            .collect();
+        let mut candidates: Vec<usize> = (0..data.len()).filter(|&i| data.labels[i] != self.target).collect();
         candidates.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         let mut poisoned = vec![false; data.len()];
         for &i in candidates.iter().take(count) {
@@ -73,15 +62,9 @@ mod tests {
 
     #[test]
     fn poisons_the_ratio_with_the_patch_and_target_label() {
-        let mut data = LabelledSamples::new(
-            Array2::zeros((200, 784)),
-            (0..200).map(|i| i % 10).collect(),
-        )
-        .unwrap();
-        let attack = PatchAttack {
-            ratio: 0.05,
-            ..Default::default()
-        };
+        let mut data =
+            LabelledSamples::new(Array2::zeros((200, 784)), (0..200).map(|i| i % 10).collect()).unwrap();
+        let attack = PatchAttack { ratio: 0.05, ..Default::default() };
         let mask = attack.poison(&mut data, 1);
         assert_eq!(mask.iter().filter(|&&p| p).count(), 10);
         for (i, &p) in mask.iter().enumerate() {

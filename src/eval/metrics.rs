@@ -14,8 +14,7 @@ pub fn roc_auc(scores: &[f32], positive: &[bool]) -> f64 {
             j += 1;
         }
         let average_rank = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum_positive +=
-            average_rank * order[i..=j].iter().filter(|&&k| positive[k]).count() as f64;
+        rank_sum_positive += average_rank * order[i..=j].iter().filter(|&&k| positive[k]).count() as f64;
         i = j + 1;
     }
     let n_pos = positive.iter().filter(|&&p| p).count() as f64;

@@ -73,12 +73,7 @@ impl Summary {
         let (mean, spread) = mean_and_spread(values);
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);
         let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Self {
-            mean,
-            spread,
-            min,
-            max,
-        }
+        Self { mean, spread, min, max }
     }
 }
 
@@ -93,22 +88,11 @@ pub struct EvalReport {
 
 /// MNIST's training and test splits from a folder of IDX files.
 pub fn load_mnist(dir: &Path) -> Result<(LabelledSamples, LabelledSamples)> {
-    let hint = || {
-        format!(
-            "MNIST IDX files expected in {} (run scripts/setup.sh)",
-            dir.display()
-        )
-    };
-    let train = read_idx_pair(
-        &dir.join("train-images-idx3-ubyte"),
-        &dir.join("train-labels-idx1-ubyte"),
-    )
-    .with_context(hint)?;
-    let test = read_idx_pair(
-        &dir.join("t10k-images-idx3-ubyte"),
-        &dir.join("t10k-labels-idx1-ubyte"),
-    )
-    .with_context(hint)?;
+    let hint = || format!("MNIST IDX files expected in {} (run scripts/setup.sh)", dir.display());
+    let train = read_idx_pair(&dir.join("train-images-idx3-ubyte"), &dir.join("train-labels-idx1-ubyte"))
+        .with_context(hint)?;
+    let test = read_idx_pair(&dir.join("t10k-images-idx3-ubyte"), &dir.join("t10k-labels-idx1-ubyte"))
+        .with_context(hint)?;
     Ok((train, test))
 }
 
@@ -137,8 +121,8 @@ fn evaluate_seed(
 ) -> Result<SeedResult> {
     let started = Instant::now();
     let (stream, poisoned) = poisoned_stream(train, options, seed);
-    let probes = probes::draw(test, config.probes.count, seed)
-        .context("drawing probes from the MNIST test split")?;
+    let probes =
+        probes::draw(test, config.probes.count, seed).context("drawing probes from the MNIST test split")?;
     let mut engine = Engine::new(runtime, config.clone(), probes)?;
     let window_size = config.window.size;
     let mut windows = Vec::new();
@@ -182,11 +166,7 @@ fn evaluate_seed(
         all_scores.extend(outcome.sample_scores);
         windows.push(result);
     }
-    let aucs: Vec<f64> = windows
-        .iter()
-        .map(|w| w.auc)
-        .filter(|a| a.is_finite())
-        .collect();
+    let aucs: Vec<f64> = windows.iter().map(|w| w.auc).filter(|a| a.is_finite()).collect();
     Ok(SeedResult {
         seed,
         mean_window_auc: mean_and_spread(&aucs).0,
@@ -224,18 +204,13 @@ fn write_trajectories(path: &Path, losses: &ndarray::Array2<f32>, poisoned: &[bo
 pub fn run(runtime: &Runtime, config: &EngineConfig, options: &EvalOptions) -> Result<EvalReport> {
     config.validate()?;
     let (train, test) = load_mnist(&options.mnist_dir)?;
-    train
-        .check_shape(config.input.features, config.input.classes)
-        .context("MNIST against [input]")?;
+    train.check_shape(config.input.features, config.input.classes).context("MNIST against [input]")?;
     let stream_len = options.max_samples.unwrap_or(train.len()).min(train.len());
     let windows_per_seed = stream_len.div_ceil(config.window.size);
-    let progress =
-        ProgressBar::new((options.seeds.len() * windows_per_seed * config.shadow.epochs) as u64);
+    let progress = ProgressBar::new((options.seeds.len() * windows_per_seed * config.shadow.epochs) as u64);
     progress.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {pos}/{len} shadow epochs, eta {eta}",
-        )
-        .expect("static template"),
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} shadow epochs, eta {eta}")
+            .expect("static template"),
     );
     let queue = Mutex::new(options.seeds.iter().copied());
     let results = Mutex::new(Vec::new());
@@ -245,8 +220,7 @@ pub fn run(runtime: &Runtime, config: &EngineConfig, options: &EvalOptions) -> R
                 let Some(seed) = queue.lock().unwrap().next() else {
                     break;
                 };
-                let result =
-                    evaluate_seed(runtime, config, &train, &test, options, seed, &progress);
+                let result = evaluate_seed(runtime, config, &train, &test, options, seed, &progress);
                 results.lock().unwrap().push((seed, result));
             });
         }
@@ -257,8 +231,7 @@ pub fn run(runtime: &Runtime, config: &EngineConfig, options: &EvalOptions) -> R
         seeds.push(result.with_context(|| format!("evaluating seed {seed}"))?);
     }
     seeds.sort_by_key(|s| s.seed);
-    let summary =
-        |f: &dyn Fn(&SeedResult) -> f64| Summary::of(&seeds.iter().map(f).collect::<Vec<_>>());
+    let summary = |f: &dyn Fn(&SeedResult) -> f64| Summary::of(&seeds.iter().map(f).collect::<Vec<_>>());
     Ok(EvalReport {
         mean_window_auc: summary(&|s| s.mean_window_auc),
         pooled_auc: summary(&|s| s.pooled_auc),
@@ -272,7 +245,9 @@ impl EvalReport {
     /// The human-readable tables: per window, per seed, and across seeds.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        out.push_str("seed  window  samples  poisons  caught  TPR     clean-FRR  ROC-AUC  threshold  seconds\n");
+        out.push_str(
+            "seed  window  samples  poisons  caught  TPR     clean-FRR  ROC-AUC  threshold  seconds\n",
+        );
         for s in &self.seeds {
             for w in &s.windows {
                 out.push_str(&format!(
@@ -305,10 +280,7 @@ impl EvalReport {
             ));
         }
         let line = |name: &str, s: &Summary| {
-            format!(
-                "{name:<26} mean {:.4}  sd {:.4}  min {:.4}  max {:.4}\n",
-                s.mean, s.spread, s.min, s.max
-            )
+            format!("{name:<26} mean {:.4}  sd {:.4}  min {:.4}  max {:.4}\n", s.mean, s.spread, s.min, s.max)
         };
         out.push_str(&format!("\nacross {} seeds:\n", self.seeds.len()));
         out.push_str(&line("ROC-AUC (mean per window)", &self.mean_window_auc));

@@ -7,9 +7,8 @@ pub mod proto;
 
 use prost::Message;
 use proto::{
-    attribute_type, data_type, dimension, AttributeProto, Dimension, GraphProto, ModelProto,
-    NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto,
-    ValueInfoProto,
+    attribute_type, data_type, dimension, AttributeProto, Dimension, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
 };
 
 /// The ONNX opset our graphs are written against (ReduceSum takes axes as an input from 13).
@@ -164,20 +163,10 @@ impl GraphBuilder {
     }
 
     /// Gemm with optional transposes: `op(a) · op(b) (+ c)`.
-    pub fn gemm(
-        &mut self,
-        a: &str,
-        b: &str,
-        c: Option<&str>,
-        trans_a: bool,
-        trans_b: bool,
-    ) -> String {
+    pub fn gemm(&mut self, a: &str, b: &str, c: Option<&str>, trans_a: bool, trans_b: bool) -> String {
         let mut inputs = vec![a, b];
         inputs.extend(c);
-        let attrs = vec![
-            Attr::Int("transA", trans_a as i64),
-            Attr::Int("transB", trans_b as i64),
-        ];
+        let attrs = vec![Attr::Int("transA", trans_a as i64), Attr::Int("transB", trans_b as i64)];
         self.op("Gemm", &inputs, attrs)
     }
 
@@ -193,10 +182,7 @@ impl GraphBuilder {
             producer_name: "lossgate".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(self.graph),
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: OPSET,
-            }],
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
         }
     }
 }

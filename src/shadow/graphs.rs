@@ -32,31 +32,21 @@ impl MlpShape {
             .iter()
             .enumerate()
             .flat_map(|(i, &(fan_in, fan_out))| {
-                [
-                    (format!("W{i}"), vec![fan_in, fan_out]),
-                    (format!("b{i}"), vec![fan_out]),
-                ]
+                [(format!("W{i}"), vec![fan_in, fan_out]), (format!("b{i}"), vec![fan_out])]
             })
             .collect()
     }
 
     /// Multiply-adds x2 of one forward pass per sample.
     pub fn forward_flops_per_sample(&self) -> f64 {
-        self.layers()
-            .iter()
-            .map(|&(i, o)| 2.0 * (i * o) as f64)
-            .sum()
+        self.layers().iter().map(|&(i, o)| 2.0 * (i * o) as f64).sum()
     }
 
     /// FLOPs of one train step per sample: forward, weight gradients, and the input gradients
     /// of every layer but the first (the data needs none).
     pub fn train_flops_per_sample(&self) -> f64 {
         let layers = self.layers();
-        let back_inputs: f64 = layers
-            .iter()
-            .skip(1)
-            .map(|&(i, o)| 2.0 * (i * o) as f64)
-            .sum();
+        let back_inputs: f64 = layers.iter().skip(1).map(|&(i, o)| 2.0 * (i * o) as f64).sum();
         2.0 * self.forward_flops_per_sample() + back_inputs
     }
 }
@@ -69,11 +59,7 @@ fn dims(shape: &[usize]) -> Vec<Dim> {
 fn declare_batch_and_params(g: &mut GraphBuilder, shape: &MlpShape) -> Vec<String> {
     g.input("x", Elem::F32, &[BATCH, Dim::Fixed(shape.features)]);
     g.input("y", Elem::I64, &[BATCH]);
-    shape
-        .parameters()
-        .iter()
-        .map(|(name, s)| g.input(name, Elem::F32, &dims(s)))
-        .collect()
+    shape.parameters().iter().map(|(name, s)| g.input(name, Elem::F32, &dims(s))).collect()
 }
 
 /// Forward pass; returns every layer's input activation and the logits.
@@ -83,13 +69,7 @@ fn forward(g: &mut GraphBuilder, params: &[String]) -> (Vec<String>, String) {
     let mut z = String::new();
     for layer in 0..n_layers {
         let a = activations.last().unwrap().clone();
-        z = g.gemm(
-            &a,
-            &params[2 * layer],
-            Some(&params[2 * layer + 1]),
-            false,
-            false,
-        );
+        z = g.gemm(&a, &params[2 * layer], Some(&params[2 * layer + 1]), false, false);
         if layer + 1 < n_layers {
             activations.push(g.op("Relu", &[&z], vec![]));
         }
@@ -98,20 +78,11 @@ fn forward(g: &mut GraphBuilder, params: &[String]) -> (Vec<String>, String) {
 }
 
 /// Per-sample cross-entropy from logits; returns `(log_probs, one_hot, loss)`.
-fn cross_entropy(
-    g: &mut GraphBuilder,
-    logits: &str,
-    classes: usize,
-    loss_name: &str,
-) -> (String, String) {
+fn cross_entropy(g: &mut GraphBuilder, logits: &str, classes: usize, loss_name: &str) -> (String, String) {
     let log_probs = g.op("LogSoftmax", &[logits], vec![Attr::Int("axis", 1)]);
     let depth = g.const_i64(&[], vec![classes as i64]);
     let values = g.const_f32(&[2], vec![0.0, 1.0]);
-    let one_hot = g.op(
-        "OneHot",
-        &["y", &depth, &values],
-        vec![Attr::Int("axis", -1)],
-    );
+    let one_hot = g.op("OneHot", &["y", &depth, &values], vec![Attr::Int("axis", -1)]);
     let picked = g.op("Mul", &[&one_hot, &log_probs], vec![]);
     let summed = g.reduce_sum(&picked, 1);
     g.op_named("Neg", &[&summed], loss_name, vec![]);
@@ -196,12 +167,7 @@ pub fn eval_graph(shape: &MlpShape) -> Vec<u8> {
     let params = declare_batch_and_params(&mut g, shape);
     let (_, logits) = forward(&mut g, &params);
     cross_entropy(&mut g, &logits, shape.classes, "loss");
-    g.op_named(
-        "ArgMax",
-        &[&logits],
-        "pred",
-        vec![Attr::Int("axis", 1), Attr::Int("keepdims", 0)],
-    );
+    g.op_named("ArgMax", &[&logits], "pred", vec![Attr::Int("axis", 1), Attr::Int("keepdims", 0)]);
     g.output("loss", Elem::F32, &[BATCH]);
     g.output("pred", Elem::I64, &[BATCH]);
     encode(&g.finish())
@@ -214,11 +180,7 @@ pub fn gemm_only_graph(shape: &MlpShape) -> Vec<u8> {
     let mut g = GraphBuilder::new("lossgate_gemm_ceiling");
     for (i, &(fan_in, fan_out)) in shape.layers().iter().enumerate() {
         let a = g.input(&format!("a{i}"), Elem::F32, &[BATCH, Dim::Fixed(fan_in)]);
-        let w = g.input(
-            &format!("W{i}"),
-            Elem::F32,
-            &[Dim::Fixed(fan_in), Dim::Fixed(fan_out)],
-        );
+        let w = g.input(&format!("W{i}"), Elem::F32, &[Dim::Fixed(fan_in), Dim::Fixed(fan_out)]);
         let up = g.input(&format!("g{i}"), Elem::F32, &[BATCH, Dim::Fixed(fan_out)]);
         let fwd = g.gemm(&a, &w, None, false, false);
         g.output(&fwd, Elem::F32, &[BATCH, Dim::Fixed(fan_out)]);

@@ -54,29 +54,18 @@ fn batch_inputs<'a>(
 ) -> Result<Vec<(Cow<'a, str>, SessionInputValue<'a>)>> {
     let n = y.len();
     if x.len() != n * features {
-        return Err(anyhow!(
-            "batch of {n} labels has {} feature values, expected {}",
-            x.len(),
-            n * features
-        ));
+        return Err(anyhow!("batch of {n} labels has {} feature values, expected {}", x.len(), n * features));
     }
     let x = Tensor::from_array((vec![n as i64, features as i64], x.to_vec()))?;
     let y = Tensor::from_array((vec![n as i64], y.to_vec()))?;
-    Ok(vec![
-        (Cow::Borrowed("x"), x.into_dyn().into()),
-        (Cow::Borrowed("y"), y.into_dyn().into()),
-    ])
+    Ok(vec![(Cow::Borrowed("x"), x.into_dyn().into()), (Cow::Borrowed("y"), y.into_dyn().into())])
 }
 
 impl ShadowModel {
     /// Builds both graphs for `shape`, opens their sessions and initialises weights from `seed`.
     pub fn new(runtime: &Runtime, shape: MlpShape, sgd: Sgd, seed: u64) -> Result<Self> {
-        let train = runtime
-            .session(&train_step_graph(&shape))
-            .context("opening the train-step graph")?;
-        let eval = runtime
-            .session(&eval_graph(&shape))
-            .context("opening the evaluation graph")?;
+        let train = runtime.session(&train_step_graph(&shape)).context("opening the train-step graph")?;
+        let eval = runtime.session(&eval_graph(&shape)).context("opening the evaluation graph")?;
         let parameter_names: Vec<String> = shape.parameters().into_iter().map(|(n, _)| n).collect();
         let velocity_names = parameter_names.iter().map(|n| format!("v{n}")).collect();
         let mut model = Self {
@@ -134,21 +123,12 @@ impl ShadowModel {
         }
         let mut outputs = self.train.run(inputs).context("running the train step")?;
         let loss = outputs["loss"].try_extract_tensor::<f32>()?.1.to_vec();
-        let mut take = |name: String| {
-            outputs
-                .remove(&name)
-                .ok_or_else(|| anyhow!("train step lost output {name}"))
-        };
-        let parameters = self
-            .parameter_names
-            .iter()
-            .map(|n| take(format!("{n}_next")))
-            .collect::<Result<Vec<_>>>()?;
-        let velocities = self
-            .velocity_names
-            .iter()
-            .map(|n| take(format!("{n}_next")))
-            .collect::<Result<Vec<_>>>()?;
+        let mut take =
+            |name: String| outputs.remove(&name).ok_or_else(|| anyhow!("train step lost output {name}"));
+        let parameters =
+            self.parameter_names.iter().map(|n| take(format!("{n}_next"))).collect::<Result<Vec<_>>>()?;
+        let velocities =
+            self.velocity_names.iter().map(|n| take(format!("{n}_next"))).collect::<Result<Vec<_>>>()?;
         drop(outputs);
         self.parameters = parameters;
         self.velocities = velocities;
@@ -161,10 +141,7 @@ impl ShadowModel {
         for (name, value) in self.parameter_names.iter().zip(&self.parameters) {
             inputs.push((Cow::Borrowed(name.as_str()), value.into()));
         }
-        let outputs = self
-            .eval
-            .run(inputs)
-            .context("running the evaluation graph")?;
+        let outputs = self.eval.run(inputs).context("running the evaluation graph")?;
         Ok(Evaluation {
             loss: outputs["loss"].try_extract_tensor::<f32>()?.1.to_vec(),
             predicted: outputs["pred"].try_extract_tensor::<i64>()?.1.to_vec(),
@@ -173,27 +150,16 @@ impl ShadowModel {
 
     /// Copies the weights out of ORT (W0, b0, W1, b1, ... flattened row-major).
     pub fn parameters(&self) -> Result<Vec<Vec<f32>>> {
-        self.parameters
-            .iter()
-            .map(|v| Ok(v.try_extract_tensor::<f32>()?.1.to_vec()))
-            .collect()
+        self.parameters.iter().map(|v| Ok(v.try_extract_tensor::<f32>()?.1.to_vec())).collect()
     }
 
     /// Replaces the weights (same order and sizes as [`Self::parameters`]); momentum is kept.
     pub fn set_parameters(&mut self, values: Vec<Vec<f32>>) -> Result<()> {
         let shapes = self.shape.parameters();
         if values.len() != shapes.len() {
-            return Err(anyhow!(
-                "expected {} parameter tensors, got {}",
-                shapes.len(),
-                values.len()
-            ));
+            return Err(anyhow!("expected {} parameter tensors, got {}", shapes.len(), values.len()));
         }
-        self.parameters = shapes
-            .iter()
-            .zip(values)
-            .map(|((_, s), v)| tensor(s, v))
-            .collect::<Result<_>>()?;
+        self.parameters = shapes.iter().zip(values).map(|((_, s), v)| tensor(s, v)).collect::<Result<_>>()?;
         Ok(())
     }
 }

@@ -44,9 +44,7 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LOSSGATE_CACHE") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("lossgate")
 }
 
@@ -54,9 +52,7 @@ pub fn default_library_path() -> PathBuf {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return PathBuf::from(p);
     }
-    cache_dir()
-        .join("onnxruntime-1.31.1")
-        .join("libonnxruntime.so.1.31.1")
+    cache_dir().join("onnxruntime-1.31.1").join("libonnxruntime.so.1.31.1")
 }
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
@@ -95,11 +91,8 @@ impl Runtime {
     pub fn load(options: &RuntimeOptions) -> Result<Self> {
         let library = options.library.clone().unwrap_or_else(default_library_path);
         let env = environment(&library)?;
-        let mut runtime = Self {
-            env,
-            provider: options.execution_provider,
-            intra_threads: options.intra_threads,
-        };
+        let mut runtime =
+            Self { env, provider: options.execution_provider, intra_threads: options.intra_threads };
         if runtime.provider == ExecutionProvider::Cuda {
             let probe = super::graphs::eval_graph(&super::graphs::MlpShape {
                 features: 2,
@@ -145,9 +138,7 @@ impl Runtime {
         if self.provider == ExecutionProvider::Cuda {
             builder = with_cuda(builder)?;
         }
-        builder
-            .commit_from_memory(model)
-            .context("ONNX Runtime refused a lossgate graph")
+        builder.commit_from_memory(model).context("ONNX Runtime refused a lossgate graph")
     }
 }
 

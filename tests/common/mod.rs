@@ -8,8 +8,7 @@ use lossgate::data::{read_idx_pair, LabelledSamples};
 use lossgate::shadow::{Runtime, RuntimeOptions};
 
 pub fn runtime() -> Runtime {
-    Runtime::load(&RuntimeOptions::default())
-        .expect("ONNX Runtime must be installed: run scripts/setup.sh")
+    Runtime::load(&RuntimeOptions::default()).expect("ONNX Runtime must be installed: run scripts/setup.sh")
 }
 
 pub fn mnist_dir() -> PathBuf {
@@ -21,10 +20,7 @@ pub fn mnist_dir() -> PathBuf {
 /// The first `n` MNIST training images (pixels in [0, 1]).
 pub fn mnist_train(n: usize) -> LabelledSamples {
     let dir = mnist_dir();
-    let all = read_idx_pair(
-        &dir.join("train-images-idx3-ubyte"),
-        &dir.join("train-labels-idx1-ubyte"),
-    )
-    .expect("MNIST must be installed: run scripts/setup.sh");
+    let all = read_idx_pair(&dir.join("train-images-idx3-ubyte"), &dir.join("train-labels-idx1-ubyte"))
+        .expect("MNIST must be installed: run scripts/setup.sh");
     all.slice(0, n)
 }

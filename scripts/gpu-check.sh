@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One short run of the CUDA path on a GPU host (for the `device` tool): builds with
+# `--features cuda`, points ONNX Runtime at the onnxruntime-gpu 1.31.1 library, and runs one
+# window of the MNIST check on `execution_provider = "cuda"` with no CPU fallback, so a CUDA
+# that cannot load fails the run and names what is missing.
+#
+#   ORT_GPU_DIR   folder holding libonnxruntime.so.1.31.1, libonnxruntime_providers_cuda.so and
+#                 libonnxruntime_providers_shared.so (from the onnxruntime-gpu==1.31.1 wheel's
+#                 onnxruntime/capi/). The wheel is ~284 MB: bring it in parts over consecutive
+#                 calls on the warm machine (see ../shared/DESIGN.md §5).
+#   MNIST dir     $LOSSGATE_MNIST or the setup cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${ORT_GPU_DIR:?set ORT_GPU_DIR to the onnxruntime-gpu capi folder}"
+
+# CUDA 13 runtime, cuBLAS and cuDNN: use the ones PyTorch ships on the host if present.
+torch_libs=$(python3 - <<'PY' 2>/dev/null || true
+import os, glob, torch
+root = os.path.dirname(os.path.dirname(torch.__file__))
+dirs = {os.path.dirname(p) for p in glob.glob(os.path.join(root, "nvidia", "**", "lib*.so*"), recursive=True)}
+dirs.add(os.path.join(os.path.dirname(torch.__file__), "lib"))
+print(":".join(sorted(dirs)))
+PY
+)
+export LD_LIBRARY_PATH="$ORT_GPU_DIR:${torch_libs}:${LD_LIBRARY_PATH:-}"
+export ORT_DYLIB_PATH="$ORT_GPU_DIR/libonnxruntime.so.1.31.1"
+
+cfg="$(mktemp --suffix .toml)"
+cat > "$cfg" <<TOML
+[shadow]
+execution_provider = "cuda"
+cuda_fallback_to_cpu = false
+TOML
+cargo build --release --features cuda
+nvidia-smi --query-gpu=name,memory.used --format=csv || true
+time ./target/release/lossgate eval --config "$cfg" --seeds 1 --max-samples 8192 --jobs 1

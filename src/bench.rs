@@ -1,0 +1,216 @@
+//! Benchmark workloads, shared by `benches/engine.rs` (criterion) and `lossgate bench` (a
+//! table with GFLOP/s and the train step's share of the machine's GEMM rate).
+
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ndarray::Array2;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::EngineConfig;
+use crate::data::LabelledSamples;
+use crate::engine::Engine;
+use crate::scorer::{IndexKind, ProbeScorer, ScorerConfig};
+use crate::shadow::graphs::gemm_only_graph;
+use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
+
+/// The default MNIST shadow: 784-256-10.
+pub fn mnist_shape() -> MlpShape {
+    MlpShape { features: 784, hidden: vec![256], classes: 10 }
+}
+
+fn random_samples(n: usize, shape: &MlpShape, seed: u64) -> LabelledSamples {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let features = Array2::from_shape_fn((n, shape.features), |_| rng.random::<f32>());
+    let labels = (0..n).map(|_| rng.random_range(0..shape.classes as i64)).collect();
+    LabelledSamples { features, labels }
+}
+
+/// One SGD step on a fixed batch, repeatedly.
+pub struct TrainStep {
+    model: ShadowModel,
+    x: Vec<f32>,
+    y: Vec<i64>,
+}
+
+impl TrainStep {
+    pub fn new(runtime: &Runtime, shape: MlpShape, batch: usize) -> Result<Self> {
+        let data = random_samples(batch, &shape, 1);
+        let sgd = Sgd { learning_rate: 0.001, momentum: 0.9, weight_decay: 0.0 };
+        let model = ShadowModel::new(runtime, shape, sgd, 1)?;
+        Ok(Self { model, x: data.features.into_raw_vec_and_offset().0, y: data.labels })
+    }
+
+    pub fn run(&mut self) -> Result<()> {
+        self.model.train_step(&self.x, &self.y).map(|_| ())
+    }
+
+    pub fn evaluate(&mut self) -> Result<()> {
+        self.model.evaluate(&self.x, &self.y).map(|_| ())
+    }
+}
+
+/// The train step's matrix products alone (same shapes), the ceiling the step is compared to.
+pub struct GemmCeiling {
+    session: Session,
+    inputs: Vec<(String, DynValue)>,
+}
+
+impl GemmCeiling {
+    pub fn new(runtime: &Runtime, shape: &MlpShape, batch: usize) -> Result<Self> {
+        let session = runtime.session(&gemm_only_graph(shape))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut random = |dims: [usize; 2]| -> Result<DynValue> {
+            let data: Vec<f32> = (0..dims[0] * dims[1]).map(|_| rng.random::<f32>() - 0.5).collect();
+            Ok(Tensor::from_array((vec![dims[0] as i64, dims[1] as i64], data))?.into_dyn())
+        };
+        let mut inputs = Vec::new();
+        for (i, &(fan_in, fan_out)) in shape.layers().iter().enumerate() {
+            inputs.push((format!("a{i}"), random([batch, fan_in])?));
+            inputs.push((format!("W{i}"), random([fan_in, fan_out])?));
+            inputs.push((format!("g{i}"), random([batch, fan_out])?));
+        }
+        Ok(Self { session, inputs })
+    }
+
+    pub fn run(&mut self) -> Result<()> {
+        let inputs: Vec<(Cow<str>, SessionInputValue)> =
+            self.inputs.iter().map(|(n, v)| (Cow::Borrowed(n.as_str()), v.into())).collect();
+        self.session.run(inputs)?;
+        Ok(())
+    }
+}
+
+/// A whole window at the default size: train a fresh shadow, score, decide.
+pub struct WholeWindow {
+    engine: Engine,
+    window: LabelledSamples,
+}
+
+impl WholeWindow {
+    pub fn new(runtime: &Runtime, config: EngineConfig) -> Result<Self> {
+        let shape = mnist_shape();
+        let window = random_samples(config.window.size, &shape, 3);
+        let probes = random_samples(config.probes.count, &shape, 4);
+        Ok(Self { engine: Engine::new(runtime, config, probes)?, window })
+    }
+
+    pub fn run(&mut self) -> Result<()> {
+        self.engine.process(&self.window).map(|_| ())
+    }
+}
+
+/// Loss-trajectory-like rows `[rows, epochs]` for the scorer: a log-normal start loss, an
+/// exponential decay at a random rate, noise, and a loss spike now and then.
+pub fn synthetic_trajectories(rows: usize, epochs: usize, seed: u64) -> Array2<f32> {
+    use rand_distr::{Distribution, LogNormal, Normal};
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let start = LogNormal::new(-0.5, 1.0).expect("valid parameters");
+    let noise = Normal::new(0.0, 0.05).expect("valid parameters");
+    let mut out = Array2::zeros((rows, epochs));
+    for mut row in out.rows_mut() {
+        let l0: f64 = start.sample(&mut rng);
+        let rate: f64 = rng.random_range(0.02..0.6);
+        for (e, v) in row.iter_mut().enumerate() {
+            let spike = if rng.random_bool(0.02) { rng.random_range(0.5..3.0) } else { 0.0 };
+            *v = ((l0 * (-rate * e as f64).exp()) + noise.sample(&mut rng) + spike).max(0.0) as f32;
+        }
+    }
+    out
+}
+
+pub fn scorer(probes: &Array2<f32>, index: IndexKind) -> ProbeScorer {
+    let mut config = ScorerConfig { index, ..Default::default() };
+    if let Ok(ef) = std::env::var("LOSSGATE_BENCH_EF") {
+        config.hnsw_ef_search = ef.parse().expect("LOSSGATE_BENCH_EF is a number");
+    }
+    ProbeScorer::build(&config, probes.view())
+}
+
+/// Seconds per call: repeats `f` for at least `budget`, returns the median of 5 rounds.
+pub fn seconds_per_call(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let started = Instant::now();
+    f()?;
+    let once = started.elapsed().max(Duration::from_micros(1));
+    let per_round = ((budget.as_secs_f64() / 5.0) / once.as_secs_f64()).ceil().max(1.0) as usize;
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        for _ in 0..per_round {
+            f()?;
+        }
+        rounds.push(started.elapsed().as_secs_f64() / per_round as f64);
+    }
+    rounds.sort_by(f64::total_cmp);
+    Ok(rounds[2])
+}
+
+/// Measures everything and returns the table `lossgate bench` prints.
+pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
+    let budget = Duration::from_secs_f64(if quick { 0.3 } else { 3.0 });
+    let shape = mnist_shape();
+    let batch = 128;
+    let mut out = String::new();
+    let mut row = |name: &str, value: String| out.push_str(&format!("{name:<52} {value}\n"));
+
+    let mut step = TrainStep::new(runtime, shape.clone(), batch)?;
+    let t_step = seconds_per_call(budget, || step.run())?;
+    let mut gemm = GemmCeiling::new(runtime, &shape, batch)?;
+    let t_gemm = seconds_per_call(budget, || gemm.run())?;
+    let step_flops = shape.train_flops_per_sample() * batch as f64;
+    row(
+        "train step 784-256-10, batch 128",
+        format!("{:>10.0} samples/s  {:>6.1} GFLOP/s", batch as f64 / t_step, step_flops / t_step / 1e9),
+    );
+    row(
+        "same GEMMs alone (ORT graph of the MatMuls)",
+        format!("{:>10.0} samples/s  {:>6.1} GFLOP/s", batch as f64 / t_gemm, step_flops / t_gemm / 1e9),
+    );
+    row("train step as a share of the GEMM rate", format!("{:>10.1} %", 100.0 * t_gemm / t_step));
+
+    let eval_batch = 1024;
+    let mut eval = TrainStep::new(runtime, shape.clone(), eval_batch)?;
+    let t_eval = seconds_per_call(budget, || eval.evaluate())?;
+    row(
+        "evaluation, batch 1024",
+        format!(
+            "{:>10.0} samples/s  {:>6.1} GFLOP/s",
+            eval_batch as f64 / t_eval,
+            shape.forward_flops_per_sample() * eval_batch as f64 / t_eval / 1e9
+        ),
+    );
+
+    let mut config = EngineConfig::default();
+    if quick {
+        config.window.size = 1024;
+        config.shadow.epochs = 3;
+    }
+    let (w, p, e) = (config.window.size, config.probes.count, config.shadow.epochs);
+    let mut window = WholeWindow::new(runtime, config)?;
+    let t_window = seconds_per_call(Duration::ZERO, || window.run())?;
+    row(&format!("whole window: {w} samples + {p} probes, {e} epochs"), format!("{t_window:>10.2} s"));
+
+    for probes in [250, 2_500, 25_000] {
+        let probe_rows = synthetic_trajectories(probes, 30, 5);
+        let queries = synthetic_trajectories(if quick { 200 } else { 2000 }, 30, 6);
+        let mut rates = Vec::new();
+        for index in [IndexKind::Hnsw, IndexKind::Exact] {
+            let s = scorer(&probe_rows, index);
+            let t = seconds_per_call(budget, || {
+                std::hint::black_box(s.score_rows(queries.view()));
+                Ok(())
+            })?;
+            rates.push(queries.nrows() as f64 / t);
+        }
+        row(
+            &format!("scorer k=50, {probes} probes: HNSW / exact"),
+            format!("{:>10.0} / {:.0} queries/s (HNSW {:.1}x)", rates[0], rates[1], rates[0] / rates[1]),
+        );
+    }
+    Ok(out)
+}
