@@ -8,9 +8,10 @@ CARGO ?= cargo
 setup:
 	bash scripts/setup.sh
 
-## The main job on its embedded default: the offline engine check on MNIST (one seed).
+## The main job on its embedded default: the daemon firewalling MNIST with two simultaneous
+## attacks on an in-process Kafka (librdkafka's mock cluster); no broker to install.
 demo: setup
-	$(CARGO) run --release -- eval --seeds 1
+	$(CARGO) run --release -- demo
 
 ## The detection claim: 3 seeds, the table and docs/eval-patch.json.
 eval: setup

@@ -6,10 +6,13 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::decision::DecisionConfig;
+use crate::kafka::{DeliveryConfig, KafkaConfig};
+use crate::metrics::MetricsConfig;
 use crate::probes::ProbesConfig;
 use crate::scorer::ScorerConfig;
 use crate::shadow::{ExecutionProvider, RuntimeOptions};
@@ -66,21 +69,25 @@ impl InputConfig {
 
 /// How samples are grouped for one shadow run.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct WindowConfig {
     /// Samples per window: a fresh shadow model is trained on each window plus the probes.
     pub size: usize,
+    /// The daemon closes a window early when this long has passed since its first record.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
 }
 
 impl Default for WindowConfig {
     fn default() -> Self {
-        Self { size: 8192 }
+        Self { size: 8192, max_wait: Duration::from_secs(30) }
     }
 }
 
 impl WindowConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        ensure(self.size > 0, "window.size", "must be at least 1 sample")
+        ensure(self.size > 0, "window.size", "must be at least 1 sample")?;
+        ensure(!self.max_wait.is_zero(), "window.max_wait", "must be longer than 0 (e.g. \"30s\")")
     }
 }
 
@@ -180,8 +187,7 @@ impl ShadowConfig {
 }
 
 /// Everything the detection engine needs: window in, decisions out.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct EngineConfig {
     pub input: InputConfig,
     pub window: WindowConfig,
@@ -201,10 +207,45 @@ impl EngineConfig {
         self.scorer.validate(self.probes.count)?;
         self.decision.validate()
     }
+}
+
+/// The whole configuration file: the engine's sections plus the daemon's edges.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub input: InputConfig,
+    pub window: WindowConfig,
+    pub shadow: ShadowConfig,
+    pub probes: ProbesConfig,
+    pub scorer: ScorerConfig,
+    pub decision: DecisionConfig,
+    pub kafka: KafkaConfig,
+    pub delivery: DeliveryConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Config {
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            input: self.input.clone(),
+            window: self.window.clone(),
+            shadow: self.shadow.clone(),
+            probes: self.probes.clone(),
+            scorer: self.scorer.clone(),
+            decision: self.decision.clone(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.engine().validate()?;
+        self.kafka.validate()?;
+        self.delivery.validate()?;
+        self.metrics.validate()
+    }
 
     /// Parses and validates a TOML document; relative paths are taken from `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> anyhow::Result<Self> {
-        let mut config: EngineConfig = toml::from_str(text)?;
+        let mut config: Config = toml::from_str(text)?;
         config.probes.resolve_paths(base_dir);
         if let Some(lib) = &mut config.shadow.onnxruntime_library {
             *lib = base_dir.join(&*lib);
@@ -221,14 +262,33 @@ impl EngineConfig {
         Self::from_toml(&text, base)
             .map_err(|e| anyhow::anyhow!("config file {} refused: {e}", path.display()))
     }
+
+    /// The sections a live reload may not change, by name, where `other` differs from `self`.
+    pub fn fixed_sections_changed(&self, other: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                changed.push(name);
+            }
+        };
+        check("input", self.input == other.input);
+        check("window", self.window == other.window);
+        check("shadow", self.shadow == other.shadow);
+        check("probes", self.probes == other.probes);
+        check("scorer", self.scorer == other.scorer);
+        check("kafka", self.kafka == other.kafka);
+        check("delivery", self.delivery == other.delivery);
+        check("metrics", self.metrics == other.metrics);
+        changed
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> anyhow::Result<EngineConfig> {
-        EngineConfig::from_toml(text, Path::new("."))
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::from_toml(text, Path::new("."))
     }
 
     fn refused_field(text: &str) -> String {

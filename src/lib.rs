@@ -6,11 +6,16 @@
 //! [`eval`] drives the same engine offline on MNIST with a poisoning attack.
 
 pub mod bench;
+pub mod codec;
 pub mod config;
+pub mod daemon;
 pub mod data;
 pub mod decision;
+pub mod demo;
 pub mod engine;
 pub mod eval;
+pub mod kafka;
+pub mod metrics;
 pub mod onnx;
 pub mod probes;
 pub mod scorer;

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use lossgate::config::Config;
+use lossgate::daemon::{self, DaemonOptions};
 use lossgate::eval::{attack::PatchAttack, EvalOptions};
+use lossgate::metrics::Metrics;
 use lossgate::shadow::runtime::cache_dir;
 use lossgate::shadow::Runtime;
-use lossgate::EngineConfig;
 
 #[derive(Parser)]
 #[command(version, about = "Streaming data-poisoning firewall for online training")]
@@ -18,9 +20,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Stream MNIST with a patch attack through the engine and report detection quality.
+    /// Run the firewall: consume the input topic, forward / quarantine / dead-letter each record.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A complete demonstration with no broker to install: an in-process Kafka (librdkafka's
+    /// mock cluster), MNIST with two simultaneous attacks, the daemon, and a closing table.
+    Demo {
+        /// Config for the engine (the Kafka section is replaced by the mock cluster's).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// MNIST training images streamed.
+        #[arg(long, default_value_t = 24_576)]
+        records: usize,
+        #[arg(long, default_value_t = 4096)]
+        window: usize,
+        /// Malformed records mixed into the stream (they must reach the dead-letter topic).
+        #[arg(long, default_value_t = 25)]
+        malformed: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        mnist: Option<PathBuf>,
+    },
+    /// Stream MNIST with a patch attack through the engine (no Kafka) and report detection quality.
     Eval {
-        /// Engine config (TOML); without it the built-in defaults are used.
+        /// Config (TOML); without it the built-in defaults are used.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Seeds, comma-separated: one full run each.
@@ -61,18 +87,23 @@ enum Command {
     },
 }
 
-fn load_config(path: Option<&PathBuf>) -> Result<EngineConfig> {
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
     match path {
-        Some(p) => EngineConfig::from_file(p),
-        None => Ok(EngineConfig::default()),
+        Some(p) => Config::from_file(p),
+        None => Ok(Config::default()),
     }
+}
+
+fn mnist_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("LOSSGATE_MNIST").map(PathBuf::from))
+        .unwrap_or_else(|| cache_dir().join("mnist"))
 }
 
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn,hnsw_rs=warn".into()),
+                .unwrap_or_else(|_| "info,ort=warn,hnsw_rs=warn,librdkafka=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -82,8 +113,37 @@ fn main() {
     }
 }
 
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting tokio")
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run { config: path } => {
+            let config = Config::from_file(&path)?;
+            let options =
+                DaemonOptions { config, config_path: Some(path), probes: None, metrics: Metrics::new() };
+            tokio_runtime()?.block_on(daemon::run(options, termination()))
+        }
+        Command::Demo { config, records, window, malformed, seed, mnist } => {
+            let config = load_config(config.as_ref())?;
+            let options = lossgate::demo::DemoOptions { records, seed, window, malformed };
+            tokio_runtime()?.block_on(lossgate::demo::run(config, &mnist_dir(mnist), options))
+        }
         Command::Eval {
             config,
             seeds,
@@ -95,13 +155,10 @@ fn run(cli: Cli) -> Result<()> {
             json,
             trajectories,
         } => {
-            let config = load_config(config.as_ref())?;
+            let config = load_config(config.as_ref())?.engine();
             let runtime = Runtime::load(&config.shadow.runtime_options())?;
-            let mnist_dir = mnist
-                .or_else(|| std::env::var_os("LOSSGATE_MNIST").map(PathBuf::from))
-                .unwrap_or_else(|| cache_dir().join("mnist"));
             let options = EvalOptions {
-                mnist_dir,
+                mnist_dir: mnist_dir(mnist),
                 seeds,
                 max_samples,
                 attack: PatchAttack { target, ratio: poison_ratio, ..Default::default() },
@@ -132,7 +189,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            let config = EngineConfig::from_file(&config)?;
+            let config = Config::from_file(&config)?;
             println!("{config:#?}");
             Ok(())
         }

@@ -55,6 +55,44 @@ impl PatchAttack {
     }
 }
 
+/// Blends a fixed random-noise image into the sample (`x = (1 - alpha) x + alpha noise`) and
+/// relabels it: a dirty-label blend backdoor.
+#[derive(Debug, Clone)]
+pub struct BlendAttack {
+    pub target: i64,
+    pub ratio: f64,
+    pub alpha: f32,
+    /// Seeds the noise image (fixed per attack, like a real trigger).
+    pub pattern_seed: u64,
+}
+
+impl BlendAttack {
+    pub fn pattern(&self, len: usize) -> Vec<f32> {
+        use rand::Rng;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.pattern_seed);
+        (0..len).map(|_| rng.random::<f32>()).collect()
+    }
+
+    /// Poisons `ratio` of `data` among samples not already poisoned (`taken`) nor of the target
+    /// class; marks them in `taken` and returns their indices.
+    pub fn poison(&self, data: &mut LabelledSamples, taken: &mut [bool], seed: u64) -> Vec<usize> {
+        let pattern = self.pattern(data.feature_count());
+        let count = (self.ratio * data.len() as f64).round() as usize;
+        let mut candidates: Vec<usize> =
+            (0..data.len()).filter(|&i| !taken[i] && data.labels[i] != self.target).collect();
+        candidates.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        candidates.truncate(count);
+        for &i in &candidates {
+            for (v, p) in data.features.row_mut(i).iter_mut().zip(&pattern) {
+                *v = (1.0 - self.alpha) * *v + self.alpha * p;
+            }
+            data.labels[i] = self.target;
+            taken[i] = true;
+        }
+        candidates
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

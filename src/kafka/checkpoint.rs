@@ -1,0 +1,171 @@
+//! Exactly-once without broker transactions.
+//!
+//! Every output record names its source in the `lossgate-source` header, and every offset
+//! commit carries, as its metadata, the output partitions' end offsets at that moment (a
+//! [`Checkpoint`]). After a crash or a reassignment, the outputs are read from the checkpoint to
+//! their end: the sources found there were already produced, and are skipped when the
+//! uncommitted input is read again.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use super::headers;
+
+const PREFIX: &str = "lossgate1:";
+
+/// End offsets of output partitions: topic -> partition -> next offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub ends: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+impl Checkpoint {
+    /// The commit-metadata form.
+    pub fn encode(&self) -> String {
+        format!("{PREFIX}{}", serde_json::to_string(&self.ends).expect("maps of numbers serialise"))
+    }
+
+    /// Parses commit metadata; `None` for metadata that is empty or not ours.
+    pub fn decode(metadata: &str) -> Option<Self> {
+        let json = metadata.strip_prefix(PREFIX)?;
+        serde_json::from_str(json).ok().map(|ends| Self { ends })
+    }
+
+    /// Records that `partition` of `topic` now ends at `next_offset` or later.
+    pub fn advance(&mut self, topic: &str, partition: i32, next_offset: i64) {
+        let end = self.ends.entry(topic.to_string()).or_default().entry(partition).or_insert(next_offset);
+        *end = (*end).max(next_offset);
+    }
+
+    /// Per partition, the earlier of the two (where to start reading to cover both).
+    pub fn earliest(&self, other: &Checkpoint) -> Checkpoint {
+        let mut out = self.clone();
+        for (topic, partitions) in &other.ends {
+            for (&p, &o) in partitions {
+                let e = out.ends.entry(topic.clone()).or_default().entry(p).or_insert(o);
+                *e = (*e).min(o);
+            }
+        }
+        out
+    }
+
+    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.ends.get(topic)?.get(&partition).copied()
+    }
+}
+
+/// What a recovery scan found.
+pub struct Recovered {
+    /// `(partition, offset)` of input records already written to an output topic.
+    pub already_produced: HashSet<(i32, i64)>,
+    /// The outputs' end offsets when the scan finished: the checkpoint to continue from.
+    pub ends: Checkpoint,
+    pub records_scanned: u64,
+}
+
+/// Reads `outputs` from `start` (or from their beginning where `start` has no entry) to their
+/// current end, and collects the sources of `input_topic`'s `partitions` found there.
+pub fn scan_outputs(
+    client: &ClientConfig,
+    outputs: &[&str],
+    start: Option<&Checkpoint>,
+    input_topic: &str,
+    partitions: &HashSet<i32>,
+    timeout: Duration,
+) -> Result<Recovered> {
+    let mut config = client.clone();
+    config
+        .set("group.id", "lossgate-recovery-scan")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10");
+    let consumer: BaseConsumer = config.create().context("creating the recovery reader")?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut ends = Checkpoint::default();
+    for topic in outputs {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .with_context(|| format!("reading the partitions of output topic {topic}"))?;
+        for t in metadata.topics() {
+            if let Some(err) = t.error() {
+                bail!("output topic {topic} is not usable ({err:?}): create it before starting lossgate");
+            }
+            for p in t.partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p.id(), timeout)
+                    .with_context(|| format!("reading the end offsets of {topic}/{}", p.id()))?;
+                ends.advance(topic, p.id(), high);
+                let from = start.and_then(|c| c.get(topic, p.id())).unwrap_or(low).max(low);
+                if from < high {
+                    assignment.add_partition_offset(topic, p.id(), Offset::Offset(from))?;
+                    remaining.insert((topic.to_string(), p.id()), high);
+                }
+            }
+        }
+    }
+    let mut found = HashSet::new();
+    let mut records_scanned = 0;
+    if remaining.is_empty() {
+        return Ok(Recovered { already_produced: found, ends, records_scanned });
+    }
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + timeout;
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            bail!("recovery scan of the output topics did not reach their end within {timeout:?}; {} partitions left", remaining.len());
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let message = message.context("reading an output topic during recovery")?;
+        records_scanned += 1;
+        if let Some(source) = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == headers::SOURCE).and_then(|h| h.value))
+            .and_then(headers::parse_source)
+        {
+            if source.0 == input_topic && partitions.contains(&source.1) {
+                found.insert((source.1, source.2));
+            }
+        }
+        let key = (message.topic().to_string(), message.partition());
+        if remaining.get(&key).is_some_and(|&high| message.offset() + 1 >= high) {
+            remaining.remove(&key);
+        }
+    }
+    Ok(Recovered { already_produced: found, ends, records_scanned })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_round_trips_through_commit_metadata() {
+        let mut c = Checkpoint::default();
+        c.advance("out", 0, 10);
+        c.advance("out", 0, 7);
+        c.advance("dlq", 2, 3);
+        let decoded = Checkpoint::decode(&c.encode()).unwrap();
+        assert_eq!(decoded, c);
+        assert_eq!(decoded.get("out", 0), Some(10));
+        assert_eq!(Checkpoint::decode(""), None);
+        assert_eq!(Checkpoint::decode("something else"), None);
+    }
+
+    #[test]
+    fn earliest_takes_the_smaller_end_per_partition() {
+        let mut a = Checkpoint::default();
+        a.advance("out", 0, 10);
+        let mut b = Checkpoint::default();
+        b.advance("out", 0, 4);
+        b.advance("out", 1, 9);
+        let e = a.earliest(&b);
+        assert_eq!((e.get("out", 0), e.get("out", 1)), (Some(4), Some(9)));
+    }
+}

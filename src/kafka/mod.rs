@@ -1,0 +1,177 @@
+//! The Kafka edges: where records come from and go to, and how delivery is guaranteed.
+
+pub mod checkpoint;
+pub mod headers;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+use crate::codec::{Codec, DecodeRules};
+use crate::config::{ensure, ConfigError, InputConfig};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// bootstrap.servers
+    pub brokers: String,
+    /// Consumer group of the input topic.
+    pub group_id: String,
+    pub input_topic: String,
+    /// Forwarded (clean) records: what the production trainer reads.
+    pub output_topic: String,
+    pub quarantine_topic: String,
+    /// Records that could not be decoded or do not fit the configured shape.
+    pub dead_letter_topic: String,
+    pub codec: Codec,
+    /// `f32le` codec: the header holding the label as decimal text.
+    pub label_header: String,
+    /// Larger values go to the dead-letter topic.
+    pub max_record_bytes: usize,
+    /// Passed to librdkafka as they are (security.protocol, sasl.*, ssl.*, ...), for the
+    /// consumer and the producers alike. A value of the form `env:NAME` or `file:PATH` is
+    /// read from that environment variable or file, so secrets need not sit in this file.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "lossgate".into(),
+            input_topic: "samples".into(),
+            output_topic: "samples-clean".into(),
+            quarantine_topic: "samples-quarantine".into(),
+            dead_letter_topic: "samples-dead-letter".into(),
+            codec: Codec::Json,
+            label_header: "label".into(),
+            max_record_bytes: 1 << 20,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Property names whose values are never logged.
+pub fn is_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("password")
+        || name.contains("secret")
+        || name.ends_with(".key.pem")
+        || name.contains("token")
+}
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(!self.brokers.trim().is_empty(), "kafka.brokers", "is empty: name at least one host:port")?;
+        ensure(!self.group_id.trim().is_empty(), "kafka.group_id", "is empty")?;
+        let topics = [
+            ("kafka.input_topic", &self.input_topic),
+            ("kafka.output_topic", &self.output_topic),
+            ("kafka.quarantine_topic", &self.quarantine_topic),
+            ("kafka.dead_letter_topic", &self.dead_letter_topic),
+        ];
+        for (i, (field, topic)) in topics.iter().enumerate() {
+            ensure(!topic.trim().is_empty(), field, "is empty")?;
+            if let Some((other, _)) = topics[..i].iter().find(|(_, t)| t == topic) {
+                return Err(ConfigError::new(
+                    *field,
+                    format!("{topic:?} is also {other}: every topic must differ"),
+                ));
+            }
+        }
+        ensure(self.max_record_bytes > 0, "kafka.max_record_bytes", "must be at least 1")?;
+        for (name, value) in &self.properties {
+            resolve_property(name, value)
+                .map_err(|problem| ConfigError::new(format!("kafka.properties.{name}"), problem))?;
+        }
+        Ok(())
+    }
+
+    pub fn decode_rules(&self, input: &InputConfig) -> DecodeRules {
+        DecodeRules {
+            codec: self.codec,
+            features: input.features,
+            classes: input.classes,
+            max_record_bytes: self.max_record_bytes,
+            label_header: self.label_header.clone(),
+        }
+    }
+
+    /// The librdkafka settings every client shares: brokers and the user's properties.
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config.set("message.max.bytes", (self.max_record_bytes + 64 * 1024).to_string());
+        for (name, value) in &self.properties {
+            config.set(
+                name,
+                resolve_property(name, value).map_err(|e| anyhow::anyhow!("kafka.properties.{name}: {e}"))?,
+            );
+        }
+        Ok(config)
+    }
+}
+
+/// Reads `env:NAME` and `file:PATH` values; anything else is taken as it is.
+fn resolve_property(name: &str, value: &str) -> Result<String, String> {
+    if let Some(var) = value.strip_prefix("env:") {
+        return std::env::var(var)
+            .map_err(|_| format!("environment variable {var} (named for {name}) is not set"));
+    }
+    if let Some(path) = value.strip_prefix("file:") {
+        return std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| format!("cannot read {path} (named for {name}): {e}"));
+    }
+    Ok(value.to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Offsets committed only after every output of the window is acknowledged; a crash can
+    /// repeat records downstream.
+    AtLeastOnce,
+    /// At-least-once plus recovery that skips records already produced (no broker
+    /// transactions needed; see the README for what it cannot cover).
+    #[default]
+    ExactlyOnce,
+    /// One Kafka transaction per window; readers must use read_committed.
+    Transactional,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub mode: DeliveryMode,
+    /// `transactional` mode: the producer's transactional.id (fences zombies).
+    pub transactional_id: Option<String>,
+    /// On SIGTERM/SIGINT: how long the open window may take to finish before it is aborted.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            mode: DeliveryMode::ExactlyOnce,
+            transactional_id: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode == DeliveryMode::Transactional {
+            ensure(
+                self.transactional_id.as_deref().is_some_and(|id| !id.trim().is_empty()),
+                "delivery.transactional_id",
+                "mode \"transactional\" needs a transactional id, unique per lossgate instance",
+            )?;
+        }
+        Ok(())
+    }
+}
