@@ -41,6 +41,7 @@ pub struct Metrics {
     pub flagged_observed: IntCounter,
     pub dead_lettered: IntCounterVec,
     pub skipped_already_produced: IntCounter,
+    pub redelivered: IntCounter,
     pub score: Histogram,
     pub threshold: Gauge,
     pub window_size: IntGauge,
@@ -122,6 +123,11 @@ impl Metrics {
                 &r,
                 "lossgate_records_skipped_already_produced_total",
                 "Re-read input records skipped because recovery found them already produced",
+            ),
+            redelivered: counter(
+                &r,
+                "lossgate_records_redelivered_total",
+                "Input records the broker delivered again below the read position; ignored",
             ),
             score: histogram(
                 &r,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -193,6 +193,9 @@ struct LoopState {
     already_produced: HashSet<(i32, i64)>,
     checkpoint: Checkpoint,
     paused: bool,
+    /// Per partition, the offset after the last record read: a record below it was already
+    /// read (a broker or client re-delivery) and is ignored.
+    next_offset: HashMap<i32, i64>,
 }
 
 async fn main_loop(
@@ -211,6 +214,7 @@ async fn main_loop(
         already_produced: HashSet::new(),
         checkpoint: Checkpoint::default(),
         paused: false,
+        next_offset: HashMap::new(),
     };
     let mut in_flight: Option<tokio::task::JoinHandle<Result<Checkpoint>>> = None;
     tokio::pin!(shutdown);
@@ -252,6 +256,16 @@ async fn main_loop(
                 handle_rebalances(&pipeline, &events, &mut state, &readiness)?;
                 match message {
                     Ok(m) => {
+                        let expected = state.next_offset.get(&m.partition()).copied().unwrap_or(i64::MIN);
+                        if m.offset() < expected {
+                            tracing::warn!(partition = m.partition(), offset = m.offset(), expected, "record delivered again by the broker; ignored");
+                            pipeline.metrics.redelivered.inc();
+                            continue;
+                        }
+                        if expected != i64::MIN && m.offset() > expected {
+                            tracing::warn!(partition = m.partition(), offset = m.offset(), expected, "gap in the input offsets");
+                        }
+                        state.next_offset.insert(m.partition(), m.offset() + 1);
                         pipeline.metrics.records_in.inc();
                         let mut record = InputRecord::from_message(&m, &rules);
                         record.already_produced = state.already_produced.remove(&(record.partition, record.offset));
@@ -276,17 +290,28 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Back-pressure: stop fetching while the next window is full and the engine still busy.
+/// Before resuming, every partition is put back at the offset after the last record read:
+/// librdkafka drops its prefetched records on pause and was seen (against tansu) to resume
+/// from a later fetch position, skipping records.
 fn set_paused(pipeline: &Pipeline, state: &mut LoopState, pause: bool) {
     if pause == state.paused {
         return;
     }
-    if let Ok(assignment) = pipeline.consumer.assignment() {
-        let result =
-            if pause { pipeline.consumer.pause(&assignment) } else { pipeline.consumer.resume(&assignment) };
-        match result {
-            Ok(()) => state.paused = pause,
-            Err(e) => tracing::warn!(error = %e, pause, "pausing/resuming the input failed"),
+    let Ok(assignment) = pipeline.consumer.assignment() else { return };
+    let result = if pause {
+        pipeline.consumer.pause(&assignment)
+    } else {
+        let topic = &pipeline.config.kafka.input_topic;
+        for (&partition, &next) in &state.next_offset {
+            if let Err(e) = pipeline.consumer.seek(topic, partition, Offset::Offset(next), KAFKA_TIMEOUT) {
+                tracing::warn!(partition, next, error = %e, "re-positioning a paused partition failed");
+            }
         }
+        pipeline.consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => state.paused = pause,
+        Err(e) => tracing::warn!(error = %e, pause, "pausing/resuming the input failed"),
     }
 }
 
@@ -309,6 +334,7 @@ fn handle_rebalances(
                     state.assigned.remove(p);
                 }
                 state.already_produced.retain(|(p, _)| !partitions.contains(p));
+                state.next_offset.retain(|p, _| !partitions.contains(p));
                 state.paused = false;
             }
             RebalanceEvent::Assigned(partitions) => {
@@ -380,6 +406,7 @@ fn recover(pipeline: &Pipeline, state: &mut LoopState, partitions: &[i32]) -> Re
 fn rewind(pipeline: &Pipeline, state: &mut LoopState) -> Result<()> {
     state.open.take();
     state.backlog.clear();
+    state.next_offset.clear();
     let topic = &pipeline.config.kafka.input_topic;
     let mut list = TopicPartitionList::new();
     for &p in &state.assigned {

@@ -2,6 +2,9 @@
 //! installed by `scripts/setup.sh` into the cache (see the README).
 #![allow(dead_code)]
 
+pub mod broker;
+pub mod firewall;
+
 use std::path::PathBuf;
 
 use lossgate::data::{read_idx_pair, LabelledSamples};
@@ -21,6 +24,14 @@ pub fn mnist_dir() -> PathBuf {
 pub fn mnist_train(n: usize) -> LabelledSamples {
     let dir = mnist_dir();
     let all = read_idx_pair(&dir.join("train-images-idx3-ubyte"), &dir.join("train-labels-idx1-ubyte"))
+        .expect("MNIST must be installed: run scripts/setup.sh");
+    all.slice(0, n)
+}
+
+/// The first `n` MNIST test images.
+pub fn mnist_test(n: usize) -> LabelledSamples {
+    let dir = mnist_dir();
+    let all = read_idx_pair(&dir.join("t10k-images-idx3-ubyte"), &dir.join("t10k-labels-idx1-ubyte"))
         .expect("MNIST must be installed: run scripts/setup.sh");
     all.slice(0, n)
 }

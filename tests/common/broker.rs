@@ -1,0 +1,67 @@
+//! A real Kafka-compatible broker for integration tests: tansu from the setup cache, on a free
+//! loopback port, with in-memory storage; killed when dropped.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn tansu_binary() -> PathBuf {
+    std::env::var_os("LOSSGATE_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lossgate::shadow::runtime::cache_dir().join("bin").join("tansu"))
+}
+
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let binary = tansu_binary();
+        assert!(binary.exists(), "tansu not found at {}: run `LOSSGATE_NEED_TANSU=1 scripts/setup.sh` (make test does)", binary.display());
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&binary)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(tansu_binary())
+            .args(["topic", "create", "--broker", &format!("tcp://127.0.0.1:{}", self.port), "--partitions"])
+            .arg(partitions.to_string())
+            .arg(name)
+            .stdout(Stdio::null())
+            .status()
+            .expect("running tansu topic create");
+        assert!(status.success(), "creating topic {name}");
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        // SIGKILL, as DESIGN.md advises for tansu.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

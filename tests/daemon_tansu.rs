@@ -1,0 +1,140 @@
+//! The firewall daemon end to end against a real Kafka-compatible broker (tansu): delivery
+//! modes, SIGKILL and restart, dead-lettering, live reload, metrics and health.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::broker::Tansu;
+use common::firewall::{duplicates, http_status, produce, read_outputs, scrape, setup, wait_for_metric, Firewall};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn print_log(s: &common::firewall::Setup) {
+    if let Ok(log) = std::fs::read_to_string(s.config_path.with_extension("log")) {
+        eprintln!("---- lossgate log ----\n{log}");
+    }
+}
+
+/// Every input in exactly one output, none twice; returns the outputs.
+fn assert_every_record_once(s: &common::firewall::Setup, expected: usize) -> Vec<common::firewall::OutputRecord> {
+    let outputs = read_outputs(s, expected, TIMEOUT);
+    if outputs.len() != expected || duplicates(&outputs) != 0 {
+        print_log(s);
+        let mut seen = HashSet::new();
+        for r in &outputs {
+            if !seen.insert(r.source.clone()) {
+                eprintln!("duplicate: {} {} {}", r.topic, r.key, r.source);
+            }
+        }
+    }
+    assert_eq!(duplicates(&outputs), 0, "no input may be produced twice");
+    assert_eq!(outputs.len(), expected, "every input record must reach exactly one output");
+    outputs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_end_to_end_with_dead_letters_metrics_and_health() {
+    let broker = Tansu::start();
+    let s = setup(&broker, "e2e", "exactly-once", "alpha = 0.1");
+    let mut firewall = Firewall::start(&s.config_path);
+    assert_eq!(http_status(s.metrics_port, "/healthz").or_else(|| {
+        std::thread::sleep(Duration::from_secs(3));
+        http_status(s.metrics_port, "/healthz")
+    }), Some(200));
+    let n = produce(&s.brokers, &s.topic("samples"), 0, 600, 12).await;
+    let outputs = assert_every_record_once(&s, n);
+
+    let dead: Vec<_> = outputs.iter().filter(|r| r.topic == s.topic("dead-letter")).collect();
+    assert_eq!(dead.len(), 12);
+    assert!(dead.iter().all(|r| r.key.starts_with("bad-") && !r.headers["lossgate-reason"].is_empty()));
+    let quarantined: Vec<_> = outputs.iter().filter(|r| r.topic == s.topic("quarantine")).collect();
+    assert!(!quarantined.is_empty(), "calibrated alpha 0.1 quarantines some records");
+    for r in &quarantined {
+        for h in ["lossgate-score", "lossgate-threshold", "lossgate-reason", "lossgate-window"] {
+            assert!(r.headers.contains_key(h), "quarantined record lacks {h}");
+        }
+    }
+    let forwarded = outputs.iter().filter(|r| r.topic == s.topic("clean")).count();
+    assert_eq!(forwarded + quarantined.len() + dead.len(), n);
+
+    assert!(wait_for_metric(s.metrics_port, "lossgate_records_in_total", n as f64, TIMEOUT));
+    let m = scrape(s.metrics_port).expect("metrics endpoint answers");
+    assert_eq!(m["lossgate_records_in_total"], n as f64);
+    assert_eq!(m["lossgate_records_forwarded_total"], forwarded as f64);
+    assert_eq!(m["lossgate_records_quarantined_total"], quarantined.len() as f64);
+    let dead_total: f64 = m.iter().filter(|(k, _)| k.starts_with("lossgate_records_dead_lettered_total{")).map(|(_, v)| v).sum();
+    assert_eq!(dead_total, 12.0);
+    for name in ["lossgate_threshold", "lossgate_window_size", "lossgate_consumer_lag", "lossgate_anomaly_score_count", "lossgate_shadow_training_seconds_count", "lossgate_window_duration_seconds_count"] {
+        assert!(m.contains_key(name), "metric {name} missing");
+    }
+    assert!(m.keys().any(|k| k.starts_with("lossgate_build_info{")));
+    assert_eq!(http_status(s.metrics_port, "/readyz"), Some(200));
+
+    assert_eq!(firewall.terminate(), Some(0), "SIGTERM ends lossgate cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_end_to_end() {
+    let broker = Tansu::start();
+    let s = setup(&broker, "alo", "at-least-once", "policy = \"reject-fraction\"\nreject_fraction = 0.25");
+    let _firewall = Firewall::start(&s.config_path);
+    let n = produce(&s.brokers, &s.topic("samples"), 0, 500, 5).await;
+    let outputs = assert_every_record_once(&s, n);
+    let quarantined = outputs.iter().filter(|r| r.topic == s.topic("quarantine")).count();
+    // 25 % of every window's decodable samples.
+    assert!((100..=130).contains(&quarantined), "{quarantined} quarantined of 500");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_loses_nothing_and_repeats_nothing() {
+    let broker = Tansu::start();
+    let s = setup(&broker, "kill", "exactly-once", "alpha = 0.1");
+    let total = produce(&s.brokers, &s.topic("samples"), 0, 2400, 10).await;
+    let mut kills = 0;
+    // Kill at different moments: right after start, mid-training, just after a commit.
+    for (cycle, wait_ms) in [1500u64, 4000, 2500, 6000].into_iter().enumerate() {
+        let mut firewall = Firewall::start(&s.config_path);
+        let committed_before = scrape(s.metrics_port).map(|m| m.get("lossgate_windows_total{result=\"committed\"}").copied().unwrap_or(0.0));
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        firewall.kill();
+        kills += 1;
+        eprintln!("cycle {cycle}: killed after {wait_ms} ms (committed before: {committed_before:?})");
+    }
+    let _firewall = Firewall::start(&s.config_path);
+    let outputs = assert_every_record_once(&s, total);
+    let keys: HashSet<_> = outputs.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys.len(), total, "every input key appears once across the outputs after {kills} SIGKILLs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_reload_changes_the_threshold_and_a_bad_reload_keeps_the_old_config() {
+    let broker = Tansu::start();
+    let forward_all = "policy = \"threshold\"\nthreshold = 1000000.0";
+    let s = setup(&broker, "reload", "exactly-once", forward_all);
+    let _firewall = Firewall::start(&s.config_path);
+    let first = produce(&s.brokers, &s.topic("samples"), 0, 200, 0).await;
+    assert!(wait_for_metric(s.metrics_port, "lossgate_records_forwarded_total", first as f64, TIMEOUT), "first window forwarded");
+
+    // A bad reload: refused, counted, the running config stays.
+    let text = std::fs::read_to_string(&s.config_path).unwrap();
+    std::fs::write(&s.config_path, text.replace("threshold = 1000000.0", "threshold = 1000000.0\nalpha = 7")).unwrap();
+    assert!(wait_for_metric(s.metrics_port, "lossgate_config_reloads_total{result=\"invalid\"}", 1.0, Duration::from_secs(20)));
+    // A change to a section that cannot change live: refused.
+    std::fs::write(&s.config_path, text.replace("epochs = 4", "epochs = 5")).unwrap();
+    assert!(wait_for_metric(s.metrics_port, "lossgate_config_reloads_total{result=\"refused\"}", 1.0, Duration::from_secs(20)));
+    // A good reload, written as Kubernetes does: a new file swapped in by rename.
+    let swapped = s.dir.path().join("lossgate.toml.new");
+    std::fs::write(&swapped, text.replace("threshold = 1000000.0", "threshold = 0.0")).unwrap();
+    std::fs::rename(&swapped, &s.config_path).unwrap();
+    assert!(wait_for_metric(s.metrics_port, "lossgate_config_reloads_total{result=\"applied\"}", 1.0, Duration::from_secs(20)));
+
+    let second = produce(&s.brokers, &s.topic("samples"), 200, 400, 0).await;
+    let outputs = assert_every_record_once(&s, first + second);
+    for r in &outputs {
+        let index: usize = r.key.trim_start_matches("sample-").parse().unwrap();
+        let expected = if index < 200 { s.topic("clean") } else { s.topic("quarantine") };
+        assert_eq!(r.topic, expected, "record {index} under the {} config", if index < 200 { "first" } else { "reloaded" });
+    }
+}
