@@ -87,25 +87,43 @@ async fn at_least_once_end_to_end() {
     assert!((100..=130).contains(&quarantined), "{quarantined} quarantined of 500");
 }
 
+/// SIGKILL cycles: `LOSSGATE_KILL_CYCLES` (default 4 here; 10 or more by hand).
+fn kill_cycles() -> usize {
+    std::env::var("LOSSGATE_KILL_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(4)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_loses_nothing_and_repeats_nothing() {
+    use rand::{Rng, SeedableRng};
     let broker = Tansu::start();
     let s = setup(&broker, "kill", "exactly-once", "alpha = 0.1");
-    let total = produce(&s.brokers, &s.topic("samples"), 0, 2400, 10).await;
-    let mut kills = 0;
-    // Kill at different moments: right after start, mid-training, just after a commit.
-    for (cycle, wait_ms) in [1500u64, 4000, 2500, 6000].into_iter().enumerate() {
+    // Slower windows, so that kills land while windows train, produce and commit.
+    let text = std::fs::read_to_string(&s.config_path).unwrap().replace("epochs = 4", "epochs = 30");
+    std::fs::write(&s.config_path, text).unwrap();
+    let total = produce(&s.brokers, &s.topic("samples"), 0, 3000, 10).await;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let cycles = kill_cycles();
+    for cycle in 0..cycles {
         let mut firewall = Firewall::start(&s.config_path);
-        let committed_before = scrape(s.metrics_port).map(|m| m.get("lossgate_windows_total{result=\"committed\"}").copied().unwrap_or(0.0));
-        std::thread::sleep(Duration::from_millis(wait_ms));
+        // Wait until this run is reading, then kill it a random moment later.
+        let reading = wait_for_metric(s.metrics_port, "lossgate_records_in_total", 1.0, Duration::from_secs(60));
+        let delay = rng.random_range(0..1500);
+        std::thread::sleep(Duration::from_millis(delay));
+        let progress = scrape(s.metrics_port).map(|m| m.get("lossgate_records_forwarded_total").copied().unwrap_or(0.0));
         firewall.kill();
-        kills += 1;
-        eprintln!("cycle {cycle}: killed after {wait_ms} ms (committed before: {committed_before:?})");
+        eprintln!("cycle {cycle}: reading {reading}, SIGKILL {delay} ms later (this run had forwarded {progress:?})");
     }
     let _firewall = Firewall::start(&s.config_path);
     let outputs = assert_every_record_once(&s, total);
     let keys: HashSet<_> = outputs.iter().map(|r| r.key.clone()).collect();
-    assert_eq!(keys.len(), total, "every input key appears once across the outputs after {kills} SIGKILLs");
+    assert_eq!(keys.len(), total, "every input key appears once across the outputs after {cycles} SIGKILLs");
+    let log = std::fs::read_to_string(s.config_path.with_extension("log")).unwrap();
+    let skipped: usize = log
+        .lines()
+        .filter(|l| l.contains("recovery scan done"))
+        .filter_map(|l| l.split("already_produced=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
+        .sum();
+    eprintln!("{cycles} SIGKILLs, {total} records in, {} out, 0 duplicates; recovery scans found {skipped} records already produced", outputs.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,11 @@ output_topic = "{prefix}-clean"
 quarantine_topic = "{prefix}-quarantine"
 dead_letter_topic = "{prefix}-dead-letter"
 
+[kafka.properties]
+# A SIGKILLed member stays in the group until its session times out: keep that short here.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+
 [delivery]
 mode = "{delivery}"
 shutdown_grace = "20s"
