@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::broker::Tansu;
-use common::firewall::{duplicates, http_status, produce, read_outputs, scrape, setup, wait_for_metric, Firewall};
+use common::firewall::{
+    duplicates, http_status, produce, read_outputs, scrape, setup, wait_for_metric, Firewall,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -18,7 +20,10 @@ fn print_log(s: &common::firewall::Setup) {
 }
 
 /// Every input in exactly one output, none twice; returns the outputs.
-fn assert_every_record_once(s: &common::firewall::Setup, expected: usize) -> Vec<common::firewall::OutputRecord> {
+fn assert_every_record_once(
+    s: &common::firewall::Setup,
+    expected: usize,
+) -> Vec<common::firewall::OutputRecord> {
     let outputs = read_outputs(s, expected, TIMEOUT);
     if outputs.len() != expected || duplicates(&outputs) != 0 {
         print_log(s);
@@ -39,10 +44,13 @@ async fn exactly_once_end_to_end_with_dead_letters_metrics_and_health() {
     let broker = Tansu::start();
     let s = setup(&broker, "e2e", "exactly-once", "alpha = 0.1");
     let mut firewall = Firewall::start(&s.config_path);
-    assert_eq!(http_status(s.metrics_port, "/healthz").or_else(|| {
-        std::thread::sleep(Duration::from_secs(3));
-        http_status(s.metrics_port, "/healthz")
-    }), Some(200));
+    assert_eq!(
+        http_status(s.metrics_port, "/healthz").or_else(|| {
+            std::thread::sleep(Duration::from_secs(3));
+            http_status(s.metrics_port, "/healthz")
+        }),
+        Some(200)
+    );
     let n = produce(&s.brokers, &s.topic("samples"), 0, 600, 12).await;
     let outputs = assert_every_record_once(&s, n);
 
@@ -64,9 +72,20 @@ async fn exactly_once_end_to_end_with_dead_letters_metrics_and_health() {
     assert_eq!(m["lossgate_records_in_total"], n as f64);
     assert_eq!(m["lossgate_records_forwarded_total"], forwarded as f64);
     assert_eq!(m["lossgate_records_quarantined_total"], quarantined.len() as f64);
-    let dead_total: f64 = m.iter().filter(|(k, _)| k.starts_with("lossgate_records_dead_lettered_total{")).map(|(_, v)| v).sum();
+    let dead_total: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("lossgate_records_dead_lettered_total{"))
+        .map(|(_, v)| v)
+        .sum();
     assert_eq!(dead_total, 12.0);
-    for name in ["lossgate_threshold", "lossgate_window_size", "lossgate_consumer_lag", "lossgate_anomaly_score_count", "lossgate_shadow_training_seconds_count", "lossgate_window_duration_seconds_count"] {
+    for name in [
+        "lossgate_threshold",
+        "lossgate_window_size",
+        "lossgate_consumer_lag",
+        "lossgate_anomaly_score_count",
+        "lossgate_shadow_training_seconds_count",
+        "lossgate_window_duration_seconds_count",
+    ] {
         assert!(m.contains_key(name), "metric {name} missing");
     }
     assert!(m.keys().any(|k| k.starts_with("lossgate_build_info{")));
@@ -106,10 +125,12 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_repeats_nothing() {
     for cycle in 0..cycles {
         let mut firewall = Firewall::start(&s.config_path);
         // Wait until this run is reading, then kill it a random moment later.
-        let reading = wait_for_metric(s.metrics_port, "lossgate_records_in_total", 1.0, Duration::from_secs(60));
+        let reading =
+            wait_for_metric(s.metrics_port, "lossgate_records_in_total", 1.0, Duration::from_secs(60));
         let delay = rng.random_range(0..1500);
         std::thread::sleep(Duration::from_millis(delay));
-        let progress = scrape(s.metrics_port).map(|m| m.get("lossgate_records_forwarded_total").copied().unwrap_or(0.0));
+        let progress =
+            scrape(s.metrics_port).map(|m| m.get("lossgate_records_forwarded_total").copied().unwrap_or(0.0));
         firewall.kill();
         eprintln!("cycle {cycle}: reading {reading}, SIGKILL {delay} ms later (this run had forwarded {progress:?})");
     }
@@ -123,6 +144,9 @@ async fn sigkill_mid_stream_then_restart_loses_nothing_and_repeats_nothing() {
         .filter(|l| l.contains("recovery scan done"))
         .filter_map(|l| l.split("already_produced=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
         .sum();
+    for line in log.lines().filter(|l| l.contains("recovery scan done")) {
+        eprintln!("{}", line.split("recovery scan done").nth(1).unwrap_or_default().trim());
+    }
     eprintln!("{cycles} SIGKILLs, {total} records in, {} out, 0 duplicates; recovery scans found {skipped} records already produced", outputs.len());
 }
 
@@ -133,26 +157,50 @@ async fn live_reload_changes_the_threshold_and_a_bad_reload_keeps_the_old_config
     let s = setup(&broker, "reload", "exactly-once", forward_all);
     let _firewall = Firewall::start(&s.config_path);
     let first = produce(&s.brokers, &s.topic("samples"), 0, 200, 0).await;
-    assert!(wait_for_metric(s.metrics_port, "lossgate_records_forwarded_total", first as f64, TIMEOUT), "first window forwarded");
+    assert!(
+        wait_for_metric(s.metrics_port, "lossgate_records_forwarded_total", first as f64, TIMEOUT),
+        "first window forwarded"
+    );
 
     // A bad reload: refused, counted, the running config stays.
     let text = std::fs::read_to_string(&s.config_path).unwrap();
-    std::fs::write(&s.config_path, text.replace("threshold = 1000000.0", "threshold = 1000000.0\nalpha = 7")).unwrap();
-    assert!(wait_for_metric(s.metrics_port, "lossgate_config_reloads_total{result=\"invalid\"}", 1.0, Duration::from_secs(20)));
+    std::fs::write(&s.config_path, text.replace("threshold = 1000000.0", "threshold = 1000000.0\nalpha = 7"))
+        .unwrap();
+    assert!(wait_for_metric(
+        s.metrics_port,
+        "lossgate_config_reloads_total{result=\"invalid\"}",
+        1.0,
+        Duration::from_secs(20)
+    ));
     // A change to a section that cannot change live: refused.
     std::fs::write(&s.config_path, text.replace("epochs = 4", "epochs = 5")).unwrap();
-    assert!(wait_for_metric(s.metrics_port, "lossgate_config_reloads_total{result=\"refused\"}", 1.0, Duration::from_secs(20)));
+    assert!(wait_for_metric(
+        s.metrics_port,
+        "lossgate_config_reloads_total{result=\"refused\"}",
+        1.0,
+        Duration::from_secs(20)
+    ));
     // A good reload, written as Kubernetes does: a new file swapped in by rename.
     let swapped = s.dir.path().join("lossgate.toml.new");
     std::fs::write(&swapped, text.replace("threshold = 1000000.0", "threshold = 0.0")).unwrap();
     std::fs::rename(&swapped, &s.config_path).unwrap();
-    assert!(wait_for_metric(s.metrics_port, "lossgate_config_reloads_total{result=\"applied\"}", 1.0, Duration::from_secs(20)));
+    assert!(wait_for_metric(
+        s.metrics_port,
+        "lossgate_config_reloads_total{result=\"applied\"}",
+        1.0,
+        Duration::from_secs(20)
+    ));
 
     let second = produce(&s.brokers, &s.topic("samples"), 200, 400, 0).await;
     let outputs = assert_every_record_once(&s, first + second);
     for r in &outputs {
         let index: usize = r.key.trim_start_matches("sample-").parse().unwrap();
         let expected = if index < 200 { s.topic("clean") } else { s.topic("quarantine") };
-        assert_eq!(r.topic, expected, "record {index} under the {} config", if index < 200 { "first" } else { "reloaded" });
+        assert_eq!(
+            r.topic,
+            expected,
+            "record {index} under the {} config",
+            if index < 200 { "first" } else { "reloaded" }
+        );
     }
 }

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::data::LabelledSamples;
 use crate::decision::{Action, DecisionConfig};
 use crate::engine::{Engine, WindowOutcome};
-use crate::kafka::checkpoint::{scan_outputs, Checkpoint};
+use crate::kafka::checkpoint::{read_checkpoint_topic, scan_outputs, Checkpoint, CheckpointRecord};
 use crate::kafka::{headers, DeliveryMode};
 use crate::metrics::Metrics;
 use crate::shadow::Runtime;
@@ -370,18 +370,34 @@ fn recover(pipeline: &Pipeline, state: &mut LoopState, partitions: &[i32]) -> Re
             None => complete = false,
         }
     }
-    let start = if complete { start } else { None };
     let client = kafka.client_config()?;
+    let set: HashSet<i32> = partitions.iter().copied().collect();
+    let (start, source) = if complete && start.is_some() {
+        (start, "commit metadata")
+    } else {
+        let from_topic = tokio::task::block_in_place(|| {
+            read_checkpoint_topic(
+                &client,
+                &kafka.checkpoint_topic,
+                &kafka.group_id,
+                &kafka.input_topic,
+                &set,
+                KAFKA_TIMEOUT,
+            )
+        })?;
+        let source =
+            if from_topic.is_some() { "checkpoint topic" } else { "none: reading the outputs whole" };
+        (from_topic, source)
+    };
     let outputs =
         [kafka.output_topic.as_str(), kafka.quarantine_topic.as_str(), kafka.dead_letter_topic.as_str()];
-    let set: HashSet<i32> = partitions.iter().copied().collect();
     let began = Instant::now();
     let found = tokio::task::block_in_place(|| {
         scan_outputs(&client, &outputs, start.as_ref(), &kafka.input_topic, &set, Duration::from_secs(120))
     })?;
     tracing::info!(
         ?partitions,
-        from_checkpoint = start.is_some(),
+        checkpoint = source,
         scanned = found.records_scanned,
         already_produced = found.already_produced.len(),
         seconds = began.elapsed().as_secs_f64(),
@@ -522,6 +538,11 @@ async fn process_window(
             pipeline.consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
         })
         .context("committing input offsets after every output was acknowledged")?;
+        if config.delivery.mode == DeliveryMode::ExactlyOnce {
+            // After the commit, never before: a checkpoint older than the commit only makes
+            // the next recovery read more; a newer one could make it miss records.
+            write_checkpoint_records(&pipeline, &offsets, &checkpoint).await?;
+        }
     }
     record_window_metrics(&pipeline, &routed, &records, outcome.as_ref(), started);
     tracing::info!(
@@ -533,6 +554,44 @@ async fn process_window(
         "window committed"
     );
     Ok(checkpoint)
+}
+
+async fn write_checkpoint_records(
+    pipeline: &Pipeline,
+    committed: &TopicPartitionList,
+    checkpoint: &Checkpoint,
+) -> Result<()> {
+    let kafka = &pipeline.config.kafka;
+    let mut pending = Vec::new();
+    for element in committed.elements() {
+        let Offset::Offset(offset) = element.offset() else { continue };
+        let record = CheckpointRecord {
+            group: kafka.group_id.clone(),
+            topic: kafka.input_topic.clone(),
+            partition: element.partition(),
+            committed: offset,
+            ends: checkpoint.ends.clone(),
+        };
+        let key = CheckpointRecord::key(&kafka.group_id, &kafka.input_topic, element.partition());
+        let value = serde_json::to_vec(&record)?;
+        let future = pipeline
+            .producer
+            .send_result(FutureRecord::to(&kafka.checkpoint_topic).key(&key).payload(&value))
+            .map_err(|(e, _)| anyhow!("writing a checkpoint to {}: {e}", kafka.checkpoint_topic))?;
+        pending.push(future);
+    }
+    for future in pending {
+        match future.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                tracing::warn!(error = %e, "a checkpoint record was not written; the next recovery reads further back")
+            }
+            Err(_) => tracing::warn!(
+                "a checkpoint record write was cancelled; the next recovery reads further back"
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn samples_of(records: &[InputRecord], indices: &[usize], features: usize) -> Result<LabelledSamples> {

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::headers;
 
 const PREFIX: &str = "lossgate1:";
+/// How long the recovery scan waits for more records once it has reached the end offsets.
+const QUIET: Duration = Duration::from_millis(500);
 
 /// End offsets of output partitions: topic -> partition -> next offset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +60,84 @@ impl Checkpoint {
     pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
         self.ends.get(topic)?.get(&partition).copied()
     }
+}
+
+/// One record of the checkpoint topic: the checkpoint in force after `committed` was committed
+/// for `partition` of the input topic. Used where the broker drops commit metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    pub ends: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+impl CheckpointRecord {
+    pub fn key(group: &str, topic: &str, partition: i32) -> String {
+        format!("{group}/{topic}/{partition}")
+    }
+}
+
+/// The latest checkpoint record per key in `checkpoint_topic` for these input partitions;
+/// `None` unless every one of them has one.
+pub fn read_checkpoint_topic(
+    client: &ClientConfig,
+    checkpoint_topic: &str,
+    group: &str,
+    input_topic: &str,
+    partitions: &HashSet<i32>,
+    timeout: Duration,
+) -> Result<Option<Checkpoint>> {
+    let found = scan_topic(client, checkpoint_topic, timeout)?;
+    let mut latest: BTreeMap<i32, CheckpointRecord> = BTreeMap::new();
+    for value in found {
+        let Ok(record) = serde_json::from_slice::<CheckpointRecord>(&value) else { continue };
+        if record.group == group && record.topic == input_topic && partitions.contains(&record.partition) {
+            latest.insert(record.partition, record);
+        }
+    }
+    if latest.len() < partitions.len() {
+        return Ok(None);
+    }
+    let mut start: Option<Checkpoint> = None;
+    for record in latest.into_values() {
+        let c = Checkpoint { ends: record.ends };
+        start = Some(start.map_or(c.clone(), |s| s.earliest(&c)));
+    }
+    Ok(start)
+}
+
+/// Every record value of `topic`, in order per partition.
+fn scan_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Result<Vec<Vec<u8>>> {
+    let mut config = client.clone();
+    config
+        .set("group.id", "lossgate-checkpoint-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10");
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        if let Some(err) = t.error() {
+            bail!("checkpoint topic {topic} is not usable ({err:?}): create it (kafka.checkpoint_topic)");
+        }
+        for p in t.partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut values = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < QUIET && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(50)) {
+            let message = message?;
+            values.push(message.payload().unwrap_or_default().to_vec());
+            quiet_since = Instant::now();
+        }
+    }
+    Ok(values)
 }
 
 /// What a recovery scan found.
@@ -117,11 +197,18 @@ pub fn scan_outputs(
     }
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + timeout;
-    while !remaining.is_empty() {
+    // Read to the reported end offsets, then on until nothing more arrives for a moment: some
+    // brokers (tansu 0.6) report end offsets below what they hold.
+    let mut quiet_since = Instant::now();
+    loop {
+        if remaining.is_empty() && quiet_since.elapsed() > QUIET {
+            break;
+        }
         if Instant::now() > deadline {
             bail!("recovery scan of the output topics did not reach their end within {timeout:?}; {} partitions left", remaining.len());
         }
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let Some(message) = consumer.poll(Duration::from_millis(50)) else { continue };
+        quiet_since = Instant::now();
         let message = message.context("reading an output topic during recovery")?;
         records_scanned += 1;
         if let Some(source) = message
@@ -137,6 +224,7 @@ pub fn scan_outputs(
         if remaining.get(&key).is_some_and(|&high| message.offset() + 1 >= high) {
             remaining.remove(&key);
         }
+        ends.advance(message.topic(), message.partition(), message.offset() + 1);
     }
     Ok(Recovered { already_produced: found, ends, records_scanned })
 }

@@ -25,6 +25,9 @@ pub struct KafkaConfig {
     pub quarantine_topic: String,
     /// Records that could not be decoded or do not fit the configured shape.
     pub dead_letter_topic: String,
+    /// `exactly-once` mode: where checkpoints are also kept, for brokers that drop offset-commit
+    /// metadata (tansu 0.6 does). Best configured compacted; one small record per partition and window.
+    pub checkpoint_topic: String,
     pub codec: Codec,
     /// `f32le` codec: the header holding the label as decimal text.
     pub label_header: String,
@@ -45,6 +48,7 @@ impl Default for KafkaConfig {
             output_topic: "samples-clean".into(),
             quarantine_topic: "samples-quarantine".into(),
             dead_letter_topic: "samples-dead-letter".into(),
+            checkpoint_topic: "lossgate-checkpoints".into(),
             codec: Codec::Json,
             label_header: "label".into(),
             max_record_bytes: 1 << 20,
@@ -71,6 +75,7 @@ impl KafkaConfig {
             ("kafka.output_topic", &self.output_topic),
             ("kafka.quarantine_topic", &self.quarantine_topic),
             ("kafka.dead_letter_topic", &self.dead_letter_topic),
+            ("kafka.checkpoint_topic", &self.checkpoint_topic),
         ];
         for (i, (field, topic)) in topics.iter().enumerate() {
             ensure(!topic.trim().is_empty(), field, "is empty")?;

@@ -25,11 +25,23 @@ pub struct Tansu {
 impl Tansu {
     pub fn start() -> Self {
         let binary = tansu_binary();
-        assert!(binary.exists(), "tansu not found at {}: run `LOSSGATE_NEED_TANSU=1 scripts/setup.sh` (make test does)", binary.display());
+        assert!(
+            binary.exists(),
+            "tansu not found at {}: run `LOSSGATE_NEED_TANSU=1 scripts/setup.sh` (make test does)",
+            binary.display()
+        );
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&binary)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

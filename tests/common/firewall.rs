@@ -41,13 +41,16 @@ impl Setup {
 /// a small, fast engine. `extra` is appended to the config.
 pub fn setup(broker: &Tansu, prefix: &str, delivery: &str, decision: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    for t in ["samples", "clean", "quarantine", "dead-letter"] {
+    for t in ["samples", "clean", "quarantine", "dead-letter", "checkpoints"] {
         broker.create_topic(&format!("{prefix}-{t}"), PARTITIONS);
     }
     let test = super::mnist_test(120);
     let mut probes = String::new();
     for i in 0..test.len() {
-        probes.push_str(std::str::from_utf8(&encode_json(test.features.row(i).as_slice().unwrap(), test.labels[i])).unwrap());
+        probes.push_str(
+            std::str::from_utf8(&encode_json(test.features.row(i).as_slice().unwrap(), test.labels[i]))
+                .unwrap(),
+        );
         probes.push('\n');
     }
     std::fs::write(dir.path().join("probes.jsonl"), probes).unwrap();
@@ -84,6 +87,7 @@ input_topic = "{prefix}-samples"
 output_topic = "{prefix}-clean"
 quarantine_topic = "{prefix}-quarantine"
 dead_letter_topic = "{prefix}-dead-letter"
+checkpoint_topic = "{prefix}-checkpoints"
 
 [kafka.properties]
 # A SIGKILLed member stays in the group until its session times out: keep that short here.
@@ -111,7 +115,8 @@ pub struct Firewall {
 impl Firewall {
     pub fn start(config: &Path) -> Self {
         // Every run of this firewall appends to one log beside its config, for failed tests.
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_lossgate"))
             .args(["run", "--config"])
             .arg(config)
@@ -171,12 +176,23 @@ pub async fn produce(brokers: &str, topic: &str, from: usize, to: usize, malform
     for i in from..to {
         let value = encode_json(data.features.row(i).as_slice().unwrap(), data.labels[i]);
         let key = format!("sample-{i}");
-        pending.push(producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)).map_err(|(e, _)| e).unwrap());
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&value))
+                .map_err(|(e, _)| e)
+                .unwrap(),
+        );
     }
-    let bad: [&[u8]; 4] = [b"{not json", br#"{"features": [1.0], "label": 3}"#, br#"{"features": [], "label": -1}"#, b""];
+    let bad: [&[u8]; 4] =
+        [b"{not json", br#"{"features": [1.0], "label": 3}"#, br#"{"features": [], "label": -1}"#, b""];
     for j in 0..malformed {
         let key = format!("bad-{from}-{j}");
-        pending.push(producer.send_result(FutureRecord::to(topic).key(&key).payload(bad[j % bad.len()])).map_err(|(e, _)| e).unwrap());
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(bad[j % bad.len()]))
+                .map_err(|(e, _)| e)
+                .unwrap(),
+        );
     }
     for p in pending {
         p.await.unwrap().unwrap();
@@ -223,7 +239,13 @@ pub fn read_outputs(setup: &Setup, expected: usize, timeout: Duration) -> Vec<Ou
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
         let headers: HashMap<String, String> = m
             .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).to_string())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).to_string())
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         out.push(OutputRecord {
             topic: m.topic().to_string(),
@@ -260,7 +282,9 @@ pub fn scrape(port: u16) -> Option<HashMap<String, f64>> {
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
     let mut body = String::new();
     stream.read_to_string(&mut body).ok()?;
     body.split_whitespace().nth(1)?.parse().ok()
