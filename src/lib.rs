@@ -6,6 +6,7 @@
 //! [`eval`] drives the same engine offline on MNIST with a poisoning attack.
 
 pub mod bench;
+pub mod bench_pipeline;
 pub mod codec;
 pub mod config;
 pub mod daemon;
@@ -20,6 +21,7 @@ pub mod onnx;
 pub mod probes;
 pub mod scorer;
 pub mod shadow;
+pub mod tansu;
 
 pub use config::{ConfigError, EngineConfig};
 pub use engine::{Engine, WindowOutcome};

@@ -80,6 +80,17 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// End-to-end records/s through a real broker (tansu from the setup cache): the engine
+    /// against a pass-through run over the same Kafka path.
+    BenchPipeline {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Records per run (default: three windows of the default size).
+        #[arg(long, default_value_t = 24_576)]
+        records: usize,
+        #[arg(long)]
+        mnist: Option<PathBuf>,
+    },
     /// Validate a config file and print it as understood.
     CheckConfig {
         #[arg(long)]
@@ -135,8 +146,13 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config: path } => {
             let config = Config::from_file(&path)?;
-            let options =
-                DaemonOptions { config, config_path: Some(path), probes: None, metrics: Metrics::new() };
+            let options = DaemonOptions {
+                config,
+                config_path: Some(path),
+                probes: None,
+                metrics: Metrics::new(),
+                passthrough: false,
+            };
             tokio_runtime()?.block_on(daemon::run(options, termination()))
         }
         Command::Demo { config, records, window, malformed, seed, mnist } => {
@@ -186,6 +202,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { quick } => {
             let runtime = Runtime::load(&Default::default())?;
             print!("{}", lossgate::bench::report(&runtime, quick)?);
+            Ok(())
+        }
+        Command::BenchPipeline { config, records, mnist } => {
+            let config = load_config(config.as_ref())?;
+            let table = tokio_runtime()?.block_on(lossgate::bench_pipeline::report(
+                &config,
+                &mnist_dir(mnist),
+                records,
+            ))?;
+            print!("{table}");
             Ok(())
         }
         Command::CheckConfig { config } => {

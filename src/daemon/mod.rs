@@ -43,6 +43,9 @@ pub struct DaemonOptions {
     /// Probes given in memory (the demo); `None`: load them as `[probes]` says.
     pub probes: Option<LabelledSamples>,
     pub metrics: Metrics,
+    /// Benchmark baseline: the same consumer and producer path with the engine replaced by
+    /// forward-all.
+    pub passthrough: bool,
 }
 
 enum RebalanceEvent {
@@ -100,11 +103,12 @@ struct Pipeline {
     worker: EngineWorker,
     metrics: Metrics,
     window_counter: std::sync::atomic::AtomicU64,
+    passthrough: bool,
 }
 
 /// Loads the engine and runs the firewall until `shutdown` resolves.
 pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    let DaemonOptions { config, config_path, probes, metrics } = options;
+    let DaemonOptions { config, config_path, probes, metrics, passthrough } = options;
     config.validate()?;
     let readiness = Arc::new(Readiness::default());
     let bound = http::serve(config.metrics.listen, metrics.clone(), readiness.clone()).await?;
@@ -143,6 +147,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
         worker,
         metrics: metrics.clone(),
         window_counter: Default::default(),
+        passthrough,
     });
     let result = main_loop(pipeline.clone(), events, decision_rx, readiness.clone(), shutdown).await;
     readiness.partitions_assigned.store(false, Ordering::Relaxed);
@@ -484,8 +489,9 @@ async fn process_window(
     let config = &pipeline.config;
     let metrics = &pipeline.metrics;
     let window_id = pipeline.window_counter.fetch_add(1, Ordering::Relaxed);
-    let to_decide: Vec<usize> =
-        (0..records.len()).filter(|&i| records[i].sample.is_ok() && !records[i].already_produced).collect();
+    let to_decide: Vec<usize> = (0..records.len())
+        .filter(|&i| !pipeline.passthrough && records[i].sample.is_ok() && !records[i].already_produced)
+        .collect();
     let outcome = if to_decide.is_empty() {
         None
     } else {
@@ -661,7 +667,11 @@ fn route<'a>(
                     ),
                 }
             }
-            (Ok(_), None) => unreachable!("every decodable record not already produced is decided"),
+            // Only in passthrough mode (the benchmark baseline): forward undecided.
+            (Ok(_), None) => (
+                kafka.output_topic.as_str(),
+                h.insert(Header { key: headers::DECISION, value: Some("forward") }),
+            ),
         };
         routed.push(Routed { record, topic, headers: h });
     }

@@ -2,7 +2,7 @@
 //! installed by `scripts/setup.sh` into the cache (see the README).
 #![allow(dead_code)]
 
-pub mod broker;
+pub use lossgate::tansu as broker;
 pub mod firewall;
 
 use std::path::PathBuf;

@@ -1,6 +1,5 @@
-//! A real Kafka-compatible broker for integration tests: tansu from the setup cache, on a free
-//! loopback port, with in-memory storage; killed when dropped.
-#![allow(dead_code)]
+//! A real Kafka-compatible broker for the integration tests and the pipeline benchmark: tansu
+//! from the setup cache, on a free loopback port, with in-memory storage; killed when dropped.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -14,7 +13,7 @@ pub fn free_port() -> u16 {
 fn tansu_binary() -> PathBuf {
     std::env::var_os("LOSSGATE_TANSU")
         .map(PathBuf::from)
-        .unwrap_or_else(|| lossgate::shadow::runtime::cache_dir().join("bin").join("tansu"))
+        .unwrap_or_else(|| crate::shadow::runtime::cache_dir().join("bin").join("tansu"))
 }
 
 pub struct Tansu {

@@ -1,0 +1,146 @@
+//! End-to-end throughput through a real broker (tansu): the daemon with the default MNIST
+//! engine, beside the same consumer and producer path with the engine replaced by
+//! forward-all, so the cost of Kafka is a measured fraction of the whole.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use crate::codec::encode_json;
+use crate::config::Config;
+use crate::daemon::{self, DaemonOptions};
+use crate::eval::load_mnist;
+use crate::metrics::Metrics;
+use crate::probes;
+use crate::tansu::{free_port, Tansu};
+
+pub struct PipelineRun {
+    pub name: &'static str,
+    pub records: usize,
+    pub seconds: f64,
+}
+
+impl PipelineRun {
+    pub fn records_per_second(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+}
+
+/// Produces `count` MNIST records, one per batch (tansu skips records when a fetch starts
+/// inside a batch; see the README).
+async fn fill(brokers: &str, topic: &str, config: &Config, mnist: &Path, count: usize) -> Result<()> {
+    let (train, _) = load_mnist(mnist)?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()?;
+    let mut pending = Vec::new();
+    for i in 0..count {
+        let row = i % train.len();
+        let value = encode_json(train.features.row(row).as_slice().expect("contiguous"), train.labels[row]);
+        let key = format!("r{i}");
+        pending.push(
+            producer.send_result(FutureRecord::to(topic).key(&key).payload(&value)).map_err(|(e, _)| e)?,
+        );
+        if pending.len() >= 2000 {
+            for f in pending.drain(..) {
+                f.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for f in pending {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    let _ = config;
+    Ok(())
+}
+
+async fn run_once(
+    broker: &Tansu,
+    base: &Config,
+    mnist: &Path,
+    count: usize,
+    name: &'static str,
+    passthrough: bool,
+) -> Result<PipelineRun> {
+    let mut config = base.clone();
+    let prefix = format!("bench-{name}");
+    let k = &mut config.kafka;
+    k.brokers = broker.brokers();
+    k.group_id = format!("{prefix}-group");
+    k.input_topic = format!("{prefix}-in");
+    k.output_topic = format!("{prefix}-clean");
+    k.quarantine_topic = format!("{prefix}-quarantine");
+    k.dead_letter_topic = format!("{prefix}-dead-letter");
+    k.checkpoint_topic = format!("{prefix}-checkpoints");
+    for t in [&k.input_topic, &k.output_topic, &k.quarantine_topic, &k.dead_letter_topic, &k.checkpoint_topic]
+    {
+        broker.create_topic(t, 3);
+    }
+    config.metrics.listen = format!("127.0.0.1:{}", free_port()).parse()?;
+    fill(&config.kafka.brokers, &config.kafka.input_topic, &config, mnist, count).await?;
+
+    let (_, test) = load_mnist(mnist)?;
+    let probes = probes::draw(&test, config.probes.count, 1)?;
+    let metrics = Metrics::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = DaemonOptions {
+        config,
+        config_path: None,
+        probes: Some(probes),
+        metrics: metrics.clone(),
+        passthrough,
+    };
+    let daemon = tokio::spawn(daemon::run(options, async {
+        let _ = stopped.await;
+    }));
+    let out = || metrics.forwarded.get() + metrics.quarantined.get();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while metrics.records_in.get() == 0 {
+        if Instant::now() > deadline || daemon.is_finished() {
+            bail!("{name}: the daemon read nothing");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Timed from the first record read to the last record acknowledged in an output.
+    let started = Instant::now();
+    while (out() as usize) < count {
+        if Instant::now() > deadline || daemon.is_finished() {
+            bail!("{name}: only {} of {count} records came out", out());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    daemon.await.context("daemon task")??;
+    Ok(PipelineRun { name, records: count, seconds })
+}
+
+/// Runs pass-through and the engine on `count` records each and returns the table.
+pub async fn report(config: &Config, mnist: &Path, count: usize) -> Result<String> {
+    let broker = Tansu::start();
+    let passthrough = run_once(&broker, config, mnist, count, "passthrough", true).await?;
+    let engine = run_once(&broker, config, mnist, count, "engine", false).await?;
+    let mut out = format!(
+        "end-to-end through tansu, {count} MNIST records (JSON), window {}, {} epochs, hidden {:?}, delivery {:?}\n",
+        config.window.size, config.shadow.epochs, config.shadow.hidden, config.delivery.mode
+    );
+    for run in [&passthrough, &engine] {
+        out.push_str(&format!(
+            "{:<12} {:>8.2} s  {:>10.0} records/s\n",
+            run.name,
+            run.seconds,
+            run.records_per_second()
+        ));
+    }
+    out.push_str(&format!(
+        "Kafka path alone (pass-through) takes {:.1} % of the firewall's time per record; the engine is {:.1}x slower than pass-through\n",
+        100.0 * passthrough.seconds / engine.seconds,
+        engine.seconds / passthrough.seconds
+    ));
+    Ok(out)
+}
