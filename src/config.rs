@@ -342,6 +342,14 @@ mod tests {
             ("[window]\nsize = 0\n", "window.size"),
             ("[input]\nfeatures = 784\nclasses = 1\n", "input.classes"),
             ("[probes]\ncount = 1\n", "probes.count"),
+            ("[probes]\ntopic = \"p\"\nfile = \"Cargo.toml\"\nformat = \"csv\"\n", "probes.topic"),
+            ("[kafka]\noutput_topic = \"samples\"\n", "kafka.output_topic"),
+            (
+                "[kafka.properties]\n\"sasl.password\" = \"env:LOSSGATE_UNSET_VARIABLE\"\n",
+                "kafka.properties.sasl.password",
+            ),
+            ("[delivery]\nmode = \"transactional\"\n", "delivery.transactional_id"),
+            ("[window]\nmax_wait = \"0s\"\n", "window.max_wait"),
             ("[probes]\nfile = \"/no/such/probes.csv\"\nformat = \"csv\"\n", "probes.file"),
             ("[shadow]\nonnxruntime_library = \"/no/such/lib.so\"\n", "shadow.onnxruntime_library"),
         ];

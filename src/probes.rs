@@ -31,6 +31,9 @@ pub struct ProbesConfig {
     /// MNIST test split.
     pub file: Option<PathBuf>,
     pub format: ProbeFormat,
+    /// A trusted Kafka topic of clean samples in the input format (`[kafka]` codec and
+    /// connection), read whole at start-up; instead of `file`. Daemon only.
+    pub topic: Option<String>,
     /// IDX only: the label file beside the image file.
     pub labels_file: Option<PathBuf>,
     /// CSV only: the name of the label column.
@@ -44,6 +47,7 @@ impl Default for ProbesConfig {
         Self {
             count: 250,
             file: None,
+            topic: None,
             format: ProbeFormat::Idx,
             labels_file: None,
             label_column: "label".into(),
@@ -59,6 +63,12 @@ impl ProbesConfig {
             "probes.count",
             format!("{}: at least 2 probes are needed to score against", self.count),
         )?;
+        if self.file.is_some() && self.topic.is_some() {
+            return Err(ConfigError::new("probes.topic", "give probes.file or probes.topic, not both"));
+        }
+        if let Some(topic) = &self.topic {
+            ensure(!topic.trim().is_empty(), "probes.topic", "is empty")?;
+        }
         if let Some(file) = &self.file {
             ensure(
                 file.is_file(),

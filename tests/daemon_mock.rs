@@ -19,7 +19,8 @@ async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_clust
     let mut config = Config::default();
     let k = &mut config.kafka;
     k.brokers = cluster.bootstrap_servers();
-    for t in [&k.input_topic, &k.output_topic, &k.quarantine_topic, &k.dead_letter_topic, &k.checkpoint_topic] {
+    for t in [&k.input_topic, &k.output_topic, &k.quarantine_topic, &k.dead_letter_topic, &k.checkpoint_topic]
+    {
         cluster.create_topic(t, 3, 1).unwrap();
     }
     config.delivery.mode = DeliveryMode::Transactional;
@@ -34,15 +35,26 @@ async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_clust
     let probes = common::mnist_test(60);
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = DaemonOptions { config: config.clone(), config_path: None, probes: Some(probes), metrics: metrics.clone(), passthrough: false };
+    let options = DaemonOptions {
+        config: config.clone(),
+        config_path: None,
+        probes: Some(probes),
+        metrics: metrics.clone(),
+        passthrough: false,
+    };
     let daemon = tokio::spawn(daemon::run(options, async {
         let _ = stopped.await;
     }));
     let n = common::firewall::produce(&config.kafka.brokers, &config.kafka.input_topic, 0, 450, 3).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     let committed = || metrics.transactions.with_label_values(&["committed"]).get();
-    let out = || metrics.forwarded.get() + metrics.quarantined.get() + metrics.dead_lettered.with_label_values(&["not_json"]).get()
-        + metrics.dead_lettered.with_label_values(&["wrong_length"]).get() + metrics.dead_lettered.with_label_values(&["empty_value"]).get();
+    let out = || {
+        metrics.forwarded.get()
+            + metrics.quarantined.get()
+            + metrics.dead_lettered.with_label_values(&["not_json"]).get()
+            + metrics.dead_lettered.with_label_values(&["wrong_length"]).get()
+            + metrics.dead_lettered.with_label_values(&["empty_value"]).get()
+    };
     while (out() as usize) < n && Instant::now() < deadline && !daemon.is_finished() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -95,9 +95,18 @@ async fn exactly_once_end_to_end_with_dead_letters_metrics_and_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_least_once_end_to_end() {
+async fn at_least_once_end_to_end_with_probes_from_a_topic() {
     let broker = Tansu::start();
     let s = setup(&broker, "alo", "at-least-once", "policy = \"reject-fraction\"\nreject_fraction = 0.25");
+    // Probes from a trusted topic instead of a file.
+    broker.create_topic("alo-probes", 1);
+    produce(&s.brokers, "alo-probes", 5000, 5120, 0).await;
+    let text = std::fs::read_to_string(&s.config_path).unwrap();
+    std::fs::write(
+        &s.config_path,
+        text.replace("file = \"probes.jsonl\"\nformat = \"jsonl\"", "topic = \"alo-probes\""),
+    )
+    .unwrap();
     let _firewall = Firewall::start(&s.config_path);
     let n = produce(&s.brokers, &s.topic("samples"), 0, 500, 5).await;
     let outputs = assert_every_record_once(&s, n);

@@ -116,9 +116,12 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
 
     let runtime = Runtime::load(&config.shadow.runtime_options())?;
     readiness.onnxruntime_loaded.store(true, Ordering::Relaxed);
-    let probes = match probes {
-        Some(p) => p,
-        None => config.probes.load(config.input.features, config.input.classes).context("loading probes")?,
+    let probes = match (probes, &config.probes.topic) {
+        (Some(p), _) => p,
+        (None, Some(topic)) => probes_from_topic(&config, topic)?,
+        (None, None) => {
+            config.probes.load(config.input.features, config.input.classes).context("loading probes")?
+        }
     };
     readiness.probes_loaded.store(true, Ordering::Relaxed);
     let engine = Engine::new(&runtime, config.engine(), probes)?;
@@ -153,6 +156,30 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
     readiness.partitions_assigned.store(false, Ordering::Relaxed);
     pipeline.consumer.unsubscribe();
     result
+}
+
+/// Reads a trusted probe topic whole; every record must decode and fit `[input]`.
+fn probes_from_topic(config: &Config, topic: &str) -> Result<LabelledSamples> {
+    let rules = config.kafka.decode_rules(&config.input);
+    let messages = crate::kafka::read_topic(&config.kafka.client_config()?, topic, KAFKA_TIMEOUT)?;
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for m in &messages {
+        use rdkafka::message::Headers;
+        let sample = rules
+            .decode(m.payload(), |name| {
+                m.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value))
+            })
+            .map_err(|e| anyhow!("probe topic {topic}, record {}/{}: {e}", m.partition(), m.offset()))?;
+        features.extend(sample.features);
+        labels.push(sample.label);
+    }
+    let all = LabelledSamples::new(
+        ndarray::Array2::from_shape_vec((labels.len(), config.input.features), features)?,
+        labels,
+    )?;
+    crate::probes::draw(&all, config.probes.count, config.probes.seed)
+        .with_context(|| format!("probe topic {topic}"))
 }
 
 fn create_producer(config: &Config) -> Result<FutureProducer> {

@@ -19,7 +19,7 @@ use super::headers;
 
 const PREFIX: &str = "lossgate1:";
 /// How long the recovery scan waits for more records once it has reached the end offsets.
-const QUIET: Duration = Duration::from_millis(500);
+pub(crate) const QUIET: Duration = Duration::from_millis(500);
 
 /// End offsets of output partitions: topic -> partition -> next offset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,10 +89,13 @@ pub fn read_checkpoint_topic(
     partitions: &HashSet<i32>,
     timeout: Duration,
 ) -> Result<Option<Checkpoint>> {
-    let found = scan_topic(client, checkpoint_topic, timeout)?;
+    let found = super::read_topic(client, checkpoint_topic, timeout)?;
     let mut latest: BTreeMap<i32, CheckpointRecord> = BTreeMap::new();
-    for value in found {
-        let Ok(record) = serde_json::from_slice::<CheckpointRecord>(&value) else { continue };
+    for message in found {
+        let Ok(record) = serde_json::from_slice::<CheckpointRecord>(message.payload().unwrap_or_default())
+        else {
+            continue;
+        };
         if record.group == group && record.topic == input_topic && partitions.contains(&record.partition) {
             latest.insert(record.partition, record);
         }
@@ -106,38 +109,6 @@ pub fn read_checkpoint_topic(
         start = Some(start.map_or(c.clone(), |s| s.earliest(&c)));
     }
     Ok(start)
-}
-
-/// Every record value of `topic`, in order per partition.
-fn scan_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> Result<Vec<Vec<u8>>> {
-    let mut config = client.clone();
-    config
-        .set("group.id", "lossgate-checkpoint-reader")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer = config.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics() {
-        if let Some(err) = t.error() {
-            bail!("checkpoint topic {topic} is not usable ({err:?}): create it (kafka.checkpoint_topic)");
-        }
-        for p in t.partitions() {
-            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&assignment)?;
-    let mut values = Vec::new();
-    let deadline = Instant::now() + timeout;
-    let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < QUIET && Instant::now() < deadline {
-        if let Some(message) = consumer.poll(Duration::from_millis(50)) {
-            let message = message?;
-            values.push(message.payload().unwrap_or_default().to_vec());
-            quiet_since = Instant::now();
-        }
-    }
-    Ok(values)
 }
 
 /// What a recovery scan found.

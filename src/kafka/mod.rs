@@ -6,7 +6,12 @@ pub mod headers;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use crate::codec::{Codec, DecodeRules};
@@ -179,4 +184,42 @@ impl DeliveryConfig {
         }
         Ok(())
     }
+}
+
+/// Every record of `topic` from its beginning until nothing more arrives for a moment (the
+/// checkpoint topic, a trusted probe topic). Read without a consumer group's commits.
+pub fn read_topic(
+    client: &ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
+    let mut config = client.clone();
+    config
+        .set("group.id", "lossgate-topic-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10");
+    let consumer: BaseConsumer = config.create().context("creating a topic reader")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the partitions of {topic}"))?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        if let Some(err) = t.error() {
+            bail!("topic {topic} is not usable ({err:?}): does it exist?");
+        }
+        for p in t.partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < checkpoint::QUIET && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(50)) {
+            messages.push(message?.detach());
+            quiet_since = Instant::now();
+        }
+    }
+    Ok(messages)
 }
