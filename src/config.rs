@@ -210,6 +210,10 @@ impl EngineConfig {
 }
 
 /// The whole configuration file: the engine's sections plus the daemon's edges.
+///
+/// The engine's sections are repeated here rather than flattened from [`EngineConfig`]:
+/// serde cannot combine `flatten` with `deny_unknown_fields`, and refusing unknown fields
+/// matters more.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
