@@ -20,6 +20,7 @@ eval: setup
 
 ## Every test, against the real ONNX Runtime and real MNIST.
 test: setup
+	LOSSGATE_NEED_PROMTOOL=1 bash scripts/setup.sh
 	$(CARGO) test --all-targets
 
 bench: setup

@@ -66,10 +66,23 @@ install_tansu() {
   mv "$bin.part" "$bin"
 }
 
+install_promtool() {
+  command -v promtool >/dev/null && return 0
+  log "promtool: installing Debian's prometheus package (checks deploy/prometheus)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  fi
+  # The package starts a Prometheus server; the tests need only promtool.
+  (systemctl stop prometheus prometheus-node-exporter 2>/dev/null || service prometheus stop 2>/dev/null) >/dev/null 2>&1 || true
+}
+
 mkdir -p "$CACHE"
 install_onnxruntime
 install_mnist
 if [ "${LOSSGATE_NEED_TANSU:-0}" = 1 ]; then install_tansu; fi
+if [ "${LOSSGATE_NEED_PROMTOOL:-0}" = 1 ]; then install_promtool; fi
 
 if [ "${1:-}" = "--env" ]; then
   echo "export ORT_DYLIB_PATH='$ORT_LIB'"

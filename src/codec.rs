@@ -51,6 +51,19 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every value [`Self::code`] can return.
+    pub const CODES: [&'static str; 9] = [
+        "empty_value",
+        "too_large",
+        "not_json",
+        "wrong_length",
+        "non_finite",
+        "label_not_integer",
+        "label_out_of_range",
+        "not_whole_floats",
+        "missing_label_header",
+    ];
+
     pub fn code(&self) -> &'static str {
         match self {
             Rejection::EmptyValue => "empty_value",

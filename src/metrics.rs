@@ -168,6 +168,24 @@ impl Metrics {
         }
     }
 
+    /// Creates every labelled series a dashboard or alert rule may name, at zero, so that
+    /// they exist before their first event.
+    pub fn preset_labels(&self, classes: usize) {
+        for result in ["committed", "aborted"] {
+            self.windows.with_label_values(&[result]);
+            self.transactions.with_label_values(&[result]);
+        }
+        for result in ["applied", "unchanged", "invalid", "refused"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+        for reason in crate::codec::Rejection::CODES {
+            self.dead_lettered.with_label_values(&[reason]);
+        }
+        for label in 0..classes {
+            self.quarantined_by_label.with_label_values(&[&label.to_string()]);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -110,6 +110,7 @@ struct Pipeline {
 pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let DaemonOptions { config, config_path, probes, metrics, passthrough } = options;
     config.validate()?;
+    metrics.preset_labels(config.input.classes);
     let readiness = Arc::new(Readiness::default());
     let bound = http::serve(config.metrics.listen, metrics.clone(), readiness.clone()).await?;
     tracing::info!(%bound, "serving /metrics, /healthz, /readyz");

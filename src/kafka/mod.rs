@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::codec::{Codec, DecodeRules};
 use crate::config::{ensure, ConfigError, InputConfig};
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// bootstrap.servers
@@ -59,6 +59,31 @@ impl Default for KafkaConfig {
             max_record_bytes: 1 << 20,
             properties: BTreeMap::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    /// Like the derived form, with secret property values redacted: configs are logged and
+    /// printed (`lossgate check-config`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret(k) { "<redacted>" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("input_topic", &self.input_topic)
+            .field("output_topic", &self.output_topic)
+            .field("quarantine_topic", &self.quarantine_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("checkpoint_topic", &self.checkpoint_topic)
+            .field("codec", &self.codec)
+            .field("label_header", &self.label_header)
+            .field("max_record_bytes", &self.max_record_bytes)
+            .field("properties", &properties)
+            .finish()
     }
 }
 
@@ -222,4 +247,35 @@ pub fn read_topic(
         }
     }
     Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_when_a_config_is_printed() {
+        let mut config = KafkaConfig::default();
+        config.properties.insert("sasl.password".into(), "hunter2-secret".into());
+        config.properties.insert("ssl.key.password".into(), "another-secret".into());
+        config.properties.insert("security.protocol".into(), "SASL_SSL".into());
+        let printed = format!("{config:?} {config:#?}");
+        assert!(!printed.contains("hunter2-secret") && !printed.contains("another-secret"), "{printed}");
+        assert!(printed.contains("SASL_SSL"));
+    }
+
+    #[test]
+    fn secrets_come_from_environment_variables_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        assert_eq!(
+            resolve_property("sasl.password", &format!("file:{}", file.display())).unwrap(),
+            "from-a-file"
+        );
+        std::env::set_var("LOSSGATE_TEST_SECRET", "from-the-env");
+        assert_eq!(resolve_property("sasl.password", "env:LOSSGATE_TEST_SECRET").unwrap(), "from-the-env");
+        let missing = resolve_property("sasl.password", "env:LOSSGATE_TEST_UNSET").unwrap_err();
+        assert!(missing.contains("LOSSGATE_TEST_UNSET"), "{missing}");
+    }
 }

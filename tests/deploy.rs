@@ -1,0 +1,98 @@
+//! The deployment files: they parse, promtool accepts the Prometheus files, and every metric
+//! the dashboard and the alert rules name is exported by a running daemon.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::broker::Tansu;
+use common::firewall::{produce, scrape, setup, wait_for_metric, Firewall};
+
+fn deploy(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(deploy(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// `lossgate_*` metric families named in a text, with histogram suffixes removed.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (i, _) in text.match_indices("lossgate_") {
+        let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .fold(name, |n, s| n.strip_suffix(s).map(str::to_string).unwrap_or(n));
+        names.insert(name);
+    }
+    names
+}
+
+#[test]
+fn kubernetes_prometheus_and_grafana_files_parse() {
+    let k8s = read("kubernetes/lossgate-sidecar.yaml");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&k8s)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "a ConfigMap and a Deployment");
+    // The ConfigMap's config is a valid lossgate config (paths aside; the secret comes from
+    // the pod's environment).
+    std::env::set_var("LOSSGATE_SASL_PASSWORD", "from-the-secret");
+    let config = docs[0]["data"]["lossgate.toml"].as_str().unwrap().replace("file = ", "# file = ");
+    lossgate::config::Config::from_toml(&config, Path::new(".")).unwrap();
+    let sidecar = &docs[1]["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"), "native sidecar");
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert!(sidecar[probe]["httpGet"]["path"].is_string(), "{probe}");
+    }
+    assert_eq!(docs[1]["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    for file in ["prometheus/prometheus.yml", "prometheus/lossgate-alerts.yml"] {
+        serde_yaml::from_str::<serde_yaml::Value>(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    serde_json::from_str::<serde_json::Value>(&read("grafana/lossgate-dashboard.json")).unwrap();
+}
+
+use serde::Deserialize as _;
+
+#[test]
+fn promtool_accepts_the_rules_and_the_scrape_config() {
+    for (what, file) in [("rules", "prometheus/lossgate-alerts.yml"), ("config", "prometheus/prometheus.yml")]
+    {
+        let out = Command::new("promtool")
+            .args(["check", what])
+            .arg(deploy(file))
+            .output()
+            .expect("promtool (Debian package prometheus) must be installed: make test installs it");
+        assert!(
+            out.status.success(),
+            "promtool check {what} {file}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
+    let mut wanted = metric_names(&read("grafana/lossgate-dashboard.json"));
+    wanted.extend(metric_names(&read("prometheus/lossgate-alerts.yml")));
+    assert!(wanted.len() >= 12, "{wanted:?}");
+
+    let broker = Tansu::start();
+    let s = setup(&broker, "deploy", "exactly-once", "alpha = 0.1");
+    let _firewall = Firewall::start(&s.config_path);
+    let n = produce(&s.brokers, &s.topic("samples"), 0, 250, 2).await;
+    assert!(wait_for_metric(s.metrics_port, "lossgate_records_in_total", n as f64, Duration::from_secs(120)));
+    let exported: BTreeSet<String> = scrape(s.metrics_port)
+        .unwrap()
+        .keys()
+        .map(|k| k.split('{').next().unwrap().to_string())
+        .flat_map(|k| metric_names(&k))
+        .collect();
+    let missing: Vec<_> = wanted.difference(&exported).collect();
+    assert!(missing.is_empty(), "named in deploy/ but not exported: {missing:?}");
+}
