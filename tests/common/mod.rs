@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub use lossgate::tansu as broker;
+pub mod corpus;
 pub mod firewall;
 
 use std::path::PathBuf;

@@ -1,0 +1,153 @@
+//! Bad input: every kind of malformed record is dead-lettered with its reason, by the decoder
+//! and through the running daemon, which keeps going; and a bounded fuzz of both decoders.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::broker::Tansu;
+use common::corpus::{binary_corpus, json_corpus, Malformed};
+use common::firewall::{produce, read_outputs, setup, Firewall};
+use lossgate::codec::{Codec, DecodeRules};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+const MAX_BYTES: usize = 20_000;
+
+fn rules(codec: Codec) -> DecodeRules {
+    DecodeRules {
+        codec,
+        features: 784,
+        classes: 10,
+        max_record_bytes: MAX_BYTES,
+        label_header: "label".into(),
+    }
+}
+
+fn decode(rules: &DecodeRules, m: &Malformed) -> Result<lossgate::codec::Sample, lossgate::codec::Rejection> {
+    rules.decode(Some(&m.value), |name| if name == "label" { m.label_header } else { None })
+}
+
+#[test]
+fn corpus_has_over_twenty_kinds_and_each_gets_its_reason() {
+    let json = json_corpus(MAX_BYTES);
+    let binary = binary_corpus();
+    assert!(json.len() + binary.len() >= 20);
+    for (codec, corpus) in [(Codec::Json, json), (Codec::F32le, binary)] {
+        let r = rules(codec);
+        for m in &corpus {
+            match decode(&r, m) {
+                Ok(_) => panic!("{codec:?} accepted malformed record {:?}", m.name),
+                Err(e) => assert_eq!(e.code(), m.reason, "{codec:?} {:?}: {e}", m.name),
+            }
+        }
+    }
+}
+
+async fn send_corpus(brokers: &str, topic: &str, corpus: &[Malformed]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .set("message.max.bytes", "1000000")
+        .create()
+        .unwrap();
+    for (i, m) in corpus.iter().enumerate() {
+        let key = format!("bad-corpus-{i}");
+        let mut record = FutureRecord::to(topic).key(&key).payload(&m.value);
+        if let Some(label) = m.label_header {
+            record = record.headers(OwnedHeaders::new().insert(Header { key: "label", value: Some(label) }));
+        }
+        producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// Sends the corpus between valid records and checks every malformed record reaches the
+/// dead-letter topic with its reason, and that the valid records after them are decided.
+async fn corpus_through_the_daemon(prefix: &str, codec: &str, corpus: Vec<Malformed>) {
+    let broker = Tansu::start();
+    let s = setup(&broker, prefix, "exactly-once", "alpha = 0.1");
+    let text = std::fs::read_to_string(&s.config_path).unwrap().replace(
+        "checkpoint_topic =",
+        &format!("codec = \"{codec}\"\nmax_record_bytes = {MAX_BYTES}\ncheckpoint_topic ="),
+    );
+    std::fs::write(&s.config_path, text).unwrap();
+    let _firewall = Firewall::start(&s.config_path);
+    let input = s.topic("samples");
+    let valid_before = if codec == "json" { produce(&s.brokers, &input, 0, 100, 0).await } else { 0 };
+    send_corpus(&s.brokers, &input, &corpus).await;
+    let valid_after = if codec == "json" { produce(&s.brokers, &input, 100, 300, 0).await } else { 0 };
+    let outputs = read_outputs(&s, valid_before + corpus.len() + valid_after, Duration::from_secs(120));
+    let dead: Vec<_> = outputs.iter().filter(|r| r.topic == s.topic("dead-letter")).collect();
+    for (i, m) in corpus.iter().enumerate() {
+        let key = format!("bad-corpus-{i}");
+        let found =
+            dead.iter().find(|r| r.key == key).unwrap_or_else(|| panic!("{:?} not dead-lettered", m.name));
+        let reason = &found.headers["lossgate-reason"];
+        assert!(reason.starts_with(m.reason), "{:?}: reason {reason:?}, expected {}", m.name, m.reason);
+    }
+    assert_eq!(dead.len(), corpus.len());
+    assert_eq!(
+        outputs.len(),
+        valid_before + corpus.len() + valid_after,
+        "the daemon kept going after the bad records"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_records_reach_the_dead_letter_topic_with_their_reason() {
+    corpus_through_the_daemon("badjson", "json", json_corpus(MAX_BYTES)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_binary_records_reach_the_dead_letter_topic_with_their_reason() {
+    corpus_through_the_daemon("badbin", "f32le", binary_corpus()).await;
+}
+
+/// Random byte mutations of the committed seeds (`fuzz/corpus/`), for a bounded time
+/// (`LOSSGATE_FUZZ_SECONDS`, default 3): the decoders never panic, and whatever they accept
+/// fits the shape.
+#[test]
+fn fuzz_both_decoders_from_the_committed_corpus() {
+    use rand::{Rng, SeedableRng};
+    let seconds: u64 = std::env::var("LOSSGATE_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+    let mut runs = 0u64;
+    for (codec, dir) in [(Codec::Json, "json"), (Codec::F32le, "f32le")] {
+        let seeds: Vec<Vec<u8>> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        assert!(seeds.len() >= 3, "corpus {dir} is committed");
+        let r = DecodeRules { features: 784, ..rules(codec) };
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < deadline {
+            let mut input = seeds[rng.random_range(0..seeds.len())].clone();
+            for _ in 0..rng.random_range(1..8) {
+                let at = if input.is_empty() { 0 } else { rng.random_range(0..input.len()) };
+                match rng.random_range(0..4) {
+                    0 if !input.is_empty() => input[at] ^= 1 << rng.random_range(0..8),
+                    1 => input.insert(at, rng.random()),
+                    2 if !input.is_empty() => {
+                        input.remove(at);
+                    }
+                    _ => {
+                        let other = &seeds[rng.random_range(0..seeds.len())];
+                        let from = rng.random_range(0..other.len().max(1));
+                        input.splice(at..at, other[from..other.len().min(from + 16)].iter().copied());
+                    }
+                }
+            }
+            let label: &[u8] = if rng.random_bool(0.5) { b"3" } else { b"x" };
+            if let Ok(sample) = r.decode(Some(&input), |_| Some(label)) {
+                assert_eq!(sample.features.len(), 784);
+                assert!(sample.features.iter().all(|v| v.is_finite()));
+                assert!((0..10).contains(&sample.label));
+            }
+            runs += 1;
+        }
+    }
+    eprintln!("fuzzed the decoders with {runs} inputs");
+}
