@@ -89,7 +89,7 @@ async fn exactly_once_end_to_end_with_dead_letters_metrics_and_health() {
         assert!(m.contains_key(name), "metric {name} missing");
     }
     assert!(m.keys().any(|k| k.starts_with("lossgate_build_info{")));
-    assert_eq!(http_status(s.metrics_port, "/readyz"), Some(200));
+    assert!(wait_for_status(s.metrics_port, "/readyz", 200));
 
     assert_eq!(firewall.terminate(), Some(0), "SIGTERM ends lossgate cleanly");
 }
@@ -212,4 +212,58 @@ async fn live_reload_changes_the_threshold_and_a_bad_reload_keeps_the_old_config
             if index < 200 { "first" } else { "reloaded" }
         );
     }
+}
+
+fn wait_for_status(port: u16, path: &str, status: u16) -> bool {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        if http_status(port, path) == Some(status) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_flat_over_ten_windows() {
+    let broker = Tansu::start();
+    let s = setup(&broker, "rss", "exactly-once", "alpha = 0.1");
+    let firewall = Firewall::start(&s.config_path);
+    let pid = firewall.child.id();
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mut samples = Vec::new();
+    // Twelve windows of 200, fed one window at a time; RSS after each.
+    for w in 0..12 {
+        produce(&s.brokers, &s.topic("samples"), w * 200, (w + 1) * 200, 0).await;
+        assert!(wait_for_metric(
+            s.metrics_port,
+            "lossgate_records_in_total",
+            ((w + 1) * 200) as f64,
+            TIMEOUT
+        ));
+        assert!(wait_for_metric(
+            s.metrics_port,
+            "lossgate_windows_total{result=\"committed\"}",
+            (w + 1) as f64,
+            TIMEOUT
+        ));
+        samples.push(rss());
+    }
+    eprintln!("RSS per window (KiB): {samples:?}");
+    let settled = samples[2];
+    let last = *samples.last().unwrap();
+    assert!(
+        last <= settled + settled / 5,
+        "RSS grew from {settled} KiB (window 3) to {last} KiB (window 12): {samples:?}"
+    );
 }

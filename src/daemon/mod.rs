@@ -9,7 +9,6 @@ pub mod worker;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,7 +56,7 @@ enum RebalanceEvent {
 /// given up, so that its next owner's recovery scan sees every record this instance produced.
 struct RebalanceContext {
     input_topic: String,
-    events: std::sync::Mutex<mpsc::Sender<RebalanceEvent>>,
+    events: tokio::sync::mpsc::UnboundedSender<RebalanceEvent>,
     producer: FutureProducer,
 }
 
@@ -75,13 +74,13 @@ impl ConsumerContext for RebalanceContext {
             if let Err(e) = self.producer.flush(KAFKA_TIMEOUT) {
                 tracing::error!(error = %e, "flushing before a revoke failed; the next owner's recovery will catch up");
             }
-            let _ = self.events.lock().unwrap().send(RebalanceEvent::Revoked(self.partitions(list)));
+            let _ = self.events.send(RebalanceEvent::Revoked(self.partitions(list)));
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            let _ = self.events.lock().unwrap().send(RebalanceEvent::Assigned(self.partitions(list)));
+            let _ = self.events.send(RebalanceEvent::Assigned(self.partitions(list)));
         }
     }
 }
@@ -134,12 +133,12 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
     }
 
     let producer = create_producer(&config)?;
-    let (events_tx, events) = mpsc::channel();
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let consumer = create_consumer(
         &config,
         RebalanceContext {
             input_topic: config.kafka.input_topic.clone(),
-            events: std::sync::Mutex::new(events_tx),
+            events: events_tx,
             producer: producer.clone(),
         },
     )?;
@@ -153,6 +152,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
         window_counter: Default::default(),
         passthrough,
     });
+    spawn_broker_probe(pipeline.clone(), readiness.clone());
     let result = main_loop(pipeline.clone(), events, decision_rx, readiness.clone(), shutdown).await;
     readiness.partitions_assigned.store(false, Ordering::Relaxed);
     pipeline.consumer.unsubscribe();
@@ -181,6 +181,33 @@ fn probes_from_topic(config: &Config, topic: &str) -> Result<LabelledSamples> {
     )?;
     crate::probes::draw(&all, config.probes.count, config.probes.seed)
         .with_context(|| format!("probe topic {topic}"))
+}
+
+/// Every 2 s, asks the brokers for metadata: `/readyz` reports a broker that stopped answering
+/// even while no records flow.
+fn spawn_broker_probe(pipeline: Arc<Pipeline>, readiness: Arc<Readiness>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let p = pipeline.clone();
+            let reachable = tokio::task::spawn_blocking(move || {
+                p.consumer
+                    .client()
+                    .fetch_metadata(Some(&p.config.kafka.input_topic), Duration::from_secs(2))
+                    .is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            if reachable != readiness.broker_reachable.swap(reachable, Ordering::Relaxed) {
+                if reachable {
+                    tracing::info!("broker reachable again");
+                } else {
+                    tracing::warn!("broker not answering: not ready; waiting for it");
+                }
+            }
+        }
+    });
 }
 
 fn create_producer(config: &Config) -> Result<FutureProducer> {
@@ -229,11 +256,16 @@ struct LoopState {
     /// Per partition, the offset after the last record read: a record below it was already
     /// read (a broker or client re-delivery) and is ignored.
     next_offset: HashMap<i32, i64>,
+    /// Partitions whose exactly-once recovery failed and must succeed before the next window
+    /// is dispatched (dispatching first could produce records twice).
+    recovery_pending: HashSet<i32>,
+    /// Rebalance events taken off the channel by `select!`, in order.
+    pending_events: Vec<RebalanceEvent>,
 }
 
 async fn main_loop(
     pipeline: Arc<Pipeline>,
-    events: mpsc::Receiver<RebalanceEvent>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
     decision_rx: watch::Receiver<DecisionConfig>,
     readiness: Arc<Readiness>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -248,12 +280,17 @@ async fn main_loop(
         checkpoint: Checkpoint::default(),
         paused: false,
         next_offset: HashMap::new(),
+        recovery_pending: HashSet::new(),
+        pending_events: Vec::new(),
     };
     let mut in_flight: Option<tokio::task::JoinHandle<Result<Checkpoint>>> = None;
     tokio::pin!(shutdown);
     loop {
-        handle_rebalances(&pipeline, &events, &mut state, &readiness)?;
-        if in_flight.is_none() && state.open.is_due(Instant::now()) {
+        handle_rebalances(&pipeline, &mut events, &mut state, &readiness)?;
+        if in_flight.is_none() && !state.recovery_pending.is_empty() {
+            retry_recovery(&pipeline, &mut state).await;
+        }
+        if in_flight.is_none() && state.recovery_pending.is_empty() && state.open.is_due(Instant::now()) {
             let records = state.open.take();
             for r in std::mem::take(&mut state.backlog) {
                 state.open.push(r);
@@ -286,7 +323,7 @@ async fn main_loop(
             }
             message = pipeline.consumer.recv() => {
                 readiness.broker_reachable.store(true, Ordering::Relaxed);
-                handle_rebalances(&pipeline, &events, &mut state, &readiness)?;
+                handle_rebalances(&pipeline, &mut events, &mut state, &readiness)?;
                 match message {
                     Ok(m) => {
                         let expected = state.next_offset.get(&m.partition()).copied().unwrap_or(i64::MIN);
@@ -311,6 +348,10 @@ async fn main_loop(
                 }
             }
             _ = sleep_until(deadline), if deadline.is_some() && in_flight.is_none() => {}
+            // Wakes the loop for rebalances while no record arrives; handled at the top.
+            Some(event) = events.recv() => {
+                push_back(&mut state, event);
+            }
         }
     }
 }
@@ -348,13 +389,22 @@ fn set_paused(pipeline: &Pipeline, state: &mut LoopState, pause: bool) {
     }
 }
 
+/// A rebalance event received by `select!`, queued for `handle_rebalances`.
+fn push_back(state: &mut LoopState, event: RebalanceEvent) {
+    state.pending_events.push(event);
+}
+
 fn handle_rebalances(
     pipeline: &Pipeline,
-    events: &mpsc::Receiver<RebalanceEvent>,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
     state: &mut LoopState,
     readiness: &Readiness,
 ) -> Result<()> {
+    let mut queued: Vec<RebalanceEvent> = std::mem::take(&mut state.pending_events);
     while let Ok(event) = events.try_recv() {
+        queued.push(event);
+    }
+    for event in queued {
         match event {
             RebalanceEvent::Revoked(partitions) => {
                 tracing::info!(
@@ -374,7 +424,8 @@ fn handle_rebalances(
                 tracing::info!(?partitions, "partitions assigned");
                 state.assigned.extend(&partitions);
                 if pipeline.config.delivery.mode == DeliveryMode::ExactlyOnce && !partitions.is_empty() {
-                    recover(pipeline, state, &partitions)?;
+                    state.recovery_pending.extend(&partitions);
+                    try_recovery(pipeline, state);
                 }
             }
         }
@@ -470,10 +521,33 @@ fn rewind(pipeline: &Pipeline, state: &mut LoopState) -> Result<()> {
         pipeline.consumer.seek(topic, element.partition(), offset, KAFKA_TIMEOUT)?;
     }
     if pipeline.config.delivery.mode == DeliveryMode::ExactlyOnce {
-        let partitions: Vec<i32> = state.assigned.iter().copied().collect();
-        recover(pipeline, state, &partitions)?;
+        state.recovery_pending.extend(state.assigned.iter().copied());
+        try_recovery(pipeline, state);
     }
     Ok(())
+}
+
+/// Runs the pending recovery; on failure it stays pending and no window is dispatched.
+fn try_recovery(pipeline: &Pipeline, state: &mut LoopState) {
+    let partitions: Vec<i32> =
+        state.recovery_pending.iter().copied().filter(|p| state.assigned.contains(p)).collect();
+    if partitions.is_empty() {
+        state.recovery_pending.clear();
+        return;
+    }
+    match recover(pipeline, state, &partitions) {
+        Ok(()) => state.recovery_pending.clear(),
+        Err(e) => tracing::error!(
+            error = %format!("{e:#}"),
+            ?partitions,
+            "exactly-once recovery failed; no window is written until it succeeds (retrying)"
+        ),
+    }
+}
+
+async fn retry_recovery(pipeline: &Pipeline, state: &mut LoopState) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    try_recovery(pipeline, state);
 }
 
 async fn finish_in_flight(
