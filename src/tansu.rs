@@ -22,14 +22,24 @@ pub struct Tansu {
 }
 
 impl Tansu {
+    /// In-memory storage on a free port.
     pub fn start() -> Self {
+        Self::start_with(free_port(), "memory://tansu/")
+    }
+
+    /// sqlite storage that survives a broker kill: `start_sqlite(file, port)` again on the same
+    /// file and port is the same broker restarted.
+    pub fn start_sqlite(file: &std::path::Path, port: u16) -> Self {
+        Self::start_with(port, &format!("sqlite://{}", file.display()))
+    }
+
+    fn start_with(port: u16, storage: &str) -> Self {
         let binary = tansu_binary();
         assert!(
             binary.exists(),
             "tansu not found at {}: run `LOSSGATE_NEED_TANSU=1 scripts/setup.sh` (make test does)",
             binary.display()
         );
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&binary)
             .args([

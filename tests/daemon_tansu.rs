@@ -267,3 +267,27 @@ async fn memory_stays_flat_over_ten_windows() {
         "RSS grew from {settled} KiB (window 3) to {last} KiB (window 12): {samples:?}"
     );
 }
+
+/// The broker killed and started again on the same sqlite file: lossgate reports not-ready,
+/// stays alive, waits, and is ready again. (What is written after the restart is not checked:
+/// tansu 0.6 answers produce requests for the restored topics with UnknownTopicOrPartition.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_and_started_again_lossgate_waits_not_ready_then_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tansu.db");
+    let port = common::broker::free_port();
+    let broker = Tansu::start_sqlite(&db, port);
+    let s = setup(&broker, "restart", "exactly-once", "alpha = 0.1");
+    let mut firewall = Firewall::start(&s.config_path);
+    let first = produce(&s.brokers, &s.topic("samples"), 0, 400, 0).await;
+    assert_every_record_once(&s, first);
+    drop(broker); // SIGKILL
+    assert!(wait_for_status(s.metrics_port, "/readyz", 503), "not ready while the broker is down");
+    assert_eq!(http_status(s.metrics_port, "/healthz"), Some(200), "alive all the same");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(firewall.child.try_wait().unwrap().is_none(), "lossgate keeps running while the broker is down");
+    let _broker = Tansu::start_sqlite(&db, port);
+    assert!(wait_for_status(s.metrics_port, "/readyz", 200), "ready again once the broker is back");
+    assert!(firewall.child.try_wait().unwrap().is_none());
+    assert_eq!(firewall.terminate(), Some(0));
+}
