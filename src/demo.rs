@@ -59,8 +59,13 @@ fn malformed_value(i: usize) -> Vec<u8> {
 pub async fn run(mut config: Config, mnist_dir: &Path, options: DemoOptions) -> Result<()> {
     let cluster = MockCluster::new(1).context("starting librdkafka's mock cluster")?;
     let kafka = &mut config.kafka;
-    for topic in [&kafka.input_topic, &kafka.output_topic, &kafka.quarantine_topic, &kafka.dead_letter_topic]
-    {
+    for topic in [
+        &kafka.input_topic,
+        &kafka.output_topic,
+        &kafka.quarantine_topic,
+        &kafka.dead_letter_topic,
+        &kafka.checkpoint_topic,
+    ] {
         cluster.create_topic(topic, TOPIC_PARTITIONS, 1)?;
     }
     kafka.brokers = cluster.bootstrap_servers();

@@ -24,16 +24,18 @@ pub struct Tansu {
 impl Tansu {
     /// In-memory storage on a free port.
     pub fn start() -> Self {
-        Self::start_with(free_port(), "memory://tansu/")
+        Self::start_with(free_port(), "memory://tansu/", None)
     }
 
     /// sqlite storage that survives a broker kill: `start_sqlite(file, port)` again on the same
     /// file and port is the same broker restarted.
     pub fn start_sqlite(file: &std::path::Path, port: u16) -> Self {
-        Self::start_with(port, &format!("sqlite://{}", file.display()))
+        // tansu takes the path after sqlite:// relative to its working directory.
+        let name = file.file_name().expect("a file name").to_string_lossy();
+        Self::start_with(port, &format!("sqlite://{name}"), file.parent())
     }
 
-    fn start_with(port: u16, storage: &str) -> Self {
+    fn start_with(port: u16, storage: &str, workdir: Option<&std::path::Path>) -> Self {
         let binary = tansu_binary();
         assert!(
             binary.exists(),
@@ -41,7 +43,11 @@ impl Tansu {
             binary.display()
         );
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(dir) = workdir {
+            command.current_dir(dir);
+        }
+        let child = command
             .args([
                 "broker",
                 "--listener-url",
@@ -49,7 +55,7 @@ impl Tansu {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "memory://tansu/",
+                storage,
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
