@@ -9,6 +9,8 @@
 #                 onnxruntime/capi/). The wheel is ~284 MB: bring it in parts over consecutive
 #                 calls on the warm machine (see ../shared/DESIGN.md §5).
 #   MNIST dir     $LOSSGATE_MNIST or the setup cache.
+#   LOSSGATE_BIN  a lossgate binary built here with `cargo build --release --features cuda`
+#                 and carried to the GPU host (it reaches no crate registry); default: build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${ORT_GPU_DIR:?set ORT_GPU_DIR to the onnxruntime-gpu capi folder}"
@@ -31,6 +33,10 @@ cat > "$cfg" <<TOML
 execution_provider = "cuda"
 cuda_fallback_to_cpu = false
 TOML
-cargo build --release --features cuda
+bin="${LOSSGATE_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release --features cuda
+  bin=./target/release/lossgate
+fi
 nvidia-smi --query-gpu=name,memory.used --format=csv || true
-time ./target/release/lossgate eval --config "$cfg" --seeds 1 --max-samples 8192 --jobs 1
+time "$bin" eval --config "$cfg" --seeds 1 --max-samples 8192 --jobs 1
