@@ -64,3 +64,93 @@ async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_clust
     let _ = stop.send(());
     daemon.await.unwrap().unwrap();
 }
+
+/// A produce that fails aborts the window: nothing of it is committed, it is read again, and
+/// exactly-once recovery skips what the failed try had written. librdkafka's mock cluster can
+/// fail produce requests on demand (tansu cannot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_produce_aborts_the_window_and_the_retry_writes_each_record_once() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = MockCluster::new(1).unwrap();
+    let mut config = Config::default();
+    let k = &mut config.kafka;
+    k.brokers = cluster.bootstrap_servers();
+    for t in [&k.input_topic, &k.output_topic, &k.quarantine_topic, &k.dead_letter_topic, &k.checkpoint_topic]
+    {
+        cluster.create_topic(t, 3, 1).unwrap();
+    }
+    config.window.size = 150;
+    config.window.max_wait = Duration::from_secs(1);
+    config.shadow.hidden = vec![16];
+    config.shadow.epochs = 3;
+    config.probes.count = 60;
+    config.scorer.k = 10;
+    config.metrics.listen = format!("127.0.0.1:{}", lossgate::tansu::free_port()).parse().unwrap();
+    let n = common::firewall::produce(&config.kafka.brokers, &config.kafka.input_topic, 0, 300, 0).await;
+    // The daemon's next produce requests fail with a permanent error.
+    cluster
+        .request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 4]);
+
+    let metrics = Metrics::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = DaemonOptions {
+        config: config.clone(),
+        config_path: None,
+        probes: Some(common::mnist_test(60)),
+        metrics: metrics.clone(),
+        passthrough: false,
+    };
+    let daemon = tokio::spawn(daemon::run(options, async {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let windows = |result: &str| metrics.windows.with_label_values(&[result]).get();
+    // Records the failed try had written are skipped on the retry, not written again.
+    let done =
+        || metrics.forwarded.get() + metrics.quarantined.get() + metrics.skipped_already_produced.get();
+    while done() < n as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(windows("aborted") >= 1, "the failed produce aborted a window");
+    eprintln!(
+        "{} windows aborted, {} committed, {} records skipped on retry as already produced",
+        windows("aborted"),
+        windows("committed"),
+        metrics.skipped_already_produced.get()
+    );
+
+    // Read every output back: each input exactly once.
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", "reader")
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for t in [&config.kafka.output_topic, &config.kafka.quarantine_topic] {
+        for p in 0..3 {
+            list.add_partition_offset(t, p, rdkafka::Offset::Beginning).unwrap();
+        }
+    }
+    reader.assign(&list).unwrap();
+    let mut sources = Vec::new();
+    let quiet = Duration::from_secs(3);
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            let source = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "lossgate-source").and_then(|h| h.value))
+                .unwrap();
+            sources.push(String::from_utf8_lossy(source).to_string());
+            last = Instant::now();
+        }
+    }
+    let unique: std::collections::HashSet<_> = sources.iter().collect();
+    assert_eq!(unique.len(), n, "every input reached an output");
+    assert_eq!(sources.len(), n, "no input was written twice ({} aborted windows)", windows("aborted"));
+    let _ = stop.send(());
+    daemon.await.unwrap().unwrap();
+}
