@@ -139,7 +139,7 @@ fn decode_json(value: &[u8]) -> Result<Sample, Rejection> {
 }
 
 fn decode_f32le(value: &[u8], label: Option<&[u8]>, header_name: &str) -> Result<Sample, Rejection> {
-    if value.len() % 4 != 0 {
+    if !value.len().is_multiple_of(4) {
         return Err(Rejection::NotWholeFloats(value.len()));
     }
     let label = label.ok_or_else(|| Rejection::MissingLabelHeader(header_name.to_string()))?;

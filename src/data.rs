@@ -120,7 +120,7 @@ pub fn read_idx_pair(images: &Path, labels: &Path) -> Result<LabelledSamples> {
             labels.display()
         );
     }
-    let per_sample = if n == 0 { 0 } else { pixels.len() / n };
+    let per_sample = pixels.len().checked_div(n).unwrap_or(0);
     let features =
         Array2::from_shape_vec((n, per_sample), pixels.iter().map(|&p| p as f32 / 255.0).collect())?;
     LabelledSamples::new(features, label_bytes.iter().map(|&l| l as i64).collect())
