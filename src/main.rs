@@ -73,6 +73,9 @@ enum Command {
         /// Write each seed's first-window loss trajectories as CSV into this folder.
         #[arg(long)]
         trajectories: Option<PathBuf>,
+        /// Draw probes from training images held out of the stream, not from the test split.
+        #[arg(long)]
+        probes_from_train: bool,
     },
     /// Measure the shadow model, the GEMM ceiling, a whole window and the scorer; print a table.
     Bench {
@@ -170,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
             jobs,
             json,
             trajectories,
+            probes_from_train,
         } => {
             let config = load_config(config.as_ref())?.engine();
             let runtime = Runtime::load(&config.shadow.runtime_options())?;
@@ -179,6 +183,7 @@ fn run(cli: Cli) -> Result<()> {
                 max_samples,
                 attack: PatchAttack { target, ratio: poison_ratio, ..Default::default() },
                 trajectories_dir: trajectories,
+                probes_from_train,
                 jobs: jobs
                     .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
             };

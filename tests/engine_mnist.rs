@@ -24,6 +24,7 @@ fn patch_poisons_stand_out_on_mnist() {
         attack: PatchAttack::default(),
         jobs: 1,
         trajectories_dir: None,
+        probes_from_train: false,
     };
     let report = lossgate::eval::run(&runtime, &small_config(), &options).unwrap();
     let seed = &report.seeds[0];

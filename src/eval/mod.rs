@@ -35,6 +35,9 @@ pub struct EvalOptions {
     pub jobs: usize,
     /// Write the first window's loss matrix of every seed here as CSV (`trajectories-seed-N.csv`).
     pub trajectories_dir: Option<PathBuf>,
+    /// Draw the probes from training images held out of the stream (like the stream) instead
+    /// of from the MNIST test split.
+    pub probes_from_train: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,13 +104,18 @@ fn poisoned_stream(
     train: &LabelledSamples,
     options: &EvalOptions,
     seed: u64,
-) -> (LabelledSamples, Vec<bool>) {
+    probe_count: usize,
+) -> (LabelledSamples, Vec<bool>, LabelledSamples) {
     let mut order: Vec<usize> = (0..train.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    order.truncate(options.max_samples.unwrap_or(usize::MAX).min(train.len()));
+    // Held-out probes are the first `probe_count` of the shuffled order; the stream is the rest.
+    let held_out = if options.probes_from_train { probe_count } else { 0 };
+    let probes = train.select(&order[..held_out]);
+    let mut order = order.split_off(held_out);
+    order.truncate(options.max_samples.unwrap_or(usize::MAX).min(order.len()));
     let mut stream = train.select(&order);
     let poisoned = options.attack.poison(&mut stream, seed.wrapping_add(17));
-    (stream, poisoned)
+    (stream, poisoned, probes)
 }
 
 fn evaluate_seed(
@@ -120,9 +128,12 @@ fn evaluate_seed(
     progress: &ProgressBar,
 ) -> Result<SeedResult> {
     let started = Instant::now();
-    let (stream, poisoned) = poisoned_stream(train, options, seed);
-    let probes =
-        probes::draw(test, config.probes.count, seed).context("drawing probes from the MNIST test split")?;
+    let (stream, poisoned, held_out) = poisoned_stream(train, options, seed, config.probes.count);
+    let probes = if options.probes_from_train {
+        held_out
+    } else {
+        probes::draw(test, config.probes.count, seed).context("drawing probes from the MNIST test split")?
+    };
     let mut engine = Engine::new(runtime, config.clone(), probes)?;
     let window_size = config.window.size;
     let mut windows = Vec::new();
