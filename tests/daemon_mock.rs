@@ -13,9 +13,8 @@ use lossgate::kafka::DeliveryMode;
 use lossgate::metrics::Metrics;
 use rdkafka::mocking::MockCluster;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_cluster() {
-    let cluster = MockCluster::new(1).unwrap();
+/// A small, fast engine on the mock cluster, with every topic created.
+fn small_config(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) -> Config {
     let mut config = Config::default();
     let k = &mut config.kafka;
     k.brokers = cluster.bootstrap_servers();
@@ -23,8 +22,6 @@ async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_clust
     {
         cluster.create_topic(t, 3, 1).unwrap();
     }
-    config.delivery.mode = DeliveryMode::Transactional;
-    config.delivery.transactional_id = Some("lossgate-test-1".into());
     config.window.size = 150;
     config.window.max_wait = Duration::from_secs(1);
     config.shadow.hidden = vec![16];
@@ -32,6 +29,15 @@ async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_clust
     config.probes.count = 60;
     config.scorer.k = 10;
     config.metrics.listen = format!("127.0.0.1:{}", lossgate::tansu::free_port()).parse().unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_cluster() {
+    let cluster = MockCluster::new(1).unwrap();
+    let mut config = small_config(&cluster);
+    config.delivery.mode = DeliveryMode::Transactional;
+    config.delivery.transactional_id = Some("lossgate-test-1".into());
     let probes = common::mnist_test(60);
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -75,20 +81,7 @@ async fn a_failed_produce_aborts_the_window_and_the_retry_writes_each_record_onc
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     let cluster = MockCluster::new(1).unwrap();
-    let mut config = Config::default();
-    let k = &mut config.kafka;
-    k.brokers = cluster.bootstrap_servers();
-    for t in [&k.input_topic, &k.output_topic, &k.quarantine_topic, &k.dead_letter_topic, &k.checkpoint_topic]
-    {
-        cluster.create_topic(t, 3, 1).unwrap();
-    }
-    config.window.size = 150;
-    config.window.max_wait = Duration::from_secs(1);
-    config.shadow.hidden = vec![16];
-    config.shadow.epochs = 3;
-    config.probes.count = 60;
-    config.scorer.k = 10;
-    config.metrics.listen = format!("127.0.0.1:{}", lossgate::tansu::free_port()).parse().unwrap();
+    let mut config = small_config(&cluster);
     let n = common::firewall::produce(&config.kafka.brokers, &config.kafka.input_topic, 0, 300, 0).await;
     // The daemon's next produce requests fail with a permanent error.
     cluster
