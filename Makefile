@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: setup demo eval test bench bench-pipeline check-config fmt
+.PHONY: setup demo eval results eval-quick test bench bench-pipeline check-config fmt
 
 setup:
 	LOSSGATE_NEED_TANSU=1 bash scripts/setup.sh
@@ -14,9 +14,18 @@ setup:
 demo: setup
 	$(CARGO) run --release -- demo
 
-## The detection claim: 3 seeds, the table and docs/eval-patch.json.
+## Seven simultaneous attacks, five defences, a victim each, 3 seeds: docs/results/comparison.json,
+## the PNGs and docs/RESULTS.md.
 eval: setup
-	$(CARGO) run --release -- eval --seeds 1,2,3 --json docs/eval-patch.json
+	$(CARGO) run --release -- eval --seeds 1,2,3
+
+## Everything in docs/RESULTS.md: the comparison and every sweep (about 40 minutes on 2 cores).
+results: setup
+	$(CARGO) run --release -- eval --all --seeds 1,2,3
+
+## A few minutes on a subset (what the test suite asserts on), written to /tmp/lossgate-quick.
+eval-quick: setup
+	$(CARGO) run --release -- eval --quick --seeds 1,2,3 --out /tmp/lossgate-quick --markdown /tmp/lossgate-quick/RESULTS.md
 
 ## Every test, against the real ONNX Runtime and real MNIST.
 test: setup

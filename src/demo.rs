@@ -21,7 +21,7 @@ use rdkafka::ClientConfig;
 use crate::codec::encode_json;
 use crate::config::Config;
 use crate::daemon::{self, DaemonOptions};
-use crate::eval::attack::{BlendAttack, PatchAttack};
+use crate::eval::attack::Attack;
 use crate::eval::load_mnist;
 use crate::kafka::headers;
 use crate::metrics::Metrics;
@@ -56,6 +56,31 @@ fn malformed_value(i: usize) -> Vec<u8> {
     kinds[i % kinds.len()].to_vec()
 }
 
+/// A patch (class 0) and a noise blend (class 1, alpha 0.2), 1 % each.
+fn demo_attacks() -> (Attack, Attack) {
+    let text = r#"
+        [[attack]]
+        name = "patch"
+        kind = "patch"
+        target = 0
+        ratio = 0.01
+        size = 3
+        margin = 1
+
+        [[attack]]
+        name = "blend"
+        kind = "blend"
+        target = 1
+        ratio = 0.01
+        pattern = "noise"
+        alpha = 0.2
+    "#;
+    let mut attacks =
+        crate::eval::attack::parse_attacks(text, 784, 10).expect("the demo's attacks are valid");
+    let blend = attacks.pop().expect("two attacks");
+    (attacks.pop().expect("two attacks"), blend)
+}
+
 pub async fn run(mut config: Config, mnist_dir: &Path, options: DemoOptions) -> Result<()> {
     let cluster = MockCluster::new(1).context("starting librdkafka's mock cluster")?;
     let kafka = &mut config.kafka;
@@ -78,12 +103,13 @@ pub async fn run(mut config: Config, mnist_dir: &Path, options: DemoOptions) -> 
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed));
     order.truncate(options.records);
     let mut stream = train.select(&order);
-    let patch = PatchAttack { target: 0, ratio: 0.01, ..Default::default() };
-    let blend = BlendAttack { target: 1, ratio: 0.01, alpha: 0.2, pattern_seed: 99 };
-    let patched = patch.poison(&mut stream, options.seed + 1);
-    let mut truth: Vec<Truth> =
-        patched.iter().map(|&p| if p { Truth::Patch } else { Truth::Clean }).collect();
-    for i in blend.poison(&mut stream, &mut patched.clone(), options.seed + 2) {
+    let (patch, blend) = demo_attacks();
+    let mut taken = vec![false; stream.len()];
+    let mut truth = vec![Truth::Clean; stream.len()];
+    for i in patch.poison(&mut stream, &mut taken, 10, options.seed + 1) {
+        truth[i] = Truth::Patch;
+    }
+    for i in blend.poison(&mut stream, &mut taken, 10, options.seed + 2) {
         truth[i] = Truth::Blend;
     }
     let probes = probes::draw(&test, config.probes.count, options.seed)?;

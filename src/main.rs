@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lossgate::config::Config;
 use lossgate::daemon::{self, DaemonOptions};
-use lossgate::eval::{attack::PatchAttack, EvalOptions};
 use lossgate::metrics::Metrics;
 use lossgate::shadow::runtime::cache_dir;
 use lossgate::shadow::Runtime;
@@ -44,39 +43,10 @@ enum Command {
         #[arg(long)]
         mnist: Option<PathBuf>,
     },
-    /// Stream MNIST with a patch attack through the engine (no Kafka) and report detection quality.
-    Eval {
-        /// Config (TOML); without it the built-in defaults are used.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Seeds, comma-separated: one full run each.
-        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
-        seeds: Vec<u64>,
-        /// Folder with MNIST's IDX files (default: $LOSSGATE_MNIST or the setup cache).
-        #[arg(long)]
-        mnist: Option<PathBuf>,
-        /// Stream only this many training samples (default: all 60 000).
-        #[arg(long)]
-        max_samples: Option<usize>,
-        /// Share of the stream poisoned by the patch attack.
-        #[arg(long, default_value_t = 0.01)]
-        poison_ratio: f64,
-        /// Class the poisoned samples are relabelled to.
-        #[arg(long, default_value_t = 0)]
-        target: i64,
-        /// Seeds run at once (default: the number of cores).
-        #[arg(long)]
-        jobs: Option<usize>,
-        /// Also write the full report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Write each seed's first-window loss trajectories as CSV into this folder.
-        #[arg(long)]
-        trajectories: Option<PathBuf>,
-        /// Draw probes from training images held out of the stream, not from the test split.
-        #[arg(long)]
-        probes_from_train: bool,
-    },
+    /// The evaluation harness: seven simultaneous attacks, five defences side by side, a victim
+    /// model per defence, sweeps of the paper's open questions; writes JSON, PNGs and
+    /// RESULTS.md. Without --sweep or --all it runs the comparison only.
+    Eval(EvalArgs),
     /// Measure the shadow model, the GEMM ceiling, a whole window and the scorer; print a table.
     Bench {
         /// Short runs and a small window (a smoke test, not a measurement).
@@ -99,6 +69,214 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Config (TOML) of the engine under test; without it the built-in defaults (the daemon's).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Seeds, comma-separated: each one a full run (poison choice, stream order, probes, models).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    seeds: Vec<u64>,
+    /// Attacks file (TOML); default: the seven attacks of config/attacks.toml, built in.
+    #[arg(long)]
+    attacks: Option<PathBuf>,
+    /// Folder with MNIST's IDX files (default: $LOSSGATE_MNIST or the setup cache).
+    #[arg(long)]
+    mnist: Option<PathBuf>,
+    /// Your own data as CSV with a label column: training split (needs --test-csv).
+    #[arg(long, requires = "test_csv")]
+    train_csv: Option<PathBuf>,
+    #[arg(long, requires = "train_csv")]
+    test_csv: Option<PathBuf>,
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Your own data as IDX: IMAGES,LABELS of the training split (needs --test-idx).
+    #[arg(long, value_delimiter = ',', num_args = 2, requires = "test_idx")]
+    train_idx: Option<Vec<PathBuf>>,
+    #[arg(long, value_delimiter = ',', num_args = 2, requires = "train_idx")]
+    test_idx: Option<Vec<PathBuf>>,
+    /// Stream only this many training samples per seed in the comparison (default: all).
+    #[arg(long)]
+    max_samples: Option<usize>,
+    /// Run these sweeps (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    sweep: Vec<lossgate::eval::sweep::SweepParam>,
+    /// Values for a single --sweep (default: the sweep's own list).
+    #[arg(long, value_delimiter = ',')]
+    values: Option<Vec<f64>>,
+    /// Training samples streamed per seed in the sweeps.
+    #[arg(long, default_value_t = 16_384)]
+    sweep_samples: usize,
+    /// Sweeps measure detection only, without training a victim at each point.
+    #[arg(long)]
+    no_victims: bool,
+    /// The comparison and every sweep, then RESULTS.md.
+    #[arg(long)]
+    all: bool,
+    /// Only re-render the Markdown from the JSON already in --out.
+    #[arg(long)]
+    render_only: bool,
+    /// A few-minute run on a subset (8 192 samples, windows of 2 048, 10 shadow epochs).
+    #[arg(long)]
+    quick: bool,
+    /// Victim training epochs (default 12).
+    #[arg(long)]
+    victim_epochs: Option<usize>,
+    /// Runs at once (default: the number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Folder for the JSON files and PNGs.
+    #[arg(long, default_value = "docs/results")]
+    out: PathBuf,
+    /// The Markdown report; its figure links point into --out.
+    #[arg(long, default_value = "docs/RESULTS.md")]
+    markdown: PathBuf,
+}
+
+fn eval_command(args: EvalArgs) -> Result<()> {
+    use lossgate::eval::{self, report, sweep::SweepParam, DataSource, Dataset, Harness};
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let render = |args: &EvalArgs| -> Result<()> {
+        let figures = pathdiff(&args.out, args.markdown.parent().unwrap_or(std::path::Path::new(".")));
+        let preface = "Regenerate everything with `make results` (= `lossgate eval --all`). Numbers are \
+                       mean ± sample standard deviation over the seeds named in each section.\n";
+        let markdown = report::render_markdown(&args.out, &figures, preface)?;
+        std::fs::write(&args.markdown, markdown)
+            .with_context(|| format!("writing {}", args.markdown.display()))?;
+        tracing::info!(markdown = %args.markdown.display(), "report written");
+        Ok(())
+    };
+    if args.render_only {
+        return render(&args);
+    }
+    let mut config = load_config(args.config.as_ref())?.engine();
+    let mut victim = eval::victim::VictimConfig::default();
+    let mut max_samples = args.max_samples;
+    if args.quick {
+        let quick_samples = eval::quick_settings(&mut config, &mut victim);
+        max_samples = Some(max_samples.unwrap_or(quick_samples).min(quick_samples));
+    }
+    if let Some(epochs) = args.victim_epochs {
+        victim.epochs = epochs;
+    }
+    let source = match (&args.train_csv, &args.test_csv, &args.train_idx, &args.test_idx) {
+        (Some(train), Some(test), _, _) => DataSource::Csv {
+            train: train.clone(),
+            test: test.clone(),
+            label_column: args.label_column.clone(),
+        },
+        (_, _, Some(train), Some(test)) => {
+            DataSource::Idx([train[0].clone(), train[1].clone(), test[0].clone(), test[1].clone()])
+        }
+        _ => DataSource::Mnist(mnist_dir(args.mnist.clone())),
+    };
+    let dataset = Dataset::load(&source)?;
+    dataset
+        .train
+        .check_shape(config.input.features, config.input.classes)
+        .context("the training split against [input]")?;
+    let attacks = match &args.attacks {
+        Some(path) => eval::attack::load_attacks(path, dataset.train.feature_count(), dataset.classes)?,
+        None => eval::attack::default_attacks(),
+    };
+    let runtime = Runtime::load(&config.shadow.runtime_options())?;
+    let mut harness = Harness {
+        runtime: &runtime,
+        config,
+        dataset,
+        attacks,
+        victim,
+        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        max_samples,
+        loss_value_epochs: 3,
+    };
+    let dataset_name = match &source {
+        DataSource::Mnist(_) => "MNIST".to_string(),
+        other => format!("{other:?}"),
+    };
+    let sweeps: Vec<SweepParam> = if args.all { SweepParam::ALL.to_vec() } else { args.sweep.clone() };
+    if args.values.is_some() && sweeps.len() != 1 {
+        anyhow::bail!("--values goes with exactly one --sweep");
+    }
+    if args.all || sweeps.is_empty() {
+        tracing::info!(seeds = ?args.seeds, attacks = harness.attacks.len(), "comparison: every defence, a victim each");
+        let (comparison, plots) = harness.compare(&args.seeds, &dataset_name)?;
+        report::write_json(&args.out.join(report::COMPARISON_FILE), &comparison)?;
+        if let Some(plots) = plots {
+            write_comparison_plots(&args.out, &plots, &comparison)?;
+        }
+    }
+    if !sweeps.is_empty() {
+        harness.max_samples = Some(args.sweep_samples.min(max_samples.unwrap_or(usize::MAX)));
+    }
+    for param in sweeps {
+        let values = args.values.clone().unwrap_or_else(|| param.default_values());
+        tracing::info!(sweep = param.name(), ?values, "sweep");
+        let sweep = harness.sweep(param, &values, &args.seeds, !args.no_victims)?;
+        report::write_json(&args.out.join(report::sweep_file(param)), &sweep)?;
+        lossgate::eval::plots::sweep(&args.out.join(format!("sweep-{}.png", param.name())), &sweep)?;
+    }
+    render(&args)?;
+    println!("{}", std::fs::read_to_string(&args.markdown)?);
+    Ok(())
+}
+
+fn write_comparison_plots(
+    out: &std::path::Path,
+    plots: &lossgate::eval::PlotData,
+    comparison: &lossgate::eval::Comparison,
+) -> Result<()> {
+    use lossgate::eval::plots;
+    let names: Vec<String> = comparison.attacks.iter().map(|a| a.name.clone()).collect();
+    plots::trajectories(&out.join("trajectories.png"), plots, &names)?;
+    let lossgate_title = "lossgate (windows): score / threshold, seed 1";
+    let offline_title = "offline BaDLoss (one window, 40 %): score / threshold, seed 1";
+    plots::score_histogram(
+        &out.join("scores-lossgate.png"),
+        &plots.lossgate_scores,
+        &plots.origin,
+        &names,
+        lossgate_title,
+    )?;
+    plots::score_histogram(
+        &out.join("scores-offline.png"),
+        &plots.offline_scores,
+        &plots.origin,
+        &names,
+        offline_title,
+    )?;
+    plots::roc(
+        &out.join("roc-lossgate.png"),
+        &plots.lossgate_scores,
+        &plots.origin,
+        &names,
+        "ROC per attack: lossgate, seed 1",
+    )?;
+    plots::roc(
+        &out.join("roc-offline.png"),
+        &plots.offline_scores,
+        &plots.origin,
+        &names,
+        "ROC per attack: offline BaDLoss, seed 1",
+    )?;
+    Ok(())
+}
+
+/// `target` as a path relative to `base` (both relative to the working directory).
+fn pathdiff(target: &std::path::Path, base: &std::path::Path) -> String {
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (target, base) = (abs(target), abs(base));
+    let common = target.components().zip(base.components()).take_while(|(a, b)| a == b).count();
+    let ups = base.components().count() - common;
+    let mut parts: Vec<String> = vec!["..".into(); ups];
+    parts.extend(target.components().skip(common).map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    }
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
@@ -163,47 +341,7 @@ fn run(cli: Cli) -> Result<()> {
             let options = lossgate::demo::DemoOptions { records, seed, window, malformed };
             tokio_runtime()?.block_on(lossgate::demo::run(config, &mnist_dir(mnist), options))
         }
-        Command::Eval {
-            config,
-            seeds,
-            mnist,
-            max_samples,
-            poison_ratio,
-            target,
-            jobs,
-            json,
-            trajectories,
-            probes_from_train,
-        } => {
-            let config = load_config(config.as_ref())?.engine();
-            let runtime = Runtime::load(&config.shadow.runtime_options())?;
-            let options = EvalOptions {
-                mnist_dir: mnist_dir(mnist),
-                seeds,
-                max_samples,
-                attack: PatchAttack { target, ratio: poison_ratio, ..Default::default() },
-                trajectories_dir: trajectories,
-                probes_from_train,
-                jobs: jobs
-                    .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-            };
-            tracing::info!(
-                window = config.window.size,
-                probes = config.probes.count,
-                epochs = config.shadow.epochs,
-                hidden = ?config.shadow.hidden,
-                k = config.scorer.k,
-                seeds = ?options.seeds,
-                "evaluating the patch attack on MNIST"
-            );
-            let report = lossgate::eval::run(&runtime, &config, &options)?;
-            println!("{}", report.to_table());
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(())
-        }
+        Command::Eval(args) => eval_command(args),
         Command::Bench { quick } => {
             let runtime = Runtime::load(&Default::default())?;
             print!("{}", lossgate::bench::report(&runtime, quick)?);

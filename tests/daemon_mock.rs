@@ -81,7 +81,7 @@ async fn a_failed_produce_aborts_the_window_and_the_retry_writes_each_record_onc
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     let cluster = MockCluster::new(1).unwrap();
-    let mut config = small_config(&cluster);
+    let config = small_config(&cluster);
     let n = common::firewall::produce(&config.kafka.brokers, &config.kafka.input_topic, 0, 300, 0).await;
     // The daemon's next produce requests fail with a permanent error.
     cluster

@@ -1,5 +1,7 @@
 //! Detection quality: ROC-AUC, true-positive and false-reject rates.
 
+use serde::{Deserialize, Serialize};
+
 /// Area under the ROC curve of `scores` for telling positives (poisons) from negatives:
 /// the probability that a random poison outscores a random clean sample, ties counting half.
 pub fn roc_auc(scores: &[f32], positive: &[bool]) -> f64 {
@@ -26,7 +28,7 @@ pub fn roc_auc(scores: &[f32], positive: &[bool]) -> f64 {
 }
 
 /// Counts of one confusion matrix: flagged against truly poisoned.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Confusion {
     pub poisons: usize,
     pub poisons_caught: usize,
@@ -79,6 +81,92 @@ pub fn mean_and_spread(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// The ROC curve as (false-positive rate, true-positive rate) points, thresholds from high to low.
+pub fn roc_curve(scores: &[f32], positive: &[bool]) -> Vec<(f64, f64)> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let n_pos = positive.iter().filter(|&&p| p).count().max(1) as f64;
+    let n_neg = (positive.len() as f64 - n_pos).max(1.0);
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let mut curve = vec![(0.0, 0.0)];
+    for (rank, &i) in order.iter().enumerate() {
+        if positive[i] {
+            tp += 1.0;
+        } else {
+            fp += 1.0;
+        }
+        let last_of_tie = order.get(rank + 1).is_none_or(|&next| scores[next] != scores[i]);
+        if last_of_tie {
+            curve.push((fp / n_neg, tp / n_pos));
+        }
+    }
+    curve
+}
+
+/// What one defence did to one seed's stream, against the truth.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Detection {
+    /// Share of the whole stream dropped.
+    pub dropped: f64,
+    /// Share of clean samples dropped.
+    pub clean_false_reject: f64,
+    /// Share of all poisons dropped.
+    pub caught: f64,
+    /// Per attack: share of its poisons dropped.
+    pub caught_per_attack: Vec<f64>,
+    /// Per class (by the sample's label): share of clean samples dropped.
+    pub false_reject_per_class: Vec<f64>,
+    /// ROC-AUC of the scores, all poisons against clean (defences that score).
+    pub auc: Option<f64>,
+    pub auc_per_attack: Vec<Option<f64>>,
+}
+
+impl Detection {
+    pub fn measure(
+        flagged: &[bool],
+        scores: Option<&[f32]>,
+        origin: &[Option<usize>],
+        labels: &[i64],
+        attacks: usize,
+        classes: usize,
+    ) -> Self {
+        let share = |hits: usize, of: usize| hits as f64 / of.max(1) as f64;
+        let poisoned: Vec<bool> = origin.iter().map(Option::is_some).collect();
+        let all = Confusion::count(flagged, &poisoned);
+        let caught_per_attack = (0..attacks)
+            .map(|a| {
+                let mine: Vec<usize> = (0..origin.len()).filter(|&i| origin[i] == Some(a)).collect();
+                share(mine.iter().filter(|&&i| flagged[i]).count(), mine.len())
+            })
+            .collect();
+        let false_reject_per_class = (0..classes as i64)
+            .map(|c| {
+                let clean: Vec<usize> =
+                    (0..origin.len()).filter(|&i| origin[i].is_none() && labels[i] == c).collect();
+                share(clean.iter().filter(|&&i| flagged[i]).count(), clean.len())
+            })
+            .collect();
+        let auc_against = |attack: Option<usize>| {
+            scores.map(|scores| {
+                let (s, p): (Vec<f32>, Vec<bool>) = (0..origin.len())
+                    .filter(|&i| origin[i].is_none() || attack.is_none() || origin[i] == attack)
+                    .map(|i| (scores[i], origin[i].is_some()))
+                    .unzip();
+                roc_auc(&s, &p)
+            })
+        };
+        Self {
+            dropped: share(flagged.iter().filter(|&&f| f).count(), flagged.len()),
+            clean_false_reject: all.false_reject_rate(),
+            caught: all.true_positive_rate(),
+            caught_per_attack,
+            false_reject_per_class,
+            auc: auc_against(None),
+            auc_per_attack: (0..attacks).map(|a| auc_against(Some(a))).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +185,19 @@ mod tests {
     fn confusion_rates() {
         let c = Confusion::count(&[true, false, true, false], &[true, true, false, false]);
         assert_eq!((c.true_positive_rate(), c.false_reject_rate()), (0.5, 0.5));
+    }
+
+    #[test]
+    fn detection_per_attack_and_per_class() {
+        let origin = [None, None, Some(0), Some(1), Some(1), None];
+        let labels = [0, 1, 0, 1, 1, 1];
+        let flagged = [true, false, true, true, false, false];
+        let scores = [0.9f32, 0.1, 0.8, 0.7, 0.05, 0.2];
+        let d = Detection::measure(&flagged, Some(&scores), &origin, &labels, 2, 2);
+        assert_eq!(d.caught_per_attack, vec![1.0, 0.5]);
+        assert_eq!(d.false_reject_per_class, vec![1.0, 0.0]);
+        assert_eq!(d.auc_per_attack[0], Some(2.0 / 3.0));
+        let curve = roc_curve(&scores, &origin.map(|o| o.is_some()));
+        assert_eq!((curve[0], *curve.last().unwrap()), ((0.0, 0.0), (1.0, 1.0)));
     }
 }

@@ -1,69 +1,59 @@
-//! Offline evaluation: stream MNIST with a patch attack through the engine, window by window,
-//! and measure how well the scores separate poisons from clean samples.
+//! The evaluation harness: many simultaneous attacks on a real dataset, the defences side by
+//! side (none, lossgate, the paper's offline BaDLoss, a loss-value baseline, random drop), a
+//! victim model trained on what each lets through, sweeps over the paper's open questions, and
+//! the report (JSON, Markdown, PNG). It drives the same engine as the daemon.
 
 pub mod attack;
+pub mod defence;
 pub mod metrics;
+pub mod plots;
+pub mod report;
+pub mod scenario;
+pub mod sweep;
+pub mod victim;
 
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
 
 use crate::config::EngineConfig;
-use crate::data::{read_idx_pair, LabelledSamples};
-use crate::engine::Engine;
-use crate::probes;
 use crate::shadow::Runtime;
-use attack::PatchAttack;
-use metrics::{mean_and_spread, roc_auc, Confusion};
+use attack::Attack;
+use defence::{loss_value_flags, random_flags, run_engine, run_offline, Defence};
+use metrics::{mean_and_spread, Detection};
+pub use scenario::{load_mnist, DataSource, Dataset, Scenario};
+use victim::{train_and_test, VictimConfig, VictimResult};
 
-pub struct EvalOptions {
-    pub mnist_dir: PathBuf,
-    /// One full run per seed: the seed picks the poisoned samples, the stream order, the probes
-    /// and the shadow initialisations.
-    pub seeds: Vec<u64>,
-    /// Use only the first samples of the shuffled training set (quick runs); `None`: all 60 000.
-    pub max_samples: Option<usize>,
-    pub attack: PatchAttack,
-    /// Seeds evaluated at once (one shadow model and one core each).
+/// What every harness run shares: the engine under test, the data, the attacks, the victim.
+pub struct Harness<'a> {
+    pub runtime: &'a Runtime,
+    pub config: EngineConfig,
+    pub dataset: Dataset,
+    pub attacks: Vec<Attack>,
+    pub victim: VictimConfig,
+    /// Runs at once (each a single-threaded shadow model on its own core).
     pub jobs: usize,
-    /// Write the first window's loss matrix of every seed here as CSV (`trajectories-seed-N.csv`).
-    pub trajectories_dir: Option<PathBuf>,
-    /// Draw the probes from training images held out of the stream (like the stream) instead
-    /// of from the MNIST test split.
-    pub probes_from_train: bool,
+    /// Stream only the first samples of each shuffled training split (`None`: all of it).
+    pub max_samples: Option<usize>,
+    /// Epochs of shadow training before the loss-value baseline picks its suspects.
+    pub loss_value_epochs: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct WindowResult {
-    pub window: usize,
-    pub samples: usize,
-    pub kept_epochs: usize,
-    pub threshold: f32,
-    pub auc: f64,
-    pub confusion: Confusion,
-    pub seconds: f64,
+/// The quick mode (a few minutes on 2 cores; the test suite runs it): 8 192 samples, windows
+/// of 2 048, 10 shadow epochs, 5 victim epochs. Returns the stream size.
+pub fn quick_settings(config: &mut EngineConfig, victim: &mut VictimConfig) -> usize {
+    config.window.size = 2048;
+    config.shadow.epochs = 10;
+    victim.epochs = 5;
+    8192
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct SeedResult {
-    pub seed: u64,
-    pub windows: Vec<WindowResult>,
-    pub total: Confusion,
-    /// Mean of the per-window AUCs (each window has its own shadow model and threshold).
-    pub mean_window_auc: f64,
-    /// AUC of all scores pooled across windows.
-    pub pooled_auc: f64,
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
+/// Mean, sample standard deviation and range over seeds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Summary {
     pub mean: f64,
     pub spread: f64,
@@ -72,7 +62,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn of(values: &[f64]) -> Self {
+    pub fn of(values: &[f64]) -> Self {
         let (mean, spread) = mean_and_spread(values);
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);
         let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -80,224 +70,256 @@ impl Summary {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct EvalReport {
-    pub seeds: Vec<SeedResult>,
-    pub mean_window_auc: Summary,
-    pub pooled_auc: Summary,
-    pub true_positive_rate: Summary,
-    pub false_reject_rate: Summary,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DefenceResult {
+    pub defence: Defence,
+    pub detection: Detection,
+    pub victim: VictimResult,
 }
 
-/// MNIST's training and test splits from a folder of IDX files.
-pub fn load_mnist(dir: &Path) -> Result<(LabelledSamples, LabelledSamples)> {
-    let hint = || format!("MNIST IDX files expected in {} (run scripts/setup.sh)", dir.display());
-    let train = read_idx_pair(&dir.join("train-images-idx3-ubyte"), &dir.join("train-labels-idx1-ubyte"))
-        .with_context(hint)?;
-    let test = read_idx_pair(&dir.join("t10k-images-idx3-ubyte"), &dir.join("t10k-labels-idx1-ubyte"))
-        .with_context(hint)?;
-    Ok((train, test))
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedComparison {
+    pub seed: u64,
+    pub stream_samples: usize,
+    pub poisons_per_attack: Vec<usize>,
+    /// The victim trained on the stream without any poison: the accuracy to stay close to.
+    pub clean_only: VictimResult,
+    pub defences: Vec<DefenceResult>,
+    pub seconds: f64,
 }
 
-/// The poisoned, shuffled stream of one seed and its poison mask.
-fn poisoned_stream(
-    train: &LabelledSamples,
-    options: &EvalOptions,
-    seed: u64,
-    probe_count: usize,
-) -> (LabelledSamples, Vec<bool>, LabelledSamples) {
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    // Held-out probes are the first `probe_count` of the shuffled order; the stream is the rest.
-    let held_out = if options.probes_from_train { probe_count } else { 0 };
-    let probes = train.select(&order[..held_out]);
-    let mut order = order.split_off(held_out);
-    order.truncate(options.max_samples.unwrap_or(usize::MAX).min(order.len()));
-    let mut stream = train.select(&order);
-    let poisoned = options.attack.poison(&mut stream, seed.wrapping_add(17));
-    (stream, poisoned, probes)
+/// The comparison of every defence over seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    pub settings: Settings,
+    pub attacks: Vec<Attack>,
+    pub seeds: Vec<SeedComparison>,
 }
 
-fn evaluate_seed(
-    runtime: &Runtime,
-    config: &EngineConfig,
-    train: &LabelledSamples,
-    test: &LabelledSamples,
-    options: &EvalOptions,
-    seed: u64,
-    progress: &ProgressBar,
-) -> Result<SeedResult> {
-    let started = Instant::now();
-    let (stream, poisoned, held_out) = poisoned_stream(train, options, seed, config.probes.count);
-    let probes = if options.probes_from_train {
-        held_out
-    } else {
-        probes::draw(test, config.probes.count, seed).context("drawing probes from the MNIST test split")?
-    };
-    let mut engine = Engine::new(runtime, config.clone(), probes)?;
-    let window_size = config.window.size;
-    let mut windows = Vec::new();
-    let mut total = Confusion::default();
-    let mut all_scores = Vec::new();
-    for (index, start) in (0..stream.len()).step_by(window_size).enumerate() {
-        let window_started = Instant::now();
-        let end = (start + window_size).min(stream.len());
-        let window = stream.slice(start, end);
-        let window_seed = seed.wrapping_mul(1_000_003).wrapping_add(index as u64);
-        let outcome = engine.process_seeded(&window, window_seed, |_| progress.inc(1))?;
-        if let (0, Some(dir)) = (index, &options.trajectories_dir) {
-            write_trajectories(
-                &dir.join(format!("trajectories-seed-{seed}.csv")),
-                &outcome.losses,
-                &poisoned[start..end],
-            )?;
-        }
-        let flagged: Vec<bool> = outcome.decisions.iter().map(|d| d.flagged).collect();
-        let truth = &poisoned[start..end];
-        let confusion = Confusion::count(&flagged, truth);
-        total.add(confusion);
-        let result = WindowResult {
-            window: index,
-            samples: end - start,
-            kept_epochs: outcome.kept_epochs.len(),
-            threshold: outcome.threshold.value,
-            auc: roc_auc(&outcome.sample_scores, truth),
-            confusion,
-            seconds: window_started.elapsed().as_secs_f64(),
+/// The settings a report states next to its numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub dataset: String,
+    pub stream_samples: usize,
+    pub window: usize,
+    pub probes: usize,
+    pub hidden: Vec<usize>,
+    pub epochs: usize,
+    pub learning_rate: f32,
+    pub k: usize,
+    pub decision: String,
+    pub victim: VictimConfig,
+    pub loss_value_epochs: usize,
+}
+
+/// Raw arrays of the first seed, for the plots (not written to JSON).
+pub struct PlotData {
+    /// `[samples + probes, epochs]` of lossgate's first window.
+    pub first_window_losses: Array2<f32>,
+    pub first_window_origin: Vec<Option<usize>>,
+    /// Lossgate's score / window threshold of every stream sample.
+    pub lossgate_scores: Vec<f32>,
+    pub offline_scores: Vec<f32>,
+    pub origin: Vec<Option<usize>>,
+}
+
+impl Harness<'_> {
+    pub fn settings(&self, dataset: &str) -> Settings {
+        let c = &self.config;
+        let decision = match c.decision.policy {
+            crate::decision::Policy::Calibrated => format!("calibrated, alpha {}", c.decision.alpha),
+            crate::decision::Policy::RejectFraction => {
+                format!("reject-fraction {}", c.decision.reject_fraction)
+            }
+            crate::decision::Policy::Threshold => format!("threshold {:?}", c.decision.threshold),
         };
-        tracing::info!(
+        Settings {
+            dataset: dataset.to_string(),
+            stream_samples: self.stream_len(),
+            window: c.window.size,
+            probes: c.probes.count,
+            hidden: c.shadow.hidden.clone(),
+            epochs: c.shadow.epochs,
+            learning_rate: c.shadow.learning_rate,
+            k: c.scorer.k,
+            decision,
+            victim: self.victim.clone(),
+            loss_value_epochs: self.loss_value_epochs,
+        }
+    }
+
+    fn stream_len(&self) -> usize {
+        let available = self.dataset.train.len().saturating_sub(self.config.probes.count);
+        self.max_samples.unwrap_or(available).min(available)
+    }
+
+    pub fn scenario(&self, seed: u64, probe_contamination: f64) -> Scenario {
+        Scenario::build(
+            &self.dataset,
+            &self.attacks,
+            self.config.probes.count,
+            self.max_samples,
+            probe_contamination,
             seed,
-            window = index,
-            auc = format!("{:.4}", result.auc),
-            tpr = format!("{:.3}", confusion.true_positive_rate()),
-            false_reject = format!("{:.3}", confusion.false_reject_rate()),
-            seconds = format!("{:.1}", result.seconds),
-            "window done"
-        );
-        all_scores.extend(outcome.sample_scores);
-        windows.push(result);
+        )
     }
-    let aucs: Vec<f64> = windows.iter().map(|w| w.auc).filter(|a| a.is_finite()).collect();
-    Ok(SeedResult {
-        seed,
-        mean_window_auc: mean_and_spread(&aucs).0,
-        pooled_auc: roc_auc(&all_scores, &poisoned),
-        windows,
-        total,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
 
-/// One row per sample: `kind` (clean, poison or probe), then its loss after each epoch.
-fn write_trajectories(path: &Path, losses: &ndarray::Array2<f32>, poisoned: &[bool]) -> Result<()> {
-    use std::fmt::Write as _;
-    let mut out = String::from("kind");
-    for e in 0..losses.ncols() {
-        write!(out, ",epoch{e}")?;
+    /// Trains the victim on the stream less the flagged samples.
+    pub fn victim_on(
+        &self,
+        scenario: &Scenario,
+        flagged: &[bool],
+        seed: u64,
+        tick: &(dyn Fn() + Sync),
+    ) -> Result<VictimResult> {
+        let kept: Vec<usize> = (0..flagged.len()).filter(|&i| !flagged[i]).collect();
+        train_and_test(
+            self.runtime,
+            &self.victim,
+            &scenario.stream.select(&kept),
+            &self.dataset.test,
+            &self.attacks,
+            self.dataset.classes,
+            seed,
+            tick,
+        )
     }
-    out.push('\n');
-    for (i, row) in losses.rows().into_iter().enumerate() {
-        let kind = match poisoned.get(i) {
-            Some(true) => "poison",
-            Some(false) => "clean",
-            None => "probe",
-        };
-        out.push_str(kind);
-        for v in row {
-            write!(out, ",{v}")?;
+
+    pub fn detection(&self, scenario: &Scenario, flagged: &[bool], scores: Option<&[f32]>) -> Detection {
+        Detection::measure(
+            flagged,
+            scores,
+            &scenario.origin,
+            &scenario.stream.labels,
+            self.attacks.len(),
+            self.dataset.classes,
+        )
+    }
+
+    /// Every defence on one seed, each followed by a victim trained on what it kept.
+    fn compare_seed(&self, seed: u64, progress: &ProgressBar) -> Result<(SeedComparison, PlotData)> {
+        let started = Instant::now();
+        let tick = || progress.inc(1);
+        let scenario = self.scenario(seed, 0.0);
+        let n = scenario.stream.len();
+        let lossgate = run_engine(self.runtime, &self.config, &scenario, seed, &tick)?;
+        let lossgate_flags = lossgate.flagged();
+        let lossgate_scores = lossgate.normalised_scores();
+        let rate = lossgate_flags.iter().filter(|&&f| f).count() as f64 / n.max(1) as f64;
+        let offline = run_offline(self.runtime, &self.config, &scenario, seed, &tick)?;
+        let (loss_flags, loss_scores) =
+            loss_value_flags(self.runtime, &self.config, &scenario, self.loss_value_epochs, rate, seed)?;
+        let offline_scores = offline.normalised_scores();
+        let flagged_by: Vec<(Defence, Vec<bool>, Option<&[f32]>)> = vec![
+            (Defence::None, vec![false; n], None),
+            (Defence::Lossgate, lossgate_flags, Some(&lossgate_scores)),
+            (Defence::OfflineBadloss, offline.flagged(), Some(&offline_scores)),
+            (Defence::LossValue, loss_flags, Some(&loss_scores)),
+            (Defence::Random, random_flags(n, rate, seed), None),
+        ];
+        let victim_seed = seed.wrapping_add(0x51c7);
+        let clean_only = self.victim_on(&scenario, &scenario.poison_mask(), victim_seed, &tick)?;
+        let mut defences = Vec::new();
+        for (defence, flagged, scores) in &flagged_by {
+            let victim = self.victim_on(&scenario, flagged, victim_seed, &tick)?;
+            let detection = self.detection(&scenario, flagged, *scores);
+            tracing::info!(
+                seed,
+                defence = defence.name(),
+                dropped = format!("{:.3}", detection.dropped),
+                clean_false_reject = format!("{:.3}", detection.clean_false_reject),
+                caught = format!("{:.3}", detection.caught),
+                mean_asr = format!("{:.3}", victim.mean_attack_success()),
+                accuracy = format!("{:.4}", victim.clean_accuracy),
+                "defence done"
+            );
+            defences.push(DefenceResult { defence: *defence, detection, victim });
         }
-        out.push('\n');
+        let first = &lossgate.windows[0].outcome;
+        let plots = PlotData {
+            first_window_losses: first.losses.clone(),
+            first_window_origin: scenario.origin[..first.sample_count()].to_vec(),
+            lossgate_scores,
+            offline_scores,
+            origin: scenario.origin.clone(),
+        };
+        let result = SeedComparison {
+            seed,
+            stream_samples: n,
+            poisons_per_attack: scenario.poisons_per_attack(self.attacks.len()),
+            clean_only,
+            defences,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        Ok((result, plots))
     }
-    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+
+    /// Shadow and victim epochs one seed of the comparison runs (the progress bar's unit).
+    fn comparison_epochs(&self) -> u64 {
+        let windows = self.stream_len().div_ceil(self.config.window.size);
+        let shadow = (windows + 1) * self.config.shadow.epochs;
+        let victims = (Defence::ALL.len() + 1) * self.victim.epochs;
+        (shadow + victims) as u64
+    }
+
+    /// Runs the comparison over `seeds`; returns it with the first seed's plot data.
+    pub fn compare(&self, seeds: &[u64], dataset: &str) -> Result<(Comparison, Option<PlotData>)> {
+        let progress =
+            progress_bar(seeds.len() as u64 * self.comparison_epochs(), "epochs (shadow + victims)");
+        let results = parallel(seeds, self.jobs, |&seed| {
+            self.compare_seed(seed, &progress).with_context(|| format!("comparison, seed {seed}"))
+        });
+        progress.finish_and_clear();
+        let mut seeds_out = Vec::new();
+        let mut plots = None;
+        for result in results {
+            let (seed, plot) = result?;
+            plots.get_or_insert(plot);
+            seeds_out.push(seed);
+        }
+        let comparison =
+            Comparison { settings: self.settings(dataset), attacks: self.attacks.clone(), seeds: seeds_out };
+        Ok((comparison, plots))
+    }
 }
 
-/// Runs every seed (in parallel up to `options.jobs`) and summarises across seeds.
-pub fn run(runtime: &Runtime, config: &EngineConfig, options: &EvalOptions) -> Result<EvalReport> {
-    config.validate()?;
-    let (train, test) = load_mnist(&options.mnist_dir)?;
-    train.check_shape(config.input.features, config.input.classes).context("MNIST against [input]")?;
-    let stream_len = options.max_samples.unwrap_or(train.len()).min(train.len());
-    let windows_per_seed = stream_len.div_ceil(config.window.size);
-    let progress = ProgressBar::new((options.seeds.len() * windows_per_seed * config.shadow.epochs) as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} shadow epochs, eta {eta}")
-            .expect("static template"),
-    );
-    let queue = Mutex::new(options.seeds.iter().copied());
-    let results = Mutex::new(Vec::new());
+pub fn progress_bar(len: u64, unit: &str) -> ProgressBar {
+    let progress = ProgressBar::new(len);
+    let template = format!("{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {unit}, eta {{eta}}");
+    progress.set_style(ProgressStyle::with_template(&template).expect("static template"));
+    progress
+}
+
+/// `f` over `items` on up to `jobs` threads; results in input order.
+pub fn parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = Mutex::new(0usize);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..options.jobs.max(1).min(options.seeds.len()) {
+        for _ in 0..jobs.max(1).min(items.len()) {
             scope.spawn(|| loop {
-                let Some(seed) = queue.lock().unwrap().next() else {
+                let index = {
+                    let mut next = next.lock().unwrap();
+                    *next += 1;
+                    *next - 1
+                };
+                let Some(item) = items.get(index) else {
                     break;
                 };
-                let result = evaluate_seed(runtime, config, &train, &test, options, seed, &progress);
-                results.lock().unwrap().push((seed, result));
+                let result = f(item);
+                results.lock().unwrap()[index] = Some(result);
             });
         }
     });
-    progress.finish_and_clear();
-    let mut seeds = Vec::new();
-    for (seed, result) in results.into_inner().unwrap() {
-        seeds.push(result.with_context(|| format!("evaluating seed {seed}"))?);
-    }
-    seeds.sort_by_key(|s| s.seed);
-    let summary = |f: &dyn Fn(&SeedResult) -> f64| Summary::of(&seeds.iter().map(f).collect::<Vec<_>>());
-    Ok(EvalReport {
-        mean_window_auc: summary(&|s| s.mean_window_auc),
-        pooled_auc: summary(&|s| s.pooled_auc),
-        true_positive_rate: summary(&|s| s.total.true_positive_rate()),
-        false_reject_rate: summary(&|s| s.total.false_reject_rate()),
-        seeds,
-    })
+    results.into_inner().unwrap().into_iter().map(|r| r.expect("every item ran")).collect()
 }
 
-impl EvalReport {
-    /// The human-readable tables: per window, per seed, and across seeds.
-    pub fn to_table(&self) -> String {
-        let mut out = String::new();
-        out.push_str(
-            "seed  window  samples  poisons  caught  TPR     clean-FRR  ROC-AUC  threshold  seconds\n",
-        );
-        for s in &self.seeds {
-            for w in &s.windows {
-                out.push_str(&format!(
-                    "{:<5} {:<7} {:<8} {:<8} {:<7} {:<7.3} {:<10.4} {:<8.4} {:<10.4} {:.1}\n",
-                    s.seed,
-                    w.window,
-                    w.samples,
-                    w.confusion.poisons,
-                    w.confusion.poisons_caught,
-                    w.confusion.true_positive_rate(),
-                    w.confusion.false_reject_rate(),
-                    w.auc,
-                    w.threshold,
-                    w.seconds
-                ));
-            }
-            out.push_str(&format!(
-                "{:<5} {:<7} {:<8} {:<8} {:<7} {:<7.3} {:<10.4} {:<8.4} {:<10} {:.1}   (pooled AUC {:.4})\n",
-                s.seed,
-                "all",
-                s.total.poisons + s.total.clean,
-                s.total.poisons,
-                s.total.poisons_caught,
-                s.total.true_positive_rate(),
-                s.total.false_reject_rate(),
-                s.mean_window_auc,
-                "",
-                s.seconds,
-                s.pooled_auc
-            ));
-        }
-        let line = |name: &str, s: &Summary| {
-            format!("{name:<26} mean {:.4}  sd {:.4}  min {:.4}  max {:.4}\n", s.mean, s.spread, s.min, s.max)
-        };
-        out.push_str(&format!("\nacross {} seeds:\n", self.seeds.len()));
-        out.push_str(&line("ROC-AUC (mean per window)", &self.mean_window_auc));
-        out.push_str(&line("ROC-AUC (pooled)", &self.pooled_auc));
-        out.push_str(&line("poisons caught (TPR)", &self.true_positive_rate));
-        out.push_str(&line("clean false-reject rate", &self.false_reject_rate));
-        out
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_keeps_the_input_order() {
+        let items: Vec<u64> = (0..50).collect();
+        assert_eq!(parallel(&items, 3, |&i| i * 2), items.iter().map(|i| i * 2).collect::<Vec<_>>());
     }
 }

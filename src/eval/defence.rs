@@ -1,0 +1,192 @@
+//! The defences compared side by side. Each turns a poisoned stream into a flag per sample
+//! (flagged = dropped before the victim trains); the ones that score also give the scores.
+
+use anyhow::Result;
+use ndarray::Array2;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::scenario::Scenario;
+use crate::config::EngineConfig;
+use crate::decision::Policy;
+use crate::engine::trajectory::{record_loss_matrix, TrainingPlan};
+use crate::engine::{score_and_decide, Engine, WindowOutcome};
+use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Defence {
+    /// Train on everything.
+    None,
+    /// The daemon's engine over consecutive windows, default config.
+    Lossgate,
+    /// The paper's offline BaDLoss: the whole training set as one window, reject 40 %.
+    OfflineBadloss,
+    /// ABL-style isolation: after a few epochs, drop the lowest-loss samples (at lossgate's rate).
+    LossValue,
+    /// Drop samples at random at lossgate's rate.
+    Random,
+}
+
+impl Defence {
+    pub const ALL: [Defence; 5] =
+        [Defence::None, Defence::Lossgate, Defence::OfflineBadloss, Defence::LossValue, Defence::Random];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Defence::None => "none",
+            Defence::Lossgate => "lossgate",
+            Defence::OfflineBadloss => "offline BaDLoss (40 %)",
+            Defence::LossValue => "loss value (ABL-style)",
+            Defence::Random => "random drop",
+        }
+    }
+}
+
+/// One window of a scoring run, kept so that other `k`, `alpha` or policies can be applied
+/// without training again.
+pub struct WindowRecord {
+    pub start: usize,
+    pub outcome: WindowOutcome,
+}
+
+/// The engine's record of a whole stream.
+pub struct StreamRun {
+    pub windows: Vec<WindowRecord>,
+}
+
+impl StreamRun {
+    pub fn flagged(&self) -> Vec<bool> {
+        self.windows.iter().flat_map(|w| w.outcome.decisions.iter().map(|d| d.flagged)).collect()
+    }
+
+    /// Each score divided by its window's threshold: comparable across windows (1.0 = the
+    /// threshold), which is what the pooled ROC curves and histograms use.
+    pub fn normalised_scores(&self) -> Vec<f32> {
+        self.windows
+            .iter()
+            .flat_map(|w| {
+                let t = w.outcome.threshold.value.max(f32::MIN_POSITIVE);
+                w.outcome.sample_scores.iter().map(move |s| s / t)
+            })
+            .collect()
+    }
+
+    /// The same loss trajectories scored and decided under another scorer/decision config.
+    pub fn rescored(&self, config: &EngineConfig) -> StreamRun {
+        let windows = self
+            .windows
+            .iter()
+            .map(|w| WindowRecord {
+                start: w.start,
+                outcome: score_and_decide(config, w.outcome.losses.clone(), w.outcome.sample_count()),
+            })
+            .collect();
+        StreamRun { windows }
+    }
+}
+
+/// Streams `scenario` through the engine window by window, as the daemon does.
+pub fn run_engine(
+    runtime: &Runtime,
+    config: &EngineConfig,
+    scenario: &Scenario,
+    seed: u64,
+    on_epoch: &(dyn Fn() + Sync),
+) -> Result<StreamRun> {
+    let mut engine = Engine::new(runtime, config.clone(), scenario.probes.clone())?;
+    let stream = &scenario.stream;
+    let mut windows = Vec::new();
+    for (index, start) in (0..stream.len()).step_by(config.window.size).enumerate() {
+        let end = (start + config.window.size).min(stream.len());
+        let window_seed = seed.wrapping_mul(1_000_003).wrapping_add(index as u64);
+        let outcome = engine.process_seeded(&stream.slice(start, end), window_seed, |_| on_epoch())?;
+        windows.push(WindowRecord { start, outcome });
+    }
+    Ok(StreamRun { windows })
+}
+
+/// The paper's offline setting: one window holding the whole stream, reject a fixed fraction.
+pub fn run_offline(
+    runtime: &Runtime,
+    config: &EngineConfig,
+    scenario: &Scenario,
+    seed: u64,
+    on_epoch: &(dyn Fn() + Sync),
+) -> Result<StreamRun> {
+    let mut offline = config.clone();
+    offline.window.size = scenario.stream.len();
+    offline.decision.policy = Policy::RejectFraction;
+    offline.decision.reject_fraction = 0.4;
+    run_engine(runtime, &offline, scenario, seed, on_epoch)
+}
+
+/// Learning rate of the loss-value baseline's shadow: the paper's 0.1, at which an MLP learns
+/// most backdoors within its first epoch (ABL's premise). At lossgate's 0.01 the poisons are
+/// still the hardest samples after a few epochs and the lowest-loss rule catches none.
+pub const LOSS_VALUE_LEARNING_RATE: f32 = 0.1;
+
+/// Trains the shadow on the whole stream for `epochs` and flags the `fraction` of samples with
+/// the lowest final loss (backdoors are learned fastest). Returns flags and scores (-loss).
+pub fn loss_value_flags(
+    runtime: &Runtime,
+    config: &EngineConfig,
+    scenario: &Scenario,
+    epochs: usize,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<bool>, Vec<f32>)> {
+    let shape = MlpShape {
+        features: config.input.features,
+        hidden: config.shadow.hidden.clone(),
+        classes: config.input.classes,
+    };
+    let sgd = Sgd {
+        learning_rate: LOSS_VALUE_LEARNING_RATE,
+        momentum: config.shadow.momentum,
+        weight_decay: config.shadow.weight_decay,
+    };
+    let mut model = ShadowModel::new(runtime, shape, sgd, seed)?;
+    let plan = TrainingPlan { epochs, batch_size: config.shadow.batch_size, seed };
+    let stream = &scenario.stream;
+    let losses: Array2<f32> =
+        record_loss_matrix(&mut model, stream.features.view(), &stream.labels, plan, |_| {})?;
+    let scores: Vec<f32> = losses.column(epochs - 1).iter().map(|l| -l).collect();
+    Ok((flag_top(&scores, fraction), scores))
+}
+
+/// Flags the `fraction` highest scores.
+fn flag_top(scores: &[f32], fraction: f64) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut flags = vec![false; scores.len()];
+    for &i in order.iter().take((fraction * scores.len() as f64).round() as usize) {
+        flags[i] = true;
+    }
+    flags
+}
+
+/// Flags `fraction` of `n` samples at random.
+pub fn random_flags(n: usize, fraction: f64, seed: u64) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0xd0d0));
+    let mut flags = vec![false; n];
+    for &i in order.iter().take((fraction * n as f64).round() as usize) {
+        flags[i] = true;
+    }
+    flags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_top_and_random_flag_the_asked_share() {
+        let flags = flag_top(&[0.1, 0.9, 0.5, 0.7], 0.5);
+        assert_eq!(flags, vec![false, true, false, true]);
+        assert_eq!(random_flags(1000, 0.13, 1).iter().filter(|&&f| f).count(), 130);
+    }
+}

@@ -1,0 +1,329 @@
+//! PNG figures for the report: loss trajectories, score histograms with the threshold, ROC
+//! curves and sweeps. Text needs a TrueType font: DejaVu Sans from Debian's fonts-dejavu-core
+//! (scripts/setup.sh installs it) or the file named by `LOSSGATE_FONT`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, Context, Result};
+use ndarray::Array2;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use super::metrics::roc_curve;
+use super::sweep::Sweep;
+use super::PlotData;
+
+const WIDTH: u32 = 900;
+const HEIGHT: u32 = 560;
+const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Line colours: clean first, then one per attack.
+const COLOURS: [RGBColor; 10] = [
+    RGBColor(0, 0, 0),
+    RGBColor(228, 26, 28),
+    RGBColor(55, 126, 184),
+    RGBColor(77, 175, 74),
+    RGBColor(152, 78, 163),
+    RGBColor(255, 127, 0),
+    RGBColor(166, 86, 40),
+    RGBColor(247, 129, 191),
+    RGBColor(120, 120, 120),
+    RGBColor(23, 190, 207),
+];
+
+fn colour(i: usize) -> RGBColor {
+    COLOURS[i % COLOURS.len()]
+}
+
+/// Registers the font once per process.
+fn ensure_font() -> Result<()> {
+    static LOADED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let path = std::env::var_os("LOSSGATE_FONT").map(PathBuf::from).unwrap_or(DEFAULT_FONT.into());
+            let bytes = std::fs::read(&path).map_err(|e| {
+                format!(
+                    "the plots need a TrueType font; {}: {e} (apt-get install fonts-dejavu-core, or set LOSSGATE_FONT)",
+                    path.display()
+                )
+            })?;
+            plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
+                .map_err(|_| format!("{} is not a usable TrueType font", path.display()))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// One line of a chart; `spread` draws a vertical bar of +- that much at each point.
+pub struct Series {
+    pub name: String,
+    pub colour: RGBColor,
+    pub points: Vec<(f64, f64)>,
+    pub spread: Option<Vec<f64>>,
+    pub dashed: bool,
+}
+
+pub struct Chart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub x_range: (f64, f64),
+    pub y_range: (f64, f64),
+    /// Tick labels for categorical x axes (points at 0, 1, 2, ...).
+    pub x_ticks: Option<Vec<String>>,
+    pub vertical_line: Option<(f64, &'a str)>,
+}
+
+pub fn line_chart(path: &Path, chart: &Chart, series: &[Series]) -> Result<()> {
+    ensure_font()?;
+    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        root.fill(&WHITE)?;
+        let mut ctx = ChartBuilder::on(&root)
+            .caption(chart.title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(60)
+            .build_cartesian_2d(chart.x_range.0..chart.x_range.1, chart.y_range.0..chart.y_range.1)?;
+        let ticks = chart.x_ticks.clone();
+        let mut mesh = ctx.configure_mesh();
+        mesh.x_desc(chart.x_label).y_desc(chart.y_label).label_style(("sans-serif", 14));
+        let formatter = move |x: &f64| match &ticks {
+            Some(t) if (x - x.round()).abs() < 1e-6 => t.get(x.round() as usize).cloned().unwrap_or_default(),
+            Some(_) => String::new(),
+            None if x.fract() == 0.0 => format!("{x:.0}"),
+            None => format!("{x:.2}"),
+        };
+        if let Some(t) = &chart.x_ticks {
+            mesh.x_labels(t.len());
+        }
+        mesh.x_label_formatter(&formatter).draw()?;
+        if let Some((x, label)) = chart.vertical_line {
+            let (lo, hi) = chart.y_range;
+            ctx.draw_series(DashedLineSeries::new(vec![(x, lo), (x, hi)], 6, 4, BLACK.stroke_width(2)))?
+                .label(label)
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+        }
+        for s in series {
+            let style = s.colour.stroke_width(2);
+            let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 20, y)], style);
+            if s.dashed {
+                ctx.draw_series(DashedLineSeries::new(s.points.clone(), 8, 5, style))?
+                    .label(&s.name)
+                    .legend(legend);
+            } else {
+                ctx.draw_series(LineSeries::new(s.points.clone(), style))?.label(&s.name).legend(legend);
+            }
+            if let Some(spread) = &s.spread {
+                ctx.draw_series(s.points.iter().zip(spread).map(|(&(x, y), &d)| {
+                    PathElement::new(vec![(x, y - d), (x, y + d)], s.colour.stroke_width(1))
+                }))?;
+                ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, s.colour.filled())))?;
+            }
+        }
+        ctx.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+}
+
+fn group_names(attacks: &[String]) -> Vec<String> {
+    std::iter::once("clean".to_string()).chain(attacks.iter().cloned()).collect()
+}
+
+/// Group 0 is clean, group a+1 is attack a.
+fn group_of(origin: Option<usize>) -> usize {
+    origin.map_or(0, |a| a + 1)
+}
+
+/// Median loss per epoch of clean samples, each attack's poisons and the probes.
+pub fn trajectories(path: &Path, data: &PlotData, attacks: &[String]) -> Result<()> {
+    let losses: &Array2<f32> = &data.first_window_losses;
+    let samples = data.first_window_origin.len();
+    let epochs = losses.ncols();
+    let mut rows: Vec<Vec<usize>> = vec![Vec::new(); attacks.len() + 2];
+    for i in 0..losses.nrows() {
+        let group = if i < samples { group_of(data.first_window_origin[i]) } else { attacks.len() + 1 };
+        rows[group].push(i);
+    }
+    let mut names = group_names(attacks);
+    names.push("probes".into());
+    let mut series = Vec::new();
+    let mut top = 0.0f64;
+    for (group, members) in rows.iter().enumerate().filter(|(_, m)| !m.is_empty()) {
+        let points: Vec<(f64, f64)> = (0..epochs)
+            .map(|e| {
+                let mut values: Vec<f32> = members.iter().map(|&i| losses[[i, e]]).collect();
+                values.sort_by(f32::total_cmp);
+                (e as f64 + 1.0, values[values.len() / 2] as f64)
+            })
+            .collect();
+        top = top.max(points.iter().map(|p| p.1).fold(0.0, f64::max));
+        series.push(Series {
+            name: format!("{} (n={})", names[group], members.len()),
+            colour: if group == attacks.len() + 1 { colour(8) } else { colour(group) },
+            points,
+            spread: None,
+            dashed: group == attacks.len() + 1,
+        });
+    }
+    let chart = Chart {
+        title: "Median loss trajectory, first window of seed 1",
+        x_label: "shadow epoch",
+        y_label: "loss on the given label",
+        x_range: (1.0, epochs as f64),
+        y_range: (0.0, top * 1.05),
+        x_ticks: None,
+        vertical_line: None,
+    };
+    line_chart(path, &chart, &series)
+}
+
+/// Histogram (share of each group per bin) of score / threshold, with the threshold at 1.
+pub fn score_histogram(
+    path: &Path,
+    scores: &[f32],
+    origin: &[Option<usize>],
+    attacks: &[String],
+    title: &str,
+) -> Result<()> {
+    const BINS: usize = 60;
+    const TOP: f64 = 3.0;
+    let names = group_names(attacks);
+    let mut counts = vec![vec![0usize; BINS]; names.len()];
+    for (&s, &o) in scores.iter().zip(origin) {
+        let bin = ((s as f64 / TOP * BINS as f64) as usize).min(BINS - 1);
+        counts[group_of(o)][bin] += 1;
+    }
+    let mut series = Vec::new();
+    let mut top = 0.0f64;
+    for (group, bins) in counts.iter().enumerate() {
+        let total = bins.iter().sum::<usize>();
+        if total == 0 {
+            continue;
+        }
+        let points: Vec<(f64, f64)> = bins
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &c)| {
+                let share = c as f64 / total as f64;
+                let width = TOP / BINS as f64;
+                [(b as f64 * width, share), ((b + 1) as f64 * width, share)]
+            })
+            .collect();
+        top = top.max(points.iter().map(|p| p.1).fold(0.0, f64::max));
+        series.push(Series {
+            name: names[group].clone(),
+            colour: colour(group),
+            points,
+            spread: None,
+            dashed: false,
+        });
+    }
+    let chart = Chart {
+        title,
+        x_label: "score / window threshold (last bin: 3 and above)",
+        y_label: "share of the group",
+        x_range: (0.0, TOP),
+        y_range: (0.0, top * 1.05),
+        x_ticks: None,
+        vertical_line: Some((1.0, "threshold")),
+    };
+    line_chart(path, &chart, &series)
+}
+
+/// ROC curve of each attack's poisons against clean samples.
+pub fn roc(
+    path: &Path,
+    scores: &[f32],
+    origin: &[Option<usize>],
+    attacks: &[String],
+    title: &str,
+) -> Result<()> {
+    let mut series = Vec::new();
+    for (a, name) in attacks.iter().enumerate() {
+        let (s, p): (Vec<f32>, Vec<bool>) = origin
+            .iter()
+            .zip(scores)
+            .filter(|(o, _)| o.is_none() || **o == Some(a))
+            .map(|(o, &s)| (s, o.is_some()))
+            .unzip();
+        let points = thin(roc_curve(&s, &p), 400);
+        series.push(Series {
+            name: name.clone(),
+            colour: colour(a + 1),
+            points,
+            spread: None,
+            dashed: false,
+        });
+    }
+    series.push(Series {
+        name: "chance".into(),
+        colour: colour(8),
+        points: vec![(0.0, 0.0), (1.0, 1.0)],
+        spread: None,
+        dashed: true,
+    });
+    let chart = Chart {
+        title,
+        x_label: "clean false-reject rate",
+        y_label: "poisons caught",
+        x_range: (0.0, 1.0),
+        y_range: (0.0, 1.0),
+        x_ticks: None,
+        vertical_line: None,
+    };
+    line_chart(path, &chart, &series)
+}
+
+/// At most `n` evenly spaced points of a curve (keeps the PNG cheap to draw).
+fn thin(points: Vec<(f64, f64)>, n: usize) -> Vec<(f64, f64)> {
+    let step = points.len().div_ceil(n).max(1);
+    let last = *points.last().unwrap_or(&(1.0, 1.0));
+    let mut out: Vec<(f64, f64)> = points.into_iter().step_by(step).collect();
+    out.push(last);
+    out
+}
+
+/// A sweep: poisons caught, clean false-reject and (with victims) mean attack success, each
+/// mean +- sd over seeds, against the swept value.
+pub fn sweep(path: &Path, sweep: &Sweep) -> Result<()> {
+    let xs: Vec<f64> = (0..sweep.points.len()).map(|i| i as f64).collect();
+    let line = |name: &str, c: usize, f: &dyn Fn(&super::sweep::SweepPoint) -> Option<super::Summary>| {
+        let values: Vec<super::Summary> = sweep.points.iter().filter_map(f).collect();
+        (values.len() == xs.len()).then(|| Series {
+            name: name.into(),
+            colour: colour(c),
+            points: xs.iter().zip(&values).map(|(&x, s)| (x, s.mean)).collect(),
+            spread: Some(values.iter().map(|s| s.spread).collect()),
+            dashed: false,
+        })
+    };
+    let series: Vec<Series> = [
+        line("poisons caught", 3, &|p| Some(p.caught)),
+        line("clean false-reject", 1, &|p| Some(p.clean_false_reject)),
+        line("ROC-AUC", 2, &|p| Some(p.auc)),
+        line("mean attack success (victim)", 4, &|p| p.mean_attack_success),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let title = format!("Sweep: {} ({} samples per seed)", sweep.param.name(), sweep.stream_samples);
+    let chart = Chart {
+        title: &title,
+        x_label: sweep.param.name(),
+        y_label: "rate (mean +- sd over seeds)",
+        x_range: (-0.3, xs.len() as f64 - 0.7),
+        y_range: (0.0, 1.05),
+        x_ticks: Some(sweep.points.iter().map(|p| format!("{}", p.value)).collect()),
+        vertical_line: None,
+    };
+    line_chart(path, &chart, &series).context("sweep plot")
+}

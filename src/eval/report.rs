@@ -1,0 +1,280 @@
+//! The report: JSON for machines (one file per comparison or sweep, so parts can be re-run
+//! alone) and `RESULTS.md` for people, rendered from whatever JSON files are present.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::defence::Defence;
+use super::sweep::{Sweep, SweepParam};
+use super::{Comparison, DefenceResult, SeedComparison, Summary};
+
+pub const COMPARISON_FILE: &str = "comparison.json";
+
+pub fn sweep_file(param: SweepParam) -> String {
+    format!("sweep-{}.json", param.name())
+}
+
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .with_context(|| format!("{} is not a lossgate result file", path.display()))
+}
+
+/// "12.3 ± 0.4 %" (mean ± sd over seeds, in percent).
+fn pct(s: &Summary) -> String {
+    format!("{:.1} ± {:.1} %", 100.0 * s.mean, 100.0 * s.spread)
+}
+
+fn num(s: &Summary) -> String {
+    format!("{:.3} ± {:.3}", s.mean, s.spread)
+}
+
+fn over_seeds(seeds: &[SeedComparison], f: impl Fn(&SeedComparison) -> Option<f64>) -> Option<Summary> {
+    let values: Vec<f64> = seeds.iter().filter_map(f).collect();
+    (!values.is_empty()).then(|| Summary::of(&values))
+}
+
+fn defence(seed: &SeedComparison, which: Defence) -> Option<&DefenceResult> {
+    seed.defences.iter().find(|d| d.defence == which)
+}
+
+fn cell(s: Option<Summary>, f: fn(&Summary) -> String) -> String {
+    s.map(|s| f(&s)).unwrap_or_else(|| "–".into())
+}
+
+/// The target checks of the evaluation issue, on lossgate's numbers.
+fn targets(c: &Comparison, out: &mut String) {
+    let asr = over_seeds(&c.seeds, |s| defence(s, Defence::Lossgate).map(|d| d.victim.mean_attack_success()));
+    let gap = over_seeds(&c.seeds, |s| {
+        defence(s, Defence::Lossgate).map(|d| s.clean_only.clean_accuracy - d.victim.clean_accuracy)
+    });
+    let frr = over_seeds(&c.seeds, |s| defence(s, Defence::Lossgate).map(|d| d.detection.clean_false_reject));
+    let rows = [
+        ("mean attack success after lossgate", "≤ 5 %", asr, 0.05),
+        ("clean accuracy below the clean-data-only model", "≤ 1.5 points", gap, 0.015),
+        ("clean false-reject rate", "≤ 10 %", frr, 0.10),
+    ];
+    out.push_str("| target | bound | measured (mean ± sd) | worst seed | met |\n|---|---|---|---|---|\n");
+    for (name, bound, value, limit) in rows {
+        let Some(v) = value else { continue };
+        let met = if v.max <= limit {
+            "yes, every seed"
+        } else if v.mean <= limit {
+            "on average only"
+        } else {
+            "**no**"
+        };
+        let _ = writeln!(out, "| {name} | {bound} | {} | {:.1} % | {met} |", pct(&v), 100.0 * v.max);
+    }
+}
+
+fn comparison_section(c: &Comparison, out: &mut String) {
+    let s = &c.settings;
+    let _ = writeln!(
+        out,
+        "Data: {}, {} training samples streamed per seed, {} seeds ({}). Engine (the daemon's \
+         defaults): windows of {}, {} probes held out of the training split, shadow 784-{:?}-10 \
+         for {} epochs at lr {}, k = {}, decision {}. Victim: MLP {:?}, {} epochs, lr {}, \
+         momentum {}. Loss-value baseline: {} shadow epochs at lr {}.\n",
+        s.dataset,
+        s.stream_samples,
+        c.seeds.len(),
+        c.seeds.iter().map(|s| s.seed.to_string()).collect::<Vec<_>>().join(", "),
+        s.window,
+        s.probes,
+        s.hidden,
+        s.epochs,
+        s.learning_rate,
+        s.k,
+        s.decision,
+        s.victim.hidden,
+        s.victim.epochs,
+        s.victim.learning_rate,
+        s.victim.momentum,
+        s.loss_value_epochs,
+        super::defence::LOSS_VALUE_LEARNING_RATE,
+    );
+    out.push_str("### Targets\n\n");
+    targets(c, out);
+
+    out.push_str("\n### Defences side by side\n\n");
+    out.push_str(
+        "Loss value and random drop remove as many samples as lossgate did on the same seed, so \
+         the comparison is at an equal data budget.\n\n",
+    );
+    out.push_str("| defence | data dropped | clean false-reject | poisons caught | mean attack success | clean accuracy | score AUC |\n|---|---|---|---|---|---|---|\n");
+    let acc = over_seeds(&c.seeds, |s| Some(s.clean_only.clean_accuracy));
+    let asr = over_seeds(&c.seeds, |s| Some(s.clean_only.mean_attack_success()));
+    let _ = writeln!(
+        out,
+        "| clean data only (reference) | – | – | – | {} | {} | – |",
+        cell(asr, pct),
+        cell(acc, pct)
+    );
+    for which in Defence::ALL {
+        let d =
+            |f: fn(&DefenceResult) -> Option<f64>| over_seeds(&c.seeds, |s| defence(s, which).and_then(f));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            which.name(),
+            cell(d(|r| Some(r.detection.dropped)), pct),
+            cell(d(|r| Some(r.detection.clean_false_reject)), pct),
+            cell(d(|r| Some(r.detection.caught)), pct),
+            cell(d(|r| Some(r.victim.mean_attack_success())), pct),
+            cell(d(|r| Some(r.victim.clean_accuracy)), pct),
+            cell(d(|r| r.detection.auc), num),
+        );
+    }
+
+    out.push_str("\n### Each attack: its strength, what each defence caught, what still worked\n\n");
+    out.push_str("Attack success: share of triggered test images not of the target class that the victim assigns to the target. Caught: share of that attack's poisons the defence dropped.\n\n");
+    out.push_str("| attack | kind | target | poisons | success, no defence | clean-only | ");
+    for which in &Defence::ALL[1..] {
+        let _ = write!(out, "{}: caught / success | ", which.name());
+    }
+    out.push_str("lossgate AUC |\n|---|---|---|---|---|---|");
+    out.push_str(&"---|".repeat(Defence::ALL.len()));
+    out.push('\n');
+    for (a, attack) in c.attacks.iter().enumerate() {
+        let success = |which: Option<Defence>| {
+            over_seeds(&c.seeds, |s| match which {
+                Some(w) => defence(s, w).and_then(|d| d.victim.attack_success[a]),
+                None => s.clean_only.attack_success[a],
+            })
+        };
+        let caught =
+            |w: Defence| over_seeds(&c.seeds, |s| defence(s, w).map(|d| d.detection.caught_per_attack[a]));
+        let poisons = over_seeds(&c.seeds, |s| Some(s.poisons_per_attack[a] as f64));
+        let _ = write!(
+            out,
+            "| {} | {:?} | {} | {:.0} | {} | {} | ",
+            attack.name,
+            attack.kind,
+            attack.target.map(|t| t.to_string()).unwrap_or_else(|| "random".into()),
+            poisons.map(|p| p.mean).unwrap_or(0.0),
+            cell(success(Some(Defence::None)), pct),
+            cell(success(None), pct),
+        );
+        for which in &Defence::ALL[1..] {
+            let _ = write!(out, "{} / {} | ", cell(caught(*which), pct), cell(success(Some(*which)), pct));
+        }
+        let auc = over_seeds(&c.seeds, |s| {
+            defence(s, Defence::Lossgate).and_then(|d| d.detection.auc_per_attack[a])
+        });
+        let _ = writeln!(out, "{} |", cell(auc, num));
+    }
+
+    out.push_str("\n### Clean false-reject rate per class\n\n");
+    let classes = c
+        .seeds
+        .first()
+        .and_then(|s| s.defences.first())
+        .map_or(0, |d| d.detection.false_reject_per_class.len());
+    out.push_str("| class | ");
+    for which in &Defence::ALL[1..] {
+        let _ = write!(out, "{} | ", which.name());
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(Defence::ALL.len() - 1));
+    out.push('\n');
+    for class in 0..classes {
+        let _ = write!(out, "| {class} | ");
+        for which in &Defence::ALL[1..] {
+            let v = over_seeds(&c.seeds, |s| {
+                defence(s, *which).map(|d| d.detection.false_reject_per_class[class])
+            });
+            let _ = write!(out, "{} | ", cell(v, pct));
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "\n### Figures (seed 1)\n\n\
+         ![loss trajectories](results/trajectories.png)\n\n\
+         ![lossgate score histogram](results/scores-lossgate.png)\n\n\
+         ![offline score histogram](results/scores-offline.png)\n\n\
+         ![lossgate ROC](results/roc-lossgate.png)\n\n\
+         ![offline ROC](results/roc-offline.png)\n",
+    );
+}
+
+fn sweep_section(sweep: &Sweep, out: &mut String) {
+    let name = sweep.param.name();
+    let _ = writeln!(
+        out,
+        "### {name}\n\n`lossgate eval --sweep {name}`; {} samples per seed, seeds {}.\n",
+        sweep.stream_samples,
+        sweep
+            .points
+            .first()
+            .map(|p| p.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
+    out.push_str(
+        "| value | clean false-reject | poisons caught | score AUC | mean attack success | clean accuracy |",
+    );
+    for attack in &sweep.attacks {
+        let _ = write!(out, " caught {attack} |");
+    }
+    out.push_str("\n|---|---|---|---|---|---|");
+    out.push_str(&"---|".repeat(sweep.attacks.len()));
+    out.push('\n');
+    for p in &sweep.points {
+        let _ = write!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            p.value,
+            pct(&p.clean_false_reject),
+            pct(&p.caught),
+            num(&p.auc),
+            cell(p.mean_attack_success, pct),
+            cell(p.clean_accuracy, pct)
+        );
+        for a in 0..sweep.attacks.len() {
+            let caught: Vec<f64> = p.detections.iter().map(|d| d.caught_per_attack[a]).collect();
+            let _ = write!(out, " {:.0} % |", 100.0 * Summary::of(&caught).mean);
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "\n![sweep {name}](results/sweep-{name}.png)\n");
+}
+
+/// Renders `RESULTS.md` from the JSON files in `results_dir` (a comparison and any sweeps),
+/// with figure links under `figures` (the results folder as seen from the Markdown file).
+pub fn render_markdown(results_dir: &Path, figures: &str, preface: &str) -> Result<String> {
+    let mut out = String::from("# lossgate: evaluation results\n\n");
+    out.push_str(preface);
+    out.push('\n');
+    match read_json::<Comparison>(&results_dir.join(COMPARISON_FILE))? {
+        Some(c) => {
+            out.push_str("## Seven simultaneous attacks, five defences\n\n");
+            comparison_section(&c, &mut out);
+        }
+        None => out.push_str("No comparison has been run yet (`lossgate eval`).\n"),
+    }
+    let sweeps: Vec<Sweep> = SweepParam::ALL
+        .iter()
+        .filter_map(|&p| read_json::<Sweep>(&results_dir.join(sweep_file(p))).transpose())
+        .collect::<Result<_>>()?;
+    if !sweeps.is_empty() {
+        out.push_str("\n## Sweeps: the paper's open questions\n\n");
+        out.push_str("Each sweep varies one setting of lossgate (everything else at the defaults), over the same seeds, on a subset of the stream; victims are trained on what lossgate kept at each point.\n\n");
+        for sweep in &sweeps {
+            sweep_section(sweep, &mut out);
+        }
+    }
+    Ok(out.replace("](results/", &format!("]({figures}/")))
+}

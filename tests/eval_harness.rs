@@ -1,0 +1,88 @@
+//! The evaluation harness in its quick mode on real MNIST: seven simultaneous attacks, every
+//! defence, victims, a sweep and the report. Asserts detection numbers, not only that it ran.
+
+mod common;
+
+use lossgate::config::EngineConfig;
+use lossgate::eval::attack::default_attacks;
+use lossgate::eval::defence::Defence;
+use lossgate::eval::sweep::SweepParam;
+use lossgate::eval::victim::VictimConfig;
+use lossgate::eval::{quick_settings, report, DataSource, Dataset, Harness};
+
+fn quick_harness(runtime: &lossgate::shadow::Runtime) -> Harness<'_> {
+    let mut config = EngineConfig::default();
+    let mut victim = VictimConfig::default();
+    let samples = quick_settings(&mut config, &mut victim);
+    Harness {
+        runtime,
+        config,
+        dataset: Dataset::load(&DataSource::Mnist(common::mnist_dir())).unwrap(),
+        attacks: default_attacks(),
+        victim,
+        jobs: 2,
+        max_samples: Some(samples),
+        loss_value_epochs: 3,
+    }
+}
+
+#[test]
+fn quick_comparison_catches_the_dirty_label_attacks_and_reports() {
+    let runtime = common::runtime();
+    let harness = quick_harness(&runtime);
+    let (comparison, plots) = harness.compare(&[1], "MNIST").unwrap();
+    let seed = &comparison.seeds[0];
+    let result = |d: Defence| seed.defences.iter().find(|r| r.defence == d).unwrap();
+    let (none, lossgate, offline, random) = (
+        result(Defence::None),
+        result(Defence::Lossgate),
+        result(Defence::OfflineBadloss),
+        result(Defence::Random),
+    );
+    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
+
+    // Every attack planted its share: 1 % of 8 192, SIG 10 % of class 4.
+    for (attack, &count) in comparison.attacks.iter().zip(&seed.poisons_per_attack) {
+        assert!((60..=90).contains(&count), "{}: {count} poisons", attack.name);
+    }
+    // lossgate separates the dirty-label attacks from clean data, at a bounded false-reject cost.
+    for (a, attack) in comparison.attacks.iter().enumerate().filter(|(_, a)| a.name != "sig") {
+        let auc = lossgate.detection.auc_per_attack[a].unwrap();
+        assert!(auc >= 0.85, "{}: lossgate AUC {auc}\n{summary}", attack.name);
+    }
+    assert!(lossgate.detection.caught >= 0.75, "{summary}");
+    assert!(lossgate.detection.clean_false_reject <= 0.2, "{summary}");
+    // The patch backdoor works without a defence and not after lossgate.
+    let patch = comparison.attacks.iter().position(|a| a.name == "patch").unwrap();
+    assert!(none.victim.attack_success[patch].unwrap() >= 0.8, "{summary}");
+    assert!(lossgate.victim.attack_success[patch].unwrap() <= 0.1, "{summary}");
+    assert!(lossgate.victim.mean_attack_success() < none.victim.mean_attack_success());
+    // The paper's offline rule drops 40 %; random drop matches lossgate's budget.
+    assert!((offline.detection.dropped - 0.4).abs() < 0.01);
+    assert!((random.detection.dropped - lossgate.detection.dropped).abs() < 0.001);
+    assert!(random.detection.caught < lossgate.detection.caught);
+
+    // The report: JSON round trip, Markdown with the tables, PNGs on disk.
+    let dir = tempfile::tempdir().unwrap();
+    report::write_json(&dir.path().join(report::COMPARISON_FILE), &comparison).unwrap();
+    let markdown = report::render_markdown(dir.path(), "results", "").unwrap();
+    assert!(markdown.contains("| lossgate |") && markdown.contains("| frequency |"), "{markdown}");
+    let path = dir.path().join("roc.png");
+    let plots = plots.unwrap();
+    let names: Vec<String> = comparison.attacks.iter().map(|a| a.name.clone()).collect();
+    lossgate::eval::plots::roc(&path, &plots.lossgate_scores, &plots.origin, &names, "ROC").unwrap();
+    assert_eq!(&std::fs::read(&path).unwrap()[1..4], b"PNG");
+}
+
+#[test]
+fn alpha_sweep_trades_false_rejects_for_catches() {
+    let runtime = common::runtime();
+    let mut harness = quick_harness(&runtime);
+    harness.max_samples = Some(4096);
+    let sweep = harness.sweep(SweepParam::Alpha, &[0.05, 0.3], &[2], false).unwrap();
+    let (strict, loose) = (&sweep.points[0], &sweep.points[1]);
+    assert!(strict.clean_false_reject.mean < loose.clean_false_reject.mean, "{sweep:#?}");
+    assert!(strict.caught.mean <= loose.caught.mean);
+    assert!(loose.clean_false_reject.mean > 0.15 && strict.clean_false_reject.mean < 0.15, "{sweep:#?}");
+    assert!(strict.mean_attack_success.is_none(), "no victims were asked for");
+}
