@@ -106,7 +106,8 @@ struct EvalArgs {
     /// Values for a single --sweep (default: the sweep's own list).
     #[arg(long, value_delimiter = ',')]
     values: Option<Vec<f64>>,
-    /// Training samples streamed per seed in the sweeps.
+    /// Training samples streamed per seed in the sweeps that train at every point (probes,
+    /// epochs, window, probe-contamination, learning-rate); the others use the whole stream.
     #[arg(long, default_value_t = 16_384)]
     sweep_samples: usize,
     /// Sweeps measure detection only, without training a victim at each point.
@@ -208,10 +209,13 @@ fn eval_command(args: EvalArgs) -> Result<()> {
             write_comparison_plots(&args.out, &plots, &comparison)?;
         }
     }
-    if !sweeps.is_empty() {
-        harness.max_samples = Some(args.sweep_samples.min(max_samples.unwrap_or(usize::MAX)));
-    }
     for param in sweeps {
+        // Re-scoring sweeps train once per seed: they run on the whole stream; the others
+        // train at every point and run on a subset.
+        harness.max_samples = match param.rescores_only() {
+            true => max_samples,
+            false => Some(args.sweep_samples.min(max_samples.unwrap_or(usize::MAX))),
+        };
         let values = args.values.clone().unwrap_or_else(|| param.default_values());
         tracing::info!(sweep = param.name(), ?values, "sweep");
         let sweep = harness.sweep(param, &values, &args.seeds, !args.no_victims)?;

@@ -35,16 +35,20 @@ pub struct ScorerConfig {
     pub hnsw_ef_construction: usize,
     /// HNSW candidate list while searching (raised to k + 1 if smaller).
     pub hnsw_ef_search: usize,
+    /// Compare each sample only with the probes of its own label (k capped at that label's
+    /// probe count less one), and calibrate on each probe's score within its label.
+    pub per_label: bool,
 }
 
 impl Default for ScorerConfig {
     fn default() -> Self {
         Self {
             k: 50,
-            index: IndexKind::Hnsw,
+            index: IndexKind::Auto,
             hnsw_max_connections: 24,
             hnsw_ef_construction: 200,
             hnsw_ef_search: 100,
+            per_label: false,
         }
     }
 }

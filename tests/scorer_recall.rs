@@ -55,9 +55,10 @@ fn hnsw_and_exact_make_the_same_decisions_on_a_real_window() {
 
     let mut config = EngineConfig::default();
     config.scorer.index = IndexKind::Exact;
-    let exact = lossgate::engine::score_and_decide(&config, losses.clone(), window.len());
+    let exact =
+        lossgate::engine::score_and_decide(&config, losses.clone(), joined.labels.clone(), window.len());
     config.scorer.index = IndexKind::Hnsw;
-    let hnsw = lossgate::engine::score_and_decide(&config, losses, window.len());
+    let hnsw = lossgate::engine::score_and_decide(&config, losses, joined.labels.clone(), window.len());
     assert_eq!(exact.threshold.value, hnsw.threshold.value);
     let flagged = |o: &lossgate::WindowOutcome| o.decisions.iter().map(|d| d.flagged).collect::<Vec<_>>();
     assert_eq!(flagged(&exact), flagged(&hnsw));

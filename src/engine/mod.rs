@@ -5,7 +5,7 @@
 pub mod trajectory;
 
 use anyhow::{Context, Result};
-use ndarray::{s, Array2, Axis};
+use ndarray::{s, Array2, ArrayView2, Axis};
 
 use crate::config::EngineConfig;
 use crate::data::LabelledSamples;
@@ -19,6 +19,8 @@ use trajectory::{kept_epochs, record_loss_matrix, TrainingPlan};
 pub struct WindowOutcome {
     /// `[samples + probes, epochs]` losses; the probes are the last rows.
     pub losses: Array2<f32>,
+    /// The label of every row of `losses`.
+    pub labels: Vec<i64>,
     /// Epochs that passed the epoch filter (the columns the scores use).
     pub kept_epochs: Vec<usize>,
     /// One score per window sample.
@@ -103,21 +105,70 @@ impl Engine {
         };
         let losses =
             record_loss_matrix(&mut self.model, joined.features.view(), &joined.labels, plan, on_epoch)?;
-        Ok(score_and_decide(&self.config, losses, window.len()))
+        Ok(score_and_decide(&self.config, losses, joined.labels, window.len()))
     }
 }
 
-/// Scoring and decision on a recorded `[samples + probes, epochs]` loss matrix (samples first).
-pub fn score_and_decide(config: &EngineConfig, losses: Array2<f32>, sample_count: usize) -> WindowOutcome {
+/// Scoring and decision on a recorded `[samples + probes, epochs]` loss matrix (samples first)
+/// with the label of every row.
+pub fn score_and_decide(
+    config: &EngineConfig,
+    losses: Array2<f32>,
+    labels: Vec<i64>,
+    sample_count: usize,
+) -> WindowOutcome {
     let kept = kept_epochs(losses.view());
     let trajectories = losses.select(Axis(1), &kept).as_standard_layout().into_owned();
-    let samples = trajectories.slice(s![..sample_count, ..]);
-    let probes = trajectories.slice(s![sample_count.., ..]);
-    let scorer = ProbeScorer::build(&config.scorer, probes);
-    let probe_scores = scorer.leave_one_out_scores(probes);
-    let sample_scores = scorer.score_rows(samples);
+    let (sample_scores, probe_scores) = if config.scorer.per_label {
+        score_per_label(config, trajectories.view(), &labels, sample_count)
+    } else {
+        let samples = trajectories.slice(s![..sample_count, ..]);
+        let probes = trajectories.slice(s![sample_count.., ..]);
+        let scorer = ProbeScorer::build(&config.scorer, probes);
+        (scorer.score_rows(samples), scorer.leave_one_out_scores(probes))
+    };
     let decision = &config.decision;
     let threshold = decision.threshold(&probe_scores, &sample_scores);
     let decisions = sample_scores.iter().map(|&s| decision.decide(s, &threshold)).collect();
-    WindowOutcome { losses, kept_epochs: kept, sample_scores, probe_scores, threshold, decisions }
+    WindowOutcome { losses, labels, kept_epochs: kept, sample_scores, probe_scores, threshold, decisions }
+}
+
+/// Each sample against the probes of its own label only (k capped at that label's probe count
+/// less one); each probe's leave-one-out score within its label. A label without at least two
+/// probes scores its samples against all probes.
+fn score_per_label(
+    config: &EngineConfig,
+    trajectories: ArrayView2<f32>,
+    labels: &[i64],
+    sample_count: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let probes = trajectories.slice(s![sample_count.., ..]);
+    let probe_labels = &labels[sample_count..];
+    let all = ProbeScorer::build(&config.scorer, probes);
+    let mut sample_scores = vec![0.0; sample_count];
+    let mut probe_scores = vec![0.0; probe_labels.len()];
+    let mut distinct: Vec<i64> = labels.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    for label in distinct {
+        let members: Vec<usize> = (0..probe_labels.len()).filter(|&i| probe_labels[i] == label).collect();
+        let samples: Vec<usize> = (0..sample_count).filter(|&i| labels[i] == label).collect();
+        if members.len() < 2 {
+            for &i in &samples {
+                sample_scores[i] = all.score(trajectories.row(i).as_slice().expect("standard layout"));
+            }
+            continue;
+        }
+        let mut scorer_config = config.scorer.clone();
+        scorer_config.k = config.scorer.k.min(members.len() - 1);
+        let own = probes.select(Axis(0), &members);
+        let scorer = ProbeScorer::build(&scorer_config, own.view());
+        for (&i, score) in members.iter().zip(scorer.leave_one_out_scores(own.view())) {
+            probe_scores[i] = score;
+        }
+        for &i in &samples {
+            sample_scores[i] = scorer.score(trajectories.row(i).as_slice().expect("standard layout"));
+        }
+    }
+    (sample_scores, probe_scores)
 }

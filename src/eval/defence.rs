@@ -81,7 +81,12 @@ impl StreamRun {
             .iter()
             .map(|w| WindowRecord {
                 start: w.start,
-                outcome: score_and_decide(config, w.outcome.losses.clone(), w.outcome.sample_count()),
+                outcome: score_and_decide(
+                    config,
+                    w.outcome.losses.clone(),
+                    w.outcome.labels.clone(),
+                    w.outcome.sample_count(),
+                ),
             })
             .collect();
         StreamRun { windows }

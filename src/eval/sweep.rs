@@ -32,10 +32,12 @@ pub enum SweepParam {
     ProbeContamination,
     /// The shadow's SGD learning rate.
     LearningRate,
+    /// 0: score against all probes; 1: only against the probes of the sample's own label.
+    PerLabel,
 }
 
 impl SweepParam {
-    pub const ALL: [SweepParam; 8] = [
+    pub const ALL: [SweepParam; 9] = [
         SweepParam::Probes,
         SweepParam::K,
         SweepParam::Epochs,
@@ -44,6 +46,7 @@ impl SweepParam {
         SweepParam::RejectFraction,
         SweepParam::ProbeContamination,
         SweepParam::LearningRate,
+        SweepParam::PerLabel,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl SweepParam {
             SweepParam::RejectFraction => "reject-fraction",
             SweepParam::ProbeContamination => "probe-contamination",
             SweepParam::LearningRate => "learning-rate",
+            SweepParam::PerLabel => "per-label",
         }
     }
 
@@ -69,12 +73,14 @@ impl SweepParam {
             SweepParam::RejectFraction => vec![0.1, 0.2, 0.3, 0.4],
             SweepParam::ProbeContamination => vec![0.0, 0.05, 0.1, 0.2],
             SweepParam::LearningRate => vec![0.003, 0.01, 0.03, 0.1],
+            SweepParam::PerLabel => vec![0.0, 1.0],
         }
     }
 
-    /// Changes that can reuse another point's loss trajectories.
-    fn rescores_only(self) -> bool {
-        matches!(self, SweepParam::K | SweepParam::Alpha | SweepParam::RejectFraction)
+    /// Changes that can reuse another point's loss trajectories (cheap enough to sweep on the
+    /// whole stream).
+    pub fn rescores_only(self) -> bool {
+        matches!(self, SweepParam::K | SweepParam::Alpha | SweepParam::RejectFraction | SweepParam::PerLabel)
     }
 
     /// The engine config at `value`.
@@ -98,6 +104,7 @@ impl SweepParam {
             }
             SweepParam::ProbeContamination => {}
             SweepParam::LearningRate => config.shadow.learning_rate = value as f32,
+            SweepParam::PerLabel => config.scorer.per_label = value != 0.0,
         }
         config
     }

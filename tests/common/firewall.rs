@@ -114,13 +114,18 @@ pub struct Firewall {
 
 impl Firewall {
     pub fn start(config: &Path) -> Self {
+        Self::start_logging(config, "info,librdkafka=warn")
+    }
+
+    /// Starts with this `RUST_LOG` filter.
+    pub fn start_logging(config: &Path, filter: &str) -> Self {
         // Every run of this firewall appends to one log beside its config, for failed tests.
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_lossgate"))
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,librdkafka=warn")
+            .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
