@@ -32,7 +32,9 @@ fn window(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements((config.window.size + config.probes.count) as u64));
     let mut window = WholeWindow::new(&runtime, config).unwrap();
-    group.bench_function("8192_samples_250_probes_30_epochs", |b| b.iter(|| window.run().unwrap()));
+    group.bench_function("default_window_4096_samples_250_probes_10_epochs", |b| {
+        b.iter(|| window.run().unwrap())
+    });
     group.finish();
 }
 

@@ -80,7 +80,7 @@ pub struct WindowConfig {
 
 impl Default for WindowConfig {
     fn default() -> Self {
-        Self { size: 8192, max_wait: Duration::from_secs(30) }
+        Self { size: 4096, max_wait: Duration::from_secs(30) }
     }
 }
 
@@ -116,7 +116,7 @@ impl Default for ShadowConfig {
     fn default() -> Self {
         Self {
             hidden: vec![256],
-            epochs: 30,
+            epochs: 10,
             batch_size: 128,
             learning_rate: 0.01,
             momentum: 0.9,
@@ -306,9 +306,9 @@ mod tests {
     #[test]
     fn empty_file_gives_the_documented_defaults() {
         let c = parse("").unwrap();
-        assert_eq!(c.window.size, 8192);
+        assert_eq!(c.window.size, 4096);
         assert_eq!(c.shadow.hidden, vec![256]);
-        assert_eq!(c.shadow.epochs, 30);
+        assert_eq!(c.shadow.epochs, 10);
         assert_eq!(c.scorer.k, 50);
         assert_eq!(c.probes.count, 250);
     }

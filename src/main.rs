@@ -100,6 +100,9 @@ struct EvalArgs {
     /// Stream only this many training samples per seed in the comparison (default: all).
     #[arg(long)]
     max_samples: Option<usize>,
+    /// The defences compared (comma-separated); `none` alone checks how well each attack works.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = lossgate::eval::defence::Defence::ALL)]
+    defences: Vec<lossgate::eval::defence::Defence>,
     /// Run these sweeps (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     sweep: Vec<lossgate::eval::sweep::SweepParam>,
@@ -192,6 +195,7 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         max_samples,
         loss_value_epochs: 3,
+        defences: args.defences.clone(),
     };
     let dataset_name = match &source {
         DataSource::Mnist(_) => "MNIST".to_string(),
@@ -206,7 +210,8 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         let (comparison, plots) = harness.compare(&args.seeds, &dataset_name)?;
         report::write_json(&args.out.join(report::COMPARISON_FILE), &comparison)?;
         if let Some(plots) = plots {
-            write_comparison_plots(&args.out, &plots, &comparison)?;
+            let names: Vec<String> = comparison.attacks.iter().map(|a| a.name.clone()).collect();
+            eval::plots::comparison(&args.out, &plots, &names)?;
         }
     }
     for param in sweeps {
@@ -224,47 +229,6 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     }
     render(&args)?;
     println!("{}", std::fs::read_to_string(&args.markdown)?);
-    Ok(())
-}
-
-fn write_comparison_plots(
-    out: &std::path::Path,
-    plots: &lossgate::eval::PlotData,
-    comparison: &lossgate::eval::Comparison,
-) -> Result<()> {
-    use lossgate::eval::plots;
-    let names: Vec<String> = comparison.attacks.iter().map(|a| a.name.clone()).collect();
-    plots::trajectories(&out.join("trajectories.png"), plots, &names)?;
-    let lossgate_title = "lossgate (windows): score / threshold, seed 1";
-    let offline_title = "offline BaDLoss (one window, 40 %): score / threshold, seed 1";
-    plots::score_histogram(
-        &out.join("scores-lossgate.png"),
-        &plots.lossgate_scores,
-        &plots.origin,
-        &names,
-        lossgate_title,
-    )?;
-    plots::score_histogram(
-        &out.join("scores-offline.png"),
-        &plots.offline_scores,
-        &plots.origin,
-        &names,
-        offline_title,
-    )?;
-    plots::roc(
-        &out.join("roc-lossgate.png"),
-        &plots.lossgate_scores,
-        &plots.origin,
-        &names,
-        "ROC per attack: lossgate, seed 1",
-    )?;
-    plots::roc(
-        &out.join("roc-offline.png"),
-        &plots.offline_scores,
-        &plots.origin,
-        &names,
-        "ROC per attack: offline BaDLoss, seed 1",
-    )?;
     Ok(())
 }
 

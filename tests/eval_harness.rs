@@ -23,6 +23,7 @@ fn quick_harness(runtime: &lossgate::shadow::Runtime) -> Harness<'_> {
         jobs: 2,
         max_samples: Some(samples),
         loss_value_epochs: 3,
+        defences: Defence::ALL.to_vec(),
     }
 }
 

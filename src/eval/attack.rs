@@ -59,6 +59,9 @@ pub struct Attack {
     pub row: Option<usize>,
     pub col: Option<usize>,
     pub alpha: Option<f32>,
+    /// The trigger's strength on test images, where it may be stronger than in the poisons
+    /// (as in the SIG paper); default: `alpha`.
+    pub test_alpha: Option<f32>,
     pub pattern: Option<BlendPattern>,
     pub pattern_seed: Option<u64>,
     pub grid_step: Option<usize>,
@@ -114,6 +117,7 @@ impl Attack {
             ("row", self.row.is_some()),
             ("col", self.col.is_some()),
             ("alpha", self.alpha.is_some()),
+            ("test_alpha", self.test_alpha.is_some()),
             ("pattern", self.pattern.is_some()),
             ("pattern_seed", self.pattern_seed.is_some()),
             ("grid_step", self.grid_step.is_some()),
@@ -129,8 +133,8 @@ impl Attack {
         let (required, optional): (&[&str], &[&str]) = match self.kind {
             Patch => (&["size"], &["margin", "value"]),
             Pixel => (&["row", "col"], &["value"]),
-            Blend => (&["alpha", "pattern"], &["pattern_seed", "grid_step"]),
-            Sig => (&["alpha"], &["frequency"]),
+            Blend => (&["alpha", "pattern"], &["pattern_seed", "grid_step", "test_alpha"]),
+            Sig => (&["alpha"], &["frequency", "test_alpha"]),
             Frequency => (&["coefficients", "magnitude"], &[]),
             LabelFlip => (&[], &[]),
             Features => (&["features", "values"], &[]),
@@ -172,9 +176,9 @@ impl Attack {
         if self.row.is_some_and(|r| r >= side) || self.col.is_some_and(|c| c >= side) {
             bail!("`row`/`col` must be below the image side {side}");
         }
-        if let Some(alpha) = self.alpha {
-            if !(alpha > 0.0 && alpha <= 1.0) {
-                bail!("`alpha` = {alpha} must be in (0, 1]");
+        for (name, value) in [("alpha", self.alpha), ("test_alpha", self.test_alpha)] {
+            if let Some(alpha) = value.filter(|a| !(*a > 0.0 && *a <= 1.0)) {
+                bail!("`{name}` = {alpha} must be in (0, 1]");
             }
         }
         if let Some(c) =
@@ -237,6 +241,14 @@ impl Attack {
                     x[i] = value;
                 }
             }
+        }
+    }
+
+    /// Applies the trigger as the attacker would at test time (`test_alpha` if set).
+    pub fn stamp_test(&self, x: &mut [f32]) {
+        match self.test_alpha {
+            Some(alpha) => Attack { alpha: Some(alpha), ..self.clone() }.stamp(x),
+            None => self.stamp(x),
         }
     }
 

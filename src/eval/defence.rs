@@ -15,7 +15,7 @@ use crate::engine::trajectory::{record_loss_matrix, TrainingPlan};
 use crate::engine::{score_and_decide, Engine, WindowOutcome};
 use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Defence {
     /// Train on everything.

@@ -41,6 +41,8 @@ pub struct Harness<'a> {
     pub max_samples: Option<usize>,
     /// Epochs of shadow training before the loss-value baseline picks its suspects.
     pub loss_value_epochs: usize,
+    /// The defences the comparison runs (`[None]` alone checks the attacks' strength).
+    pub defences: Vec<Defence>,
 }
 
 /// The quick mode (a few minutes on 2 cores; the test suite runs it): 8 192 samples, windows
@@ -119,7 +121,8 @@ pub struct PlotData {
     pub first_window_origin: Vec<Option<usize>>,
     /// Lossgate's score / window threshold of every stream sample.
     pub lossgate_scores: Vec<f32>,
-    pub offline_scores: Vec<f32>,
+    /// The offline defence's, when it ran.
+    pub offline_scores: Option<Vec<f32>>,
     pub origin: Vec<Option<usize>>,
 }
 
@@ -197,32 +200,53 @@ impl Harness<'_> {
     }
 
     /// Every defence on one seed, each followed by a victim trained on what it kept.
-    fn compare_seed(&self, seed: u64, progress: &ProgressBar) -> Result<(SeedComparison, PlotData)> {
+    fn compare_seed(&self, seed: u64, progress: &ProgressBar) -> Result<(SeedComparison, Option<PlotData>)> {
         let started = Instant::now();
         let tick = || progress.inc(1);
         let scenario = self.scenario(seed, 0.0);
         let n = scenario.stream.len();
-        let lossgate = run_engine(self.runtime, &self.config, &scenario, seed, &tick)?;
-        let lossgate_flags = lossgate.flagged();
-        let lossgate_scores = lossgate.normalised_scores();
+        let wants = |d: Defence| self.defences.contains(&d);
+        // Loss value and random drop remove as many samples as lossgate: it runs for them too.
+        let lossgate = match wants(Defence::Lossgate) || wants(Defence::LossValue) || wants(Defence::Random) {
+            true => Some(run_engine(self.runtime, &self.config, &scenario, seed, &tick)?),
+            false => None,
+        };
+        let lossgate_scores = lossgate.as_ref().map(|l| l.normalised_scores());
+        let lossgate_flags = lossgate.as_ref().map(|l| l.flagged()).unwrap_or_else(|| vec![false; n]);
         let rate = lossgate_flags.iter().filter(|&&f| f).count() as f64 / n.max(1) as f64;
-        let offline = run_offline(self.runtime, &self.config, &scenario, seed, &tick)?;
-        let (loss_flags, loss_scores) =
-            loss_value_flags(self.runtime, &self.config, &scenario, self.loss_value_epochs, rate, seed)?;
-        let offline_scores = offline.normalised_scores();
-        let flagged_by: Vec<(Defence, Vec<bool>, Option<&[f32]>)> = vec![
-            (Defence::None, vec![false; n], None),
-            (Defence::Lossgate, lossgate_flags, Some(&lossgate_scores)),
-            (Defence::OfflineBadloss, offline.flagged(), Some(&offline_scores)),
-            (Defence::LossValue, loss_flags, Some(&loss_scores)),
-            (Defence::Random, random_flags(n, rate, seed), None),
-        ];
+        let offline = match wants(Defence::OfflineBadloss) {
+            true => Some(run_offline(self.runtime, &self.config, &scenario, seed, &tick)?),
+            false => None,
+        };
+        let offline_scores = offline.as_ref().map(|o| o.normalised_scores());
+        let mut flagged_by: Vec<(Defence, Vec<bool>, Option<Vec<f32>>)> = Vec::new();
+        for defence in Defence::ALL.into_iter().filter(|&d| wants(d)) {
+            flagged_by.push(match defence {
+                Defence::None => (defence, vec![false; n], None),
+                Defence::Lossgate => (defence, lossgate_flags.clone(), lossgate_scores.clone()),
+                Defence::OfflineBadloss => {
+                    (defence, offline.as_ref().expect("run above").flagged(), offline_scores.clone())
+                }
+                Defence::LossValue => {
+                    let (flags, scores) = loss_value_flags(
+                        self.runtime,
+                        &self.config,
+                        &scenario,
+                        self.loss_value_epochs,
+                        rate,
+                        seed,
+                    )?;
+                    (defence, flags, Some(scores))
+                }
+                Defence::Random => (defence, random_flags(n, rate, seed), None),
+            });
+        }
         let victim_seed = seed.wrapping_add(0x51c7);
         let clean_only = self.victim_on(&scenario, &scenario.poison_mask(), victim_seed, &tick)?;
         let mut defences = Vec::new();
         for (defence, flagged, scores) in &flagged_by {
             let victim = self.victim_on(&scenario, flagged, victim_seed, &tick)?;
-            let detection = self.detection(&scenario, flagged, *scores);
+            let detection = self.detection(&scenario, flagged, scores.as_deref());
             tracing::info!(
                 seed,
                 defence = defence.name(),
@@ -235,14 +259,16 @@ impl Harness<'_> {
             );
             defences.push(DefenceResult { defence: *defence, detection, victim });
         }
-        let first = &lossgate.windows[0].outcome;
-        let plots = PlotData {
-            first_window_losses: first.losses.clone(),
-            first_window_origin: scenario.origin[..first.sample_count()].to_vec(),
-            lossgate_scores,
-            offline_scores,
-            origin: scenario.origin.clone(),
-        };
+        let plots = lossgate.as_ref().map(|lossgate| {
+            let first = &lossgate.windows[0].outcome;
+            PlotData {
+                first_window_losses: first.losses.clone(),
+                first_window_origin: scenario.origin[..first.sample_count()].to_vec(),
+                lossgate_scores: lossgate_scores.clone().unwrap_or_default(),
+                offline_scores,
+                origin: scenario.origin.clone(),
+            }
+        });
         let result = SeedComparison {
             seed,
             stream_samples: n,
@@ -257,8 +283,9 @@ impl Harness<'_> {
     /// Shadow and victim epochs one seed of the comparison runs (the progress bar's unit).
     fn comparison_epochs(&self) -> u64 {
         let windows = self.stream_len().div_ceil(self.config.window.size);
-        let shadow = (windows + 1) * self.config.shadow.epochs;
-        let victims = (Defence::ALL.len() + 1) * self.victim.epochs;
+        let offline = self.defences.contains(&Defence::OfflineBadloss) as usize;
+        let shadow = (windows + offline) * self.config.shadow.epochs;
+        let victims = (self.defences.len() + 1) * self.victim.epochs;
         (shadow + victims) as u64
     }
 
@@ -274,7 +301,9 @@ impl Harness<'_> {
         let mut plots = None;
         for result in results {
             let (seed, plot) = result?;
-            plots.get_or_insert(plot);
+            if plots.is_none() {
+                plots = plot;
+            }
             seeds_out.push(seed);
         }
         let comparison =

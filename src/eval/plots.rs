@@ -327,3 +327,26 @@ pub fn sweep(path: &Path, sweep: &Sweep) -> Result<()> {
     };
     line_chart(path, &chart, &series).context("sweep plot")
 }
+
+/// The comparison's figures: trajectories, and per scoring defence a histogram and ROC curves.
+pub fn comparison(out: &Path, data: &PlotData, attacks: &[String]) -> Result<()> {
+    trajectories(&out.join("trajectories.png"), data, attacks)?;
+    let runs = [
+        ("lossgate", "lossgate (windows)", Some(&data.lossgate_scores)),
+        ("offline", "offline BaDLoss (one window, 40 %)", data.offline_scores.as_ref()),
+    ];
+    for (file, name, scores) in runs {
+        let Some(scores) = scores else { continue };
+        let histogram_title = format!("{name}: score / threshold, seed 1");
+        score_histogram(
+            &out.join(format!("scores-{file}.png")),
+            scores,
+            &data.origin,
+            attacks,
+            &histogram_title,
+        )?;
+        let roc_title = format!("ROC per attack: {name}, seed 1");
+        roc(&out.join(format!("roc-{file}.png")), scores, &data.origin, attacks, &roc_title)?;
+    }
+    Ok(())
+}

@@ -109,6 +109,12 @@ impl ShadowModel {
         Ok(())
     }
 
+    /// Changes the SGD learning rate from the next step on (schedules).
+    pub fn set_learning_rate(&mut self, learning_rate: f32) -> Result<()> {
+        self.hyper[0] = ("lr", scalar(learning_rate)?);
+        Ok(())
+    }
+
     /// One SGD step on a batch; returns each sample's loss before the update.
     pub fn train_step(&mut self, x: &[f32], y: &[i64]) -> Result<Vec<f32>> {
         let mut inputs = batch_inputs(x, y, self.shape.features)?;
