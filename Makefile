@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: setup demo eval results eval-quick test bench bench-pipeline check-config fmt
+.PHONY: setup demo eval results eval-quick test fault-soak bench bench-pipeline check-config fmt
 
 setup:
 	LOSSGATE_NEED_TANSU=1 bash scripts/setup.sh
@@ -31,6 +31,11 @@ eval-quick: setup
 test: setup
 	LOSSGATE_NEED_PROMTOOL=1 bash scripts/setup.sh
 	$(CARGO) test --all-targets
+
+## The SIGKILL fault test at its full count (CI runs 4 cycles): 10 kills at random moments
+## while records stream through tansu; prints records in/out, duplicates and recovery figures.
+fault-soak: setup
+	LOSSGATE_KILL_CYCLES=10 $(CARGO) test --test daemon_tansu sigkill -- --nocapture
 
 bench: setup
 	$(CARGO) bench --bench engine

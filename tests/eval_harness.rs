@@ -87,3 +87,68 @@ fn alpha_sweep_trades_false_rejects_for_catches() {
     assert!(loose.clean_false_reject.mean > 0.15 && strict.clean_false_reject.mean < 0.15, "{sweep:#?}");
     assert!(strict.mean_attack_success.is_none(), "no victims were asked for");
 }
+
+/// A user's tabular data as CSV with its own split, and a trigger defined in an attacks file:
+/// the harness runs on it unchanged.
+#[test]
+fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    // Three Gaussian classes in 12 features.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut write = |name: &str, rows: usize| {
+        let mut text = String::from("label");
+        for f in 0..12 {
+            text.push_str(&format!(",f{f}"));
+        }
+        text.push('\n');
+        for _ in 0..rows {
+            let label = rng.random_range(0..3usize);
+            text.push_str(&label.to_string());
+            for f in 0..12 {
+                let centre = if f % 3 == label { 1.0 } else { 0.0 };
+                text.push_str(&format!(",{:.4}", centre + rng.random_range(-0.6f32..0.6)));
+            }
+            text.push('\n');
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (train, test) = (write("train.csv", 3000), write("test.csv", 600));
+    let attacks = "[[attack]]\nname = \"stamp\"\nkind = \"features\"\ntarget = 2\nratio = 0.02\n\
+                   features = [0, 5, 10]\nvalues = [4.0, -3.0, 4.0]\n";
+    let attacks_path = dir.path().join("attacks.toml");
+    std::fs::write(&attacks_path, attacks).unwrap();
+
+    let dataset = Dataset::load(&DataSource::Csv { train, test, label_column: "label".into() }).unwrap();
+    assert_eq!((dataset.train.feature_count(), dataset.classes), (12, 3));
+    let runtime = common::runtime();
+    let mut config = EngineConfig::default();
+    config.input.features = 12;
+    config.input.classes = 3;
+    config.window.size = 1000;
+    config.shadow.hidden = vec![32];
+    let mut victim = VictimConfig { hidden: vec![64], epochs: 8, ..Default::default() };
+    victim.learning_rate = 0.05;
+    let harness = Harness {
+        runtime: &runtime,
+        config,
+        attacks: lossgate::eval::attack::load_attacks(&attacks_path, 12, 3).unwrap(),
+        dataset,
+        victim,
+        jobs: 2,
+        max_samples: None,
+        loss_value_epochs: 3,
+        defences: vec![Defence::None, Defence::Lossgate],
+    };
+    let (comparison, _) = harness.compare(&[3], "csv").unwrap();
+    let seed = &comparison.seeds[0];
+    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
+    assert_eq!(seed.poisons_per_attack, vec![55], "2 % of the 2 750 streamed rows");
+    let none = &seed.defences[0];
+    let lossgate = &seed.defences[1];
+    assert!(none.victim.attack_success[0].unwrap() >= 0.8, "the trigger works undefended\n{summary}");
+    assert!(lossgate.detection.auc.unwrap() >= 0.9, "{summary}");
+    assert!(lossgate.victim.attack_success[0].unwrap() < none.victim.attack_success[0].unwrap(), "{summary}");
+}
