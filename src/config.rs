@@ -110,6 +110,10 @@ pub struct ShadowConfig {
     pub intra_threads: usize,
     /// Path of libonnxruntime.so; default: ORT_DYLIB_PATH, then the setup cache.
     pub onnxruntime_library: Option<PathBuf>,
+    /// Independently seeded shadows per window whose loss trajectories are averaged.
+    pub runs: usize,
+    /// Train a second shadow without the first pass's suspects and decide on its trajectories.
+    pub second_pass: bool,
 }
 
 impl Default for ShadowConfig {
@@ -126,6 +130,8 @@ impl Default for ShadowConfig {
             cuda_fallback_to_cpu: false,
             intra_threads: 1,
             onnxruntime_library: None,
+            runs: 1,
+            second_pass: true,
         }
     }
 }
@@ -166,6 +172,11 @@ impl ShadowConfig {
             format!("{} must be >= 0", self.weight_decay),
         )?;
         ensure(self.intra_threads > 0, "shadow.intra_threads", "must be at least 1")?;
+        ensure(
+            self.runs > 0,
+            "shadow.runs",
+            "must be at least 1 (the shadows whose trajectories are averaged)",
+        )?;
         if let Some(lib) = &self.onnxruntime_library {
             ensure(
                 lib.is_file(),
@@ -309,6 +320,7 @@ mod tests {
         assert_eq!(c.window.size, 4096);
         assert_eq!(c.shadow.hidden, vec![256]);
         assert_eq!(c.shadow.epochs, 10);
+        assert!(c.shadow.second_pass);
         assert_eq!(c.scorer.k, 50);
         assert_eq!(c.probes.count, 250);
     }

@@ -215,15 +215,15 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         }
     }
     for param in sweeps {
-        // Re-scoring sweeps train once per seed: they run on the whole stream; the others
-        // train at every point and run on a subset.
-        harness.max_samples = match param.rescores_only() {
+        // Scoring and decision sweeps run on the whole stream; the others, which change
+        // training, on a subset.
+        harness.max_samples = match param.scoring_only() {
             true => max_samples,
             false => Some(args.sweep_samples.min(max_samples.unwrap_or(usize::MAX))),
         };
         let values = args.values.clone().unwrap_or_else(|| param.default_values());
         tracing::info!(sweep = param.name(), ?values, "sweep");
-        let sweep = harness.sweep(param, &values, &args.seeds, !args.no_victims)?;
+        let sweep = harness.sweep(param, &values, &args.seeds, param.needs_victims() && !args.no_victims)?;
         report::write_json(&args.out.join(report::sweep_file(param)), &sweep)?;
         lossgate::eval::plots::sweep(&args.out.join(format!("sweep-{}.png", param.name())), &sweep)?;
     }

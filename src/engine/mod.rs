@@ -12,7 +12,7 @@ use crate::data::LabelledSamples;
 use crate::decision::{Decision, DecisionConfig, Threshold};
 use crate::scorer::ProbeScorer;
 use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
-use trajectory::{kept_epochs, record_loss_matrix, TrainingPlan};
+use trajectory::{kept_epochs, record_loss_matrix_training_on, TrainingPlan};
 
 /// Everything one window produced, for the sinks, the metrics and the evaluation plots.
 #[derive(Debug)]
@@ -94,18 +94,55 @@ impl Engine {
         &mut self,
         window: &LabelledSamples,
         seed: u64,
-        on_epoch: impl FnMut(usize),
+        mut on_epoch: impl FnMut(usize),
     ) -> Result<WindowOutcome> {
         window.check_shape(self.config.input.features, self.config.input.classes).context("window")?;
         let joined = window.concat(&self.probes)?;
-        let plan = TrainingPlan {
-            epochs: self.config.shadow.epochs,
-            batch_size: self.config.shadow.batch_size,
-            seed,
-        };
-        let losses =
-            record_loss_matrix(&mut self.model, joined.features.view(), &joined.labels, plan, on_epoch)?;
+        let everything: Vec<usize> = (0..joined.len()).collect();
+        let losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
+        let outcome = score_and_decide(&self.config, losses, joined.labels.clone(), window.len());
+        if !self.config.shadow.second_pass {
+            return Ok(outcome);
+        }
+        // Second pass: a fresh shadow trained without the first pass's suspects, so that the
+        // poisons left in the window are fewer and their backdoor is learned less.
+        let kept: Vec<usize> =
+            everything.into_iter().filter(|&i| i >= window.len() || !outcome.decisions[i].flagged).collect();
+        let losses = self.averaged_losses(&joined, &kept, seed ^ 0x2ba5_5eed, &mut on_epoch)?;
         Ok(score_and_decide(&self.config, losses, joined.labels, window.len()))
+    }
+
+    /// The loss matrix of `shadow.runs` independently seeded shadows trained on `train_rows`,
+    /// averaged (one run: the matrix itself).
+    fn averaged_losses(
+        &mut self,
+        joined: &LabelledSamples,
+        train_rows: &[usize],
+        seed: u64,
+        on_epoch: &mut impl FnMut(usize),
+    ) -> Result<Array2<f32>> {
+        let runs = self.config.shadow.runs;
+        let mut total: Option<Array2<f32>> = None;
+        for run in 0..runs {
+            let plan = TrainingPlan {
+                epochs: self.config.shadow.epochs,
+                batch_size: self.config.shadow.batch_size,
+                seed: seed.wrapping_add((run as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            };
+            let losses = record_loss_matrix_training_on(
+                &mut self.model,
+                joined.features.view(),
+                &joined.labels,
+                train_rows,
+                plan,
+                &mut *on_epoch,
+            )?;
+            total = Some(match total {
+                Some(sum) => sum + losses,
+                None => losses,
+            });
+        }
+        Ok(total.expect("shadow.runs >= 1") / runs as f32)
     }
 }
 

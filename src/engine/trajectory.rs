@@ -28,6 +28,20 @@ pub fn record_loss_matrix(
     features: ArrayView2<f32>,
     labels: &[i64],
     plan: TrainingPlan,
+    on_epoch: impl FnMut(usize),
+) -> Result<Array2<f32>> {
+    let all: Vec<usize> = (0..labels.len()).collect();
+    record_loss_matrix_training_on(model, features, labels, &all, plan, on_epoch)
+}
+
+/// Like [`record_loss_matrix`], but trains only on `train_rows`; every row is still evaluated
+/// after every epoch (the second pass scores the first pass's suspects this way).
+pub fn record_loss_matrix_training_on(
+    model: &mut ShadowModel,
+    features: ArrayView2<f32>,
+    labels: &[i64],
+    train_rows: &[usize],
+    plan: TrainingPlan,
     mut on_epoch: impl FnMut(usize),
 ) -> Result<Array2<f32>> {
     let n = labels.len();
@@ -36,7 +50,7 @@ pub fn record_loss_matrix(
     let flat = features.as_slice().expect("standard layout is contiguous");
     model.reset(plan.seed)?;
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed ^ 0x5eed_5eed);
-    let mut order: Vec<usize> = (0..n).collect();
+    let mut order: Vec<usize> = train_rows.to_vec();
     let mut losses = Array2::<f32>::zeros((n, plan.epochs));
     let mut x_batch = Vec::with_capacity(plan.batch_size * d);
     let mut y_batch = Vec::with_capacity(plan.batch_size);

@@ -119,6 +119,8 @@ pub struct PlotData {
     /// `[samples + probes, epochs]` of lossgate's first window.
     pub first_window_losses: Array2<f32>,
     pub first_window_origin: Vec<Option<usize>>,
+    /// The label of every row of `first_window_losses`.
+    pub first_window_labels: Vec<i64>,
     /// Lossgate's score / window threshold of every stream sample.
     pub lossgate_scores: Vec<f32>,
     /// The offline defence's, when it ran.
@@ -264,6 +266,7 @@ impl Harness<'_> {
             PlotData {
                 first_window_losses: first.losses.clone(),
                 first_window_origin: scenario.origin[..first.sample_count()].to_vec(),
+                first_window_labels: first.labels.clone(),
                 lossgate_scores: lossgate_scores.clone().unwrap_or_default(),
                 offline_scores,
                 origin: scenario.origin.clone(),
@@ -284,7 +287,8 @@ impl Harness<'_> {
     fn comparison_epochs(&self) -> u64 {
         let windows = self.stream_len().div_ceil(self.config.window.size);
         let offline = self.defences.contains(&Defence::OfflineBadloss) as usize;
-        let shadow = (windows + offline) * self.config.shadow.epochs;
+        let passes = self.config.shadow.runs * (1 + self.config.shadow.second_pass as usize);
+        let shadow = (windows + offline) * self.config.shadow.epochs * passes;
         let victims = (self.defences.len() + 1) * self.victim.epochs;
         (shadow + victims) as u64
     }

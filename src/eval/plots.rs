@@ -328,9 +328,11 @@ pub fn sweep(path: &Path, sweep: &Sweep) -> Result<()> {
     line_chart(path, &chart, &series).context("sweep plot")
 }
 
-/// The comparison's figures: trajectories, and per scoring defence a histogram and ROC curves.
+/// The comparison's figures: trajectories, and per scoring defence a histogram and ROC curves;
+/// and the first window's loss matrix as CSV for your own analysis.
 pub fn comparison(out: &Path, data: &PlotData, attacks: &[String]) -> Result<()> {
     trajectories(&out.join("trajectories.png"), data, attacks)?;
+    trajectories_csv(&out.join("trajectories-seed1-window0.csv"), data, attacks)?;
     let runs = [
         ("lossgate", "lossgate (windows)", Some(&data.lossgate_scores)),
         ("offline", "offline BaDLoss (one window, 40 %)", data.offline_scores.as_ref()),
@@ -349,4 +351,29 @@ pub fn comparison(out: &Path, data: &PlotData, attacks: &[String]) -> Result<()>
         roc(&out.join(format!("roc-{file}.png")), scores, &data.origin, attacks, &roc_title)?;
     }
     Ok(())
+}
+
+/// One row per sample of the first window (probes last): `kind` (clean, an attack's name or
+/// probe), `label`, then the loss after each shadow epoch.
+fn trajectories_csv(path: &Path, data: &PlotData, attacks: &[String]) -> Result<()> {
+    use std::fmt::Write as _;
+    let losses = &data.first_window_losses;
+    let mut out = String::from("kind,label");
+    for e in 0..losses.ncols() {
+        let _ = write!(out, ",epoch{}", e + 1);
+    }
+    out.push('\n');
+    for (i, row) in losses.rows().into_iter().enumerate() {
+        let kind = match data.first_window_origin.get(i) {
+            Some(Some(a)) => attacks[*a].as_str(),
+            Some(None) => "clean",
+            None => "probe",
+        };
+        let _ = write!(out, "{kind},{}", data.first_window_labels[i]);
+        for v in row {
+            let _ = write!(out, ",{v}");
+        }
+        out.push('\n');
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }

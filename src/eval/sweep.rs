@@ -34,10 +34,14 @@ pub enum SweepParam {
     LearningRate,
     /// 0: score against all probes; 1: only against the probes of the sample's own label.
     PerLabel,
+    /// Shadows per window whose trajectories are averaged.
+    ShadowRuns,
+    /// 0: one pass; 1: a second shadow trained without the first pass's suspects.
+    SecondPass,
 }
 
 impl SweepParam {
-    pub const ALL: [SweepParam; 9] = [
+    pub const ALL: [SweepParam; 11] = [
         SweepParam::Probes,
         SweepParam::K,
         SweepParam::Epochs,
@@ -47,6 +51,8 @@ impl SweepParam {
         SweepParam::ProbeContamination,
         SweepParam::LearningRate,
         SweepParam::PerLabel,
+        SweepParam::ShadowRuns,
+        SweepParam::SecondPass,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +66,8 @@ impl SweepParam {
             SweepParam::ProbeContamination => "probe-contamination",
             SweepParam::LearningRate => "learning-rate",
             SweepParam::PerLabel => "per-label",
+            SweepParam::ShadowRuns => "shadow-runs",
+            SweepParam::SecondPass => "second-pass",
         }
     }
 
@@ -74,13 +82,26 @@ impl SweepParam {
             SweepParam::ProbeContamination => vec![0.0, 0.05, 0.1, 0.2],
             SweepParam::LearningRate => vec![0.003, 0.01, 0.03, 0.1],
             SweepParam::PerLabel => vec![0.0, 1.0],
+            SweepParam::ShadowRuns => vec![1.0, 2.0],
+            SweepParam::SecondPass => vec![0.0, 1.0],
         }
     }
 
-    /// Changes that can reuse another point's loss trajectories (cheap enough to sweep on the
-    /// whole stream).
-    pub fn rescores_only(self) -> bool {
+    /// Settings of the scorer or the decision only: swept on the whole stream (the others
+    /// change training and run on a subset).
+    pub fn scoring_only(self) -> bool {
         matches!(self, SweepParam::K | SweepParam::Alpha | SweepParam::RejectFraction | SweepParam::PerLabel)
+    }
+
+    /// Whether one training run per seed can be re-scored at every point: only for scoring
+    /// settings, and not with a second pass (whose training set the first decisions pick).
+    fn rescores(self, base: &EngineConfig) -> bool {
+        self.scoring_only() && !base.shadow.second_pass
+    }
+
+    /// Sweeps about detection alone train no victims (k, per-label, shadow runs).
+    pub fn needs_victims(self) -> bool {
+        !matches!(self, SweepParam::K | SweepParam::PerLabel | SweepParam::ShadowRuns)
     }
 
     /// The engine config at `value`.
@@ -105,6 +126,8 @@ impl SweepParam {
             SweepParam::ProbeContamination => {}
             SweepParam::LearningRate => config.shadow.learning_rate = value as f32,
             SweepParam::PerLabel => config.scorer.per_label = value != 0.0,
+            SweepParam::ShadowRuns => config.shadow.runs = value as usize,
+            SweepParam::SecondPass => config.shadow.second_pass = value != 0.0,
         }
         config
     }
@@ -146,8 +169,11 @@ impl Harness<'_> {
                 .validate()
                 .with_context(|| format!("sweep {} = {value}", param.name()))?;
         }
-        let windows = |c: &EngineConfig| self.stream_len().div_ceil(c.window.size) * c.shadow.epochs;
-        let shadow_epochs: usize = if param.rescores_only() {
+        let windows = |c: &EngineConfig| {
+            let passes = c.shadow.runs * (1 + c.shadow.second_pass as usize);
+            self.stream_len().div_ceil(c.window.size) * c.shadow.epochs * passes
+        };
+        let shadow_epochs: usize = if param.rescores(&self.config) {
             windows(&self.config)
         } else {
             values.iter().map(|&v| windows(&param.apply(&self.config, v))).sum()
@@ -159,7 +185,7 @@ impl Harness<'_> {
         );
         let tick = || progress.inc(1);
         // One job per seed for re-scoring sweeps (one training run each), else per (seed, value).
-        let jobs: Vec<(u64, Option<usize>)> = if param.rescores_only() {
+        let jobs: Vec<(u64, Option<usize>)> = if param.rescores(&self.config) {
             seeds.iter().map(|&s| (s, None)).collect()
         } else {
             seeds.iter().flat_map(|&s| (0..values.len()).map(move |v| (s, Some(v)))).collect()
@@ -208,7 +234,7 @@ impl Harness<'_> {
                 contamination(value),
                 seed,
             );
-            let run = if param.rescores_only() {
+            let run = if param.rescores(&self.config) {
                 if base_run.is_none() {
                     base_run = Some(run_engine(self.runtime, &self.config, &scenario, seed, tick)?);
                 }
