@@ -321,6 +321,7 @@ mod tests {
         assert_eq!(c.shadow.hidden, vec![256]);
         assert_eq!(c.shadow.epochs, 10);
         assert!(c.shadow.second_pass);
+        assert!(c.scorer.per_label);
         assert_eq!(c.scorer.k, 50);
         assert_eq!(c.probes.count, 250);
     }

@@ -48,7 +48,7 @@ impl Default for ScorerConfig {
             hnsw_max_connections: 24,
             hnsw_ef_construction: 200,
             hnsw_ef_search: 100,
-            per_label: false,
+            per_label: true,
         }
     }
 }

@@ -101,9 +101,10 @@ pub fn line_chart(path: &Path, chart: &Chart, series: &[Series]) -> Result<()> {
         mesh.x_label_formatter(&formatter).draw()?;
         if let Some((x, label)) = chart.vertical_line {
             let (lo, hi) = chart.y_range;
-            ctx.draw_series(DashedLineSeries::new(vec![(x, lo), (x, hi)], 6, 4, BLACK.stroke_width(2)))?
+            let grey = RGBColor(110, 110, 110).stroke_width(2);
+            ctx.draw_series(DashedLineSeries::new(vec![(x, lo), (x, hi)], 6, 4, grey))?
                 .label(label)
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
         }
         for s in series {
             let style = s.colour.stroke_width(2);
@@ -186,7 +187,8 @@ pub fn trajectories(path: &Path, data: &PlotData, attacks: &[String]) -> Result<
     line_chart(path, &chart, &series)
 }
 
-/// Histogram (share of each group per bin) of score / threshold, with the threshold at 1.
+/// Histogram (share of each group per bin) of log2(score / threshold): the threshold at 0,
+/// clean samples to its left, poisons that stand out far to its right.
 pub fn score_histogram(
     path: &Path,
     scores: &[f32],
@@ -194,13 +196,15 @@ pub fn score_histogram(
     attacks: &[String],
     title: &str,
 ) -> Result<()> {
-    const BINS: usize = 60;
-    const TOP: f64 = 3.0;
+    const BINS: usize = 80;
+    const LOW: f64 = -4.0;
+    const HIGH: f64 = 6.0;
+    let width = (HIGH - LOW) / BINS as f64;
     let names = group_names(attacks);
     let mut counts = vec![vec![0usize; BINS]; names.len()];
     for (&s, &o) in scores.iter().zip(origin) {
-        let bin = ((s as f64 / TOP * BINS as f64) as usize).min(BINS - 1);
-        counts[group_of(o)][bin] += 1;
+        let x = (s.max(1e-9) as f64).log2().clamp(LOW, HIGH - 1e-9);
+        counts[group_of(o)][((x - LOW) / width) as usize] += 1;
     }
     let mut series = Vec::new();
     let mut top = 0.0f64;
@@ -214,8 +218,7 @@ pub fn score_histogram(
             .enumerate()
             .flat_map(|(b, &c)| {
                 let share = c as f64 / total as f64;
-                let width = TOP / BINS as f64;
-                [(b as f64 * width, share), ((b + 1) as f64 * width, share)]
+                [(LOW + b as f64 * width, share), (LOW + (b + 1) as f64 * width, share)]
             })
             .collect();
         top = top.max(points.iter().map(|p| p.1).fold(0.0, f64::max));
@@ -229,12 +232,12 @@ pub fn score_histogram(
     }
     let chart = Chart {
         title,
-        x_label: "score / window threshold (last bin: 3 and above)",
+        x_label: "log2(score / window threshold); ends clamped",
         y_label: "share of the group",
-        x_range: (0.0, TOP),
+        x_range: (LOW, HIGH),
         y_range: (0.0, top * 1.05),
         x_ticks: None,
-        vertical_line: Some((1.0, "threshold")),
+        vertical_line: Some((0.0, "threshold")),
     };
     line_chart(path, &chart, &series)
 }

@@ -8,8 +8,10 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::attack::{Attack, AttackKind};
 use super::defence::Defence;
 use super::sweep::{Sweep, SweepParam};
+use super::victim::VictimResult;
 use super::{Comparison, DefenceResult, SeedComparison, Summary};
 
 pub const COMPARISON_FILE: &str = "comparison.json";
@@ -55,15 +57,30 @@ fn cell(s: Option<Summary>, f: fn(&Summary) -> String) -> String {
     s.map(|s| f(&s)).unwrap_or_else(|| "–".into())
 }
 
+/// Mean success of the dirty-label backdoors only (every backdoor but the clean-label SIG).
+fn dirty_label_success(attacks: &[Attack], victim: &VictimResult) -> f64 {
+    let rates: Vec<f64> = attacks
+        .iter()
+        .zip(&victim.attack_success)
+        .filter(|(a, _)| a.kind != AttackKind::Sig)
+        .filter_map(|(_, s)| *s)
+        .collect();
+    rates.iter().sum::<f64>() / rates.len().max(1) as f64
+}
+
 /// The target checks of the evaluation issue, on lossgate's numbers.
 fn targets(c: &Comparison, out: &mut String) {
     let asr = over_seeds(&c.seeds, |s| defence(s, Defence::Lossgate).map(|d| d.victim.mean_attack_success()));
+    let dirty = over_seeds(&c.seeds, |s| {
+        defence(s, Defence::Lossgate).map(|d| dirty_label_success(&c.attacks, &d.victim))
+    });
     let gap = over_seeds(&c.seeds, |s| {
         defence(s, Defence::Lossgate).map(|d| s.clean_only.clean_accuracy - d.victim.clean_accuracy)
     });
     let frr = over_seeds(&c.seeds, |s| defence(s, Defence::Lossgate).map(|d| d.detection.clean_false_reject));
     let rows = [
         ("mean attack success after lossgate", "≤ 5 %", asr, 0.05),
+        ("(the same, dirty-label backdoors only: all but SIG)", "≤ 5 %", dirty, 0.05),
         ("clean accuracy below the clean-data-only model", "≤ 1.5 points", gap, 0.015),
         ("clean false-reject rate", "≤ 10 %", frr, 0.10),
     ];
@@ -115,13 +132,15 @@ fn comparison_section(c: &Comparison, out: &mut String) {
         "Loss value and random drop remove as many samples as lossgate did on the same seed, so \
          the comparison is at an equal data budget.\n\n",
     );
-    out.push_str("| defence | data dropped | clean false-reject | poisons caught | mean attack success | clean accuracy | score AUC |\n|---|---|---|---|---|---|---|\n");
+    out.push_str("| defence | data dropped | clean false-reject | poisons caught | mean attack success | the same, dirty-label only | clean accuracy | score AUC |\n|---|---|---|---|---|---|---|---|\n");
     let acc = over_seeds(&c.seeds, |s| Some(s.clean_only.clean_accuracy));
     let asr = over_seeds(&c.seeds, |s| Some(s.clean_only.mean_attack_success()));
+    let dirty = over_seeds(&c.seeds, |s| Some(dirty_label_success(&c.attacks, &s.clean_only)));
     let _ = writeln!(
         out,
-        "| clean data only (reference) | – | – | – | {} | {} | – |",
+        "| clean data only (reference) | – | – | – | {} | {} | {} | – |",
         cell(asr, pct),
+        cell(dirty, pct),
         cell(acc, pct)
     );
     for which in Defence::ALL {
@@ -129,12 +148,17 @@ fn comparison_section(c: &Comparison, out: &mut String) {
             |f: fn(&DefenceResult) -> Option<f64>| over_seeds(&c.seeds, |s| defence(s, which).and_then(f));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             which.name(),
             cell(d(|r| Some(r.detection.dropped)), pct),
             cell(d(|r| Some(r.detection.clean_false_reject)), pct),
             cell(d(|r| Some(r.detection.caught)), pct),
             cell(d(|r| Some(r.victim.mean_attack_success())), pct),
+            cell(
+                over_seeds(&c.seeds, |s| defence(s, which)
+                    .map(|r| dirty_label_success(&c.attacks, &r.victim))),
+                pct
+            ),
             cell(d(|r| Some(r.victim.clean_accuracy)), pct),
             cell(d(|r| r.detection.auc), num),
         );
@@ -226,8 +250,13 @@ fn sweep_section(sweep: &Sweep, out: &mut String) {
     out.push_str(
         "| value | clean false-reject | poisons caught | score AUC | mean attack success | clean accuracy |",
     );
+    let victims = sweep.points.iter().any(|p| !p.victims.is_empty());
     for attack in &sweep.attacks {
-        let _ = write!(out, " caught {attack} |");
+        match victims {
+            true => write!(out, " {attack}: caught / success |"),
+            false => write!(out, " {attack}: caught |"),
+        }
+        .expect("writing to a String");
     }
     out.push_str("\n|---|---|---|---|---|---|");
     out.push_str(&"---|".repeat(sweep.attacks.len()));
@@ -245,7 +274,12 @@ fn sweep_section(sweep: &Sweep, out: &mut String) {
         );
         for a in 0..sweep.attacks.len() {
             let caught: Vec<f64> = p.detections.iter().map(|d| d.caught_per_attack[a]).collect();
-            let _ = write!(out, " {:.0} % |", 100.0 * Summary::of(&caught).mean);
+            let _ = write!(out, " {:.0} %", 100.0 * Summary::of(&caught).mean);
+            let success: Vec<f64> = p.victims.iter().filter_map(|v| v.attack_success[a]).collect();
+            if !success.is_empty() {
+                let _ = write!(out, " / {:.1} %", 100.0 * Summary::of(&success).mean);
+            }
+            out.push_str(" |");
         }
         out.push('\n');
     }

@@ -77,7 +77,7 @@ impl SweepParam {
             SweepParam::K => vec![5.0, 10.0, 25.0, 50.0, 100.0, 200.0],
             SweepParam::Epochs => vec![5.0, 10.0, 20.0, 30.0],
             SweepParam::Window => vec![1024.0, 2048.0, 4096.0, 8192.0, 16384.0],
-            SweepParam::Alpha => vec![0.02, 0.05, 0.1, 0.2, 0.3],
+            SweepParam::Alpha => vec![0.02, 0.05, 0.08, 0.1, 0.2, 0.3],
             SweepParam::RejectFraction => vec![0.1, 0.2, 0.3, 0.4],
             SweepParam::ProbeContamination => vec![0.0, 0.05, 0.1, 0.2],
             SweepParam::LearningRate => vec![0.003, 0.01, 0.03, 0.1],
