@@ -217,7 +217,7 @@ fn create_producer(config: &Config) -> Result<FutureProducer> {
         let id = config.delivery.transactional_id.clone().expect("validated");
         client.set("transactional.id", id);
     }
-    let producer: FutureProducer = client.create().context("creating the Kafka producer")?;
+    let producer: FutureProducer = crate::kafka::create_client(&client, "the Kafka producer")?;
     if config.delivery.mode == DeliveryMode::Transactional {
         producer
             .init_transactions(KAFKA_TIMEOUT)
@@ -240,7 +240,7 @@ fn create_consumer(config: &Config, context: RebalanceContext) -> Result<InputCo
     if config.delivery.mode == DeliveryMode::Transactional {
         client.set("isolation.level", "read_committed");
     }
-    client.create_with_context(context).context("creating the Kafka consumer")
+    crate::kafka::create_client_with_context(&client, context, "the Kafka consumer")
 }
 
 /// The main loop's state besides the pipeline.

@@ -113,7 +113,8 @@ pub fn run_engine(
     Ok(StreamRun { windows })
 }
 
-/// The paper's offline setting: one window holding the whole stream, reject a fixed fraction.
+/// The paper's offline setting: one window holding the whole stream, reject a fixed fraction,
+/// with lossgate's shadow (shape, epochs, learning rate) but none of its additions.
 pub fn run_offline(
     runtime: &Runtime,
     config: &EngineConfig,
@@ -121,8 +122,12 @@ pub fn run_offline(
     seed: u64,
     on_epoch: &(dyn Fn() + Sync),
 ) -> Result<StreamRun> {
+    // The paper's method as published: one shadow, one pass, all probes for every sample.
     let mut offline = config.clone();
     offline.window.size = scenario.stream.len();
+    offline.shadow.runs = 1;
+    offline.shadow.second_pass = false;
+    offline.scorer.per_label = false;
     offline.decision.policy = Policy::RejectFraction;
     offline.decision.reject_fraction = 0.4;
     run_engine(runtime, &offline, scenario, seed, on_epoch)

@@ -288,7 +288,7 @@ impl Harness<'_> {
         let windows = self.stream_len().div_ceil(self.config.window.size);
         let offline = self.defences.contains(&Defence::OfflineBadloss) as usize;
         let passes = self.config.shadow.runs * (1 + self.config.shadow.second_pass as usize);
-        let shadow = (windows + offline) * self.config.shadow.epochs * passes;
+        let shadow = (windows * passes + offline) * self.config.shadow.epochs;
         let victims = (self.defences.len() + 1) * self.victim.epochs;
         (shadow + victims) as u64
     }

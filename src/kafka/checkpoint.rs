@@ -136,7 +136,7 @@ pub fn scan_outputs(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer = config.create().context("creating the recovery reader")?;
+    let consumer: BaseConsumer = super::create_client(&config, "the recovery reader")?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut ends = Checkpoint::default();

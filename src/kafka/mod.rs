@@ -9,6 +9,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{FromClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -94,6 +96,35 @@ pub fn is_secret(name: &str) -> bool {
         || name.contains("secret")
         || name.ends_with(".key.pem")
         || name.contains("token")
+}
+
+/// `error` as text with every secret value of `client` replaced: librdkafka's configuration
+/// errors quote the offending property's value, which may be a password.
+pub fn redacted_error(client: &ClientConfig, error: &rdkafka::error::KafkaError) -> String {
+    let mut text = error.to_string();
+    // config_map() masks the values; get() gives the real ones to look for.
+    for name in client.config_map().keys().filter(|name| is_secret(name)) {
+        if let Some(value) = client.get(name).filter(|v| !v.is_empty()) {
+            text = text.replace(value, "<redacted>");
+        }
+    }
+    text
+}
+
+/// Creates a client, with secrets kept out of the error (see [`redacted_error`]).
+pub fn create_client<C: FromClientConfig>(client: &ClientConfig, what: &str) -> anyhow::Result<C> {
+    client.create().map_err(|e| anyhow::anyhow!("creating {what}: {}", redacted_error(client, &e)))
+}
+
+/// Like [`create_client`], with a client context.
+pub fn create_client_with_context<X: ClientContext, C: FromClientConfigAndContext<X>>(
+    client: &ClientConfig,
+    context: X,
+    what: &str,
+) -> anyhow::Result<C> {
+    client
+        .create_with_context(context)
+        .map_err(|e| anyhow::anyhow!("creating {what}: {}", redacted_error(client, &e)))
 }
 
 impl KafkaConfig {
@@ -223,7 +254,7 @@ pub fn read_topic(
         .set("group.id", "lossgate-topic-reader")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer = config.create().context("creating a topic reader")?;
+    let consumer: BaseConsumer = create_client(&config, "a topic reader")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("reading the partitions of {topic}"))?;
