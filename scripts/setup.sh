@@ -79,8 +79,18 @@ install_promtool() {
 }
 
 mkdir -p "$CACHE"
+# The evaluation report's PNGs need a TrueType font (DejaVu Sans, or LOSSGATE_FONT).
+install_font() {
+  [ -n "${LOSSGATE_FONT:-}" ] && return 0
+  [ -s /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && return 0
+  log "font: installing Debian's fonts-dejavu-core (text in the evaluation plots)"
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends fonts-dejavu-core >/dev/null
+}
+
 install_onnxruntime
 install_mnist
+install_font
 if [ "${LOSSGATE_NEED_TANSU:-0}" = 1 ]; then install_tansu; fi
 if [ "${LOSSGATE_NEED_PROMTOOL:-0}" = 1 ]; then install_promtool; fi
 
