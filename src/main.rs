@@ -46,7 +46,7 @@ enum Command {
     /// The evaluation harness: seven simultaneous attacks, five defences side by side, a victim
     /// model per defence, sweeps of the paper's open questions; writes JSON, PNGs and
     /// RESULTS.md. Without --sweep or --all it runs the comparison only.
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
     /// Measure the shadow model, the GEMM ceiling, a whole window and the scorer; print a table.
     Bench {
         /// Short runs and a small window (a smoke test, not a measurement).
@@ -309,7 +309,7 @@ fn run(cli: Cli) -> Result<()> {
             let options = lossgate::demo::DemoOptions { records, seed, window, malformed };
             tokio_runtime()?.block_on(lossgate::demo::run(config, &mnist_dir(mnist), options))
         }
-        Command::Eval(args) => eval_command(args),
+        Command::Eval(args) => eval_command(*args),
         Command::Bench { quick } => {
             let runtime = Runtime::load(&Default::default())?;
             print!("{}", lossgate::bench::report(&runtime, quick)?);

@@ -61,7 +61,8 @@ fn tls_settings_reach_librdkafka_with_the_key_password_read_from_a_file() {
         } else {
             // The default build has no OpenSSL: librdkafka says so by name, and the error
             // carries no secret.
-            let error = format!("{:#}", created.err().expect("this build has no TLS support"));
+            let Err(error) = created else { panic!("this build has no TLS support") };
+            let error = format!("{error:#}");
             assert!(error.contains("OpenSSL not available"), "{error}");
             assert!(!error.contains(KEY_PASSWORD), "{error}");
         }
@@ -82,7 +83,7 @@ fn tls_settings_reach_librdkafka_with_the_key_password_read_from_a_file() {
 #[test]
 fn a_missing_secret_stops_start_up_naming_the_property_and_not_the_value() {
     let kafka = kafka_with(&[("sasl.password", "env:LOSSGATE_TEST_NOT_SET_ANYWHERE")]);
-    let error = format!("{:#}", kafka.client_config().err().expect("the variable is not set"));
+    let error = format!("{:#}", kafka.client_config().expect_err("the variable is not set"));
     assert!(
         error.contains("kafka.properties.sasl.password") && error.contains("LOSSGATE_TEST_NOT_SET_ANYWHERE")
     );

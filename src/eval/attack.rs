@@ -261,7 +261,11 @@ impl Attack {
             BlendPattern::Grid => {
                 let side = Self::side(len).unwrap_or(len);
                 let step = self.grid_step.unwrap_or(4).max(1);
-                (0..len).map(|i| ((i / side) % step == 0 || (i % side) % step == 0) as u8 as f32).collect()
+                (0..len)
+                    .map(|i| {
+                        ((i / side).is_multiple_of(step) || (i % side).is_multiple_of(step)) as u8 as f32
+                    })
+                    .collect()
             }
         }
     }

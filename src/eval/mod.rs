@@ -182,9 +182,8 @@ impl Harness<'_> {
             self.runtime,
             &self.victim,
             &scenario.stream.select(&kept),
-            &self.dataset.test,
+            &self.dataset,
             &self.attacks,
-            self.dataset.classes,
             seed,
             tick,
         )

@@ -8,6 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::attack::Attack;
+use super::scenario::Dataset;
 use crate::data::LabelledSamples;
 use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
 
@@ -52,17 +53,18 @@ impl VictimResult {
     }
 }
 
-/// Trains a fresh victim on `train` and tests it on `test` (clean) and on triggered copies.
+/// Trains a fresh victim on `train` and tests it on the dataset's test split (clean) and on
+/// triggered copies of it.
 pub fn train_and_test(
     runtime: &Runtime,
     config: &VictimConfig,
     train: &LabelledSamples,
-    test: &LabelledSamples,
+    dataset: &Dataset,
     attacks: &[Attack],
-    classes: usize,
     seed: u64,
     on_epoch: &(dyn Fn() + Sync),
 ) -> Result<VictimResult> {
+    let (test, classes) = (&dataset.test, dataset.classes);
     let shape = MlpShape { features: train.feature_count(), hidden: config.hidden.clone(), classes };
     let sgd = Sgd {
         learning_rate: config.learning_rate,
