@@ -305,7 +305,7 @@ pub fn render_markdown(results_dir: &Path, figures: &str, preface: &str) -> Resu
         .collect::<Result<_>>()?;
     if !sweeps.is_empty() {
         out.push_str("\n## Sweeps: the paper's open questions\n\n");
-        out.push_str("Each sweep varies one setting of lossgate (everything else at the defaults), over the same seeds, on a subset of the stream; victims are trained on what lossgate kept at each point.\n\n");
+        out.push_str("Each sweep varies one setting of lossgate (everything else at the defaults) over the same seeds. Sweeps of scoring and decision settings run on the whole stream, the others (which retrain) on the subset each names; where a sweep trains victims, they learn from what lossgate kept at each point, and each attack's column reads caught / success.\n\n");
         for sweep in &sweeps {
             sweep_section(sweep, &mut out);
         }
