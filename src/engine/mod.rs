@@ -171,8 +171,8 @@ pub fn score_and_decide(
 }
 
 /// Each sample against the probes of its own label only (k capped at that label's probe count
-/// less one); each probe's leave-one-out score within its label. A label without at least two
-/// probes scores its samples against all probes.
+/// less one); each probe's leave-one-out score within its label. A label with fewer than two
+/// probes falls back to all probes, for its samples and its probe alike.
 fn score_per_label(
     config: &EngineConfig,
     trajectories: ArrayView2<f32>,
@@ -181,7 +181,9 @@ fn score_per_label(
 ) -> (Vec<f32>, Vec<f32>) {
     let probes = trajectories.slice(s![sample_count.., ..]);
     let probe_labels = &labels[sample_count..];
-    let all = ProbeScorer::build(&config.scorer, probes);
+    let row = |i: usize| trajectories.row(i).to_slice().expect("standard layout");
+    // Built only if some label needs the fallback.
+    let mut all: Option<(ProbeScorer, Vec<f32>)> = None;
     let mut sample_scores = vec![0.0; sample_count];
     let mut probe_scores = vec![0.0; probe_labels.len()];
     let mut distinct: Vec<i64> = labels.to_vec();
@@ -191,8 +193,16 @@ fn score_per_label(
         let members: Vec<usize> = (0..probe_labels.len()).filter(|&i| probe_labels[i] == label).collect();
         let samples: Vec<usize> = (0..sample_count).filter(|&i| labels[i] == label).collect();
         if members.len() < 2 {
+            let (scorer, loo) = all.get_or_insert_with(|| {
+                let scorer = ProbeScorer::build(&config.scorer, probes);
+                let loo = scorer.leave_one_out_scores(probes);
+                (scorer, loo)
+            });
+            for &i in &members {
+                probe_scores[i] = loo[i];
+            }
             for &i in &samples {
-                sample_scores[i] = all.score(trajectories.row(i).as_slice().expect("standard layout"));
+                sample_scores[i] = scorer.score(row(i));
             }
             continue;
         }
@@ -204,8 +214,30 @@ fn score_per_label(
             probe_scores[i] = score;
         }
         for &i in &samples {
-            sample_scores[i] = scorer.score(trajectories.row(i).as_slice().expect("standard layout"));
+            sample_scores[i] = scorer.score(row(i));
         }
     }
     (sample_scores, probe_scores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_label_scoring_compares_within_a_label_and_falls_back_for_a_lone_probe() {
+        // Label 0: trajectories near 0; label 1: near 10; label 2 has a single probe.
+        // Rows: samples (0, 1, 2) then probes (0, 0, 0, 1, 1, 1, 2).
+        let values = [0.1f32, 10.1, 5.0, 0.0, 0.2, 0.3, 10.0, 10.2, 10.3, 5.0];
+        let labels = vec![0, 1, 2, 0, 0, 0, 1, 1, 1, 2];
+        let trajectories = Array2::from_shape_fn((10, 2), |(i, _)| values[i]);
+        let mut config = EngineConfig::default();
+        config.scorer.k = 2;
+        let (samples, probes) = score_per_label(&config, trajectories.view(), &labels, 3);
+        // Each sample sits among its own label's probes.
+        assert!(samples[0] < 0.5 && samples[1] < 0.5, "{samples:?}");
+        // The lone probe of label 2 is scored against all probes, not left at zero.
+        assert!(probes[6] > 1.0, "{probes:?}");
+        assert!(samples[2] > 1.0, "{samples:?}");
+    }
 }
