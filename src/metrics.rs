@@ -42,6 +42,8 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub skipped_already_produced: IntCounter,
     pub redelivered: IntCounter,
+    pub input_gaps: IntCounterVec,
+    pub partitions_stopped: IntGauge,
     pub score: Histogram,
     pub threshold: Gauge,
     pub window_size: IntGauge,
@@ -86,6 +88,12 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(consumer_lag.clone())).unwrap();
+        let partitions_stopped = IntGauge::new(
+            "lossgate_partitions_stopped",
+            "Input partitions stopped at a gap the broker left (nothing past it is committed)",
+        )
+        .unwrap();
+        r.register(Box::new(partitions_stopped.clone())).unwrap();
         let build_info =
             GaugeVec::new(Opts::new("lossgate_build_info", "Build information"), &["version"]).unwrap();
         r.register(Box::new(build_info.clone())).unwrap();
@@ -129,6 +137,13 @@ impl Metrics {
                 "lossgate_records_redelivered_total",
                 "Input records the broker delivered again below the read position; ignored",
             ),
+            input_gaps: counter_vec(
+                &r,
+                "lossgate_input_gaps_total",
+                "Jumps in the input offsets past records never delivered, by what was done: explained (no record there), skipped (gap_policy skip), stopped (partition stopped)",
+                &["result"],
+            ),
+            partitions_stopped,
             score: histogram(
                 &r,
                 "lossgate_anomaly_score",
@@ -180,6 +195,9 @@ impl Metrics {
         }
         for reason in crate::codec::Rejection::CODES {
             self.dead_lettered.with_label_values(&[reason]);
+        }
+        for result in ["explained", "skipped", "stopped"] {
+            self.input_gaps.with_label_values(&[result]);
         }
         for label in 0..classes {
             self.quarantined_by_label.with_label_values(&[&label.to_string()]);

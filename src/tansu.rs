@@ -10,10 +10,19 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The test broker (`LOSSGATE_TANSU`, else the setup's prebuilt tansu later than 0.6.0).
 fn tansu_binary() -> PathBuf {
     std::env::var_os("LOSSGATE_TANSU")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::shadow::runtime::cache_dir().join("bin").join("tansu"))
+}
+
+/// tansu 0.6.0 with sqlite storage (`LOSSGATE_TANSU_SQLITE`, else the setup's): the one with
+/// storage that survives a restart, and the one that skips records after a seek into a batch.
+fn tansu_060_binary() -> PathBuf {
+    std::env::var_os("LOSSGATE_TANSU_SQLITE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::shadow::runtime::cache_dir().join("bin").join("tansu-sqlite"))
 }
 
 pub struct Tansu {
@@ -24,7 +33,13 @@ pub struct Tansu {
 impl Tansu {
     /// In-memory storage on a free port.
     pub fn start() -> Self {
-        Self::start_with(free_port(), "memory://tansu/", None)
+        Self::start_with(tansu_binary(), free_port(), "memory://tansu/", None)
+    }
+
+    /// tansu 0.6.0, in-memory: it answers a fetch that starts inside a record batch with the
+    /// next batch (the gap tests).
+    pub fn start_060() -> Self {
+        Self::start_with(tansu_060_binary(), free_port(), "memory://tansu/", None)
     }
 
     /// sqlite storage that survives a broker kill: `start_sqlite(file, port)` again on the same
@@ -32,11 +47,10 @@ impl Tansu {
     pub fn start_sqlite(file: &std::path::Path, port: u16) -> Self {
         // tansu takes the path after sqlite:// relative to its working directory.
         let name = file.file_name().expect("a file name").to_string_lossy();
-        Self::start_with(port, &format!("sqlite://{name}"), file.parent())
+        Self::start_with(tansu_060_binary(), port, &format!("sqlite://{name}"), file.parent())
     }
 
-    fn start_with(port: u16, storage: &str, workdir: Option<&std::path::Path>) -> Self {
-        let binary = tansu_binary();
+    fn start_with(binary: PathBuf, port: u16, storage: &str, workdir: Option<&std::path::Path>) -> Self {
         assert!(
             binary.exists(),
             "tansu not found at {}: run `LOSSGATE_NEED_TANSU=1 scripts/setup.sh` (make test does)",

@@ -2,9 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::codec::{DecodeRules, Rejection, Sample};
+use crate::kafka::headers::{self, RawHeader};
 
 /// One input record, kept whole so that it can be forwarded byte for byte.
 #[derive(Debug, Clone)]
@@ -13,7 +14,8 @@ pub struct InputRecord {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// As bytes, with incoming `lossgate-*` keys renamed (see [`headers::untrusted`]).
+    pub headers: Vec<RawHeader>,
     pub timestamp: Option<i64>,
     pub sample: Result<Sample, Rejection>,
     /// Recovery found this record already produced by an earlier run: commit it, write nothing.
@@ -22,13 +24,11 @@ pub struct InputRecord {
 
 impl InputRecord {
     pub fn from_message(message: &BorrowedMessage<'_>, rules: &DecodeRules) -> Self {
-        let headers: Vec<(String, Option<Vec<u8>>)> = message
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
-            .unwrap_or_default();
+        let raw = headers::read_raw(message);
         let sample = rules.decode(message.payload(), |name| {
-            headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+            raw.iter().find(|(k, _)| k == name.as_bytes()).and_then(|(_, v)| v.as_deref())
         });
+        let headers = headers::untrusted(raw);
         Self {
             partition: message.partition(),
             offset: message.offset(),

@@ -6,12 +6,12 @@
 //! their end: the sources found there were already produced, and are skipped when the
 //! uncommitted input is read again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,28 @@ impl Checkpoint {
     /// The commit-metadata form.
     pub fn encode(&self) -> String {
         format!("{PREFIX}{}", serde_json::to_string(&self.ends).expect("maps of numbers serialise"))
+    }
+
+    /// The commit-metadata form if it fits [`METADATA_LIMIT`]; else empty, and recovery reads
+    /// the checkpoint topic instead (at about 100 output partitions).
+    pub fn encode_for_metadata(&self) -> String {
+        let encoded = self.encode();
+        if encoded.len() <= METADATA_LIMIT {
+            encoded
+        } else {
+            String::new()
+        }
+    }
+
+    /// A checkpoint no later than the output position of any of `records`: committing it keeps
+    /// them inside the next recovery scan.
+    pub fn floored(&self, records: impl IntoIterator<Item = OutputPosition>) -> Checkpoint {
+        let mut floor = Checkpoint::default();
+        for (topic, partition, offset) in records {
+            let e = floor.ends.entry(topic).or_default().entry(partition).or_insert(offset);
+            *e = (*e).min(offset);
+        }
+        self.earliest(&floor)
     }
 
     /// Parses commit metadata; `None` for metadata that is empty or not ours.
@@ -92,7 +114,8 @@ pub fn read_checkpoint_topic(
     let found = super::read_topic(client, checkpoint_topic, timeout)?;
     let mut latest: BTreeMap<i32, CheckpointRecord> = BTreeMap::new();
     for message in found {
-        let Ok(record) = serde_json::from_slice::<CheckpointRecord>(message.payload().unwrap_or_default())
+        let Ok(record) =
+            serde_json::from_slice::<CheckpointRecord>(message.payload.as_deref().unwrap_or_default())
         else {
             continue;
         };
@@ -111,17 +134,30 @@ pub fn read_checkpoint_topic(
     Ok(start)
 }
 
+/// Where an output record was written: topic, partition, offset.
+pub type OutputPosition = (String, i32, i64);
+
+/// Offsets of commit metadata a broker keeps at most (Kafka's `offset.metadata.max.bytes`
+/// defaults to 4096); a larger checkpoint goes to the checkpoint topic only.
+pub const METADATA_LIMIT: usize = 4000;
+
+/// Records per second a recovery scan is expected to read at least; its time limit grows with
+/// the records it has to read at this rate (a slow broker still finishes, a stuck one is reported).
+const SCAN_RATE_FLOOR: u64 = 2_000;
+
 /// What a recovery scan found.
 pub struct Recovered {
-    /// `(partition, offset)` of input records already written to an output topic.
-    pub already_produced: HashSet<(i32, i64)>,
+    /// `(partition, offset)` of input records already written to an output topic, and where.
+    pub already_produced: HashMap<(i32, i64), OutputPosition>,
     /// The outputs' end offsets when the scan finished: the checkpoint to continue from.
     pub ends: Checkpoint,
     pub records_scanned: u64,
 }
 
 /// Reads `outputs` from `start` (or from their beginning where `start` has no entry) to their
-/// current end, and collects the sources of `input_topic`'s `partitions` found there.
+/// current end, and collects the sources of `input_topic`'s `partitions` found there. `timeout`
+/// bounds each broker request; the whole scan may take that plus the time to read its records
+/// at [`SCAN_RATE_FLOOR`], and says how far it got when it runs out.
 pub fn scan_outputs(
     client: &ClientConfig,
     outputs: &[&str],
@@ -134,7 +170,9 @@ pub fn scan_outputs(
     config
         .set("group.id", "lossgate-recovery-scan")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        // End-of-partition events end the scan of a partition whose last offsets are control
+        // records (transactional outputs): they are never delivered as messages.
+        .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10");
     let consumer: BaseConsumer = super::create_client(&config, "the recovery reader")?;
     let mut assignment = TopicPartitionList::new();
@@ -161,34 +199,65 @@ pub fn scan_outputs(
             }
         }
     }
-    let mut found = HashSet::new();
+    let mut found = HashMap::new();
     let mut records_scanned = 0;
     if remaining.is_empty() {
         return Ok(Recovered { already_produced: found, ends, records_scanned });
     }
+    let to_read: u64 = assignment
+        .elements()
+        .iter()
+        .filter_map(|e| {
+            let high = remaining.get(&(e.topic().to_string(), e.partition()))?;
+            let Offset::Offset(from) = e.offset() else { return None };
+            Some((high - from).max(0) as u64)
+        })
+        .sum();
+    let budget = timeout + Duration::from_secs(to_read / SCAN_RATE_FLOOR);
     consumer.assign(&assignment)?;
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + budget;
     // Read to the reported end offsets, then on until nothing more arrives for a moment: some
     // brokers (tansu 0.6) report end offsets below what they hold.
     let mut quiet_since = Instant::now();
+    // Partition numbers that reported end-of-partition since their last record.
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let mut last_report = Instant::now();
     loop {
-        if remaining.is_empty() && quiet_since.elapsed() > QUIET {
+        let quiet = quiet_since.elapsed() > QUIET;
+        if quiet && remaining.keys().all(|(_, p)| at_end.contains(p)) {
             break;
         }
         if Instant::now() > deadline {
-            bail!("recovery scan of the output topics did not reach their end within {timeout:?}; {} partitions left", remaining.len());
+            bail!(
+                "recovery scan of the output topics read {records_scanned} of about {to_read} records in {budget:?} \
+                 and did not reach the end of {} partitions: is the broker overloaded? Retrying",
+                remaining.len()
+            );
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            tracing::info!(records_scanned, to_read, "recovery scan in progress");
+            last_report = Instant::now();
         }
         let Some(message) = consumer.poll(Duration::from_millis(50)) else { continue };
+        let message = match message {
+            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                at_end.insert(p);
+                continue;
+            }
+            other => other.context("reading an output topic during recovery")?,
+        };
         quiet_since = Instant::now();
-        let message = message.context("reading an output topic during recovery")?;
+        at_end.remove(&message.partition());
         records_scanned += 1;
-        if let Some(source) = message
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == headers::SOURCE).and_then(|h| h.value))
-            .and_then(headers::parse_source)
-        {
+        // Raw headers: outputs carry forwarded headers whose keys need not be UTF-8. The last
+        // source header is lossgate's own (incoming ones were renamed on the way in).
+        let raw = headers::read_raw(&message);
+        if let Some(source) = headers::last_value(&raw, headers::SOURCE).and_then(headers::parse_source) {
             if source.0 == input_topic && partitions.contains(&source.1) {
-                found.insert((source.1, source.2));
+                found.insert(
+                    (source.1, source.2),
+                    (message.topic().to_string(), message.partition(), message.offset()),
+                );
             }
         }
         let key = (message.topic().to_string(), message.partition());
@@ -215,6 +284,32 @@ mod tests {
         assert_eq!(decoded.get("out", 0), Some(10));
         assert_eq!(Checkpoint::decode(""), None);
         assert_eq!(Checkpoint::decode("something else"), None);
+    }
+
+    #[test]
+    fn a_floored_checkpoint_keeps_uncommitted_outputs_inside_the_next_scan() {
+        let mut c = Checkpoint::default();
+        c.advance("out", 0, 100);
+        c.advance("out", 1, 50);
+        let floored =
+            c.floored([("out".to_string(), 0, 40), ("out".to_string(), 0, 60), ("dlq".to_string(), 0, 3)]);
+        assert_eq!(floored.get("out", 0), Some(40), "the earliest uncommitted output wins");
+        assert_eq!(floored.get("out", 1), Some(50), "partitions without one keep their end");
+        assert_eq!(floored.get("dlq", 0), Some(3));
+        assert_eq!(c.floored([]), c);
+    }
+
+    #[test]
+    fn metadata_too_large_for_the_broker_is_left_to_the_checkpoint_topic() {
+        let mut c = Checkpoint::default();
+        for p in 0..300 {
+            c.advance("samples-clean", p, 1_000_000_000 + p as i64);
+        }
+        assert!(c.encode().len() > METADATA_LIMIT);
+        assert_eq!(c.encode_for_metadata(), "");
+        let mut small = Checkpoint::default();
+        small.advance("out", 0, 1);
+        assert_eq!(Checkpoint::decode(&small.encode_for_metadata()), Some(small));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{FromClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 
@@ -44,6 +44,24 @@ pub struct KafkaConfig {
     /// consumer and the producers alike. A value of the form `env:NAME` or `file:PATH` is
     /// read from that environment variable or file, so secrets need not sit in this file.
     pub properties: BTreeMap<String, String>,
+    /// Passed to the producers only, after `properties` (compression.type, batch.size, ...):
+    /// a producer property given to a consumer makes librdkafka warn.
+    pub producer_properties: BTreeMap<String, String>,
+    /// What to do when the input offsets jump past records never delivered.
+    pub gap_policy: GapPolicy,
+}
+
+/// What the daemon does when the offsets it receives jump past one it never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GapPolicy {
+    /// Stop reading the partition (nothing past the gap is committed) unless a second read
+    /// shows that the broker holds no record there.
+    #[default]
+    Stop,
+    /// Count the gap and carry on: for topics whose gaps are expected (compacted topics,
+    /// transactional producers' control records) on a broker that does not skip.
+    Skip,
 }
 
 impl Default for KafkaConfig {
@@ -60,6 +78,8 @@ impl Default for KafkaConfig {
             label_header: "label".into(),
             max_record_bytes: 1 << 20,
             properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            gap_policy: GapPolicy::Stop,
         }
     }
 }
@@ -68,23 +88,41 @@ impl std::fmt::Debug for KafkaConfig {
     /// Like the derived form, with secret property values redacted: configs are logged and
     /// printed (`lossgate check-config`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let properties: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "<redacted>" } else { v.as_str() }))
-            .collect();
+        let redact = |map: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            map.iter()
+                .map(|(k, v)| (k.clone(), if is_secret(k) { "<redacted>".to_string() } else { v.clone() }))
+                .collect()
+        };
+        // Destructured, so that a new field cannot be left out of the printed form unnoticed.
+        let Self {
+            brokers,
+            group_id,
+            input_topic,
+            output_topic,
+            quarantine_topic,
+            dead_letter_topic,
+            checkpoint_topic,
+            codec,
+            label_header,
+            max_record_bytes,
+            properties,
+            producer_properties,
+            gap_policy,
+        } = self;
         f.debug_struct("KafkaConfig")
-            .field("brokers", &self.brokers)
-            .field("group_id", &self.group_id)
-            .field("input_topic", &self.input_topic)
-            .field("output_topic", &self.output_topic)
-            .field("quarantine_topic", &self.quarantine_topic)
-            .field("dead_letter_topic", &self.dead_letter_topic)
-            .field("checkpoint_topic", &self.checkpoint_topic)
-            .field("codec", &self.codec)
-            .field("label_header", &self.label_header)
-            .field("max_record_bytes", &self.max_record_bytes)
-            .field("properties", &properties)
+            .field("brokers", brokers)
+            .field("group_id", group_id)
+            .field("input_topic", input_topic)
+            .field("output_topic", output_topic)
+            .field("quarantine_topic", quarantine_topic)
+            .field("dead_letter_topic", dead_letter_topic)
+            .field("checkpoint_topic", checkpoint_topic)
+            .field("codec", codec)
+            .field("label_header", label_header)
+            .field("max_record_bytes", max_record_bytes)
+            .field("properties", &redact(properties))
+            .field("producer_properties", &redact(producer_properties))
+            .field("gap_policy", gap_policy)
             .finish()
     }
 }
@@ -96,6 +134,8 @@ pub fn is_secret(name: &str) -> bool {
         || name.contains("secret")
         || name.ends_with(".key.pem")
         || name.contains("token")
+        // sasl.oauthbearer.config and .extensions carry credentials in free text.
+        || name.starts_with("sasl.oauthbearer.")
 }
 
 /// `error` as text with every secret value of `client` replaced: librdkafka's configuration
@@ -148,9 +188,13 @@ impl KafkaConfig {
             }
         }
         ensure(self.max_record_bytes > 0, "kafka.max_record_bytes", "must be at least 1")?;
-        for (name, value) in &self.properties {
-            resolve_property(name, value)
-                .map_err(|problem| ConfigError::new(format!("kafka.properties.{name}"), problem))?;
+        for (section, map) in
+            [("properties", &self.properties), ("producer_properties", &self.producer_properties)]
+        {
+            for (name, value) in map {
+                resolve_property(name, value)
+                    .map_err(|problem| ConfigError::new(format!("kafka.{section}.{name}"), problem))?;
+            }
         }
         Ok(())
     }
@@ -170,14 +214,30 @@ impl KafkaConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         config.set("message.max.bytes", (self.max_record_bytes + 64 * 1024).to_string());
-        for (name, value) in &self.properties {
-            config.set(
-                name,
-                resolve_property(name, value).map_err(|e| anyhow::anyhow!("kafka.properties.{name}: {e}"))?,
-            );
-        }
+        apply_properties(&mut config, "properties", &self.properties)?;
         Ok(config)
     }
+
+    /// [`Self::client_config`] plus the producer-only properties.
+    pub fn producer_config(&self) -> anyhow::Result<ClientConfig> {
+        let mut config = self.client_config()?;
+        apply_properties(&mut config, "producer_properties", &self.producer_properties)?;
+        Ok(config)
+    }
+}
+
+fn apply_properties(
+    config: &mut ClientConfig,
+    section: &str,
+    map: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    for (name, value) in map {
+        config.set(
+            name,
+            resolve_property(name, value).map_err(|e| anyhow::anyhow!("kafka.{section}.{name}: {e}"))?,
+        );
+    }
+    Ok(())
 }
 
 /// Reads `env:NAME` and `file:PATH` values; anything else is taken as it is.
@@ -242,13 +302,17 @@ impl DeliveryConfig {
     }
 }
 
+/// One record as [`read_topic`] returns it, headers as bytes.
+pub struct TopicRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<headers::RawHeader>,
+}
+
 /// Every record of `topic` from its beginning until nothing more arrives for a moment (the
 /// checkpoint topic, a trusted probe topic). Read without a consumer group's commits.
-pub fn read_topic(
-    client: &ClientConfig,
-    topic: &str,
-    timeout: Duration,
-) -> anyhow::Result<Vec<OwnedMessage>> {
+pub fn read_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> anyhow::Result<Vec<TopicRecord>> {
     let mut config = client.clone();
     config
         .set("group.id", "lossgate-topic-reader")
@@ -273,11 +337,47 @@ pub fn read_topic(
     let mut quiet_since = Instant::now();
     while quiet_since.elapsed() < checkpoint::QUIET && Instant::now() < deadline {
         if let Some(message) = consumer.poll(Duration::from_millis(50)) {
-            messages.push(message?.detach());
+            let message = message?;
+            messages.push(TopicRecord {
+                partition: message.partition(),
+                offset: message.offset(),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers: headers::read_raw(&message),
+            });
             quiet_since = Instant::now();
         }
     }
     Ok(messages)
+}
+
+/// The offsets a fresh read of `partition` from `from` returns first (at most `count` of
+/// them, waiting a few seconds at most): a second look at offsets the group consumer never got.
+pub fn offsets_from(
+    client: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    count: usize,
+    read_committed: bool,
+) -> anyhow::Result<Vec<i64>> {
+    let mut config = client.clone();
+    config
+        .set("group.id", "lossgate-gap-check")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("isolation.level", if read_committed { "read_committed" } else { "read_uncommitted" });
+    let consumer: BaseConsumer = create_client(&config, "the gap checker")?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+    consumer.assign(&assignment)?;
+    let mut seen = Vec::with_capacity(count);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.len() < count && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(50)) {
+            seen.push(message?.offset());
+        }
+    }
+    Ok(seen)
 }
 
 #[cfg(test)]
@@ -290,8 +390,11 @@ mod tests {
         config.properties.insert("sasl.password".into(), "hunter2-secret".into());
         config.properties.insert("ssl.key.password".into(), "another-secret".into());
         config.properties.insert("security.protocol".into(), "SASL_SSL".into());
+        config.properties.insert("sasl.oauthbearer.config".into(), "principal=me secret-token".into());
+        config.properties.insert("sasl.oauthbearer.extensions".into(), "key=oauth-extension".into());
         let printed = format!("{config:?} {config:#?}");
         assert!(!printed.contains("hunter2-secret") && !printed.contains("another-secret"), "{printed}");
+        assert!(!printed.contains("principal=me") && !printed.contains("oauth-extension"), "{printed}");
         assert!(printed.contains("SASL_SSL"));
     }
 

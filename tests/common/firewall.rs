@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use lossgate::codec::encode_json;
 use lossgate::kafka::headers;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -38,10 +38,23 @@ impl Setup {
 }
 
 /// Creates the topics, a probe file (JSON lines from MNIST's test split) and a config with
-/// a small, fast engine. `extra` is appended to the config.
+/// a small, fast engine.
 pub fn setup(broker: &Tansu, prefix: &str, delivery: &str, decision: &str) -> Setup {
+    setup_with_input_partitions(broker, prefix, delivery, decision, PARTITIONS)
+}
+
+/// [`setup`] with `input_partitions` partitions in the input topic (the outputs keep
+/// [`PARTITIONS`]).
+pub fn setup_with_input_partitions(
+    broker: &Tansu,
+    prefix: &str,
+    delivery: &str,
+    decision: &str,
+    input_partitions: u32,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    for t in ["samples", "clean", "quarantine", "dead-letter", "checkpoints"] {
+    broker.create_topic(&format!("{prefix}-samples"), input_partitions);
+    for t in ["clean", "quarantine", "dead-letter", "checkpoints"] {
         broker.create_topic(&format!("{prefix}-{t}"), PARTITIONS);
     }
     let test = super::mnist_test(120);
@@ -165,17 +178,27 @@ impl Drop for Firewall {
 }
 
 /// Produces MNIST training images `[from, to)` as JSON, keyed `sample-i`, plus `malformed`
-/// broken records keyed `bad-j`. Returns how many records were produced.
+/// broken records keyed `bad-j`, as an ordinary client does: batched (`linger.ms` 5, the
+/// default batch size), keys spread over the partitions. Returns how many were produced.
 pub async fn produce(brokers: &str, topic: &str, from: usize, to: usize, malformed: usize) -> usize {
-    // One record per batch: tansu 0.6 answers a fetch that starts inside a record batch with
-    // the *next* batch, skipping records, and consumers resume at committed offsets that may
-    // lie inside a batch. (Apache Kafka returns the whole batch and the client filters.)
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()
-        .unwrap();
+    produce_with(brokers, topic, from, to, malformed, &[]).await
+}
+
+/// [`produce`] with producer settings on top of the ordinary ones (compression, batching).
+pub async fn produce_with(
+    brokers: &str,
+    topic: &str,
+    from: usize,
+    to: usize,
+    malformed: usize,
+    settings: &[(&str, &str)],
+) -> usize {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers).set("linger.ms", "5");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let producer: FutureProducer = config.create().unwrap();
     let data = super::mnist_train(to);
     let mut pending = Vec::new();
     for i in from..to {
@@ -208,6 +231,8 @@ pub async fn produce(brokers: &str, topic: &str, from: usize, to: usize, malform
 /// One output record as read back.
 #[derive(Debug, Clone)]
 pub struct OutputRecord {
+    pub raw_headers: Vec<headers::RawHeader>,
+    pub value_len: usize,
     pub topic: String,
     pub key: String,
     pub source: String,
@@ -242,17 +267,20 @@ pub fn read_outputs(setup: &Setup, expected: usize, timeout: Duration) -> Vec<Ou
             settle = Some(now + Duration::from_secs(2));
         }
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
-        let headers: HashMap<String, String> = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).to_string())
-                    })
-                    .collect()
+        // Raw: forwarded header keys need not be UTF-8 (rdkafka's iterator would panic).
+        let raw = headers::read_raw(&m);
+        let headers: HashMap<String, String> = raw
+            .iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).to_string(),
+                    String::from_utf8_lossy(v.as_deref().unwrap_or_default()).to_string(),
+                )
             })
-            .unwrap_or_default();
+            .collect();
         out.push(OutputRecord {
+            raw_headers: raw,
+            value_len: m.payload().map_or(0, <[u8]>::len),
             topic: m.topic().to_string(),
             key: m.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default(),
             source: headers.get(headers::SOURCE).cloned().unwrap_or_default(),

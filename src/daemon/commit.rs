@@ -1,0 +1,254 @@
+//! One window from decided to committed: the engine's decisions, every output acknowledged,
+//! then the input offsets committed as the delivery mode says (with the checkpoint as
+//! metadata, or inside a transaction), then the window's metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaResult;
+use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::sink::{self, Destination, Routed};
+use super::window::InputRecord;
+use super::{Pipeline, KAFKA_TIMEOUT};
+use crate::data::LabelledSamples;
+use crate::decision::{Action, DecisionConfig};
+use crate::engine::WindowOutcome;
+use crate::kafka::checkpoint::{Checkpoint, CheckpointRecord};
+use crate::kafka::DeliveryMode;
+
+/// A window as dispatched: its records, the decision in force, and where the outputs stood.
+pub struct WindowJob {
+    pub records: Vec<InputRecord>,
+    pub decision: DecisionConfig,
+    /// The outputs' end offsets before this window (advanced by its own deliveries).
+    pub checkpoint: Checkpoint,
+    /// Output records of an earlier run that recovery found and that stay uncommitted after
+    /// this window: the committed checkpoint must not pass them (or a second crash would
+    /// write their sources again).
+    pub floor: Vec<crate::kafka::checkpoint::OutputPosition>,
+}
+
+/// What a committed window leaves behind.
+pub struct Committed {
+    pub checkpoint: Checkpoint,
+    /// Input partition -> the offset committed.
+    pub offsets: BTreeMap<i32, i64>,
+}
+
+/// Decides one window, writes every record to exactly one topic, waits for all acks, then
+/// commits the input offsets (with the output checkpoint, or inside a transaction).
+pub async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<Committed> {
+    let WindowJob { records, decision, mut checkpoint, floor } = job;
+    let started = Instant::now();
+    let config = &pipeline.config;
+    let metrics = &pipeline.metrics;
+    let window_id = pipeline.window_counter.fetch_add(1, Ordering::Relaxed);
+    let to_decide: Vec<usize> = (0..records.len())
+        .filter(|&i| !pipeline.passthrough && records[i].sample.is_ok() && !records[i].already_produced)
+        .collect();
+    let outcome = if to_decide.is_empty() {
+        None
+    } else {
+        let samples = samples_of(&records, &to_decide, config.input.features)?;
+        let training = Instant::now();
+        let outcome = pipeline.worker.process(samples, decision).await?;
+        metrics.training_seconds.observe(training.elapsed().as_secs_f64());
+        Some(outcome)
+    };
+    let mut routed = sink::route(&config.kafka, &records, &to_decide, outcome.as_ref(), window_id);
+
+    let transactional = config.delivery.mode == DeliveryMode::Transactional;
+    if transactional {
+        pipeline.producer.begin_transaction().context("beginning the window's transaction")?;
+    }
+    let delivered = match sink::produce_all(&pipeline.producer, &config.kafka, &mut routed).await {
+        Ok(d) => d,
+        Err(e) => {
+            if transactional {
+                let _ = tokio::task::block_in_place(|| pipeline.producer.abort_transaction(KAFKA_TIMEOUT));
+                metrics.transactions.with_label_values(&["aborted"]).inc();
+            }
+            return Err(e);
+        }
+    };
+    for (topic, partition, offset) in &delivered {
+        checkpoint.advance(topic, *partition, offset + 1);
+    }
+    let committed_checkpoint = checkpoint.floored(floor);
+    let next = next_offsets(&records);
+    let offsets = offset_list(
+        &config.kafka.input_topic,
+        &next,
+        (config.delivery.mode == DeliveryMode::ExactlyOnce).then_some(&committed_checkpoint),
+    )?;
+    if transactional {
+        let group =
+            pipeline.consumer.group_metadata().ok_or_else(|| anyhow!("no consumer group metadata"))?;
+        let committed = tokio::task::block_in_place(|| {
+            pipeline.producer.send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)?;
+            pipeline.producer.commit_transaction(KAFKA_TIMEOUT)
+        });
+        if let Err(e) = committed {
+            let _ = tokio::task::block_in_place(|| pipeline.producer.abort_transaction(KAFKA_TIMEOUT));
+            metrics.transactions.with_label_values(&["aborted"]).inc();
+            return Err(anyhow!("committing the window's transaction: {e}"));
+        }
+        metrics.transactions.with_label_values(&["committed"]).inc();
+    } else if offsets.count() > 0 {
+        tokio::task::block_in_place(|| {
+            pipeline.consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+        })
+        .context("committing input offsets after every output was acknowledged")?;
+        if config.delivery.mode == DeliveryMode::ExactlyOnce {
+            // After the commit, never before: a checkpoint older than the commit only makes
+            // the next recovery read more; a newer one could make it miss records.
+            write_checkpoint_records(&pipeline, &next, &committed_checkpoint).await?;
+        }
+    }
+    record_window_metrics(&pipeline, &routed, &records, outcome.as_ref(), started);
+    tracing::info!(
+        window = window_id,
+        records = records.len(),
+        decided = to_decide.len(),
+        threshold = outcome.as_ref().map(|o| o.threshold.value),
+        seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "window committed"
+    );
+    Ok(Committed { checkpoint, offsets: next })
+}
+
+async fn write_checkpoint_records(
+    pipeline: &Pipeline,
+    committed: &BTreeMap<i32, i64>,
+    checkpoint: &Checkpoint,
+) -> Result<()> {
+    let kafka = &pipeline.config.kafka;
+    let mut pending = Vec::new();
+    for (&partition, &offset) in committed {
+        let record = CheckpointRecord {
+            group: kafka.group_id.clone(),
+            topic: kafka.input_topic.clone(),
+            partition,
+            committed: offset,
+            ends: checkpoint.ends.clone(),
+        };
+        let key = CheckpointRecord::key(&kafka.group_id, &kafka.input_topic, partition);
+        let value = serde_json::to_vec(&record)?;
+        let future = pipeline
+            .producer
+            .send_result(FutureRecord::to(&kafka.checkpoint_topic).key(&key).payload(&value))
+            .map_err(|(e, _)| anyhow!("writing a checkpoint to {}: {e}", kafka.checkpoint_topic))?;
+        pending.push(future);
+    }
+    for future in pending {
+        match future.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                tracing::warn!(error = %e, "a checkpoint record was not written; the next recovery reads further back")
+            }
+            Err(_) => tracing::warn!(
+                "a checkpoint record write was cancelled; the next recovery reads further back"
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn samples_of(records: &[InputRecord], indices: &[usize], features: usize) -> Result<LabelledSamples> {
+    let mut flat = Vec::with_capacity(indices.len() * features);
+    let mut labels = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let sample = records[i].sample.as_ref().expect("only decodable records are decided");
+        flat.extend_from_slice(&sample.features);
+        labels.push(sample.label);
+    }
+    LabelledSamples::new(ndarray::Array2::from_shape_vec((indices.len(), features), flat)?, labels)
+}
+
+/// Per input partition, one past the last record of the window: the offset to commit.
+pub fn next_offsets(records: &[InputRecord]) -> BTreeMap<i32, i64> {
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in records {
+        let e = next.entry(r.partition).or_insert(r.offset + 1);
+        *e = (*e).max(r.offset + 1);
+    }
+    next
+}
+
+/// The offsets to commit, with the checkpoint as metadata in exactly-once mode (left out where
+/// it would pass the broker's metadata limit: recovery then reads the checkpoint topic).
+fn offset_list(
+    topic: &str,
+    next: &BTreeMap<i32, i64>,
+    checkpoint: Option<&Checkpoint>,
+) -> KafkaResult<TopicPartitionList> {
+    let mut list = TopicPartitionList::new();
+    let metadata = checkpoint.map(Checkpoint::encode_for_metadata);
+    for (&p, &o) in next {
+        list.add_partition_offset(topic, p, Offset::Offset(o))?;
+        if let (Some(meta), Some(mut element)) = (&metadata, list.find_partition(topic, p)) {
+            element.set_metadata(meta);
+        }
+    }
+    Ok(list)
+}
+
+fn record_window_metrics(
+    pipeline: &Pipeline,
+    routed: &[Routed<'_>],
+    records: &[InputRecord],
+    outcome: Option<&WindowOutcome>,
+    started: Instant,
+) {
+    let m = &pipeline.metrics;
+    for r in routed {
+        match r.destination {
+            Destination::Forward => m.forwarded.inc(),
+            Destination::Quarantine => {
+                m.quarantined.inc();
+                if let Ok(s) = &r.record.sample {
+                    m.quarantined_by_label.with_label_values(&[&s.label.to_string()]).inc();
+                }
+            }
+            Destination::DeadLetter => {
+                m.dead_lettered.with_label_values(&[r.rejection.unwrap_or("too_large")]).inc()
+            }
+        }
+    }
+    m.skipped_already_produced.inc_by(records.iter().filter(|r| r.already_produced).count() as u64);
+    if let Some(o) = outcome {
+        for d in &o.decisions {
+            m.score.observe(d.score as f64);
+        }
+        m.flagged_observed
+            .inc_by(o.decisions.iter().filter(|d| d.flagged && d.action == Action::Forward).count() as u64);
+        m.threshold.set(o.threshold.value as f64);
+    }
+    m.window_size.set(records.len() as i64);
+    m.window_seconds.observe(started.elapsed().as_secs_f64());
+    m.windows.with_label_values(&["committed"]).inc();
+    tokio::task::block_in_place(|| update_lag(pipeline));
+}
+
+/// Consumer lag over the assigned partitions: high watermark minus position.
+fn update_lag(pipeline: &Pipeline) {
+    let consumer = &pipeline.consumer;
+    let Ok(positions) = consumer.position() else { return };
+    let mut lag = 0i64;
+    for e in positions.elements() {
+        let Ok((_, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+        else {
+            return;
+        };
+        if let Offset::Offset(pos) = e.offset() {
+            lag += (high - pos).max(0);
+        }
+    }
+    pipeline.metrics.consumer_lag.set(lag);
+}

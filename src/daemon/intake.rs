@@ -1,0 +1,365 @@
+//! The event loop: records in, rebalances, read positions and gaps, back-pressure, and one
+//! window in flight at a time.
+//!
+//! Back-pressure is not polling: while the engine is busy and the next window is full, the
+//! loop stops taking records and librdkafka stops fetching once `queued.max.messages.kbytes`
+//! is prefetched. Nothing is paused and resumed, so the consumer never seeks (a seek into a
+//! record batch is where tansu 0.6.0 skips records).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::commit::{self, Committed, WindowJob};
+use super::gaps::{Arrival, ReadPositions};
+use super::http::Readiness;
+use super::recovery::{retry_recovery, rewind, try_recovery};
+use super::window::{InputRecord, OpenWindow};
+use super::{Pipeline, RebalanceEvent, KAFKA_TIMEOUT};
+use crate::decision::DecisionConfig;
+use crate::kafka::checkpoint::{Checkpoint, OutputPosition};
+use crate::kafka::{DeliveryMode, GapPolicy};
+
+type WindowTask = tokio::task::JoinHandle<Result<Committed>>;
+
+/// The event loop's state besides the pipeline.
+pub struct LoopState {
+    pub open: OpenWindow,
+    pub assigned: HashSet<i32>,
+    /// Input records recovery found already produced, and where; kept until they are
+    /// committed, so that no committed checkpoint passes them.
+    pub already_produced: HashMap<(i32, i64), OutputPosition>,
+    pub checkpoint: Checkpoint,
+    pub positions: ReadPositions,
+    /// Partitions whose exactly-once recovery failed and must succeed before the next window
+    /// is dispatched (dispatching first could produce records twice).
+    pub recovery_pending: HashSet<i32>,
+    /// Rebalance events taken off the channel by `select!`, in order.
+    pending_events: Vec<RebalanceEvent>,
+}
+
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
+    decision_rx: watch::Receiver<DecisionConfig>,
+    readiness: Arc<Readiness>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let config = &pipeline.config;
+    let rules = config.kafka.decode_rules(&config.input);
+    let mut state = LoopState {
+        open: OpenWindow::new(config.window.size, config.window.max_wait),
+        assigned: HashSet::new(),
+        already_produced: HashMap::new(),
+        checkpoint: Checkpoint::default(),
+        positions: ReadPositions::default(),
+        recovery_pending: HashSet::new(),
+        pending_events: Vec::new(),
+    };
+    let mut in_flight: Option<WindowTask> = None;
+    tokio::pin!(shutdown);
+    loop {
+        handle_rebalances(&pipeline, &mut events, &mut state, &readiness);
+        if in_flight.is_none() && !state.recovery_pending.is_empty() {
+            retry_recovery(&pipeline, &mut state).await;
+        }
+        if in_flight.is_none() && state.recovery_pending.is_empty() && state.open.is_due(Instant::now()) {
+            in_flight = Some(dispatch(&pipeline, &mut state, decision_rx.borrow().clone()));
+        }
+        let taking = !(in_flight.is_some() && state.open.is_full());
+        let deadline = state.open.deadline();
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => {
+                tracing::info!("shutting down: finishing the window in flight");
+                return finish_in_flight(in_flight, config.delivery.shutdown_grace, &state).await;
+            }
+            done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                in_flight = None;
+                match done.map_err(|e| anyhow!("window task panicked: {e}"))? {
+                    Ok(committed) => settle(&mut state, committed),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "window aborted: nothing of it committed; re-reading it");
+                        pipeline.metrics.windows.with_label_values(&["aborted"]).inc();
+                        // Partitions revoked meanwhile are not sought back.
+                        handle_rebalances(&pipeline, &mut events, &mut state, &readiness);
+                        rewind(&pipeline, &mut state);
+                    }
+                }
+            }
+            message = pipeline.consumer.recv(), if taking => {
+                readiness.broker_reachable.store(true, Ordering::Relaxed);
+                handle_rebalances(&pipeline, &mut events, &mut state, &readiness);
+                match message {
+                    Ok(m) => {
+                        let (partition, offset) = (m.partition(), m.offset());
+                        if !take(&pipeline, &mut state, partition, offset) {
+                            continue;
+                        }
+                        pipeline.metrics.records_in.inc();
+                        let mut record = InputRecord::from_message(&m, &rules);
+                        record.already_produced = state.already_produced.contains_key(&(partition, offset));
+                        state.open.push(record);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kafka consumer error; retrying");
+                        readiness.broker_reachable.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+            _ = sleep_until(deadline), if deadline.is_some() && in_flight.is_none() => {}
+            // Wakes the loop for rebalances while no record arrives; handled at the top.
+            Some(event) = events.recv() => state.pending_events.push(event),
+        }
+    }
+}
+
+/// Closes the open window and starts deciding it.
+fn dispatch(pipeline: &Arc<Pipeline>, state: &mut LoopState, decision: DecisionConfig) -> WindowTask {
+    let records = state.open.take();
+    let next = commit::next_offsets(&records);
+    let floor = state
+        .already_produced
+        .iter()
+        .filter(|((p, o), _)| next.get(p).is_none_or(|&committed| *o >= committed))
+        .map(|(_, position)| position.clone())
+        .collect();
+    let job = WindowJob { records, decision, checkpoint: state.checkpoint.clone(), floor };
+    let in_flight = pipeline.gate.enter();
+    let p = pipeline.clone();
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        commit::process_window(p, job).await
+    })
+}
+
+/// A committed window: its checkpoint continues, and what recovery found below the committed
+/// offsets no longer floors the checkpoint.
+fn settle(state: &mut LoopState, committed: Committed) {
+    state.checkpoint = committed.checkpoint;
+    state.already_produced.retain(|(p, o), _| committed.offsets.get(p).is_none_or(|&c| *o >= c));
+}
+
+/// Whether to take the record at `offset`: not a re-delivery, not past a gap that stopped its
+/// partition. Moves the read position when it does.
+fn take(pipeline: &Pipeline, state: &mut LoopState, partition: i32, offset: i64) -> bool {
+    match state.positions.classify(partition, offset) {
+        Arrival::InOrder => {}
+        Arrival::Repeated { expected } => {
+            tracing::debug!(partition, offset, expected, "record delivered again by the broker; ignored");
+            pipeline.metrics.redelivered.inc();
+            return false;
+        }
+        // Taken again once the partition restarts from its committed offset.
+        Arrival::Stopped => return false,
+        Arrival::Gap { expected } => {
+            if !take_past_gap(pipeline, state, partition, expected, offset) {
+                return false;
+            }
+        }
+    }
+    state.positions.take(partition, offset);
+    true
+}
+
+/// Offsets `expected..got` of `partition` were not delivered. Explained (retention, or a second
+/// read shows no record there): carry on. Unexplained: under `gap_policy = "stop"` the
+/// partition stops at `expected` and nothing past it is committed; under `"skip"`, carry on.
+fn take_past_gap(
+    pipeline: &Pipeline,
+    state: &mut LoopState,
+    partition: i32,
+    expected: i64,
+    got: i64,
+) -> bool {
+    let kafka = &pipeline.config.kafka;
+    let gaps = &pipeline.metrics.input_gaps;
+    let cause = tokio::task::block_in_place(|| explain_gap(pipeline, partition, expected, got));
+    match (cause, kafka.gap_policy) {
+        (Ok(why), _) => {
+            tracing::info!(
+                partition,
+                expected,
+                got,
+                why,
+                "offsets without records in the input; carrying on"
+            );
+            gaps.with_label_values(&["explained"]).inc();
+            true
+        }
+        (Err(why), GapPolicy::Skip) => {
+            tracing::warn!(
+                partition,
+                expected,
+                got,
+                why,
+                "records never delivered by the broker; skipped (kafka.gap_policy = \"skip\")"
+            );
+            gaps.with_label_values(&["skipped"]).inc();
+            true
+        }
+        (Err(why), GapPolicy::Stop) => {
+            tracing::error!(
+                partition,
+                expected,
+                got,
+                why,
+                "the broker skipped records: partition stopped, nothing past offset {expected} is committed. \
+                 tansu 0.6.0 does this with batching producers: use a broker that returns whole batches \
+                 (tansu after 0.6.0, Apache Kafka, Redpanda) and restart; set kafka.gap_policy = \"skip\" \
+                 only if losing these records is acceptable"
+            );
+            gaps.with_label_values(&["stopped"]).inc();
+            state.positions.stop(partition, expected);
+            pipeline.metrics.partitions_stopped.set(state.positions.stopped_count() as i64);
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&kafka.input_topic, partition);
+            if let Err(e) = pipeline.consumer.pause(&list) {
+                tracing::warn!(partition, error = %e, "pausing a stopped partition failed; its records are dropped unread");
+            }
+            false
+        }
+    }
+}
+
+/// Why `expected..got` holds no readable record (`Ok`), or why that could not be shown (`Err`).
+fn explain_gap(pipeline: &Pipeline, partition: i32, expected: i64, got: i64) -> Result<&'static str, String> {
+    let kafka = &pipeline.config.kafka;
+    let (low, _) = pipeline
+        .consumer
+        .fetch_watermarks(&kafka.input_topic, partition, KAFKA_TIMEOUT)
+        .map_err(|e| format!("reading the partition's offsets failed: {e}"))?;
+    if got <= low {
+        return Ok("deleted by retention");
+    }
+    // Read again from the last record taken (known to exist): a faithful broker returns it and
+    // then `got`; one that skips returns something later.
+    let from = if expected > low { expected - 1 } else { expected };
+    let client = kafka.client_config().map_err(|e| e.to_string())?;
+    let read_committed = pipeline.config.delivery.mode == DeliveryMode::Transactional;
+    let seen = crate::kafka::offsets_from(&client, &kafka.input_topic, partition, from, 2, read_committed)
+        .map_err(|e| format!("reading the gap again failed: {e:#}"))?;
+    let faithful = if from < expected { seen == [from, got] } else { seen.first() == Some(&got) };
+    if faithful {
+        Ok("no record there (compaction or transaction markers)")
+    } else {
+        Err(format!("a second read from offset {from} returned offsets {seen:?}"))
+    }
+}
+
+fn handle_rebalances(
+    pipeline: &Pipeline,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
+    state: &mut LoopState,
+    readiness: &Readiness,
+) {
+    let mut queued: Vec<RebalanceEvent> = std::mem::take(&mut state.pending_events);
+    while let Ok(event) = events.try_recv() {
+        queued.push(event);
+    }
+    for event in queued {
+        match event {
+            RebalanceEvent::Revoked(partitions) => {
+                tracing::info!(
+                    ?partitions,
+                    "partitions revoked: their open records are dropped and re-read by the next owner"
+                );
+                state.open.drop_partitions(&partitions);
+                for p in &partitions {
+                    state.assigned.remove(p);
+                }
+                state.already_produced.retain(|(p, _), _| !partitions.contains(p));
+                state.positions.forget(&partitions);
+                pipeline.metrics.partitions_stopped.set(state.positions.stopped_count() as i64);
+            }
+            RebalanceEvent::Assigned(partitions) => {
+                tracing::info!(?partitions, "partitions assigned");
+                state.assigned.extend(&partitions);
+                start_positions(pipeline, state, &partitions);
+                if pipeline.config.delivery.mode == DeliveryMode::ExactlyOnce && !partitions.is_empty() {
+                    state.recovery_pending.extend(&partitions);
+                    try_recovery(pipeline, state);
+                }
+            }
+        }
+        readiness.partitions_assigned.store(!state.assigned.is_empty(), Ordering::Relaxed);
+    }
+}
+
+/// Where reading of newly assigned partitions starts: the committed offset, or the first one
+/// the partition holds; a record arriving past it is a gap. A partition stopped at a gap by an
+/// earlier owner of this process is resumed here.
+fn start_positions(pipeline: &Pipeline, state: &mut LoopState, partitions: &[i32]) {
+    if partitions.is_empty() {
+        return;
+    }
+    let topic = &pipeline.config.kafka.input_topic;
+    let mut list = TopicPartitionList::new();
+    for &p in partitions {
+        list.add_partition(topic, p);
+    }
+    let _ = pipeline.consumer.resume(&list);
+    let committed = match tokio::task::block_in_place(|| {
+        pipeline.consumer.committed_offsets(list, KAFKA_TIMEOUT)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading committed offsets failed: gaps at the start of these partitions go unnoticed");
+            return;
+        }
+    };
+    for element in committed.elements() {
+        let start = match element.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => tokio::task::block_in_place(|| {
+                pipeline
+                    .consumer
+                    .fetch_watermarks(topic, element.partition(), KAFKA_TIMEOUT)
+                    .ok()
+                    .map(|(low, _)| low)
+            }),
+        };
+        if let Some(offset) = start {
+            state.positions.start(element.partition(), offset);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn finish_in_flight(in_flight: Option<WindowTask>, grace: Duration, state: &LoopState) -> Result<()> {
+    if !state.open.is_empty() {
+        tracing::info!(
+            records = state.open.records.len(),
+            "open window not committed: it is re-read on the next start"
+        );
+    }
+    let Some(handle) = in_flight else { return Ok(()) };
+    match tokio::time::timeout(grace, handle).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %format!("{e:#}"), "last window aborted; it is re-read on the next start");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(anyhow!("window task panicked: {e}")),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "window still training after the shutdown grace period: aborted, re-read on the next start"
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Routing and producing: every record of a decided window gets exactly one destination, is
+//! written there with lossgate's headers, and is acknowledged before anything is committed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::window::InputRecord;
+use crate::codec::Rejection;
+use crate::decision::Action;
+use crate::engine::WindowOutcome;
+use crate::kafka::checkpoint::OutputPosition;
+use crate::kafka::{headers, KafkaConfig};
+
+/// The one output a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    Forward,
+    Quarantine,
+    DeadLetter,
+}
+
+impl Destination {
+    pub fn topic(self, kafka: &KafkaConfig) -> &str {
+        match self {
+            Destination::Forward => &kafka.output_topic,
+            Destination::Quarantine => &kafka.quarantine_topic,
+            Destination::DeadLetter => &kafka.dead_letter_topic,
+        }
+    }
+}
+
+/// One record of a decided window, ready to produce.
+pub struct Routed<'a> {
+    pub record: &'a InputRecord,
+    pub destination: Destination,
+    pub headers: OwnedHeaders,
+    /// The dead-letter code, for the metrics.
+    pub rejection: Option<&'static str>,
+    /// Written without its value (and without its forwarded headers): it was too large.
+    pub value_dropped: bool,
+}
+
+fn base_headers(record: &InputRecord, input_topic: &str) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(record.headers.len() + 6);
+    for (key, value) in &record.headers {
+        h = headers::add_raw(h, key, value.as_deref());
+    }
+    with_source(h, record, input_topic)
+}
+
+fn with_source(h: OwnedHeaders, record: &InputRecord, input_topic: &str) -> OwnedHeaders {
+    h.insert(Header {
+        key: headers::SOURCE,
+        value: Some(&headers::source_value(input_topic, record.partition, record.offset)),
+    })
+}
+
+/// A dead-letter copy without the value (and without the forwarded headers, which may be what
+/// made it too large): its size and source say what it was.
+fn oversized<'a>(record: &'a InputRecord, kafka: &KafkaConfig, why: &str) -> Routed<'a> {
+    let size = record.value.as_ref().map_or(0, Vec::len);
+    let h = with_source(OwnedHeaders::new_with_capacity(4), record, &kafka.input_topic)
+        .insert(Header { key: headers::DECISION, value: Some("dead-letter") })
+        .insert(Header { key: headers::REASON, value: Some(&format!("too_large: {why}")) })
+        .insert(Header { key: headers::ORIGINAL_SIZE, value: Some(&size.to_string()) });
+    Routed {
+        record,
+        destination: Destination::DeadLetter,
+        headers: h,
+        rejection: Some("too_large"),
+        value_dropped: true,
+    }
+}
+
+/// Where each record goes: undecodable ones to the dead-letter topic with their reason,
+/// decided ones as the engine said, records recovery found already produced nowhere.
+pub fn route<'a>(
+    kafka: &KafkaConfig,
+    records: &'a [InputRecord],
+    decided: &[usize],
+    outcome: Option<&WindowOutcome>,
+    window_id: u64,
+) -> Vec<Routed<'a>> {
+    let decisions: HashMap<usize, usize> = decided.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let window = window_id.to_string();
+    let mut routed = Vec::with_capacity(records.len());
+    for (i, record) in records.iter().enumerate() {
+        if record.already_produced {
+            continue;
+        }
+        if let Err(rejection @ Rejection::TooLarge { .. }) = &record.sample {
+            routed.push(oversized(record, kafka, &rejection.to_string()));
+            continue;
+        }
+        let h = base_headers(record, &kafka.input_topic);
+        let (destination, h, rejection) = match (&record.sample, decisions.get(&i)) {
+            (Err(rejection), _) => (
+                Destination::DeadLetter,
+                h.insert(Header { key: headers::DECISION, value: Some("dead-letter") }).insert(Header {
+                    key: headers::REASON,
+                    value: Some(&format!("{}: {rejection}", rejection.code())),
+                }),
+                Some(rejection.code()),
+            ),
+            (Ok(_), Some(&k)) => {
+                let d = &outcome.expect("decided records have an outcome").decisions[k];
+                let h = h
+                    .insert(Header { key: headers::SCORE, value: Some(&d.score.to_string()) })
+                    .insert(Header { key: headers::THRESHOLD, value: Some(&d.threshold.to_string()) })
+                    .insert(Header { key: headers::WINDOW, value: Some(&window) });
+                match d.action {
+                    Action::Quarantine => (
+                        Destination::Quarantine,
+                        h.insert(Header { key: headers::DECISION, value: Some("quarantine") })
+                            .insert(Header { key: headers::REASON, value: Some(&d.reason) }),
+                        None,
+                    ),
+                    Action::Forward => (
+                        Destination::Forward,
+                        h.insert(Header {
+                            key: headers::DECISION,
+                            value: Some(if d.flagged { "flagged" } else { "forward" }),
+                        }),
+                        None,
+                    ),
+                }
+            }
+            // Only in passthrough mode (the benchmark baseline): forward undecided.
+            (Ok(_), None) => (
+                Destination::Forward,
+                h.insert(Header { key: headers::DECISION, value: Some("forward") }),
+                None,
+            ),
+        };
+        routed.push(Routed { record, destination, headers: h, rejection, value_dropped: false });
+    }
+    routed
+}
+
+/// Sends every record and waits for every acknowledgement; any failure fails the window,
+/// except a record the producer or broker refuses as too large: that one is written to the
+/// dead-letter topic without its value instead (else it would fail every retry and its
+/// partition would never move again).
+pub async fn produce_all(
+    producer: &FutureProducer,
+    kafka: &KafkaConfig,
+    routed: &mut [Routed<'_>],
+) -> Result<Vec<OutputPosition>> {
+    let mut pending = Vec::with_capacity(routed.len());
+    for i in 0..routed.len() {
+        let future = match send(producer, kafka, &routed[i]).await {
+            Ok(f) => f,
+            Err(e) if is_too_large(&e) && !routed[i].value_dropped => {
+                let record = routed[i].record;
+                routed[i] = oversized(record, kafka, &format!("refused by the producer: {e}"));
+                send(producer, kafka, &routed[i])
+                    .await
+                    .map_err(|e| anyhow!("producing an oversized record's dead-letter copy: {e}"))?
+            }
+            Err(e) => return Err(anyhow!("producing to {}: {e}", routed[i].destination.topic(kafka))),
+        };
+        pending.push((i, future));
+    }
+    let mut delivered = Vec::with_capacity(pending.len());
+    for (i, future) in pending {
+        let topic = routed[i].destination.topic(kafka).to_string();
+        match future.await {
+            Ok(Ok(d)) => delivered.push((topic, d.partition, d.offset)),
+            Ok(Err((e, _))) if is_too_large(&e) && !routed[i].value_dropped => {
+                let record = routed[i].record;
+                routed[i] =
+                    oversized(record, kafka, &format!("refused by Kafka when writing to {topic}: {e}"));
+                let retry = send(producer, kafka, &routed[i])
+                    .await
+                    .map_err(|e| anyhow!("producing an oversized record's dead-letter copy: {e}"))?;
+                match retry.await {
+                    Ok(Ok(d)) => delivered.push((kafka.dead_letter_topic.clone(), d.partition, d.offset)),
+                    Ok(Err((e, _))) => {
+                        return Err(anyhow!("delivery of an oversized record's dead-letter copy failed: {e}"))
+                    }
+                    Err(_) => return Err(anyhow!("delivery to {} was cancelled", kafka.dead_letter_topic)),
+                }
+            }
+            Ok(Err((e, _))) => return Err(anyhow!("delivery to {topic} failed: {e}")),
+            Err(_) => return Err(anyhow!("delivery to {topic} was cancelled")),
+        }
+    }
+    Ok(delivered)
+}
+
+type Delivery = rdkafka::producer::DeliveryFuture;
+
+/// Queues one record, waiting for room in the producer's queue (back-pressure).
+async fn send(
+    producer: &FutureProducer,
+    kafka: &KafkaConfig,
+    r: &Routed<'_>,
+) -> Result<Delivery, rdkafka::error::KafkaError> {
+    let topic = r.destination.topic(kafka);
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(r.headers.clone());
+    if let Some(key) = &r.record.key {
+        record = record.key(key.as_slice());
+    }
+    if let (Some(value), false) = (&r.record.value, r.value_dropped) {
+        record = record.payload(value.as_slice());
+    }
+    if let Some(ts) = r.record.timestamp {
+        record = record.timestamp(ts);
+    }
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((e, back)) if is_queue_full(&e) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                record = back;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull))
+}
+
+fn is_too_large(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge))
+}
