@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::broker::Tansu;
 use common::corpus::{binary_corpus, json_corpus, Malformed};
-use common::firewall::{produce, read_outputs, setup, Firewall};
+use common::firewall::{produce, produce_f32le, read_outputs, setup, Firewall};
 use lossgate::codec::{Codec, DecodeRules};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -48,8 +48,7 @@ fn corpus_has_over_twenty_kinds_and_each_gets_its_reason() {
 async fn send_corpus(brokers: &str, topic: &str, corpus: &[Malformed]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
+        .set("linger.ms", "5")
         .set("message.max.bytes", "1000000")
         .create()
         .unwrap();
@@ -60,6 +59,14 @@ async fn send_corpus(brokers: &str, topic: &str, corpus: &[Malformed]) {
             record = record.headers(OwnedHeaders::new().insert(Header { key: "label", value: Some(label) }));
         }
         producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+async fn produce_valid(brokers: &str, topic: &str, codec: &str, from: usize, to: usize) -> usize {
+    if codec == "json" {
+        produce(brokers, topic, from, to, 0).await
+    } else {
+        produce_f32le(brokers, topic, from, to).await
     }
 }
 
@@ -75,9 +82,9 @@ async fn corpus_through_the_daemon(prefix: &str, codec: &str, corpus: Vec<Malfor
     std::fs::write(&s.config_path, text).unwrap();
     let _firewall = Firewall::start(&s.config_path);
     let input = s.topic("samples");
-    let valid_before = if codec == "json" { produce(&s.brokers, &input, 0, 100, 0).await } else { 0 };
+    let valid_before = produce_valid(&s.brokers, &input, codec, 0, 100).await;
     send_corpus(&s.brokers, &input, &corpus).await;
-    let valid_after = if codec == "json" { produce(&s.brokers, &input, 100, 300, 0).await } else { 0 };
+    let valid_after = produce_valid(&s.brokers, &input, codec, 100, 300).await;
     let outputs = read_outputs(&s, valid_before + corpus.len() + valid_after, Duration::from_secs(120));
     let dead: Vec<_> = outputs.iter().filter(|r| r.topic == s.topic("dead-letter")).collect();
     for (i, m) in corpus.iter().enumerate() {
@@ -88,6 +95,8 @@ async fn corpus_through_the_daemon(prefix: &str, codec: &str, corpus: Vec<Malfor
         assert!(reason.starts_with(m.reason), "{:?}: reason {reason:?}, expected {}", m.name, m.reason);
     }
     assert_eq!(dead.len(), corpus.len());
+    let decided = outputs.iter().filter(|r| r.key.starts_with("sample-") && r.topic != s.topic("dead-letter")).count();
+    assert_eq!(decided, valid_before + valid_after, "valid {codec} records around the bad ones are decided");
     assert_eq!(
         outputs.len(),
         valid_before + corpus.len() + valid_after,

@@ -239,14 +239,14 @@ fn create_producer(config: &Config) -> Result<FutureProducer> {
 }
 
 fn create_consumer(config: &Config, context: RebalanceContext) -> Result<InputConsumer> {
-    let mut client = config.kafka.client_config()?;
+    let mut client = config.kafka.consumer_config()?;
     client
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    if !config.kafka.properties.contains_key("fetch.wait.max.ms") {
+    if !config.kafka.consumer_sets("fetch.wait.max.ms") {
         client.set("fetch.wait.max.ms", "10");
     }
     if config.delivery.mode == DeliveryMode::Transactional {
@@ -254,7 +254,7 @@ fn create_consumer(config: &Config, context: RebalanceContext) -> Result<InputCo
     }
     // Back-pressure is the event loop not polling while the engine is busy and the next window
     // full; librdkafka then stops fetching once this much is prefetched (no pause, no seek).
-    if !config.kafka.properties.contains_key("queued.max.messages.kbytes") {
+    if !config.kafka.consumer_sets("queued.max.messages.kbytes") {
         client.set("queued.max.messages.kbytes", "32768");
     }
     crate::kafka::create_client_with_context(&client, context, "the Kafka consumer")

@@ -47,6 +47,9 @@ pub struct KafkaConfig {
     /// Passed to the producers only, after `properties` (compression.type, batch.size, ...):
     /// a producer property given to a consumer makes librdkafka warn.
     pub producer_properties: BTreeMap<String, String>,
+    /// Passed to the input topic's consumer only, after `properties` (session.timeout.ms,
+    /// max.poll.interval.ms, ...).
+    pub consumer_properties: BTreeMap<String, String>,
     /// What to do when the input offsets jump past records never delivered.
     pub gap_policy: GapPolicy,
 }
@@ -79,6 +82,7 @@ impl Default for KafkaConfig {
             max_record_bytes: 1 << 20,
             properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
             gap_policy: GapPolicy::Stop,
         }
     }
@@ -107,6 +111,7 @@ impl std::fmt::Debug for KafkaConfig {
             max_record_bytes,
             properties,
             producer_properties,
+            consumer_properties,
             gap_policy,
         } = self;
         f.debug_struct("KafkaConfig")
@@ -122,6 +127,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("max_record_bytes", max_record_bytes)
             .field("properties", &redact(properties))
             .field("producer_properties", &redact(producer_properties))
+            .field("consumer_properties", &redact(consumer_properties))
             .field("gap_policy", gap_policy)
             .finish()
     }
@@ -223,6 +229,18 @@ impl KafkaConfig {
         let mut config = self.client_config()?;
         apply_properties(&mut config, "producer_properties", &self.producer_properties)?;
         Ok(config)
+    }
+
+    /// [`Self::client_config`] plus the input consumer's own properties.
+    pub fn consumer_config(&self) -> anyhow::Result<ClientConfig> {
+        let mut config = self.client_config()?;
+        apply_properties(&mut config, "consumer_properties", &self.consumer_properties)?;
+        Ok(config)
+    }
+
+    /// Whether the user set this librdkafka property for the input consumer.
+    pub fn consumer_sets(&self, name: &str) -> bool {
+        self.properties.contains_key(name) || self.consumer_properties.contains_key(name)
     }
 }
 

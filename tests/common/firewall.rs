@@ -102,7 +102,7 @@ quarantine_topic = "{prefix}-quarantine"
 dead_letter_topic = "{prefix}-dead-letter"
 checkpoint_topic = "{prefix}-checkpoints"
 
-[kafka.properties]
+[kafka.consumer_properties]
 # A SIGKILLed member stays in the group until its session times out: keep that short here.
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
@@ -226,6 +226,32 @@ pub async fn produce_with(
         p.await.unwrap().unwrap();
     }
     to - from + malformed
+}
+
+/// Produces MNIST training images `[from, to)` for the binary codec (little-endian f32 value,
+/// the label in the `label` header), keyed `sample-i`, batched. Returns how many.
+pub async fn produce_f32le(brokers: &str, topic: &str, from: usize, to: usize) -> usize {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().unwrap();
+    let data = super::mnist_train(to);
+    let mut pending = Vec::new();
+    for i in from..to {
+        let value = lossgate::codec::encode_f32le(data.features.row(i).as_slice().unwrap());
+        let key = format!("sample-{i}");
+        let label = data.labels[i].to_string();
+        let h = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header { key: "label", value: Some(label.as_str()) });
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&value).headers(h))
+                .map_err(|(e, _)| e)
+                .unwrap(),
+        );
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+    to - from
 }
 
 /// One output record as read back.
