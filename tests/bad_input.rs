@@ -95,7 +95,8 @@ async fn corpus_through_the_daemon(prefix: &str, codec: &str, corpus: Vec<Malfor
         assert!(reason.starts_with(m.reason), "{:?}: reason {reason:?}, expected {}", m.name, m.reason);
     }
     assert_eq!(dead.len(), corpus.len());
-    let decided = outputs.iter().filter(|r| r.key.starts_with("sample-") && r.topic != s.topic("dead-letter")).count();
+    let decided =
+        outputs.iter().filter(|r| r.key.starts_with("sample-") && r.topic != s.topic("dead-letter")).count();
     assert_eq!(decided, valid_before + valid_after, "valid {codec} records around the bad ones are decided");
     assert_eq!(
         outputs.len(),

@@ -72,37 +72,76 @@ fn metric(port: u16, name: &str) -> f64 {
     scrape(port).and_then(|m| m.get(name).copied()).unwrap_or(0.0)
 }
 
+/// Waits until the instance on `port` holds partitions (`/readyz` answers 200).
+fn wait_ready(port: u16) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while common::firewall::http_status(port, "/readyz") != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "instance on port {port} never got partitions");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Produces batches of 150 records every 200 ms from `from` until `stop` is set; returns the
+/// end (exclusive) of what was produced.
+fn stream_until(
+    brokers: String,
+    topic: String,
+    from: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut next = from;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && next < 50_000 {
+            next += produce(&brokers, &topic, next, next + 150, 0).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        next
+    })
+}
+
+/// Three instances of one group over four partitions while records stream: scale up, scale
+/// down (SIGTERM), a member SIGKILLed, a rolling restart. Each step waits until the group has
+/// settled (tansu's coordinator, unlike Kafka's, never expires a member killed in the middle
+/// of a join when it was elected leader: the group then stalls for good; that is the broker's
+/// fault and not what this test is about).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_scaling_up_down_killed_and_restarted_writes_every_record_once() {
     let broker = Tansu::start();
     let s = setup_with_input_partitions(&broker, "group", "exactly-once", "alpha = 0.1", 4);
     let input = s.topic("samples");
     let (b_config, b_port) = instance_config(&s, "b");
-    let (c_config, _) = instance_config(&s, "c");
+    let (c_config, c_port) = instance_config(&s, "c");
     let logs = [s.config_path.clone(), b_config.clone(), c_config.clone()];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut a = Firewall::start(&s.config_path);
-    let mut total = produce(&s.brokers, &input, 0, 1500, 0).await;
-    assert!(wait_for_metric(s.metrics_port, "lossgate_windows_total{result=\"committed\"}", 1.0, TIMEOUT));
+    let stream = stream_until(s.brokers.clone(), input.clone(), 0, stop.clone());
+    wait_ready(s.metrics_port);
 
-    // Scale up: B and C join while A is busy and records stream.
+    // Scale up mid-stream: B, then C.
     let mut b = Firewall::start(&b_config);
-    total += produce(&s.brokers, &input, 1500, 3000, 0).await;
+    wait_ready(b_port);
     let mut c = Firewall::start(&c_config);
-    total += produce(&s.brokers, &input, 3000, 4500, 0).await;
-    assert!(wait_for_metric(b_port, "lossgate_records_in_total", 1.0, TIMEOUT), "B took partitions");
+    wait_ready(c_port);
+    assert!(wait_for_metric(c_port, "lossgate_windows_total{result=\"committed\"}", 1.0, TIMEOUT), "C works");
 
-    // Scale down: B leaves with SIGTERM; C is SIGKILLed while records stream.
+    // Scale down: B leaves with SIGTERM; then C is SIGKILLed while it works.
     assert_eq!(b.terminate(), Some(0));
-    total += produce(&s.brokers, &input, 4500, 6000, 0).await;
+    std::thread::sleep(Duration::from_secs(5));
+    let c_done = metric(c_port, "lossgate_windows_total{result=\"committed\"}");
+    assert!(wait_for_metric(c_port, "lossgate_windows_total{result=\"committed\"}", c_done + 1.0, TIMEOUT));
     c.kill();
-    total += produce(&s.brokers, &input, 6000, 7500, 0).await;
+    // C's session times out, A takes everything.
+    std::thread::sleep(Duration::from_secs(12));
 
-    // Rolling restart: B back, then A replaced.
+    // Rolling restart: B back, then A replaced by a new process.
     let _b = Firewall::start(&b_config);
-    total += produce(&s.brokers, &input, 7500, 8500, 0).await;
+    wait_ready(b_port);
     assert_eq!(a.terminate(), Some(0));
     let _a = Firewall::start(&s.config_path);
-    total += produce(&s.brokers, &input, 8500, 9500, 0).await;
+    wait_ready(s.metrics_port);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let total = stream.await.unwrap();
 
     let keys: HashSet<String> = sample_keys(0, total).collect();
     assert_each_key_once(&s, &keys, &logs);
@@ -112,13 +151,15 @@ async fn a_group_scaling_up_down_killed_and_restarted_writes_every_record_once()
         .flat_map(|log| {
             log.lines()
                 .filter(|l| l.contains("recovery scan done"))
-                .filter_map(|l| l.split("already_produced=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
+                .filter_map(|l| {
+                    l.split("already_produced=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok()
+                })
                 .collect::<Vec<_>>()
         })
         .sum();
     eprintln!(
         "group of 3 over 4 partitions: {total} records in, {total} out, 0 duplicates; 1 SIGKILL, 2 SIGTERM, \
-         recovery found {recovered} records already produced"
+         2 restarts; recovery found {recovered} records already produced"
     );
 }
 
@@ -150,20 +191,21 @@ async fn hostile_records_are_decided_or_dead_lettered_and_the_firewall_keeps_goi
     let as_array = format!("[[{}], {}]", features.join(","), data.labels[0]);
     let float_label = format!("{{\"features\": [{}], \"label\": {}.0}}", features.join(","), data.labels[0]);
     let oversized = vec![b' '; 1_500_000];
-    let records: Vec<(&str, Vec<u8>, Option<OwnedHeaders>)> = vec![
-        ("hostile-utf8-key", sample(1), Some(hostile_headers())),
-        (
-            "hostile-forged-source",
-            sample(2),
-            Some(OwnedHeaders::new().insert(rdkafka::message::Header {
-                key: headers::SOURCE,
-                value: Some("someone-else/0/5"),
-            })),
-        ),
-        ("hostile-json-array", as_array.into_bytes(), None),
-        ("hostile-float-label", float_label.into_bytes(), None),
-        ("hostile-oversized", oversized.clone(), None),
-    ];
+    let records: Vec<(&str, Vec<u8>, Option<OwnedHeaders>)> =
+        vec![
+            ("hostile-utf8-key", sample(1), Some(hostile_headers())),
+            (
+                "hostile-forged-source",
+                sample(2),
+                Some(OwnedHeaders::new().insert(rdkafka::message::Header {
+                    key: headers::SOURCE,
+                    value: Some("someone-else/0/5"),
+                })),
+            ),
+            ("hostile-json-array", as_array.into_bytes(), None),
+            ("hostile-float-label", float_label.into_bytes(), None),
+            ("hostile-oversized", oversized.clone(), None),
+        ];
     let mut pending = Vec::new();
     for (key, value, h) in &records {
         let mut record = FutureRecord::to(&input).key(*key).payload(value);
@@ -194,8 +236,15 @@ async fn hostile_records_are_decided_or_dead_lettered_and_the_firewall_keeps_goi
         utf8.raw_headers
     );
     let forged = decided("hostile-forged-source");
-    assert_eq!(forged.headers["upstream-lossgate-source"], "someone-else/0/5", "an incoming lossgate-* header is renamed");
-    assert!(forged.source.starts_with(&format!("{input}/")), "lossgate's own source header: {}", forged.source);
+    assert_eq!(
+        forged.headers["upstream-lossgate-source"], "someone-else/0/5",
+        "an incoming lossgate-* header is renamed"
+    );
+    assert!(
+        forged.source.starts_with(&format!("{input}/")),
+        "lossgate's own source header: {}",
+        forged.source
+    );
     assert_eq!(
         forged.raw_headers.iter().filter(|(k, _)| k == headers::SOURCE.as_bytes()).count(),
         1,
@@ -224,7 +273,8 @@ async fn every_compression_codec_in_and_out() {
     let input = s.topic("samples");
     let mut total = 0;
     for (i, codec) in ["gzip", "snappy", "lz4", "zstd"].iter().enumerate() {
-        total += produce_with(&s.brokers, &input, i * 150, (i + 1) * 150, 0, &[("compression.type", codec)]).await;
+        total +=
+            produce_with(&s.brokers, &input, i * 150, (i + 1) * 150, 0, &[("compression.type", codec)]).await;
     }
     let keys: HashSet<String> = sample_keys(0, total).collect();
     assert_each_key_once(&s, &keys, &[s.config_path.clone()]);
@@ -254,7 +304,8 @@ fn committed_offset(s: &Setup) -> Option<i64> {
 async fn restart_inside_a_batch(broker: &Tansu, prefix: &str) -> (Setup, Firewall) {
     let s = setup_with_input_partitions(broker, prefix, "exactly-once", "alpha = 0.1", 1);
     // The second window must not close by time before the stop.
-    let text = std::fs::read_to_string(&s.config_path).unwrap().replace("max_wait = \"1s\"", "max_wait = \"60s\"");
+    let text =
+        std::fs::read_to_string(&s.config_path).unwrap().replace("max_wait = \"1s\"", "max_wait = \"60s\"");
     std::fs::write(&s.config_path, text).unwrap();
     let one_batch = [("linger.ms", "500"), ("batch.num.messages", "10000"), ("batch.size", "4000000")];
     produce_with(&s.brokers, &s.topic("samples"), 0, 300, 0, &one_batch).await;
@@ -263,7 +314,8 @@ async fn restart_inside_a_batch(broker: &Tansu, prefix: &str) -> (Setup, Firewal
     assert_eq!(first.terminate(), Some(0));
     assert_eq!(committed_offset(&s), Some(200), "one window of 200 committed");
     produce_with(&s.brokers, &s.topic("samples"), 300, 400, 0, &one_batch).await;
-    let text = std::fs::read_to_string(&s.config_path).unwrap().replace("max_wait = \"60s\"", "max_wait = \"1s\"");
+    let text =
+        std::fs::read_to_string(&s.config_path).unwrap().replace("max_wait = \"60s\"", "max_wait = \"1s\"");
     std::fs::write(&s.config_path, text).unwrap();
     let second = Firewall::start(&s.config_path);
     (s, second)

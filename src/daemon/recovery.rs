@@ -60,9 +60,20 @@ fn recover(pipeline: &Pipeline, state: &mut LoopState, partitions: &[i32]) -> Re
     let outputs =
         [kafka.output_topic.as_str(), kafka.quarantine_topic.as_str(), kafka.dead_letter_topic.as_str()];
     let began = Instant::now();
-    let found = tokio::task::block_in_place(|| {
+    let mut found = tokio::task::block_in_place(|| {
         scan_outputs(&client, &outputs, start.as_ref(), &kafka.input_topic, &set, KAFKA_TIMEOUT)
     })?;
+    // Sources below their partition's committed offset are never read again: forget them, so
+    // that only uncommitted ones floor the next checkpoints.
+    let committed_at: std::collections::HashMap<i32, i64> = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    found.already_produced.retain(|(p, o), _| committed_at.get(p).is_none_or(|&c| *o >= c));
     tracing::info!(
         ?partitions,
         checkpoint = source,

@@ -154,6 +154,20 @@ pub struct Recovered {
     pub records_scanned: u64,
 }
 
+/// The recovery reader's context: reaching the end of a partition is how the scan knows it is
+/// done, not an error to log (librdkafka reports it through the error callback too).
+struct ScanContext;
+
+impl rdkafka::ClientContext for ScanContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ScanContext {}
+
 /// Reads `outputs` from `start` (or from their beginning where `start` has no entry) to their
 /// current end, and collects the sources of `input_topic`'s `partitions` found there. `timeout`
 /// bounds each broker request; the whole scan may take that plus the time to read its records
@@ -174,7 +188,8 @@ pub fn scan_outputs(
         // records (transactional outputs): they are never delivered as messages.
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer = super::create_client(&config, "the recovery reader")?;
+    let consumer: BaseConsumer<ScanContext> =
+        super::create_client_with_context(&config, ScanContext, "the recovery reader")?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut ends = Checkpoint::default();

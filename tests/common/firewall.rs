@@ -104,8 +104,11 @@ checkpoint_topic = "{prefix}-checkpoints"
 
 [kafka.consumer_properties]
 # A SIGKILLed member stays in the group until its session times out: keep that short here.
+# tansu waits for a member that left mid-rebalance until the rebalance timeout (librdkafka's
+# max.poll.interval.ms, 300 s by default): short here too.
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
+"max.poll.interval.ms" = "15000"
 
 [delivery]
 mode = "{delivery}"
