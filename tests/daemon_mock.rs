@@ -83,9 +83,9 @@ async fn a_failed_produce_aborts_the_window_and_the_retry_writes_each_record_onc
     let cluster = MockCluster::new(1).unwrap();
     let config = small_config(&cluster);
     let n = common::firewall::produce(&config.kafka.brokers, &config.kafka.input_topic, 0, 300, 0).await;
-    // The daemon's next produce requests fail with a permanent error.
-    cluster
-        .request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 4]);
+    // The daemon's next produce requests fail with a permanent error. (Not "too large": that
+    // one is answered by sending each record alone, see the next test.)
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD; 4]);
 
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -144,6 +144,42 @@ async fn a_failed_produce_aborts_the_window_and_the_retry_writes_each_record_onc
     let unique: std::collections::HashSet<_> = sources.iter().collect();
     assert_eq!(unique.len(), n, "every input reached an output");
     assert_eq!(sources.len(), n, "no input was written twice ({} aborted windows)", windows("aborted"));
+    let _ = stop.send(());
+    daemon.await.unwrap().unwrap();
+}
+
+/// The broker refuses a whole batch as too large (its limit below the producer's): each record
+/// of it is sent again on its own and lands where it was routed; none is dead-lettered for the
+/// batch's size and no window is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_as_too_large_is_sent_again_record_by_record() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = MockCluster::new(1).unwrap();
+    let config = small_config(&cluster);
+    let n = common::firewall::produce(&config.kafka.brokers, &config.kafka.input_topic, 0, 300, 0).await;
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
+    let metrics = Metrics::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = DaemonOptions {
+        config: config.clone(),
+        config_path: None,
+        probes: Some(common::mnist_test(60)),
+        metrics: metrics.clone(),
+        passthrough: false,
+    };
+    let daemon = tokio::spawn(daemon::run(options, async {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let decided = || metrics.forwarded.get() + metrics.quarantined.get();
+    let dead = || metrics.dead_lettered.with_label_values(&["too_large"]).get();
+    while decided() + dead() < n as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead(), 0, "no record is dead-lettered for the size of the batch it was in");
+    assert_eq!(decided(), n as u64, "every record went where it was routed");
+    assert_eq!(metrics.windows.with_label_values(&["aborted"]).get(), 0);
     let _ = stop.send(());
     daemon.await.unwrap().unwrap();
 }

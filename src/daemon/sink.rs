@@ -143,9 +143,10 @@ pub fn route<'a>(
 }
 
 /// Sends every record and waits for every acknowledgement; any failure fails the window,
-/// except a record the producer or broker refuses as too large: that one is written to the
-/// dead-letter topic without its value instead (else it would fail every retry and its
-/// partition would never move again).
+/// except a record refused as too large. The broker refuses a whole batch, so each refused
+/// record is first sent again on its own; only a record refused alone is written to the
+/// dead-letter topic without its value (else it would fail every retry and its partition
+/// would never move again).
 pub async fn produce_all(
     producer: &FutureProducer,
     kafka: &KafkaConfig,
@@ -153,44 +154,57 @@ pub async fn produce_all(
 ) -> Result<Vec<OutputPosition>> {
     let mut pending = Vec::with_capacity(routed.len());
     for i in 0..routed.len() {
-        let future = match send(producer, kafka, &routed[i]).await {
-            Ok(f) => f,
-            Err(e) if is_too_large(&e) && !routed[i].value_dropped => {
-                let record = routed[i].record;
-                routed[i] = oversized(record, kafka, &format!("refused by the producer: {e}"));
-                send(producer, kafka, &routed[i])
-                    .await
-                    .map_err(|e| anyhow!("producing an oversized record's dead-letter copy: {e}"))?
-            }
-            Err(e) => return Err(anyhow!("producing to {}: {e}", routed[i].destination.topic(kafka))),
-        };
-        pending.push((i, future));
+        pending.push((i, send(producer, kafka, &routed[i]).await));
     }
     let mut delivered = Vec::with_capacity(pending.len());
-    for (i, future) in pending {
+    let mut refused = Vec::new();
+    for (i, queued) in pending {
+        let topic = routed[i].destination.topic(kafka);
+        let outcome = match queued {
+            Ok(future) => {
+                future.await.map_err(|_| anyhow!("delivery to {topic} was cancelled"))?.map_err(|(e, _)| e)
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(d) => delivered.push((topic.to_string(), d.partition, d.offset)),
+            Err(e) if is_too_large(&e) => refused.push(i),
+            Err(e) => return Err(anyhow!("delivery to {topic} failed: {e}")),
+        }
+    }
+    for i in refused {
+        delivered.push(send_alone(producer, kafka, routed, i).await?);
+    }
+    Ok(delivered)
+}
+
+/// Sends `routed[i]` with nothing else in flight (a batch of one); if it is refused as too
+/// large again, it is the record itself: its value-less dead-letter copy goes instead.
+async fn send_alone(
+    producer: &FutureProducer,
+    kafka: &KafkaConfig,
+    routed: &mut [Routed<'_>],
+    i: usize,
+) -> Result<OutputPosition> {
+    for _ in 0..2 {
         let topic = routed[i].destination.topic(kafka).to_string();
-        match future.await {
-            Ok(Ok(d)) => delivered.push((topic, d.partition, d.offset)),
-            Ok(Err((e, _))) if is_too_large(&e) && !routed[i].value_dropped => {
+        let outcome = match send(producer, kafka, &routed[i]).await {
+            Ok(future) => {
+                future.await.map_err(|_| anyhow!("delivery to {topic} was cancelled"))?.map_err(|(e, _)| e)
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(d) => return Ok((topic, d.partition, d.offset)),
+            Err(e) if is_too_large(&e) && !routed[i].value_dropped => {
                 let record = routed[i].record;
                 routed[i] =
                     oversized(record, kafka, &format!("refused by Kafka when writing to {topic}: {e}"));
-                let retry = send(producer, kafka, &routed[i])
-                    .await
-                    .map_err(|e| anyhow!("producing an oversized record's dead-letter copy: {e}"))?;
-                match retry.await {
-                    Ok(Ok(d)) => delivered.push((kafka.dead_letter_topic.clone(), d.partition, d.offset)),
-                    Ok(Err((e, _))) => {
-                        return Err(anyhow!("delivery of an oversized record's dead-letter copy failed: {e}"))
-                    }
-                    Err(_) => return Err(anyhow!("delivery to {} was cancelled", kafka.dead_letter_topic)),
-                }
             }
-            Ok(Err((e, _))) => return Err(anyhow!("delivery to {topic} failed: {e}")),
-            Err(_) => return Err(anyhow!("delivery to {topic} was cancelled")),
+            Err(e) => return Err(anyhow!("delivery to {topic} failed: {e}")),
         }
     }
-    Ok(delivered)
+    Err(anyhow!("the dead-letter copy of an oversized record was refused as too large too"))
 }
 
 type Delivery = rdkafka::producer::DeliveryFuture;
