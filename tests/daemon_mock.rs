@@ -183,3 +183,137 @@ async fn a_batch_refused_as_too_large_is_sent_again_record_by_record() {
     let _ = stop.send(());
     daemon.await.unwrap().unwrap();
 }
+
+/// Two crashes around a partial commit. An earlier run wrote the outputs of the first 300
+/// records and died before committing (written here by hand, as it would have). The next run
+/// finds them, commits one window, writes the next and dies before committing it. The run after
+/// that must find both runs' uncommitted outputs through the checkpoint the partial commit left.
+/// (Whether a commit lands inside a run of found records depends on how the fetches interleave
+/// the partitions; `kafka::checkpoint` and `daemon::intake` test that case directly.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_crash_after_a_partial_commit_writes_nothing_twice() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Header, Message, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = MockCluster::new(1).unwrap();
+    let mut config = small_config(&cluster);
+    config.window.size = 100;
+    let kafka = config.kafka.clone();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let data = common::mnist_train(600);
+    let mut sources = Vec::new();
+    for i in 0..600 {
+        let value = lossgate::codec::encode_json(data.features.row(i).as_slice().unwrap(), data.labels[i]);
+        let key = format!("sample-{i}");
+        let d = producer
+            .send(FutureRecord::to(&kafka.input_topic).key(&key).payload(&value), Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        sources.push((
+            key,
+            value,
+            lossgate::kafka::headers::source_value(&kafka.input_topic, d.partition, d.offset),
+        ));
+    }
+    // Crash 1: the first 300 outputs written, nothing committed.
+    for (key, value, source) in &sources[..300] {
+        let h =
+            OwnedHeaders::new().insert(Header { key: lossgate::kafka::headers::SOURCE, value: Some(source) });
+        producer
+            .send(
+                FutureRecord::to(&kafka.output_topic).key(key).payload(value).headers(h),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    let run = |mut config: Config| {
+        config.metrics.listen = format!("127.0.0.1:{}", lossgate::tansu::free_port()).parse().unwrap();
+        let metrics = Metrics::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = DaemonOptions {
+            config,
+            config_path: None,
+            probes: Some(common::mnist_test(60)),
+            metrics: metrics.clone(),
+            passthrough: false,
+        };
+        let daemon = tokio::spawn(daemon::run(options, async {
+            let _ = stopped.await;
+        }));
+        (metrics, stop, daemon)
+    };
+    let wait = |what: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !what() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        what()
+    };
+
+    // Run 2: the first commit goes through, every later one fails until the run dies.
+    let mut errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR];
+    errors.extend([RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 3]);
+    cluster.request_errors(RDKafkaApiKey::OffsetCommit, &errors);
+    let started = Instant::now();
+    let (metrics, stop, daemon) = run(config.clone());
+    let windows = |m: &Metrics, result: &str| m.windows.with_label_values(&[result]).get();
+    let partial = wait(&|| windows(&metrics, "committed") >= 1 && windows(&metrics, "aborted") >= 1);
+    assert!(
+        partial,
+        "a partial commit, then a failed one: {} committed, {} aborted, {} read, {} skipped",
+        windows(&metrics, "committed"),
+        windows(&metrics, "aborted"),
+        metrics.records_in.get(),
+        metrics.skipped_already_produced.get()
+    );
+    eprintln!("run 2 died after a partial commit at {:?}", started.elapsed());
+    let _ = stop.send(());
+    daemon.await.unwrap().unwrap();
+    eprintln!("run 2 stopped at {:?}", started.elapsed());
+    assert_eq!(metrics.skipped_already_produced.get(), 300, "run 2 found crash 1's outputs");
+
+    // Run 3 (once the remaining commit errors are spent): finds what run 2 left uncommitted.
+    let (metrics, stop, daemon) = run(config.clone());
+    let done =
+        || metrics.skipped_already_produced.get() + metrics.forwarded.get() + metrics.quarantined.get();
+    // Run 2 committed its first window: crash 1's 300 records and 100 new ones.
+    let finished = wait(&|| done() >= 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = stop.send(());
+    daemon.await.unwrap().unwrap();
+    assert!(finished, "run 3 read the uncommitted rest: {} done", done());
+    assert!(metrics.skipped_already_produced.get() > 0, "run 3 found run 2's uncommitted outputs");
+
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", "reader")
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for t in [&kafka.output_topic, &kafka.quarantine_topic, &kafka.dead_letter_topic] {
+        for p in 0..3 {
+            list.add_partition_offset(t, p, rdkafka::Offset::Beginning).unwrap();
+        }
+    }
+    reader.assign(&list).unwrap();
+    let mut seen = 0;
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            assert!(m.offset() >= 0);
+            seen += 1;
+            last = Instant::now();
+        }
+    }
+    assert_eq!(seen, 600, "each input once across the outputs after two crashes");
+}

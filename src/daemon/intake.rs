@@ -124,13 +124,7 @@ pub async fn run(
 /// Closes the open window and starts deciding it.
 fn dispatch(pipeline: &Arc<Pipeline>, state: &mut LoopState, decision: DecisionConfig) -> WindowTask {
     let records = state.open.take();
-    let next = commit::next_offsets(&records);
-    let floor = state
-        .already_produced
-        .iter()
-        .filter(|((p, o), _)| next.get(p).is_none_or(|&committed| *o >= committed))
-        .map(|(_, position)| position.clone())
-        .collect();
+    let floor = uncommitted_after(&state.already_produced, &commit::next_offsets(&records));
     let job = WindowJob { records, decision, checkpoint: state.checkpoint.clone(), floor };
     let in_flight = pipeline.gate.enter();
     let p = pipeline.clone();
@@ -138,6 +132,20 @@ fn dispatch(pipeline: &Arc<Pipeline>, state: &mut LoopState, decision: DecisionC
         let _in_flight = in_flight;
         commit::process_window(p, job).await
     })
+}
+
+/// Where the found records that stay uncommitted once `next` is committed were written: the
+/// committed checkpoint must not pass them, or a crash before they are committed would make
+/// the next recovery miss them and write their sources again.
+fn uncommitted_after(
+    already_produced: &HashMap<(i32, i64), OutputPosition>,
+    next: &std::collections::BTreeMap<i32, i64>,
+) -> Vec<OutputPosition> {
+    already_produced
+        .iter()
+        .filter(|((p, o), _)| next.get(p).is_none_or(|&committed| *o >= committed))
+        .map(|(_, position)| position.clone())
+        .collect()
 }
 
 /// A committed window: its checkpoint continues, and what recovery found below the committed
@@ -361,5 +369,33 @@ async fn finish_in_flight(in_flight: Option<WindowTask>, grace: Duration, state:
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Recovery found input 0/5..0/9 written at clean/2 positions 50..54 and 1/3 at 60. A window
+    /// that commits partition 0 up to 8 leaves 0/8 and 0/9 (and all of partition 1) uncommitted:
+    /// the checkpoint it commits stays at or below their positions.
+    #[test]
+    fn a_partial_commit_keeps_the_uncommitted_found_records_in_the_next_scan() {
+        let mut found = HashMap::new();
+        for o in 5..10 {
+            found.insert((0, o), ("clean".to_string(), 2, 45 + o));
+        }
+        found.insert((1, 3), ("clean".to_string(), 2, 60));
+        let next = std::collections::BTreeMap::from([(0, 8)]);
+        let mut floor = uncommitted_after(&found, &next);
+        floor.sort();
+        assert_eq!(floor, vec![("clean".into(), 2, 53), ("clean".into(), 2, 54), ("clean".into(), 2, 60)]);
+        let mut scanned_to = Checkpoint::default();
+        scanned_to.advance("clean", 2, 100);
+        assert_eq!(scanned_to.floored(floor).get("clean", 2), Some(53));
+
+        let mut state_found = found.clone();
+        state_found.retain(|(p, o), _| next.get(p).is_none_or(|&c| *o >= c));
+        assert_eq!(state_found.len(), 3, "committed ones are forgotten once the window commits");
     }
 }
