@@ -29,15 +29,11 @@ impl PipelineRun {
     }
 }
 
-/// Produces `count` MNIST records, one per batch (tansu skips records when a fetch starts
-/// inside a batch; see the README).
+/// Produces `count` MNIST records as an ordinary client does (batched, `linger.ms` 5).
 async fn fill(brokers: &str, topic: &str, config: &Config, mnist: &Path, count: usize) -> Result<()> {
     let (train, _) = load_mnist(mnist)?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()?;
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create()?;
     let mut pending = Vec::new();
     for i in 0..count {
         let row = i % train.len();

@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -226,7 +226,7 @@ fn spawn_tally_reader(
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) else { continue };
             let key = m.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default();
-            let has_source = m.headers().is_some_and(|h| h.iter().any(|h| h.key == headers::SOURCE));
+            let has_source = headers::last_value(&headers::read_raw(&m), headers::SOURCE).is_some();
             tally.lock().unwrap().add(m.topic(), truth_by_key.get(&key).copied(), has_source, &k);
         }
     }))

@@ -96,10 +96,14 @@ fn a_missing_secret_stops_start_up_naming_the_property_and_not_the_value() {
 fn the_daemon_never_logs_or_exports_the_sasl_password() {
     let broker = Tansu::start();
     let setup = setup(&broker, "secure", "at-least-once", "alpha = 0.1");
-    let config = std::fs::read_to_string(&setup.config_path).unwrap().replace(
-        "[kafka.properties]\n",
-        "[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"PLAIN\"\n\
+    let mut config = std::fs::read_to_string(&setup.config_path).unwrap();
+    config.push_str(
+        "\n[kafka.properties]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"PLAIN\"\n\
          \"sasl.username\" = \"lossgate\"\n\"sasl.password\" = \"env:LOSSGATE_SASL_PASSWORD\"\n\"debug\" = \"security,broker\"\n",
+    );
+    assert!(
+        config.matches("[kafka.properties]").count() == 1,
+        "the test config has no such section of its own"
     );
     std::fs::write(&setup.config_path, config).unwrap();
     std::env::set_var("LOSSGATE_SASL_PASSWORD", PASSWORD);

@@ -167,10 +167,15 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
         window_counter: Default::default(),
         passthrough,
     });
-    spawn_broker_probe(pipeline.clone(), readiness.clone());
+    let (probe_stop, probe_stopped) = watch::channel(false);
+    let probe = spawn_broker_probe(pipeline.clone(), readiness.clone(), probe_stopped);
     let result = intake::run(pipeline.clone(), events, decision_rx, readiness.clone(), shutdown).await;
     readiness.partitions_assigned.store(false, Ordering::Relaxed);
     pipeline.consumer.unsubscribe();
+    // Every client is dropped before returning: one left polling would log errors once the
+    // brokers are gone (the demo's in-process cluster stops right after).
+    let _ = probe_stop.send(true);
+    let _ = probe.await;
     result
 }
 
@@ -196,12 +201,19 @@ fn probes_from_topic(config: &Config, topic: &str) -> Result<LabelledSamples> {
 }
 
 /// Every 2 s, asks the brokers for metadata: `/readyz` reports a broker that stopped answering
-/// even while no records flow.
-fn spawn_broker_probe(pipeline: Arc<Pipeline>, readiness: Arc<Readiness>) {
+/// even while no records flow. Ends when `stop` turns true.
+fn spawn_broker_probe(
+    pipeline: Arc<Pipeline>,
+    readiness: Arc<Readiness>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
             let p = pipeline.clone();
             let reachable = tokio::task::spawn_blocking(move || {
                 p.consumer
@@ -219,7 +231,7 @@ fn spawn_broker_probe(pipeline: Arc<Pipeline>, readiness: Arc<Readiness>) {
                 }
             }
         }
-    });
+    })
 }
 
 fn create_producer(config: &Config) -> Result<FutureProducer> {
