@@ -76,6 +76,38 @@ fn promtool_accepts_the_rules_and_the_scrape_config() {
     }
 }
 
+/// Every alert fires on a series that should wake someone and stays quiet on a healthy one.
+#[test]
+fn promtool_unit_tests_of_every_alert_pass() {
+    let rules: serde_yaml::Value = serde_yaml::from_str(&read("prometheus/lossgate-alerts.yml")).unwrap();
+    let tests = read("prometheus/lossgate-alerts.test.yml");
+    let alerts: Vec<String> = rules["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str().map(str::to_string))
+        .collect();
+    assert!(alerts.len() >= 7, "{alerts:?}");
+    for alert in &alerts {
+        let cases = tests.matches(&format!("alertname: {alert}\n")).count();
+        assert!(
+            cases >= 2,
+            "{alert} needs a firing and a quiet case in lossgate-alerts.test.yml ({cases} found)"
+        );
+    }
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(deploy("prometheus/lossgate-alerts.test.yml"))
+        .output()
+        .expect("promtool (Debian package prometheus) must be installed: make test installs it");
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
     let mut wanted = metric_names(&read("grafana/lossgate-dashboard.json"));
