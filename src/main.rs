@@ -69,6 +69,40 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Make a probe file from trusted clean data (CSV with a label column, IDX images and
+    /// labels, or JSON lines): `--count` samples drawn with `--seed`, checked against the
+    /// config's `[input]`, written as JSON lines for `[probes] file`. Refuses a draw that misses
+    /// a class; warns when a class has too few probes for its calibrated threshold.
+    MakeProbes {
+        /// The config whose `[input]` (features, classes) and `[decision] alpha` apply.
+        #[arg(long)]
+        config: PathBuf,
+        /// The trusted data.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ProbeSourceFormat,
+        /// IDX: the label file beside the image file.
+        #[arg(long)]
+        labels_file: Option<PathBuf>,
+        /// CSV: the label column.
+        #[arg(long, default_value = "label")]
+        label_column: String,
+        #[arg(long, default_value_t = 250)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where to write the probe file (JSON lines).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProbeSourceFormat {
+    Csv,
+    Idx,
+    Jsonl,
 }
 
 #[derive(clap::Args)]
@@ -328,6 +362,46 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig { config } => {
             let config = Config::from_file(&config)?;
             println!("{config:#?}");
+            Ok(())
+        }
+        Command::MakeProbes { config, from, format, labels_file, label_column, count, seed, out } => {
+            use lossgate::probes::{make_probe_file, ProbeFormat, ProbesConfig};
+            let config = Config::from_file(&config)?;
+            let format = match format {
+                ProbeSourceFormat::Csv => ProbeFormat::Csv,
+                ProbeSourceFormat::Idx => ProbeFormat::Idx,
+                ProbeSourceFormat::Jsonl => ProbeFormat::Jsonl,
+            };
+            let source = ProbesConfig {
+                count,
+                file: Some(from),
+                format,
+                labels_file,
+                label_column,
+                seed,
+                topic: None,
+            };
+            let coverage = make_probe_file(
+                &source,
+                config.input.features,
+                config.input.classes,
+                config.decision.alpha,
+                &out,
+            )?;
+            println!("wrote {count} probes to {}; per class:", out.display());
+            for (class, n) in coverage.per_class.iter().enumerate() {
+                println!("  class {class}: {n}");
+            }
+            let thin = coverage.thin();
+            if !thin.is_empty() {
+                tracing::warn!(
+                    classes = ?thin,
+                    needed = coverage.needed_per_class,
+                    alpha = config.decision.alpha,
+                    "these classes have fewer probes than their calibrated threshold needs to reject anything \
+                     (per-label scoring): add trusted samples of them or raise --count"
+                );
+            }
             Ok(())
         }
     }

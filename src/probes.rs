@@ -121,3 +121,111 @@ pub fn draw(from: &LabelledSamples, count: usize, seed: u64) -> Result<LabelledS
     indices.truncate(count);
     Ok(from.select(&indices))
 }
+
+/// How many probes each class has, against what a calibrated decision needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Coverage {
+    pub per_class: Vec<usize>,
+    /// The fewest probes a class needs for its own calibrated threshold to reject anything:
+    /// the conformal quantile ceil((n+1)(1-alpha)) is at most n only from n = (1-alpha)/alpha.
+    pub needed_per_class: usize,
+}
+
+impl Coverage {
+    pub fn of(samples: &LabelledSamples, classes: usize, alpha: f64) -> Self {
+        let mut per_class = vec![0; classes];
+        for &label in &samples.labels {
+            if let Some(n) = usize::try_from(label).ok().and_then(|l| per_class.get_mut(l)) {
+                *n += 1;
+            }
+        }
+        let needed_per_class = ((1.0 - alpha) / alpha).ceil().max(1.0) as usize;
+        Self { per_class, needed_per_class }
+    }
+
+    /// Classes with no probe at all.
+    pub fn missing(&self) -> Vec<usize> {
+        (0..self.per_class.len()).filter(|&c| self.per_class[c] == 0).collect()
+    }
+
+    /// Classes with some probes, but fewer than [`Self::needed_per_class`].
+    pub fn thin(&self) -> Vec<usize> {
+        (0..self.per_class.len())
+            .filter(|&c| (1..self.needed_per_class).contains(&self.per_class[c]))
+            .collect()
+    }
+}
+
+/// Draws `count` probes from trusted data (`source` says where and in what format), checks
+/// them against the input shape and the classes, and writes them as JSON lines in the input
+/// format. A class without any probe is an error; thin classes are returned for a warning.
+pub fn make_probe_file(
+    source: &ProbesConfig,
+    features: usize,
+    classes: usize,
+    alpha: f64,
+    out: &Path,
+) -> Result<Coverage> {
+    let probes = source.load(features, classes)?;
+    let coverage = Coverage::of(&probes, classes, alpha);
+    let missing = coverage.missing();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "the {} probes drawn have no sample of class(es) {missing:?}: every class needs clean probes \
+         (add trusted samples of those classes to the source, or raise --count)",
+        probes.len()
+    );
+    let mut text = String::with_capacity(probes.len() * features * 4);
+    for i in 0..probes.len() {
+        let row = probes.features.row(i);
+        let row = row.as_slice().context("probe features are contiguous")?;
+        text.push_str(std::str::from_utf8(&crate::codec::encode_json(row, probes.labels[i]))?);
+        text.push('\n');
+    }
+    std::fs::write(out, text).with_context(|| format!("writing the probe file {}", out.display()))?;
+    Ok(coverage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv(dir: &Path, rows: &[(f32, f32, i64)]) -> PathBuf {
+        let mut text = String::from("a,b,label\n");
+        for (a, b, l) in rows {
+            text.push_str(&format!("{a},{b},{l}\n"));
+        }
+        let path = dir.join("trusted.csv");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn source(file: PathBuf, count: usize) -> ProbesConfig {
+        ProbesConfig { count, file: Some(file), format: ProbeFormat::Csv, ..ProbesConfig::default() }
+    }
+
+    #[test]
+    fn a_probe_file_round_trips_and_reports_thin_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rows: Vec<(f32, f32, i64)> = (0..40).map(|i| (i as f32, 0.5, 0)).collect();
+        rows.extend((0..3).map(|i| (i as f32, 1.5, 1)));
+        let out = dir.path().join("probes.jsonl");
+        let coverage = make_probe_file(&source(csv(dir.path(), &rows), 43), 2, 2, 0.1, &out).unwrap();
+        assert_eq!(coverage.per_class, vec![40, 3]);
+        assert_eq!(coverage.needed_per_class, 9, "alpha 0.1 needs 9 per class to reject anything");
+        assert_eq!(coverage.thin(), vec![1]);
+        let back = read_json_lines(&out).unwrap();
+        assert_eq!(back.len(), 43);
+        back.check_shape(2, 2).unwrap();
+    }
+
+    #[test]
+    fn a_class_without_probes_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<(f32, f32, i64)> = (0..20).map(|i| (i as f32, 0.5, (i % 2) as i64)).collect();
+        let out = dir.path().join("probes.jsonl");
+        let error = make_probe_file(&source(csv(dir.path(), &rows), 20), 2, 3, 0.1, &out).unwrap_err();
+        assert!(format!("{error:#}").contains("class(es) [2]"), "{error:#}");
+        assert!(!out.exists(), "nothing is written for a refused probe set");
+    }
+}
