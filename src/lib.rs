@@ -19,6 +19,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod onnx;
 pub mod probes;
+pub mod quarantine;
 pub mod scorer;
 pub mod shadow;
 pub mod tansu;

@@ -69,6 +69,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Review the quarantine: list it, release records from it.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Make a probe file from trusted clean data (CSV with a label column, IDX images and
     /// labels, or JSON lines): `--count` samples drawn with `--seed`, checked against the
     /// config's `[input]`, written as JSON lines for `[probes] file`. Refuses a draw that misses
@@ -96,6 +99,61 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// The quarantined records with their score, threshold, reason, window, label and time.
+    List {
+        #[command(flatten)]
+        select: QuarantineSelect,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forward chosen quarantined records to the output topic, once each, byte for byte with
+    /// their key and headers plus lossgate-released-from, -released-at and -release-reason.
+    /// Releasing a record again is a no-op (kafka.release_topic records every release).
+    Release {
+        #[command(flatten)]
+        select: QuarantineSelect,
+        /// Why: kept in the release's headers and its record.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct QuarantineSelect {
+    #[arg(long)]
+    config: PathBuf,
+    /// Only these records (`topic/partition/offset` as `list` shows them); repeatable.
+    #[arg(long = "record")]
+    records: Vec<String>,
+    #[arg(long)]
+    label: Option<i64>,
+    #[arg(long)]
+    window: Option<u64>,
+    #[arg(long)]
+    min_score: Option<f64>,
+    #[arg(long)]
+    max_score: Option<f64>,
+    /// Only records newer than this (`30m`, `2h`, `1day`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<std::time::Duration>,
+}
+
+impl QuarantineSelect {
+    fn filter(&self) -> lossgate::quarantine::Filter {
+        lossgate::quarantine::Filter {
+            label: self.label,
+            window: self.window,
+            min_score: self.min_score,
+            max_score: self.max_score,
+            since: self.since,
+            records: self.records.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -362,6 +420,54 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig { config } => {
             let config = Config::from_file(&config)?;
             println!("{config:#?}");
+            Ok(())
+        }
+        Command::Quarantine(QuarantineCommand::List { select, json }) => {
+            let config = Config::from_file(&select.config)?;
+            let found = lossgate::quarantine::list(&config, &select.filter())?;
+            if json {
+                for q in &found {
+                    println!("{}", serde_json::to_string(q)?);
+                }
+            } else {
+                println!(
+                    "{:<28} {:>6} {:>6} {:>9} {:>9}  {:<24} reason",
+                    "record", "label", "window", "score", "threshold", "time"
+                );
+                for q in &found {
+                    let time = q
+                        .timestamp
+                        .map(|t| {
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.max(0) as u64),
+                            )
+                            .to_string()
+                        })
+                        .unwrap_or_default();
+                    let num = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
+                    let int = |v: Option<String>| v.unwrap_or_default();
+                    println!(
+                        "{:<28} {:>6} {:>6} {:>9} {:>9}  {:<24} {}",
+                        q.record,
+                        int(q.label.map(|l| l.to_string())),
+                        int(q.window.map(|w| w.to_string())),
+                        num(q.score),
+                        num(q.threshold),
+                        time,
+                        q.reason
+                    );
+                }
+                println!("{} quarantined records", found.len());
+            }
+            Ok(())
+        }
+        Command::Quarantine(QuarantineCommand::Release { select, reason }) => {
+            let config = Config::from_file(&select.config)?;
+            let done = lossgate::quarantine::release(&config, &select.filter(), &reason)?;
+            println!(
+                "released {} records to {}; {} were released before",
+                done.released, config.kafka.output_topic, done.already
+            );
             Ok(())
         }
         Command::MakeProbes { config, from, format, labels_file, label_column, count, seed, out } => {

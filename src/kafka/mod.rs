@@ -35,6 +35,9 @@ pub struct KafkaConfig {
     /// `exactly-once` mode: where checkpoints are also kept, for brokers that drop offset-commit
     /// metadata (tansu 0.6 does). Best configured compacted; one small record per partition and window.
     pub checkpoint_topic: String,
+    /// `lossgate quarantine release`: the record of every release (compacted, keyed by the
+    /// quarantined record), so that releasing a record twice writes it once.
+    pub release_topic: String,
     pub codec: Codec,
     /// `f32le` codec: the header holding the label as decimal text.
     pub label_header: String,
@@ -77,6 +80,7 @@ impl Default for KafkaConfig {
             quarantine_topic: "samples-quarantine".into(),
             dead_letter_topic: "samples-dead-letter".into(),
             checkpoint_topic: "lossgate-checkpoints".into(),
+            release_topic: "lossgate-releases".into(),
             codec: Codec::Json,
             label_header: "label".into(),
             max_record_bytes: 1 << 20,
@@ -106,6 +110,7 @@ impl std::fmt::Debug for KafkaConfig {
             quarantine_topic,
             dead_letter_topic,
             checkpoint_topic,
+            release_topic,
             codec,
             label_header,
             max_record_bytes,
@@ -122,6 +127,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("quarantine_topic", quarantine_topic)
             .field("dead_letter_topic", dead_letter_topic)
             .field("checkpoint_topic", checkpoint_topic)
+            .field("release_topic", release_topic)
             .field("codec", codec)
             .field("label_header", label_header)
             .field("max_record_bytes", max_record_bytes)
@@ -183,6 +189,7 @@ impl KafkaConfig {
             ("kafka.quarantine_topic", &self.quarantine_topic),
             ("kafka.dead_letter_topic", &self.dead_letter_topic),
             ("kafka.checkpoint_topic", &self.checkpoint_topic),
+            ("kafka.release_topic", &self.release_topic),
         ];
         for (i, (field, topic)) in topics.iter().enumerate() {
             ensure(!topic.trim().is_empty(), field, "is empty")?;
@@ -321,11 +328,15 @@ impl DeliveryConfig {
 }
 
 /// One record as [`read_topic`] returns it, headers as bytes.
+#[derive(Debug, Clone)]
 pub struct TopicRecord {
     pub partition: i32,
     pub offset: i64,
+    pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<headers::RawHeader>,
+    /// Milliseconds since the epoch, where the record has a timestamp.
+    pub timestamp: Option<i64>,
 }
 
 /// Every record of `topic` from its beginning until nothing more arrives for a moment (the
@@ -341,26 +352,46 @@ pub fn read_topic(client: &ClientConfig, topic: &str, timeout: Duration) -> anyh
         .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("reading the partitions of {topic}"))?;
     let mut assignment = TopicPartitionList::new();
+    // Read at least to the end offsets seen now: a first fetch slower than the quiet time
+    // must not pass for an empty topic.
+    let mut unread: BTreeMap<i32, i64> = BTreeMap::new();
     for t in metadata.topics() {
         if let Some(err) = t.error() {
             bail!("topic {topic} is not usable ({err:?}): does it exist?");
         }
         for p in t.partitions() {
             assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .with_context(|| format!("reading the end offsets of {topic}/{}", p.id()))?;
+            if high > low {
+                unread.insert(p.id(), high);
+            }
         }
     }
     consumer.assign(&assignment)?;
     let mut messages = Vec::new();
     let deadline = Instant::now() + timeout;
     let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < checkpoint::QUIET && Instant::now() < deadline {
+    while !unread.is_empty() || quiet_since.elapsed() < checkpoint::QUIET {
+        if Instant::now() > deadline {
+            bail!(
+                "reading {topic} did not reach its end within {timeout:?} ({} partitions short)",
+                unread.len()
+            );
+        }
         if let Some(message) = consumer.poll(Duration::from_millis(50)) {
             let message = message?;
+            if unread.get(&message.partition()).is_some_and(|&high| message.offset() + 1 >= high) {
+                unread.remove(&message.partition());
+            }
             messages.push(TopicRecord {
                 partition: message.partition(),
                 offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().map(<[u8]>::to_vec),
                 headers: headers::read_raw(&message),
+                timestamp: message.timestamp().to_millis(),
             });
             quiet_since = Instant::now();
         }
