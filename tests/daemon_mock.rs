@@ -32,17 +32,17 @@ fn small_config(cluster: &MockCluster<'static, rdkafka::producer::DefaultProduce
     config
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_cluster() {
-    let cluster = MockCluster::new(1).unwrap();
-    let mut config = small_config(&cluster);
-    config.delivery.mode = DeliveryMode::Transactional;
-    config.delivery.transactional_id = Some("lossgate-test-1".into());
-    let probes = common::mnist_test(60);
+type Daemon = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// The daemon in this process on `config`, until the returned sender is used or dropped.
+fn spawn_daemon(
+    config: Config,
+    probes: lossgate::data::LabelledSamples,
+) -> (Metrics, tokio::sync::oneshot::Sender<()>, Daemon) {
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let options = DaemonOptions {
-        config: config.clone(),
+        config,
         config_path: None,
         probes: Some(probes),
         metrics: metrics.clone(),
@@ -51,6 +51,17 @@ async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_clust
     let daemon = tokio::spawn(daemon::run(options, async {
         let _ = stopped.await;
     }));
+    (metrics, stop, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_cluster() {
+    let cluster = MockCluster::new(1).unwrap();
+    let mut config = small_config(&cluster);
+    config.delivery.mode = DeliveryMode::Transactional;
+    config.delivery.transactional_id = Some("lossgate-test-1".into());
+    let probes = common::mnist_test(60);
+    let (metrics, stop, daemon) = spawn_daemon(config.clone(), probes);
     let n = common::firewall::produce(&config.kafka.brokers, &config.kafka.input_topic, 0, 450, 3).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     let committed = || metrics.transactions.with_label_values(&["committed"]).get();
@@ -87,18 +98,7 @@ async fn a_failed_produce_aborts_the_window_and_the_retry_writes_each_record_onc
     // one is answered by sending each record alone, see the next test.)
     cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD; 4]);
 
-    let metrics = Metrics::new();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = DaemonOptions {
-        config: config.clone(),
-        config_path: None,
-        probes: Some(common::mnist_test(60)),
-        metrics: metrics.clone(),
-        passthrough: false,
-    };
-    let daemon = tokio::spawn(daemon::run(options, async {
-        let _ = stopped.await;
-    }));
+    let (metrics, stop, daemon) = spawn_daemon(config.clone(), common::mnist_test(60));
     let deadline = Instant::now() + Duration::from_secs(90);
     let windows = |result: &str| metrics.windows.with_label_values(&[result]).get();
     // Records the failed try had written are skipped on the retry, not written again.
@@ -159,18 +159,7 @@ async fn a_batch_refused_as_too_large_is_sent_again_record_by_record() {
     let config = small_config(&cluster);
     let n = common::firewall::produce(&config.kafka.brokers, &config.kafka.input_topic, 0, 300, 0).await;
     cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE]);
-    let metrics = Metrics::new();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = DaemonOptions {
-        config: config.clone(),
-        config_path: None,
-        probes: Some(common::mnist_test(60)),
-        metrics: metrics.clone(),
-        passthrough: false,
-    };
-    let daemon = tokio::spawn(daemon::run(options, async {
-        let _ = stopped.await;
-    }));
+    let (metrics, stop, daemon) = spawn_daemon(config.clone(), common::mnist_test(60));
     let deadline = Instant::now() + Duration::from_secs(90);
     let decided = || metrics.forwarded.get() + metrics.quarantined.get();
     let dead = || metrics.dead_lettered.with_label_values(&["too_large"]).get();
@@ -238,19 +227,7 @@ async fn a_second_crash_after_a_partial_commit_writes_nothing_twice() {
 
     let run = |mut config: Config| {
         config.metrics.listen = format!("127.0.0.1:{}", lossgate::tansu::free_port()).parse().unwrap();
-        let metrics = Metrics::new();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let options = DaemonOptions {
-            config,
-            config_path: None,
-            probes: Some(common::mnist_test(60)),
-            metrics: metrics.clone(),
-            passthrough: false,
-        };
-        let daemon = tokio::spawn(daemon::run(options, async {
-            let _ = stopped.await;
-        }));
-        (metrics, stop, daemon)
+        spawn_daemon(config, common::mnist_test(60))
     };
     let wait = |what: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(90);
