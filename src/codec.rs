@@ -141,7 +141,8 @@ fn integer_label(text: &str) -> Result<i64, Rejection> {
 /// `v` as an i64 when it is a whole number within i64's range.
 fn whole_number(v: f64) -> Option<i64> {
     // 2^63 is exactly representable; anything at or beyond it does not fit.
-    (v.is_finite() && v.fract() == 0.0 && v.abs() < 9.223_372_036_854_775_808e18).then_some(v as i64)
+    const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+    (v.is_finite() && v.fract() == 0.0 && v.abs() < TWO_POW_63).then_some(v as i64)
 }
 
 fn decode_json(value: &[u8]) -> Result<Sample, Rejection> {

@@ -169,7 +169,8 @@ pub fn release(config: &Config, filter: &Filter, reason: &str) -> Result<Release
     )?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Intents left by an interrupted run: did their copy land?
-    let pending: Vec<(String, Vec<(i32, i64)>, String)> = log
+    type Pending = (String, Vec<(i32, i64)>, String);
+    let pending: Vec<Pending> = log
         .values()
         .filter_map(|e| match e {
             ReleaseEntry::Intent { record, output_ends, reason } => {

@@ -222,7 +222,7 @@ async fn hostile_records_are_decided_or_dead_lettered_and_the_firewall_keeps_goi
     let more = produce(&s.brokers, &input, 150, 350, 0).await;
     keys.extend(sample_keys(150, 150 + more));
 
-    let outputs = assert_each_key_once(&s, &keys, &[s.config_path.clone()]);
+    let outputs = assert_each_key_once(&s, &keys, std::slice::from_ref(&s.config_path));
     let by_key: HashMap<&str, &OutputRecord> = outputs.iter().map(|r| (r.key.as_str(), r)).collect();
     let decided = |key: &str| {
         let r = by_key[key];
@@ -277,7 +277,7 @@ async fn every_compression_codec_in_and_out() {
             produce_with(&s.brokers, &input, i * 150, (i + 1) * 150, 0, &[("compression.type", codec)]).await;
     }
     let keys: HashSet<String> = sample_keys(0, total).collect();
-    assert_each_key_once(&s, &keys, &[s.config_path.clone()]);
+    assert_each_key_once(&s, &keys, std::slice::from_ref(&s.config_path));
     let log = std::fs::read_to_string(s.config_path.with_extension("log")).unwrap();
     assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "a clean run logs no warning:\n{log}");
 }
@@ -343,6 +343,6 @@ async fn a_broker_that_skips_records_stops_the_partition_instead_of_losing_them(
     let faithful = Tansu::start();
     let (s, _firewall) = restart_inside_a_batch(&faithful, "gapok").await;
     let keys: HashSet<String> = sample_keys(0, 400).collect();
-    assert_each_key_once(&s, &keys, &[s.config_path.clone()]);
+    assert_each_key_once(&s, &keys, std::slice::from_ref(&s.config_path));
     assert_eq!(metric(s.metrics_port, "lossgate_input_gaps_total{result=\"stopped\"}"), 0.0);
 }

@@ -153,8 +153,8 @@ pub async fn produce_all(
     routed: &mut [Routed<'_>],
 ) -> Result<Vec<OutputPosition>> {
     let mut pending = Vec::with_capacity(routed.len());
-    for i in 0..routed.len() {
-        pending.push((i, send(producer, kafka, &routed[i]).await));
+    for (i, r) in routed.iter().enumerate() {
+        pending.push((i, send(producer, kafka, r).await));
     }
     let mut delivered = Vec::with_capacity(pending.len());
     let mut refused = Vec::new();
