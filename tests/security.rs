@@ -117,7 +117,7 @@ fn the_daemon_never_logs_or_exports_the_sasl_password() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(http_status(setup.metrics_port, "/healthz"), Some(200), "the daemon is up");
-    // tansu 0.6 offers PLAIN but has no users configured: authentication fails, and the
+    // tansu offers PLAIN but has no users configured: authentication fails, and the
     // daemon says it is not ready rather than pretending.
     assert_eq!(http_status(setup.metrics_port, "/readyz"), Some(503));
     firewall.terminate();
