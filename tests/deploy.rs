@@ -128,3 +128,123 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
     let missing: Vec<_> = wanted.difference(&exported).collect();
     assert!(missing.is_empty(), "named in deploy/ but not exported: {missing:?}");
 }
+
+/// GET `path` from 127.0.0.1:`port`; the body.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    let (head, rest) = body.split_once("\r\n\r\n")?;
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        // Chunked: size line, data, ... (Prometheus answers this way for larger bodies).
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            if n == 0 {
+                break;
+            }
+            out.push_str(tail.get(..n)?);
+            rest = tail.get(n + 2..)?;
+        }
+        return Some(out);
+    }
+    Some(rest.to_string())
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Debian's Prometheus server scrapes a running daemon with the shipped alert rules: every
+/// query of the Grafana dashboard returns data, every alert rule evaluates without error, and
+/// every series an alert names exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_evaluates_every_dashboard_query_and_alert_against_a_running_daemon() {
+    let broker = Tansu::start();
+    let s = setup(&broker, "prom", "exactly-once", "alpha = 0.1");
+    let _firewall = Firewall::start(&s.config_path);
+    let n = produce(&s.brokers, &s.topic("samples"), 0, 250, 2).await;
+    assert!(wait_for_metric(s.metrics_port, "lossgate_records_in_total", n as f64, Duration::from_secs(120)));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: lossgate\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n        labels: {{pod: test}}\n",
+            deploy("prometheus/lossgate-alerts.yml").display(),
+            s.metrics_port
+        ),
+    )
+    .unwrap();
+    let port = common::broker::free_port();
+    let mut server = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package prometheus) must be installed: make test installs it");
+    // A few scrapes, with records flowing between them so that rates are not all zero.
+    std::thread::sleep(Duration::from_secs(4));
+    produce(&s.brokers, &s.topic("samples"), 250, 500, 0).await;
+    std::thread::sleep(Duration::from_secs(6));
+
+    let query = |expr: &str| -> serde_json::Value {
+        let body = http_get(port, &format!("/api/v1/query?query={}", url_encode(expr)))
+            .unwrap_or_else(|| panic!("Prometheus did not answer for {expr}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{expr}: {e}: {body}"))
+    };
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana/lossgate-dashboard.json")).unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = target["expr"].as_str() else { continue };
+            let answer = query(expr);
+            assert_eq!(answer["status"], "success", "{expr}: {answer}");
+            assert!(
+                !answer["data"]["result"].as_array().unwrap().is_empty(),
+                "the dashboard query {expr} returned no data"
+            );
+            queries += 1;
+        }
+    }
+    assert!(queries >= 12, "{queries} dashboard queries");
+
+    let rules: serde_json::Value = serde_json::from_str(&http_get(port, "/api/v1/rules").unwrap()).unwrap();
+    let mut alerts = 0;
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_eq!(
+                rule["health"], "ok",
+                "alert {} does not evaluate: {}",
+                rule["name"], rule["lastError"]
+            );
+            for name in metric_names(rule["query"].as_str().unwrap()) {
+                let answer = query(&name);
+                assert!(
+                    !answer["data"]["result"].as_array().unwrap().is_empty(),
+                    "alert {} names {name}, which has no series",
+                    rule["name"]
+                );
+            }
+            alerts += 1;
+        }
+    }
+    assert!(alerts >= 7, "{alerts} alert rules loaded");
+    let _ = server.kill();
+    let _ = server.wait();
+}
