@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::broker::Tansu;
-use common::firewall::{produce, scrape, setup, wait_for_metric, Firewall};
+use common::firewall::{http_get, produce, scrape, setup, wait_for_metric, Firewall};
 
 fn deploy(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
@@ -129,33 +129,6 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
     assert!(missing.is_empty(), "named in deploy/ but not exported: {missing:?}");
 }
 
-/// GET `path` from 127.0.0.1:`port`; the body.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    let (head, rest) = body.split_once("\r\n\r\n")?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        // Chunked: size line, data, ... (Prometheus answers this way for larger bodies).
-        let mut out = String::new();
-        let mut rest = rest;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).ok()?;
-            if n == 0 {
-                break;
-            }
-            out.push_str(tail.get(..n)?);
-            rest = tail.get(n + 2..)?;
-        }
-        return Some(out);
-    }
-    Some(rest.to_string())
-}
-
 fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
@@ -203,7 +176,7 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_against_a_running_
     std::thread::sleep(Duration::from_secs(6));
 
     let query = |expr: &str| -> serde_json::Value {
-        let body = http_get(port, &format!("/api/v1/query?query={}", url_encode(expr)))
+        let (_, body) = http_get(port, &format!("/api/v1/query?query={}", url_encode(expr)))
             .unwrap_or_else(|| panic!("Prometheus did not answer for {expr}"));
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{expr}: {e}: {body}"))
     };
@@ -224,7 +197,7 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_against_a_running_
     }
     assert!(queries >= 12, "{queries} dashboard queries");
 
-    let rules: serde_json::Value = serde_json::from_str(&http_get(port, "/api/v1/rules").unwrap()).unwrap();
+    let rules: serde_json::Value = serde_json::from_str(&http_get(port, "/api/v1/rules").unwrap().1).unwrap();
     let mut alerts = 0;
     for group in rules["data"]["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {

@@ -325,14 +325,36 @@ pub fn duplicates(records: &[OutputRecord]) -> usize {
     records.iter().filter(|r| !seen.insert(r.source.clone())).count()
 }
 
-/// Scrapes `/metrics` and returns `name{labels} -> value`.
-pub fn scrape(port: u16) -> Option<HashMap<String, f64>> {
+/// GET `path` from 127.0.0.1:`port`: the status code and the body (chunked bodies decoded).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, rest) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Some((status, rest.to_string()));
+    }
     let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    let (_, text) = body.split_once("\r\n\r\n")?;
+    let mut rest = rest;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).ok()?;
+        if n == 0 {
+            break;
+        }
+        body.push_str(tail.get(..n)?);
+        rest = tail.get(n + 2..)?;
+    }
+    Some((status, body))
+}
+
+/// Scrapes `/metrics` and returns `name{labels} -> value`.
+pub fn scrape(port: u16) -> Option<HashMap<String, f64>> {
+    let (_, text) = http_get(port, "/metrics")?;
     Some(
         text.lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -342,14 +364,7 @@ pub fn scrape(port: u16) -> Option<HashMap<String, f64>> {
 }
 
 pub fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    body.split_whitespace().nth(1)?.parse().ok()
+    http_get(port, path).map(|(status, _)| status)
 }
 
 /// Waits until `metric` reaches `at_least`.
