@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::EngineConfig;
 use crate::data::LabelledSamples;
+use crate::engine::pool::{self, EnginePool};
 use crate::engine::Engine;
 use crate::scorer::{IndexKind, ProbeScorer, ScorerConfig};
 use crate::shadow::graphs::gemm_only_graph;
@@ -104,6 +105,40 @@ impl WholeWindow {
     }
 }
 
+/// Whole windows through a pool of engine workers: throughput in samples (window + probes
+/// rows trained) per second.
+pub struct PooledWindows {
+    pool: EnginePool,
+    window: LabelledSamples,
+    rows_per_window: usize,
+    decision: crate::decision::DecisionConfig,
+}
+
+impl PooledWindows {
+    pub fn new(runtime: &Runtime, config: EngineConfig, workers: usize) -> Result<Self> {
+        let shape = mnist_shape();
+        let window = random_samples(config.window.size, &shape, 3);
+        let probes = random_samples(config.probes.count, &shape, 4);
+        let rows_per_window = config.window.size + config.probes.count;
+        let decision = config.decision.clone();
+        let pool = EnginePool::start(runtime, config, probes, workers)?;
+        Ok(Self { pool, window, rows_per_window, decision })
+    }
+
+    /// Runs `windows` windows (numbered from `first`) through the pool at once and waits for
+    /// all of them; returns rows trained per second.
+    pub fn run(&self, first: u64, windows: usize) -> Result<f64> {
+        let started = Instant::now();
+        let pending: Vec<_> = (0..windows as u64)
+            .map(|i| self.pool.submit(self.window.clone(), first + i, self.decision.clone()))
+            .collect();
+        for p in pending {
+            pool::wait(p)?;
+        }
+        Ok((windows * self.rows_per_window) as f64 / started.elapsed().as_secs_f64())
+    }
+}
+
 /// Loss-trajectory-like rows `[rows, epochs]` for the scorer: a log-normal start loss, an
 /// exponential decay at a random rate, noise, and a loss spike now and then.
 pub fn synthetic_trajectories(rows: usize, epochs: usize, seed: u64) -> Array2<f32> {
@@ -191,9 +226,25 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
         config.shadow.epochs = 3;
     }
     let (w, p, e) = (config.window.size, config.probes.count, config.shadow.epochs);
-    let mut window = WholeWindow::new(runtime, config)?;
+    let mut window = WholeWindow::new(runtime, config.clone())?;
     let t_window = seconds_per_call(Duration::ZERO, || window.run())?;
     row(&format!("whole window: {w} samples + {p} probes, {e} epochs"), format!("{t_window:>10.2} s"));
+
+    // The same windows through pools of 1 and 2 workers, the same number of windows for each
+    // (2 per worker of the larger pool), after one warm-up round per pool.
+    let windows = if quick { 2 } else { 4 };
+    let mut rates = Vec::new();
+    for workers in [1, 2] {
+        let pooled = PooledWindows::new(runtime, config.clone(), workers)?;
+        pooled.run(0, workers)?;
+        let rate = pooled.run(100, windows)?;
+        rates.push(rate);
+        row(
+            &format!("whole windows, {workers} engine worker(s), {windows} windows"),
+            format!("{rate:>10.0} samples/s  {:>6.1} GFLOP/s", rate * window_flops_per_row(&shape, &config) / 1e9),
+        );
+    }
+    row("2 workers against 1 (same windows, same run)", format!("{:>10.2} x", rates[1] / rates[0]));
 
     for probes in [250, 2_500, 25_000] {
         let probe_rows = synthetic_trajectories(probes, 30, 5);
@@ -213,4 +264,11 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
         );
     }
     Ok(out)
+}
+
+/// Training FLOPs per window row: a train step and an evaluation per epoch and per pass (the
+/// second pass trains again on nearly every row).
+fn window_flops_per_row(shape: &MlpShape, config: &EngineConfig) -> f64 {
+    let passes = if config.shadow.second_pass { 2.0 } else { 1.0 };
+    passes * config.shadow.epochs as f64 * (shape.train_flops_per_sample() + shape.forward_flops_per_sample())
 }

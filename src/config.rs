@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::decision::DecisionConfig;
+use crate::engine::pool::PoolConfig;
 use crate::kafka::{DeliveryConfig, KafkaConfig};
 use crate::metrics::MetricsConfig;
 use crate::probes::ProbesConfig;
@@ -234,6 +235,9 @@ pub struct Config {
     pub probes: ProbesConfig,
     pub scorer: ScorerConfig,
     pub decision: DecisionConfig,
+    /// `[engine]`: how many windows are trained at once.
+    #[serde(rename = "engine")]
+    pub engine_pool: PoolConfig,
     pub kafka: KafkaConfig,
     pub delivery: DeliveryConfig,
     pub metrics: MetricsConfig,
@@ -253,6 +257,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.engine().validate()?;
+        self.engine_pool.validate()?;
         self.kafka.validate()?;
         self.delivery.validate()?;
         self.metrics.validate()
@@ -279,22 +284,32 @@ impl Config {
     }
 
     /// The sections a live reload may not change, by name, where `other` differs from `self`.
+    /// Destructured, so that a section added to `Config` cannot be left out of this check.
     pub fn fixed_sections_changed(&self, other: &Config) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        let mut check = |name: &'static str, same: bool| {
-            if !same {
-                changed.push(name);
-            }
-        };
-        check("input", self.input == other.input);
-        check("window", self.window == other.window);
-        check("shadow", self.shadow == other.shadow);
-        check("probes", self.probes == other.probes);
-        check("scorer", self.scorer == other.scorer);
-        check("kafka", self.kafka == other.kafka);
-        check("delivery", self.delivery == other.delivery);
-        check("metrics", self.metrics == other.metrics);
-        changed
+        let Config {
+            input,
+            window,
+            shadow,
+            probes,
+            scorer,
+            decision: _live,
+            engine_pool,
+            kafka,
+            delivery,
+            metrics,
+        } = self;
+        let sections = [
+            ("input", *input == other.input),
+            ("window", *window == other.window),
+            ("shadow", *shadow == other.shadow),
+            ("probes", *probes == other.probes),
+            ("scorer", *scorer == other.scorer),
+            ("engine", *engine_pool == other.engine_pool),
+            ("kafka", *kafka == other.kafka),
+            ("delivery", *delivery == other.delivery),
+            ("metrics", *metrics == other.metrics),
+        ];
+        sections.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
     }
 }
 
@@ -357,6 +372,7 @@ mod tests {
             ("[shadow]\nmomentum = 1.0\n", "shadow.momentum"),
             ("[shadow]\nbatch_size = 0\n", "shadow.batch_size"),
             ("[window]\nsize = 0\n", "window.size"),
+            ("[engine]\nworkers = 0\n", "engine.workers"),
             ("[input]\nfeatures = 784\nclasses = 1\n", "input.classes"),
             ("[probes]\ncount = 1\n", "probes.count"),
             ("[probes]\ntopic = \"p\"\nfile = \"Cargo.toml\"\nformat = \"csv\"\n", "probes.topic"),

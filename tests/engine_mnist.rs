@@ -59,3 +59,50 @@ fn too_few_probes_for_k_are_refused_at_start() {
         Engine::new(&runtime, small_config(), probes.slice(0, 40)).err().expect("k = 50 needs > 50 probes");
     assert!(format!("{err:#}").contains("scorer.k"), "{err:#}");
 }
+
+/// Four real windows, poisoned with a corner patch, through pools of 1 and 2 workers: the same
+/// seeds give the same decisions whichever worker takes a window and in whatever order they end.
+#[test]
+fn the_number_of_workers_does_not_change_a_decision() {
+    use lossgate::engine::pool::{wait, EnginePool};
+    let runtime = common::runtime();
+    let all = common::mnist_train(2300);
+    let probes = all.slice(2000, 2300);
+    let mut windows: Vec<_> = (0..4).map(|i| all.slice(i * 500, (i + 1) * 500)).collect();
+    for window in &mut windows {
+        for row in 0..10 {
+            for pixel in [0, 1, 28, 29] {
+                window.features[[row, pixel]] = 1.0;
+            }
+            window.labels[row] = 7;
+        }
+    }
+    let mut config = small_config();
+    config.shadow.epochs = 4;
+    let decide = |workers: usize| {
+        let pool = EnginePool::start(&runtime, config.clone(), probes.clone(), workers).unwrap();
+        let pending: Vec<_> = windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| pool.submit(w.clone(), i as u64, config.decision.clone()))
+            .collect();
+        pending
+            .into_iter()
+            .map(|p| {
+                let outcome = wait(p).unwrap();
+                let actions: Vec<_> = outcome.decisions.iter().map(|d| d.action).collect();
+                (actions, outcome.sample_scores)
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = decide(1);
+    let two = decide(2);
+    assert_eq!(one.len(), 4);
+    for (window, (a, b)) in one.iter().zip(&two).enumerate() {
+        assert_eq!(a.0, b.0, "window {window}: decisions differ between 1 and 2 workers");
+        assert_eq!(a.1, b.1, "window {window}: scores differ between 1 and 2 workers");
+    }
+    let quarantined: usize =
+        one.iter().map(|(actions, _)| actions.iter().filter(|&&a| a == Action::Quarantine).count()).sum();
+    assert!(quarantined > 0, "the windows quarantine something, so the comparison means something");
+}

@@ -3,7 +3,6 @@
 //! metadata, or inside a transaction), then the window's metrics.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,26 +11,40 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaResult;
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
 
 use super::sink::{self, Destination, Routed};
 use super::window::InputRecord;
 use super::{Pipeline, KAFKA_TIMEOUT};
 use crate::data::LabelledSamples;
 use crate::decision::{Action, DecisionConfig};
+use crate::engine::pool::stopped_mid_window;
 use crate::engine::WindowOutcome;
 use crate::kafka::checkpoint::{Checkpoint, CheckpointRecord};
 use crate::kafka::DeliveryMode;
 
 /// A window as dispatched: its records, the decision in force, and where the outputs stood.
 pub struct WindowJob {
+    /// Dispatch order: names the window in logs and headers and seeds its shadow.
+    pub window_id: u64,
     pub records: Vec<InputRecord>,
     pub decision: DecisionConfig,
-    /// The outputs' end offsets before this window (advanced by its own deliveries).
-    pub checkpoint: Checkpoint,
+    pub outputs_before: OutputsBefore,
+    /// Hands this window's checkpoint to the next one once this one is committed; dropped
+    /// unsent if this one fails, which aborts the next one too.
+    pub handoff: oneshot::Sender<Checkpoint>,
     /// Output records of an earlier run that recovery found and that stay uncommitted after
     /// this window: the committed checkpoint must not pass them (or a second crash would
     /// write their sources again).
     pub floor: Vec<crate::kafka::checkpoint::OutputPosition>,
+}
+
+/// The outputs' end offsets before a window: known at dispatch when no window is ahead of it,
+/// else handed over by the window ahead once that one is committed. Windows are decided in
+/// parallel but written and committed one after the other, in input order.
+pub enum OutputsBefore {
+    Known(Checkpoint),
+    AfterWindow(oneshot::Receiver<Checkpoint>),
 }
 
 /// What a committed window leaves behind.
@@ -44,11 +57,10 @@ pub struct Committed {
 /// Decides one window, writes every record to exactly one topic, waits for all acks, then
 /// commits the input offsets (with the output checkpoint, or inside a transaction).
 pub async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<Committed> {
-    let WindowJob { records, decision, mut checkpoint, floor } = job;
+    let WindowJob { window_id, records, decision, outputs_before, handoff, floor } = job;
     let started = Instant::now();
     let config = &pipeline.config;
     let metrics = &pipeline.metrics;
-    let window_id = pipeline.window_counter.fetch_add(1, Ordering::Relaxed);
     let to_decide: Vec<usize> = (0..records.len())
         .filter(|&i| !pipeline.passthrough && records[i].sample.is_ok() && !records[i].already_produced)
         .collect();
@@ -57,9 +69,15 @@ pub async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<C
     } else {
         let samples = samples_of(&records, &to_decide, config.input.features)?;
         let training = Instant::now();
-        let outcome = pipeline.worker.process(samples, decision).await?;
+        let outcome = pipeline.engines.submit(samples, window_id, decision).await.map_err(|_| stopped_mid_window())??;
         metrics.training_seconds.observe(training.elapsed().as_secs_f64());
         Some(outcome)
+    };
+    let mut checkpoint = match outputs_before {
+        OutputsBefore::Known(checkpoint) => checkpoint,
+        OutputsBefore::AfterWindow(ahead) => ahead
+            .await
+            .map_err(|_| anyhow!("the window before this one was aborted, so this one is not written either"))?,
     };
     let mut routed = sink::route(&config.kafka, &records, &to_decide, outcome.as_ref(), window_id);
 
@@ -111,6 +129,8 @@ pub async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<C
             write_checkpoint_records(&pipeline, &next, &committed_checkpoint).await?;
         }
     }
+    // The next window may be written now; nobody waits when this one is the last in flight.
+    let _ = handoff.send(checkpoint.clone());
     record_window_metrics(&pipeline, &routed, &records, outcome.as_ref(), started);
     tracing::info!(
         window = window_id,

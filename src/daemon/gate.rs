@@ -1,35 +1,36 @@
-//! Whether a window is between dispatch and commit. A revoke waits here, so that the window
-//! holding the revoked partitions is committed (or abandoned) before the next owner's recovery
-//! scan reads the outputs: otherwise it could commit after that scan and be written twice.
+//! How many windows are between dispatch and commit. A revoke waits here until none is, so
+//! that the windows holding the revoked partitions are committed (or abandoned) before the next
+//! owner's recovery scan reads the outputs: otherwise one could commit after that scan and be
+//! written twice.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct WindowGate {
-    busy: Mutex<bool>,
+    in_flight: Mutex<usize>,
     idle: Condvar,
 }
 
-/// Held by the window task; the gate opens when it is dropped, whatever the window's end.
+/// Held by a window task; counted out when it is dropped, whatever the window's end.
 pub struct InFlight(Arc<WindowGate>);
 
 impl WindowGate {
     pub fn enter(self: &Arc<Self>) -> InFlight {
-        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         InFlight(self.clone())
     }
 
     /// Waits until no window is in flight, at most `limit`; false if one still is.
     pub fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        while *busy {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        while *in_flight > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            busy = self.idle.wait_timeout(busy, left).unwrap_or_else(|e| e.into_inner()).0;
+            in_flight = self.idle.wait_timeout(in_flight, left).unwrap_or_else(|e| e.into_inner()).0;
         }
         true
     }
@@ -37,8 +38,11 @@ impl WindowGate {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        self.0.idle.notify_all();
+        let mut in_flight = self.0.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        *in_flight = in_flight.saturating_sub(1);
+        if *in_flight == 0 {
+            self.0.idle.notify_all();
+        }
     }
 }
 
@@ -47,11 +51,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_revoke_waits_for_the_window_in_flight() {
+    fn a_revoke_waits_for_every_window_in_flight() {
         let gate = Arc::new(WindowGate::default());
         assert!(gate.wait_idle(Duration::ZERO));
+        let first = gate.enter();
         let in_flight = gate.enter();
-        assert!(!gate.wait_idle(Duration::from_millis(20)));
+        drop(first);
+        assert!(!gate.wait_idle(Duration::from_millis(20)), "one of two is still in flight");
         let waiter = {
             let gate = gate.clone();
             std::thread::spawn(move || gate.wait_idle(Duration::from_secs(10)))

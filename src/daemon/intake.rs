@@ -1,12 +1,12 @@
-//! The event loop: records in, rebalances, read positions and gaps, back-pressure, and one
-//! window in flight at a time.
+//! The event loop: records in, rebalances, read positions and gaps, back-pressure, and up to
+//! `engine.workers` windows in flight, committed in input order.
 //!
-//! Back-pressure is not polling: while the engine is busy and the next window is full, the
+//! Back-pressure is not polling: while every worker is busy and the next window is full, the
 //! loop stops taking records and librdkafka stops fetching once `queued.max.messages.kbytes`
 //! is prefetched. Nothing is paused and resumed, so the consumer never seeks (a seek into a
 //! record batch is where tansu 0.6.0 skips records).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,9 +15,9 @@ use anyhow::{anyhow, Result};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use super::commit::{self, Committed, WindowJob};
+use super::commit::{self, Committed, OutputsBefore, WindowJob};
 use super::gaps::{Arrival, ReadPositions};
 use super::http::Readiness;
 use super::recovery::{retry_recovery, rewind, try_recovery};
@@ -43,6 +43,10 @@ pub struct LoopState {
     pub recovery_pending: HashSet<i32>,
     /// Rebalance events taken off the channel by `select!`, in order.
     pending_events: Vec<RebalanceEvent>,
+    /// The number of the next window dispatched.
+    next_window: u64,
+    /// The last window dispatched hands its checkpoint over here once it is committed.
+    handoff: Option<oneshot::Receiver<Checkpoint>>,
 }
 
 pub async fn run(
@@ -62,18 +66,25 @@ pub async fn run(
         positions: ReadPositions::default(),
         recovery_pending: HashSet::new(),
         pending_events: Vec::new(),
+        next_window: 0,
+        handoff: None,
     };
-    let mut in_flight: Option<WindowTask> = None;
+    let workers = pipeline.engines.workers();
+    // Oldest first; at most `workers`, plus the open window: `workers + 1` windows held.
+    let mut in_flight: VecDeque<WindowTask> = VecDeque::new();
     tokio::pin!(shutdown);
     loop {
         handle_rebalances(&pipeline, &mut events, &mut state, &readiness);
-        if in_flight.is_none() && !state.recovery_pending.is_empty() {
+        if in_flight.is_empty() && !state.recovery_pending.is_empty() {
             retry_recovery(&pipeline, &mut state).await;
         }
-        if in_flight.is_none() && state.recovery_pending.is_empty() && state.open.is_due(Instant::now()) {
-            in_flight = Some(dispatch(&pipeline, &mut state, decision_rx.borrow().clone()));
+        let worker_free = in_flight.len() < workers;
+        if worker_free && state.recovery_pending.is_empty() && state.open.is_due(Instant::now()) {
+            let task = dispatch(&pipeline, &mut state, !in_flight.is_empty(), decision_rx.borrow().clone());
+            in_flight.push_back(task);
+            continue;
         }
-        let taking = !(in_flight.is_some() && state.open.is_full());
+        let taking = worker_free || !state.open.is_full();
         let deadline = state.open.deadline();
         tokio::select! {
             biased;
@@ -81,13 +92,23 @@ pub async fn run(
                 tracing::info!("shutting down: finishing the window in flight");
                 return finish_in_flight(in_flight, config.delivery.shutdown_grace, &state).await;
             }
-            done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
-                in_flight = None;
+            done = async { in_flight.front_mut().expect("guarded").await }, if !in_flight.is_empty() => {
+                in_flight.pop_front();
                 match done.map_err(|e| anyhow!("window task panicked: {e}"))? {
                     Ok(committed) => settle(&mut state, committed),
                     Err(e) => {
                         tracing::error!(error = %format!("{e:#}"), "window aborted: nothing of it committed; re-reading it");
-                        pipeline.metrics.windows.with_label_values(&["aborted"]).inc();
+                        // The windows behind it wait for it to be written: none of them has
+                        // written anything, and all are re-read with it.
+                        let behind = in_flight.len();
+                        for task in in_flight.drain(..) {
+                            task.abort();
+                        }
+                        state.handoff = None;
+                        if behind > 0 {
+                            tracing::info!(windows = behind, "windows behind the aborted one dropped unwritten; re-reading them too");
+                        }
+                        pipeline.metrics.windows.with_label_values(&["aborted"]).inc_by(1 + behind as u64);
                         // Partitions revoked meanwhile are not sought back.
                         handle_rebalances(&pipeline, &mut events, &mut state, &readiness);
                         rewind(&pipeline, &mut state);
@@ -114,18 +135,32 @@ pub async fn run(
                     }
                 }
             }
-            _ = sleep_until(deadline), if deadline.is_some() && in_flight.is_none() => {}
+            _ = sleep_until(deadline), if deadline.is_some() && worker_free => {}
             // Wakes the loop for rebalances while no record arrives; handled at the top.
             Some(event) = events.recv() => state.pending_events.push(event),
         }
     }
 }
 
-/// Closes the open window and starts deciding it.
-fn dispatch(pipeline: &Arc<Pipeline>, state: &mut LoopState, decision: DecisionConfig) -> WindowTask {
+/// Closes the open window and starts deciding it; `behind_another`: a window dispatched
+/// earlier is still in flight, and this one is written after it.
+fn dispatch(
+    pipeline: &Arc<Pipeline>,
+    state: &mut LoopState,
+    behind_another: bool,
+    decision: DecisionConfig,
+) -> WindowTask {
     let records = state.open.take();
     let floor = uncommitted_after(&state.already_produced, &commit::next_offsets(&records));
-    let job = WindowJob { records, decision, checkpoint: state.checkpoint.clone(), floor };
+    let outputs_before = match state.handoff.take() {
+        Some(ahead) if behind_another => OutputsBefore::AfterWindow(ahead),
+        _ => OutputsBefore::Known(state.checkpoint.clone()),
+    };
+    let (handoff, next) = oneshot::channel();
+    state.handoff = Some(next);
+    let window_id = state.next_window;
+    state.next_window += 1;
+    let job = WindowJob { window_id, records, decision, outputs_before, handoff, floor };
     let in_flight = pipeline.gate.enter();
     let p = pipeline.clone();
     tokio::spawn(async move {
@@ -347,29 +382,33 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn finish_in_flight(in_flight: Option<WindowTask>, grace: Duration, state: &LoopState) -> Result<()> {
+/// Lets the windows in flight finish, in order, within `grace` in all.
+async fn finish_in_flight(in_flight: VecDeque<WindowTask>, grace: Duration, state: &LoopState) -> Result<()> {
     if !state.open.is_empty() {
         tracing::info!(
             records = state.open.records.len(),
             "open window not committed: it is re-read on the next start"
         );
     }
-    let Some(handle) = in_flight else { return Ok(()) };
-    match tokio::time::timeout(grace, handle).await {
-        Ok(Ok(Ok(_))) => Ok(()),
-        Ok(Ok(Err(e))) => {
-            tracing::error!(error = %format!("{e:#}"), "last window aborted; it is re-read on the next start");
-            Ok(())
-        }
-        Ok(Err(e)) => Err(anyhow!("window task panicked: {e}")),
-        Err(_) => {
-            tracing::warn!(
-                ?grace,
-                "window still training after the shutdown grace period: aborted, re-read on the next start"
-            );
-            Ok(())
+    let deadline = tokio::time::Instant::now() + grace;
+    for handle in in_flight {
+        match tokio::time::timeout_at(deadline, handle).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::error!(error = %format!("{e:#}"), "last window aborted; it is re-read on the next start");
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(anyhow!("window task panicked: {e}")),
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "window still training after the shutdown grace period: aborted, re-read on the next start"
+                );
+                return Ok(());
+            }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //!
 //! The data path, one file per stage: [`intake`] (the event loop: records in, rebalances,
 //! read positions and gaps, back-pressure) -> [`window`] (records held until decided) ->
-//! [`worker`] (the engine on its own thread) -> [`sink`] (each record routed to its one
-//! destination and produced) -> [`commit`] (acknowledged outputs, then the input offsets with
-//! the checkpoint) ; [`recovery`] (exactly-once: what an earlier run already wrote).
+//! the engine pool (`engine.workers` windows decided at once, each on its own thread) ->
+//! [`sink`] (each record routed to its one destination and produced) -> [`commit`] (in input
+//! order: acknowledged outputs, then the input offsets with the checkpoint) ; [`recovery`]
+//! (exactly-once: what an earlier run already wrote).
 
 mod commit;
 mod gaps;
@@ -16,7 +17,6 @@ mod recovery;
 pub mod reload;
 mod sink;
 pub mod window;
-pub mod worker;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -31,13 +31,12 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::data::LabelledSamples;
-use crate::engine::Engine;
+use crate::engine::pool::EnginePool;
 use crate::kafka::{headers, DeliveryMode};
 use crate::metrics::Metrics;
 use crate::shadow::Runtime;
 use gate::WindowGate;
 use http::Readiness;
-use worker::EngineWorker;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -109,10 +108,9 @@ struct Pipeline {
     config: Config,
     consumer: Arc<InputConsumer>,
     producer: FutureProducer,
-    worker: EngineWorker,
+    engines: EnginePool,
     metrics: Metrics,
     gate: Arc<WindowGate>,
-    window_counter: std::sync::atomic::AtomicU64,
     passthrough: bool,
 }
 
@@ -135,8 +133,9 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
         }
     };
     readiness.probes_loaded.store(true, Ordering::Relaxed);
-    let engine = Engine::new(&runtime, config.engine(), probes)?;
-    let worker = EngineWorker::spawn(engine);
+    let workers = config.engine_pool.workers;
+    let engines = EnginePool::start(&runtime, config.engine(), probes, workers)?;
+    tracing::info!(workers, "engine workers started");
 
     let (decision_tx, decision_rx) = watch::channel(config.decision.clone());
     if let Some(path) = config_path {
@@ -161,10 +160,9 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
         config: config.clone(),
         consumer: Arc::new(consumer),
         producer,
-        worker,
+        engines,
         metrics: metrics.clone(),
         gate,
-        window_counter: Default::default(),
         passthrough,
     });
     let (probe_stop, probe_stopped) = watch::channel(false);

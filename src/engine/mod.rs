@@ -2,6 +2,7 @@
 //! out. Pure computation: no Kafka, no files, no clocks. The daemon, the demo and the
 //! evaluation harness all drive it.
 
+pub mod pool;
 pub mod trajectory;
 
 use anyhow::{Context, Result};
@@ -81,9 +82,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs one window with the next window seed.
+    /// Runs the next window: numbered by how many this engine has run.
     pub fn process(&mut self, window: &LabelledSamples) -> Result<WindowOutcome> {
-        let seed = self.config.shadow.seed.wrapping_add(self.windows_done.wrapping_mul(0x9e37_79b9));
+        let sequence = self.windows_done;
+        self.process_numbered(window, sequence)
+    }
+
+    /// Runs window number `sequence` of a stream with that window's seed, so that the same
+    /// window gets the same decisions whichever engine of a pool runs it.
+    pub fn process_numbered(&mut self, window: &LabelledSamples, sequence: u64) -> Result<WindowOutcome> {
+        let seed = self.config.shadow.seed.wrapping_add(sequence.wrapping_mul(0x9e37_79b9));
         self.windows_done += 1;
         self.process_seeded(window, seed, |_| {})
     }

@@ -1,0 +1,131 @@
+//! Several engines, each on its own thread with its own shadow model, deciding windows at
+//! once. A window's seed comes from its sequence number, not from the worker that takes it,
+//! so the decisions are the same whatever the number of workers.
+//!
+//! The pool orders nothing: whoever submits keeps the windows in input order (the daemon
+//! commits them in order; the bench only counts them).
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, Result};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use super::{Engine, WindowOutcome};
+use crate::config::{ensure, ConfigError, EngineConfig};
+use crate::data::LabelledSamples;
+use crate::decision::DecisionConfig;
+use crate::shadow::Runtime;
+
+/// `[engine]`: how many windows are trained at once.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Engine workers, one window and one core each (ONNX Runtime runs each with
+    /// `shadow.intra_threads`). Default: the cores this process may use. 1 is one window at
+    /// a time.
+    pub workers: usize,
+}
+
+/// The most workers a config may ask for: each holds a shadow model and a window.
+const MAX_WORKERS: usize = 256;
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self { workers: available_cores() }
+    }
+}
+
+impl PoolConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(
+            (1..=MAX_WORKERS).contains(&self.workers),
+            "engine.workers",
+            format!("must be 1 to {MAX_WORKERS} (one window trained per worker at once), not {}", self.workers),
+        )
+    }
+}
+
+/// The cores this process may use (its CPU affinity or quota), at least 1.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+struct Job {
+    samples: LabelledSamples,
+    sequence: u64,
+    decision: DecisionConfig,
+    reply: oneshot::Sender<Result<WindowOutcome>>,
+}
+
+/// A window submitted to the pool; await it (async) or [`Pending::wait`] for it (blocking).
+pub type Pending = oneshot::Receiver<Result<WindowOutcome>>;
+
+/// A handle to the worker threads; they stop when every handle is dropped.
+#[derive(Clone)]
+pub struct EnginePool {
+    jobs: mpsc::Sender<Job>,
+    workers: usize,
+}
+
+impl EnginePool {
+    /// Opens `workers` engines (each its own ONNX Runtime sessions and weights) and starts a
+    /// thread for each.
+    pub fn start(runtime: &Runtime, config: EngineConfig, probes: LabelledSamples, workers: usize) -> Result<Self> {
+        let engines = (0..workers.max(1))
+            .map(|_| Engine::new(runtime, config.clone(), probes.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::from_engines(engines))
+    }
+
+    /// Starts a thread per engine; all of them take jobs from one queue.
+    pub fn from_engines(engines: Vec<Engine>) -> Self {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        let workers = engines.len();
+        for (i, engine) in engines.into_iter().enumerate() {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("lossgate-engine-{i}"))
+                .spawn(move || serve(engine, &queue))
+                .expect("spawning an engine thread");
+        }
+        Self { jobs, workers }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Queues window number `sequence` under `decision`; the first free worker takes it.
+    pub fn submit(&self, samples: LabelledSamples, sequence: u64, decision: DecisionConfig) -> Pending {
+        let (reply, answer) = oneshot::channel();
+        // A send fails only once every worker thread has ended; the dropped reply then tells
+        // the submitter.
+        let _ = self.jobs.send(Job { samples, sequence, decision, reply });
+        answer
+    }
+}
+
+/// What a dropped reply means to whoever waits on a window.
+pub fn stopped_mid_window() -> anyhow::Error {
+    anyhow!("the engine worker stopped before finishing the window (see the log for why)")
+}
+
+/// Blocks until a submitted window is decided.
+pub fn wait(pending: Pending) -> Result<WindowOutcome> {
+    pending.blocking_recv().map_err(|_| stopped_mid_window())?
+}
+
+fn serve(mut engine: Engine, queue: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        // The lock is held only while waiting for the next job, never while training.
+        let job = match queue.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        let result = engine.set_decision(job.decision).and_then(|_| engine.process_numbered(&job.samples, job.sequence));
+        let _ = job.reply.send(result);
+    }
+}
