@@ -92,9 +92,14 @@ pub struct WholeWindow {
     window: LabelledSamples,
 }
 
+/// The shadow a config trains: `[input]` and `shadow.hidden`.
+fn shape_of(config: &EngineConfig) -> MlpShape {
+    MlpShape { features: config.input.features, hidden: config.shadow.hidden.clone(), classes: config.input.classes }
+}
+
 impl WholeWindow {
     pub fn new(runtime: &Runtime, config: EngineConfig) -> Result<Self> {
-        let shape = mnist_shape();
+        let shape = shape_of(&config);
         let window = random_samples(config.window.size, &shape, 3);
         let probes = random_samples(config.probes.count, &shape, 4);
         Ok(Self { engine: Engine::new(runtime, config, probes)?, window })
@@ -116,7 +121,7 @@ pub struct PooledWindows {
 
 impl PooledWindows {
     pub fn new(runtime: &Runtime, config: EngineConfig, workers: usize) -> Result<Self> {
-        let shape = mnist_shape();
+        let shape = shape_of(&config);
         let window = random_samples(config.window.size, &shape, 3);
         let probes = random_samples(config.probes.count, &shape, 4);
         let rows_per_window = config.window.size + config.probes.count;
@@ -271,4 +276,109 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
 fn window_flops_per_row(shape: &MlpShape, config: &EngineConfig) -> f64 {
     let passes = if config.shadow.second_pass { 2.0 } else { 1.0 };
     passes * config.shadow.epochs as f64 * (shape.train_flops_per_sample() + shape.forward_flops_per_sample())
+}
+
+/// One whole-window measurement of [`scaling`]: one dimension set to `value`, the rest at
+/// their defaults.
+pub struct ScalingPoint {
+    pub dimension: &'static str,
+    pub value: usize,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+    pub gflops: f64,
+}
+
+/// The dimensions [`scaling`] varies, each with the values it tries (the default among them).
+fn scaling_grid(quick: bool) -> Vec<(&'static str, Vec<usize>)> {
+    if quick {
+        return vec![("window.size", vec![256, 512]), ("shadow.epochs", vec![2, 4])];
+    }
+    vec![
+        ("window.size", vec![1024, 2048, 4096, 8192]),
+        ("shadow.epochs", vec![5, 10, 20]),
+        ("input.features", vec![64, 256, 784, 3072]),
+        ("shadow.hidden", vec![64, 256, 1024]),
+        ("input.classes", vec![2, 10, 100]),
+    ]
+}
+
+fn with_dimension(mut config: EngineConfig, dimension: &str, value: usize) -> EngineConfig {
+    match dimension {
+        "window.size" => config.window.size = value,
+        "shadow.epochs" => config.shadow.epochs = value,
+        "input.features" => config.input.features = value,
+        "shadow.hidden" => config.shadow.hidden = vec![value],
+        "input.classes" => config.input.classes = value,
+        other => unreachable!("no scaling dimension {other}"),
+    }
+    config
+}
+
+/// How one window's time grows with each dimension of the workload, one at a time from the
+/// default config (one worker; a window timed once after a warm-up window).
+pub fn scaling(runtime: &Runtime, quick: bool, mut progress: impl FnMut(&ScalingPoint)) -> Result<Vec<ScalingPoint>> {
+    let mut base = EngineConfig::default();
+    if quick {
+        base.window.size = 512;
+        base.shadow.epochs = 2;
+    }
+    let mut points = Vec::new();
+    for (dimension, values) in scaling_grid(quick) {
+        for value in values {
+            let config = with_dimension(base.clone(), dimension, value);
+            let rows = config.window.size + config.probes.count;
+            let flops = window_flops_per_row(&shape_of(&config), &config) * rows as f64;
+            let mut window = WholeWindow::new(runtime, config)?;
+            let seconds = seconds_per_call(Duration::ZERO, || window.run())?;
+            let point = ScalingPoint {
+                dimension,
+                value,
+                seconds,
+                samples_per_second: rows as f64 / seconds,
+                gflops: flops / seconds / 1e9,
+            };
+            progress(&point);
+            points.push(point);
+        }
+    }
+    Ok(points)
+}
+
+/// The scaling table as Markdown.
+pub fn scaling_table(points: &[ScalingPoint]) -> String {
+    let mut out = String::from("| dimension | value | window time | samples/s | GFLOP/s |\n|---|---:|---:|---:|---:|\n");
+    for p in points {
+        out.push_str(&format!(
+            "| {} | {} | {:.2} s | {:.0} | {:.1} |\n",
+            p.dimension, p.value, p.seconds, p.samples_per_second, p.gflops
+        ));
+    }
+    out
+}
+
+/// A PNG of window time against each dimension, as multiples of the smallest value tried.
+pub fn scaling_plot(path: &std::path::Path, points: &[ScalingPoint]) -> Result<()> {
+    use crate::eval::plots::{colour, line_chart, Chart, Series};
+    let mut series: Vec<Series> = Vec::new();
+    for (i, (dimension, _)) in scaling_grid(false).iter().enumerate() {
+        let mine: Vec<&ScalingPoint> = points.iter().filter(|p| p.dimension == *dimension).collect();
+        let Some(first) = mine.first() else { continue };
+        let points = mine
+            .iter()
+            .map(|p| ((p.value as f64 / first.value as f64).log2(), p.seconds / first.seconds))
+            .collect();
+        series.push(Series { name: dimension.to_string(), colour: colour(i + 1), points, spread: None, dashed: false });
+    }
+    let x_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let y_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(1.0, f64::max);
+    let chart = Chart {
+        title: "Window time as one dimension grows (others at their defaults)",
+        x_label: "log2(value / smallest value tried)",
+        y_label: "window time / time at the smallest value",
+        x_range: (0.0, x_max * 1.05),
+        y_range: (0.0, y_max * 1.1),
+        x_ticks: None,
+        vertical_line: None,
+    };
+    line_chart(path, &chart, &series)
 }

@@ -52,6 +52,13 @@ enum Command {
         /// Short runs and a small window (a smoke test, not a measurement).
         #[arg(long)]
         quick: bool,
+        /// Instead of the table: how a window's time grows with window size, epochs,
+        /// features, hidden width and classes (a Markdown table, and a PNG).
+        #[arg(long)]
+        scaling: bool,
+        /// Where `--scaling` writes its plot.
+        #[arg(long, default_value = "docs/results/bench-scaling.png")]
+        png: PathBuf,
     },
     /// End-to-end records/s through a real broker (tansu from the setup cache): the engine
     /// against a pass-through run over the same Kafka path.
@@ -402,9 +409,19 @@ fn run(cli: Cli) -> Result<()> {
             tokio_runtime()?.block_on(lossgate::demo::run(config, &mnist_dir(mnist), options))
         }
         Command::Eval(args) => eval_command(*args),
-        Command::Bench { quick } => {
+        Command::Bench { quick, scaling: false, .. } => {
             let runtime = Runtime::load(&Default::default())?;
             print!("{}", lossgate::bench::report(&runtime, quick)?);
+            Ok(())
+        }
+        Command::Bench { quick, scaling: true, png } => {
+            let runtime = Runtime::load(&Default::default())?;
+            let points = lossgate::bench::scaling(&runtime, quick, |p| {
+                tracing::info!(dimension = p.dimension, value = p.value, seconds = format!("{:.2}", p.seconds), "window timed");
+            })?;
+            print!("{}", lossgate::bench::scaling_table(&points));
+            lossgate::bench::scaling_plot(&png, &points)?;
+            tracing::info!(png = %png.display(), "plot written");
             Ok(())
         }
         Command::BenchPipeline { config, records, mnist } => {
