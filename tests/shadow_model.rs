@@ -105,12 +105,48 @@ fn momentum_and_weight_decay_follow_pytorch_sgd() {
     }
 }
 
+/// Three steps with momentum and weight decay, the learning rate cut tenfold before the third
+/// (as the victim's schedule does), against PyTorch's update computed here from the gradients
+/// that plain SGD (lr 1, no momentum) measures at each step's weights.
+#[test]
+fn several_steps_with_momentum_decay_and_a_learning_rate_change_follow_pytorch_sgd() {
+    let runtime = common::runtime();
+    let shape = MlpShape { features: 4, hidden: vec![3], classes: 3 };
+    let (x, y) = random_batch(6, 4, 3, 8);
+    let (momentum, weight_decay) = (0.9f32, 0.01f32);
+    let rates = [0.1f32, 0.1, 0.01];
+    let mut model = ShadowModel::new(&runtime, shape.clone(), Sgd { learning_rate: rates[0], momentum, weight_decay }, 3).unwrap();
+    let mut probe = ShadowModel::new(&runtime, shape, PLAIN_SGD, 3).unwrap();
+    let mut expected = model.parameters().unwrap();
+    let mut velocity: Vec<Vec<f32>> = expected.iter().map(|p| vec![0.0; p.len()]).collect();
+    for (step, &lr) in rates.iter().enumerate() {
+        // The gradient at the current weights: one plain step from them.
+        probe.set_parameters(expected.clone()).unwrap();
+        probe.train_step(&x, &y).unwrap();
+        let moved = probe.parameters().unwrap();
+        for ((p, v), after) in expected.iter_mut().zip(&mut velocity).zip(&moved) {
+            for ((p, v), after) in p.iter_mut().zip(v.iter_mut()).zip(after) {
+                let g = (*p - after) + weight_decay * *p;
+                *v = momentum * *v + g;
+                *p -= lr * *v;
+            }
+        }
+        if step > 0 && lr != rates[step - 1] {
+            model.set_learning_rate(lr).unwrap();
+        }
+        model.train_step(&x, &y).unwrap();
+        for (e, got) in expected.iter().flatten().zip(model.parameters().unwrap().iter().flatten()) {
+            assert!((e - got).abs() < 1e-5, "step {step}: expected {e}, got {got}");
+        }
+    }
+}
+
 #[test]
 fn graphs_written_to_files_load_in_onnx_runtime() {
     let runtime = common::runtime();
     let dir = tempfile::tempdir().unwrap();
     let shape = MlpShape { features: 784, hidden: vec![256], classes: 10 };
-    for (name, bytes) in [("train.onnx", train_step_graph(&shape)), ("eval.onnx", eval_graph(&shape))] {
+    for (name, bytes) in [("train.onnx", train_step_graph(&shape, 0.9, 0.0)), ("eval.onnx", eval_graph(&shape))] {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
         let session = runtime.session_from_file(&path).unwrap();

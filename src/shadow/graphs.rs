@@ -89,19 +89,24 @@ fn cross_entropy(g: &mut GraphBuilder, logits: &str, classes: usize, loss_name: 
     (log_probs, one_hot)
 }
 
-/// The train-step graph. Inputs: `x[N,D]`, `y[N]` (int64), `W0, b0, ...`, `lr`, `momentum`,
-/// `weight_decay` (scalars), `vW0, vb0, ...` (momentum buffers). Outputs: `loss[N]`, then
-/// `W0_next, b0_next, ...`, then `vW0_next, vb0_next, ...`.
+/// The train-step graph. Inputs: `x[N,D]`, `y[N]` (int64), `W0, b0, ...`, `lr` (scalar),
+/// `vW0, vb0, ...` (the step buffers, see below). Outputs: `loss[N]`, then `W0_next, b0_next,
+/// ...`, then `vW0_next, vb0_next, ...`.
 ///
-/// The update is PyTorch's SGD: `g += wd * p; v = momentum * v + g; p -= lr * v`, on the
-/// gradient of the batch's mean loss.
-pub fn train_step_graph(shape: &MlpShape) -> Vec<u8> {
+/// The update is PyTorch's SGD (`g += wd * p; v = momentum * v + g; p -= lr * v`) with the
+/// buffer kept as `u = lr * v`, which is the same sequence of weights while `lr` is constant
+/// ([`super::ShadowModel::set_learning_rate`] rescales `u` when it changes). In that form the
+/// whole update of a weight matrix is one Gemm and one Sub: `lr / N` scales the small
+/// `[N, classes]` gradient at the top, so every gradient below comes out times `lr`, and the
+/// Gemm adds `momentum * u` itself (its `beta`). The elementwise passes over the weights, which
+/// cost as much as the matrix products at these sizes, drop from six to one. `momentum` and
+/// `weight_decay` are therefore constants of the graph; a zero weight decay adds nothing.
+pub fn train_step_graph(shape: &MlpShape, momentum: f32, weight_decay: f32) -> Vec<u8> {
+    let momentum_value = momentum;
     let mut g = GraphBuilder::new("lossgate_train_step");
     let params = declare_batch_and_params(&mut g, shape);
     let lr = g.input("lr", Elem::F32, &[]);
-    let momentum = g.input("momentum", Elem::F32, &[]);
-    let weight_decay = g.input("weight_decay", Elem::F32, &[]);
-    let velocities: Vec<String> = shape
+    let buffers: Vec<String> = shape
         .parameters()
         .iter()
         .map(|(name, s)| g.input(&format!("v{name}"), Elem::F32, &dims(s)))
@@ -110,51 +115,81 @@ pub fn train_step_graph(shape: &MlpShape) -> Vec<u8> {
     let (activations, logits) = forward(&mut g, &params);
     let (log_probs, one_hot) = cross_entropy(&mut g, &logits, shape.classes, "loss");
 
-    // d(mean loss)/d(logits) = (softmax - one_hot) / N
+    // lr * d(mean loss)/d(logits) = (softmax - one_hot) * lr / N
     let probs = g.op("Exp", &[&log_probs], vec![]);
     let diff = g.op("Sub", &[&probs, &one_hot], vec![]);
     let x_shape = g.op("Shape", &["x"], vec![]);
     let zero = g.const_i64(&[], vec![0]);
     let n = g.op("Gather", &[&x_shape, &zero], vec![Attr::Int("axis", 0)]);
     let n = g.op("Cast", &[&n], vec![Attr::Int("to", 1)]);
-    let inv_n = g.op("Reciprocal", &[&n], vec![]);
-    let mut upstream = g.op("Mul", &[&diff, &inv_n], vec![]);
+    let lr_over_n = g.op("Div", &[&lr, &n], vec![]);
+    let mut upstream = g.op("Mul", &[&diff, &lr_over_n], vec![]);
+    // lr * wd, for the decay term (only built when there is one).
+    let lr_decay = (weight_decay != 0.0).then(|| {
+        let wd = g.const_f32(&[], vec![weight_decay]);
+        g.op("Mul", &[&lr, &wd], vec![])
+    });
+
+    let momentum = g.const_f32(&[], vec![momentum]);
+    // u_next = momentum * u + lr * grad (+ lr * wd * p), named as the graph outputs it.
+    let finish_step = |g: &mut GraphBuilder, step: String, param: &str, buffer: &str| -> String {
+        let buffer_next = format!("{buffer}_next");
+        match &lr_decay {
+            Some(lr_decay) => {
+                let decay = g.op("Mul", &[lr_decay, param], vec![]);
+                g.op_named("Add", &[&step, &decay], &buffer_next, vec![]);
+            }
+            None => g.op_named("Identity", &[&step], &buffer_next, vec![]),
+        }
+        buffer_next
+    };
 
     let n_layers = params.len() / 2;
-    let mut grads = vec![String::new(); params.len()];
+    let mut buffers_next = vec![String::new(); params.len()];
     for layer in (0..n_layers).rev() {
+        let (w, b) = (2 * layer, 2 * layer + 1);
         let input = &activations[layer];
-        grads[2 * layer] = g.gemm(input, &upstream, None, true, false);
-        grads[2 * layer + 1] = g.reduce_sum(&upstream, 0);
+        let weight_step = match lr_decay {
+            // Without decay the Gemm writes the output itself: no copy of the matrix.
+            None => {
+                let name = format!("{}_next", buffers[w]);
+                let attrs = vec![Attr::Int("transA", 1), Attr::Float("beta", momentum_value)];
+                g.op_named("Gemm", &[input, &upstream, &buffers[w]], &name, attrs);
+                name
+            }
+            Some(_) => {
+                let attrs = vec![Attr::Int("transA", 1), Attr::Float("beta", momentum_value)];
+                let step = g.op("Gemm", &[input, &upstream, &buffers[w]], attrs);
+                finish_step(&mut g, step, &params[w], &buffers[w])
+            }
+        };
+        let bias_grad = g.reduce_sum(&upstream, 0);
+        let bias_kept = g.op("Mul", &[&momentum, &buffers[b]], vec![]);
+        let bias_step = g.op("Add", &[&bias_kept, &bias_grad], vec![]);
+        buffers_next[w] = weight_step;
+        buffers_next[b] = finish_step(&mut g, bias_step, &params[b], &buffers[b]);
         if layer > 0 {
             // ReLU's derivative: the layer input is relu(z) >= 0, so its sign is 1 where z > 0.
-            let d_input = g.gemm(&upstream, &params[2 * layer], None, false, true);
+            let d_input = g.gemm(&upstream, &params[w], None, false, true);
             let relu_mask = g.op("Sign", &[input], vec![]);
             upstream = g.op("Mul", &[&d_input, &relu_mask], vec![]);
         }
     }
 
     let mut param_outputs = Vec::new();
-    let mut velocity_outputs = Vec::new();
-    for ((param, grad), velocity) in params.iter().zip(&grads).zip(&velocities) {
-        let decay = g.op("Mul", &[&weight_decay, param], vec![]);
-        let grad = g.op("Add", &[grad, &decay], vec![]);
-        let kept = g.op("Mul", &[&momentum, velocity], vec![]);
-        let velocity_next = format!("{velocity}_next");
-        g.op_named("Add", &[&kept, &grad], &velocity_next, vec![]);
-        let step = g.op("Mul", &[&lr, &velocity_next], vec![]);
+    for (param, buffer_next) in params.iter().zip(&buffers_next) {
         let param_next = format!("{param}_next");
-        g.op_named("Sub", &[param, &step], &param_next, vec![]);
+        g.op_named("Sub", &[param, buffer_next], &param_next, vec![]);
         param_outputs.push(param_next);
-        velocity_outputs.push(velocity_next);
     }
+    let buffer_outputs = buffers_next;
 
     g.output("loss", Elem::F32, &[BATCH]);
     for ((name, s), v) in shape.parameters().iter().zip(&param_outputs) {
         debug_assert_eq!(&format!("{name}_next"), v);
         g.output(v, Elem::F32, &dims(s));
     }
-    for ((_, s), v) in shape.parameters().iter().zip(&velocity_outputs) {
+    for ((_, s), v) in shape.parameters().iter().zip(&buffer_outputs) {
         g.output(v, Elem::F32, &dims(s));
     }
     encode(&g.finish())

@@ -31,11 +31,13 @@ pub struct ShadowModel {
     eval: Session,
     parameter_names: Vec<String>,
     velocity_names: Vec<String>,
-    /// Weights and momentum buffers: ORT's outputs of one step are fed back as the next
-    /// step's inputs, so they never leave ORT's memory during training.
+    /// Weights and step buffers (`lr` times PyTorch's momentum buffer, see
+    /// [`train_step_graph`]): ORT's outputs of one step are fed back as the next step's inputs,
+    /// so they never leave ORT's memory during training.
     parameters: Vec<DynValue>,
     velocities: Vec<DynValue>,
-    hyper: [(&'static str, DynValue); 3],
+    learning_rate: f32,
+    lr: DynValue,
 }
 
 fn scalar(v: f32) -> Result<DynValue> {
@@ -64,7 +66,9 @@ fn batch_inputs<'a>(
 impl ShadowModel {
     /// Builds both graphs for `shape`, opens their sessions and initialises weights from `seed`.
     pub fn new(runtime: &Runtime, shape: MlpShape, sgd: Sgd, seed: u64) -> Result<Self> {
-        let train = runtime.session(&train_step_graph(&shape)).context("opening the train-step graph")?;
+        let train = runtime
+            .session(&train_step_graph(&shape, sgd.momentum, sgd.weight_decay))
+            .context("opening the train-step graph")?;
         let eval = runtime.session(&eval_graph(&shape)).context("opening the evaluation graph")?;
         let parameter_names: Vec<String> = shape.parameters().into_iter().map(|(n, _)| n).collect();
         let velocity_names = parameter_names.iter().map(|n| format!("v{n}")).collect();
@@ -76,11 +80,8 @@ impl ShadowModel {
             velocity_names,
             parameters: Vec::new(),
             velocities: Vec::new(),
-            hyper: [
-                ("lr", scalar(sgd.learning_rate)?),
-                ("momentum", scalar(sgd.momentum)?),
-                ("weight_decay", scalar(sgd.weight_decay)?),
-            ],
+            learning_rate: sgd.learning_rate,
+            lr: scalar(sgd.learning_rate)?,
         };
         model.reset(seed)?;
         Ok(model)
@@ -109,9 +110,23 @@ impl ShadowModel {
         Ok(())
     }
 
-    /// Changes the SGD learning rate from the next step on (schedules).
+    /// Changes the SGD learning rate from the next step on (schedules). The step buffers
+    /// hold `lr * v`, so they are rescaled to the new rate: the momentum PyTorch carries over
+    /// is `v`, whatever the rate.
     pub fn set_learning_rate(&mut self, learning_rate: f32) -> Result<()> {
-        self.hyper[0] = ("lr", scalar(learning_rate)?);
+        let ratio = learning_rate / self.learning_rate;
+        let shapes = self.shape.parameters();
+        self.velocities = self
+            .velocities
+            .iter()
+            .zip(&shapes)
+            .map(|(v, (_, shape))| {
+                let values = v.try_extract_tensor::<f32>()?.1.iter().map(|x| x * ratio).collect();
+                tensor(shape, values)
+            })
+            .collect::<Result<_>>()?;
+        self.learning_rate = learning_rate;
+        self.lr = scalar(learning_rate)?;
         Ok(())
     }
 
@@ -121,9 +136,7 @@ impl ShadowModel {
         for (name, value) in self.parameter_names.iter().zip(&self.parameters) {
             inputs.push((Cow::Borrowed(name.as_str()), value.into()));
         }
-        for (name, value) in &self.hyper {
-            inputs.push((Cow::Borrowed(*name), value.into()));
-        }
+        inputs.push((Cow::Borrowed("lr"), (&self.lr).into()));
         for (name, value) in self.velocity_names.iter().zip(&self.velocities) {
             inputs.push((Cow::Borrowed(name.as_str()), value.into()));
         }
