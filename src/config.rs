@@ -49,11 +49,15 @@ pub struct InputConfig {
     pub features: usize,
     /// Labels are integers in 0..classes.
     pub classes: usize,
+    /// `[height, width]` when the features are a greyscale image, row by row (MNIST:
+    /// `[28, 28]`): `lossgate quarantine show` then draws the sample. Only for display.
+    #[serde(default)]
+    pub image: Option<[usize; 2]>,
 }
 
 impl Default for InputConfig {
     fn default() -> Self {
-        Self { features: 784, classes: 10 }
+        Self { features: 784, classes: 10, image: None }
     }
 }
 
@@ -64,7 +68,15 @@ impl InputConfig {
             self.classes >= 2,
             "input.classes",
             format!("{} classes: a classifier needs at least 2", self.classes),
-        )
+        )?;
+        if let Some([height, width]) = self.image {
+            ensure(
+                height * width == self.features,
+                "input.image",
+                format!("{height} x {width} pixels, but input.features = {}", self.features),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -373,6 +385,7 @@ mod tests {
             ("[shadow]\nbatch_size = 0\n", "shadow.batch_size"),
             ("[window]\nsize = 0\n", "window.size"),
             ("[engine]\nworkers = 0\n", "engine.workers"),
+            ("[input]\nfeatures = 784\nclasses = 10\nimage = [28, 27]\n", "input.image"),
             ("[input]\nfeatures = 784\nclasses = 1\n", "input.classes"),
             ("[probes]\ncount = 1\n", "probes.count"),
             ("[probes]\ntopic = \"p\"\nfile = \"Cargo.toml\"\nformat = \"csv\"\n", "probes.topic"),

@@ -118,6 +118,18 @@ enum QuarantineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One quarantined record: its headers and decision, and a PNG of its loss trajectory
+    /// against its window's clean probes (the sample drawn beside when `input.image` is set).
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+        /// `topic/partition/offset`, as `quarantine list` prints it.
+        #[arg(long)]
+        record: String,
+        /// Where to write the PNG (none: headers only).
+        #[arg(long)]
+        png: Option<PathBuf>,
+    },
     /// Forward chosen quarantined records to the output topic, once each, byte for byte with
     /// their key and headers plus lossgate-released-from, -released-at and -release-reason.
     /// Releasing a record again is a no-op (kafka.release_topic records every release).
@@ -475,6 +487,29 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
                 println!("{} quarantined records", found.len());
+            }
+            Ok(())
+        }
+        Command::Quarantine(QuarantineCommand::Show { config, record, png }) => {
+            let config = Config::from_file(&config)?;
+            let q = lossgate::quarantine::show(&config, &record, png.as_deref())?;
+            let num = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.4}"));
+            println!("record     {}", q.record);
+            println!("source     {}", q.source);
+            println!("label      {}", q.label.map_or("? (value does not decode)".into(), |l| l.to_string()));
+            println!("window     {}", q.window.map_or("?".into(), |w| w.to_string()));
+            println!("score      {} (threshold {})", num(q.score), num(q.threshold));
+            println!("reason     {}", q.reason);
+            if let Some(t) = &q.trajectory {
+                let text: Vec<String> = t.iter().map(|l| format!("{l:.3}")).collect();
+                println!("trajectory {}", text.join(" "));
+            }
+            println!("headers:");
+            for line in q.header_lines() {
+                println!("  {line}");
+            }
+            if let Some(png) = png {
+                println!("plot       {}", png.display());
             }
             Ok(())
         }

@@ -42,8 +42,65 @@ pub struct Quarantined {
     pub reason: String,
     /// Milliseconds since the epoch.
     pub timestamp: Option<i64>,
+    /// Its loss after each shadow epoch, and its window's same-label probe band (p10, p50,
+    /// p90 per epoch), from the headers the daemon wrote.
+    #[serde(skip)]
+    pub trajectory: Option<Vec<f32>>,
+    #[serde(skip)]
+    pub probe_band: Option<Vec<[f32; 3]>>,
+    /// The decoded sample, when its value decodes.
+    #[serde(skip)]
+    pub features: Option<Vec<f32>>,
     #[serde(skip)]
     raw: TopicRecord,
+}
+
+impl Quarantined {
+    /// Every header as `key: value` text (bytes that are not UTF-8 shown lossily).
+    pub fn header_lines(&self) -> Vec<String> {
+        self.raw
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let value = v.as_ref().map_or("(no value)".into(), |v| String::from_utf8_lossy(v).into_owned());
+                format!("{}: {value}", String::from_utf8_lossy(k))
+            })
+            .collect()
+    }
+}
+
+/// One quarantined record (`topic/partition/offset`, as `list` shows it) and, when the daemon
+/// recorded its trajectory, a PNG of it against its window's clean probe band (with the
+/// sample drawn beside when `input.image` says it is an image).
+pub fn show(config: &Config, record: &str, png: Option<&std::path::Path>) -> Result<Quarantined> {
+    let filter = Filter { records: vec![record.to_string()], ..Default::default() };
+    let found = list(config, &filter)?.into_iter().next().ok_or_else(|| {
+        anyhow!(
+            "no record {record} in {}: give it as `quarantine list` prints it (topic/partition/offset)",
+            config.kafka.quarantine_topic
+        )
+    })?;
+    if let Some(path) = png {
+        let (Some(trajectory), Some(band)) = (&found.trajectory, &found.probe_band) else {
+            bail!(
+                "{record} carries no {} / {} headers (written by an older lossgate, or not by lossgate): no plot to draw",
+                headers::TRAJECTORY,
+                headers::PROBE_BAND
+            );
+        };
+        let image = match (config.input.image, &found.features) {
+            (Some(shape), Some(features)) => Some((shape, features.as_slice())),
+            _ => None,
+        };
+        let title = format!(
+            "{record}: label {}, score {:.3} over threshold {:.3}",
+            found.label.map_or("?".into(), |l| l.to_string()),
+            found.score.unwrap_or(f64::NAN),
+            found.threshold.unwrap_or(f64::NAN)
+        );
+        crate::eval::plots::trajectory_against_band(path, &title, trajectory, band, image)?;
+    }
+    Ok(found)
 }
 
 /// Which quarantined records to list or release.
@@ -86,12 +143,12 @@ pub fn list(config: &Config, filter: &Filter) -> Result<Vec<Quarantined>> {
     let now = now_ms();
     let mut out = Vec::new();
     for raw in records {
-        let label = rules
+        let sample = rules
             .decode(raw.payload.as_deref(), |name| {
                 raw.headers.iter().find(|(k, _)| k == name.as_bytes()).and_then(|(_, v)| v.as_deref())
             })
-            .ok()
-            .map(|s| s.label);
+            .ok();
+        let label = sample.as_ref().map(|s| s.label);
         let q = Quarantined {
             record: headers::source_value(&kafka.quarantine_topic, raw.partition, raw.offset),
             source: text(&raw.headers, headers::SOURCE).unwrap_or_default(),
@@ -102,6 +159,9 @@ pub fn list(config: &Config, filter: &Filter) -> Result<Vec<Quarantined>> {
             threshold: text(&raw.headers, headers::THRESHOLD).and_then(|s| s.parse().ok()),
             reason: text(&raw.headers, headers::REASON).unwrap_or_default(),
             timestamp: raw.timestamp,
+            trajectory: text(&raw.headers, headers::TRAJECTORY).and_then(|t| headers::parse_trajectory(&t)),
+            probe_band: text(&raw.headers, headers::PROBE_BAND).and_then(|b| headers::parse_band(&b)),
+            features: sample.map(|s| s.features),
             raw,
         };
         if filter.keeps(&q, now) {

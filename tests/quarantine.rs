@@ -1,5 +1,5 @@
-//! `lossgate quarantine list` and `release` against tansu: the records the daemon quarantined
-//! are listed with their decision; released records reach the output topic once each, byte for
+//! `lossgate quarantine list`, `show` and `release` against tansu: the records the daemon
+//! quarantined are listed with their decision and shown with their trajectory; released records reach the output topic once each, byte for
 //! byte plus the release headers, however often and however interrupted the release is.
 
 mod common;
@@ -35,7 +35,7 @@ async fn quarantined_records_are_listed_and_released_once_even_when_a_release_is
     let text = std::fs::read_to_string(&s.config_path).unwrap().replace(
         "checkpoint_topic =",
         &format!("release_topic = \"{}\"\ncheckpoint_topic =", s.topic("releases")),
-    );
+    ) + "\n[input]\nfeatures = 784\nclasses = 10\nimage = [28, 28]\n";
     std::fs::write(&s.config_path, text).unwrap();
     let config = s.config_path.to_str().unwrap().to_string();
     let mut firewall = Firewall::start(&s.config_path);
@@ -63,6 +63,26 @@ async fn quarantined_records_are_listed_and_released_once_even_when_a_release_is
         lossgate(&["quarantine", "list", "--config", &config, "--json", "--label", &label.to_string()], &[]);
     let count = String::from_utf8_lossy(&by_label.stdout).lines().count();
     assert_eq!(count, rows.iter().filter(|r| r["label"].as_i64() == Some(label)).count());
+    // `show`: the decision, every header, the trajectory against its window's probe band.
+    let record = rows[0]["record"].as_str().unwrap();
+    let png = s.dir.path().join("shown.png");
+    let shown =
+        lossgate(&["quarantine", "show", "--config", &config, "--record", record, "--png", png.to_str().unwrap()], &[]);
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let out = String::from_utf8_lossy(&shown.stdout);
+    let trajectory = out.lines().find_map(|l| l.strip_prefix("trajectory ")).expect("a trajectory line");
+    let losses: Vec<f32> = trajectory.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert_eq!(losses.len(), 4, "one loss per shadow epoch (the test config trains 4): {out}");
+    assert!(losses.iter().all(|l| l.is_finite() && *l >= 0.0), "{out}");
+    for header in ["lossgate-source", "lossgate-probe-band", "lossgate-reason", "lossgate-decision: quarantine"] {
+        assert!(out.contains(header), "{header} missing from:\n{out}");
+    }
+    let bytes = std::fs::read(&png).expect("show wrote the PNG");
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000, "{} bytes", bytes.len());
+    let unknown = lossgate(&["quarantine", "show", "--config", &config, "--record", "nope/0/0"], &[]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no record nope/0/0"));
+
     let table = lossgate(&["quarantine", "list", "--config", &config], &[]);
     assert!(String::from_utf8_lossy(&table.stdout).contains(&format!("{n} quarantined records")));
 

@@ -88,6 +88,8 @@ pub fn route<'a>(
 ) -> Vec<Routed<'a>> {
     let decisions: HashMap<usize, usize> = decided.iter().enumerate().map(|(k, &i)| (i, k)).collect();
     let window = window_id.to_string();
+    // The probe band of each label, computed once per window for its quarantined records.
+    let mut bands: HashMap<i64, String> = HashMap::new();
     let mut routed = Vec::with_capacity(records.len());
     for (i, record) in records.iter().enumerate() {
         if record.already_produced {
@@ -107,19 +109,30 @@ pub fn route<'a>(
                 }),
                 Some(rejection.code()),
             ),
-            (Ok(_), Some(&k)) => {
-                let d = &outcome.expect("decided records have an outcome").decisions[k];
+            (Ok(sample), Some(&k)) => {
+                let outcome = outcome.expect("decided records have an outcome");
+                let d = &outcome.decisions[k];
                 let h = h
                     .insert(Header { key: headers::SCORE, value: Some(&d.score.to_string()) })
                     .insert(Header { key: headers::THRESHOLD, value: Some(&d.threshold.to_string()) })
                     .insert(Header { key: headers::WINDOW, value: Some(&window) });
                 match d.action {
-                    Action::Quarantine => (
-                        Destination::Quarantine,
-                        h.insert(Header { key: headers::DECISION, value: Some("quarantine") })
-                            .insert(Header { key: headers::REASON, value: Some(&d.reason) }),
-                        None,
-                    ),
+                    Action::Quarantine => {
+                        // What `lossgate quarantine show` draws: this record's trajectory
+                        // against its window's clean band.
+                        let band = bands
+                            .entry(sample.label)
+                            .or_insert_with(|| headers::encode_band(&outcome.probe_band(sample.label)));
+                        let trajectory = headers::encode_trajectory(&outcome.trajectory(k));
+                        (
+                            Destination::Quarantine,
+                            h.insert(Header { key: headers::DECISION, value: Some("quarantine") })
+                                .insert(Header { key: headers::REASON, value: Some(&d.reason) })
+                                .insert(Header { key: headers::TRAJECTORY, value: Some(&trajectory) })
+                                .insert(Header { key: headers::PROBE_BAND, value: Some(band.as_str()) }),
+                            None,
+                        )
+                    }
                     Action::Forward => (
                         Destination::Forward,
                         h.insert(Header {

@@ -37,6 +37,28 @@ impl WindowOutcome {
     pub fn sample_count(&self) -> usize {
         self.decisions.len()
     }
+
+    /// Window sample `i`'s loss after every epoch.
+    pub fn trajectory(&self, i: usize) -> Vec<f32> {
+        self.losses.row(i).to_vec()
+    }
+
+    /// The 10th, 50th and 90th percentile of the probes' losses after each epoch, among the
+    /// probes labelled `label` (all probes when fewer than two have that label): the clean
+    /// band a sample's trajectory is shown against.
+    pub fn probe_band(&self, label: i64) -> Vec<[f32; 3]> {
+        let probes: Vec<usize> = (self.sample_count()..self.labels.len()).collect();
+        let same: Vec<usize> = probes.iter().copied().filter(|&r| self.labels[r] == label).collect();
+        let rows = if same.len() >= 2 { same } else { probes };
+        (0..self.losses.ncols())
+            .map(|epoch| {
+                let mut column: Vec<f32> = rows.iter().map(|&r| self.losses[[r, epoch]]).collect();
+                column.sort_by(f32::total_cmp);
+                let at = |q: f32| column[((column.len() - 1) as f32 * q).round() as usize];
+                [at(0.1), at(0.5), at(0.9)]
+            })
+            .collect()
+    }
 }
 
 pub struct Engine {

@@ -380,3 +380,88 @@ fn trajectories_csv(path: &Path, data: &PlotData, attacks: &[String]) -> Result<
     }
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
+
+/// One sample's loss trajectory against the band (p10-p90 shaded, median dashed) of its
+/// window's clean probes; with `image` (`[height, width]`, features row by row) the sample is
+/// drawn in greyscale on the right. `lossgate quarantine show` writes it.
+pub fn trajectory_against_band(
+    path: &Path,
+    title: &str,
+    trajectory: &[f32],
+    band: &[[f32; 3]],
+    image: Option<([usize; 2], &[f32])>,
+) -> Result<()> {
+    ensure_font()?;
+    let epochs = trajectory.len().min(band.len());
+    if epochs == 0 {
+        return Err(anyhow!("no epochs to draw"));
+    }
+    let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        root.fill(&WHITE)?;
+        let (left, right) = match image {
+            Some(_) => root.split_horizontally(WIDTH * 2 / 3),
+            None => (root.clone(), root.margin(0, 0, WIDTH as i32, 0)),
+        };
+        let x = |e: usize| e as f64 + 1.0;
+        let top = trajectory
+            .iter()
+            .chain(band.iter().map(|b| &b[2]))
+            .fold(0.0f32, |m, &v| m.max(v)) as f64
+            * 1.1;
+        let mut ctx = ChartBuilder::on(&left)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(1.0..x(epochs - 1).max(2.0), 0.0..top.max(1e-3))?;
+        ctx.configure_mesh()
+            .x_desc("shadow epoch")
+            .y_desc("loss on its label")
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        let grey = RGBColor(120, 120, 120);
+        let mut outline: Vec<(f64, f64)> = (0..epochs).map(|e| (x(e), band[e][0] as f64)).collect();
+        outline.extend((0..epochs).rev().map(|e| (x(e), band[e][2] as f64)));
+        ctx.draw_series(std::iter::once(Polygon::new(outline, grey.mix(0.25).filled())))?
+            .label("probes of its label, p10-p90")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], grey.mix(0.25).filled()));
+        let median: Vec<(f64, f64)> = (0..epochs).map(|e| (x(e), band[e][1] as f64)).collect();
+        ctx.draw_series(DashedLineSeries::new(median, 8, 5, grey.stroke_width(2)))?
+            .label("probes, median")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2)));
+        let red = colour(1);
+        let own: Vec<(f64, f64)> = (0..epochs).map(|e| (x(e), trajectory[e] as f64)).collect();
+        ctx.draw_series(LineSeries::new(own.clone(), red.stroke_width(3)))?
+            .label("this record")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(3)));
+        ctx.draw_series(own.into_iter().map(|p| Circle::new(p, 3, red.filled())))?;
+        ctx.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+        if let Some(([height, width], pixels)) = image {
+            let side = ((WIDTH / 3 - 24) as usize / width.max(1)).min((HEIGHT - 80) as usize / height.max(1)).max(1);
+            let (lo, hi) = pixels.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let span = if hi > lo { hi - lo } else { 1.0 };
+            let (x0, y0) = (12i32, 60i32);
+            for r in 0..height {
+                for c in 0..width {
+                    let v = pixels.get(r * width + c).copied().unwrap_or(lo);
+                    let shade = (255.0 * (1.0 - (v - lo) / span)) as u8;
+                    let (px, py) = (x0 + (c * side) as i32, y0 + (r * side) as i32);
+                    right.draw(&Rectangle::new(
+                        [(px, py), (px + side as i32, py + side as i32)],
+                        RGBColor(shade, shade, shade).filled(),
+                    ))?;
+                }
+            }
+            right.draw(&Text::new("the sample", (x0, 30), ("sans-serif", 16)))?;
+        }
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+}

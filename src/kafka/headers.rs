@@ -16,6 +16,12 @@ pub const WINDOW: &str = "lossgate-window";
 pub const REASON: &str = "lossgate-reason";
 /// `forward`, `quarantine`, or in observe mode `flagged` (forwarded anyway).
 pub const DECISION: &str = "lossgate-decision";
+/// On a quarantined record: its loss after each shadow epoch (the pass that decided),
+/// comma-separated.
+pub const TRAJECTORY: &str = "lossgate-trajectory";
+/// On a quarantined record: the 10th, 50th and 90th percentile of its window's same-label
+/// probe losses after each epoch, `p10/p50/p90` per epoch, comma-separated.
+pub const PROBE_BAND: &str = "lossgate-probe-band";
 /// On a dead-letter copy written without its value: the size of the value that was dropped.
 pub const ORIGINAL_SIZE: &str = "lossgate-original-size";
 
@@ -147,4 +153,27 @@ mod tests {
         assert_eq!(h.count(), 2);
         assert_eq!(h.get(0).key, "plain");
     }
+}
+
+/// A trajectory as [`TRAJECTORY`] carries it: four significant digits per epoch.
+pub fn encode_trajectory(losses: &[f32]) -> String {
+    losses.iter().map(|l| format!("{l:.4e}")).collect::<Vec<_>>().join(",")
+}
+
+pub fn parse_trajectory(text: &str) -> Option<Vec<f32>> {
+    text.split(',').map(|v| v.trim().parse().ok()).collect()
+}
+
+/// A probe band as [`PROBE_BAND`] carries it.
+pub fn encode_band(band: &[[f32; 3]]) -> String {
+    band.iter().map(|[lo, mid, hi]| format!("{lo:.4e}/{mid:.4e}/{hi:.4e}")).collect::<Vec<_>>().join(",")
+}
+
+pub fn parse_band(text: &str) -> Option<Vec<[f32; 3]>> {
+    text.split(',')
+        .map(|epoch| {
+            let v: Vec<f32> = epoch.split('/').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
+            <[f32; 3]>::try_from(v).ok()
+        })
+        .collect()
 }
