@@ -127,6 +127,9 @@ pub struct ShadowConfig {
     pub runs: usize,
     /// Train a second shadow without the first pass's suspects and decide on its trajectories.
     pub second_pass: bool,
+    /// Centre and scale every feature by the probes' statistics before training (see
+    /// `FeatureScaling`), so that one learning rate suits data in any units.
+    pub standardize: bool,
 }
 
 impl Default for ShadowConfig {
@@ -145,6 +148,7 @@ impl Default for ShadowConfig {
             onnxruntime_library: None,
             runs: 1,
             second_pass: true,
+            standardize: true,
         }
     }
 }

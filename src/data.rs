@@ -5,6 +5,69 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{s, Array2, Axis};
 
+/// Per-feature centring and scaling fitted on trusted samples, so that the models see inputs
+/// of the same size whatever the data's units (pixels in [0, 1], pen coordinates 0-100,
+/// satellite bands 0-255).
+///
+/// Each feature is centred on its mean and divided by `sqrt((var_f + mean var) / 2)`: its own
+/// spread shrunk halfway toward the features' average spread. A feature that never varies in
+/// the trusted data (a border pixel) is scaled by the average spread rather than blown up by
+/// its own zero one, so a trigger on it stays a moderate input; features in different units
+/// still end up on comparable scales.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureScaling {
+    mean: Vec<f32>,
+    inverse_scale: Vec<f32>,
+}
+
+impl FeatureScaling {
+    pub fn fit(samples: ndarray::ArrayView2<f32>) -> Self {
+        let n = samples.nrows().max(1) as f64;
+        let columns = samples.ncols();
+        let mut mean = vec![0f64; columns];
+        let mut var = vec![0f64; columns];
+        for row in samples.rows() {
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += v as f64 / n;
+            }
+        }
+        for row in samples.rows() {
+            for ((s, &m), &v) in var.iter_mut().zip(&mean).zip(row) {
+                *s += (v as f64 - m).powi(2) / n;
+            }
+        }
+        let average_var = var.iter().sum::<f64>() / columns.max(1) as f64;
+        let inverse_scale = var
+            .iter()
+            .map(|&v| {
+                let scale = ((v + average_var) / 2.0).sqrt();
+                if scale > 1e-12 { (1.0 / scale) as f32 } else { 1.0 }
+            })
+            .collect();
+        Self { mean: mean.into_iter().map(|m| m as f32).collect(), inverse_scale }
+    }
+
+    /// Leaves samples as they are (`[shadow] standardize = false`).
+    pub fn identity(features: usize) -> Self {
+        Self { mean: vec![0.0; features], inverse_scale: vec![1.0; features] }
+    }
+
+    pub fn apply(&self, features: &mut Array2<f32>) {
+        for mut row in features.rows_mut() {
+            for ((v, m), k) in row.iter_mut().zip(&self.mean).zip(&self.inverse_scale) {
+                *v = (*v - m) * k;
+            }
+        }
+    }
+
+    /// `samples` with the scaling applied.
+    pub fn applied(&self, samples: &LabelledSamples) -> LabelledSamples {
+        let mut scaled = samples.clone();
+        self.apply(&mut scaled.features);
+        scaled
+    }
+}
+
 /// Samples as the engine takes them: one row of features per sample, one label each.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelledSamples {

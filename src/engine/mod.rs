@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use ndarray::{s, Array2, ArrayView2, Axis};
 
 use crate::config::EngineConfig;
-use crate::data::LabelledSamples;
+use crate::data::{FeatureScaling, LabelledSamples};
 use crate::decision::{Decision, DecisionConfig, Threshold};
 use crate::scorer::ProbeScorer;
 use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
@@ -64,7 +64,10 @@ impl WindowOutcome {
 pub struct Engine {
     config: EngineConfig,
     model: ShadowModel,
+    /// The probes, already scaled.
     probes: LabelledSamples,
+    /// Fitted on the probes (trusted, and fixed for the engine's life).
+    scaling: FeatureScaling,
     windows_done: u64,
 }
 
@@ -90,7 +93,13 @@ impl Engine {
             weight_decay: config.shadow.weight_decay,
         };
         let model = ShadowModel::new(runtime, shape, sgd, config.shadow.seed)?;
-        Ok(Self { config, model, probes, windows_done: 0 })
+        let scaling = if config.shadow.standardize {
+            FeatureScaling::fit(probes.features.view())
+        } else {
+            FeatureScaling::identity(config.input.features)
+        };
+        let probes = scaling.applied(&probes);
+        Ok(Self { config, model, probes, scaling, windows_done: 0 })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -127,7 +136,7 @@ impl Engine {
         mut on_epoch: impl FnMut(usize),
     ) -> Result<WindowOutcome> {
         window.check_shape(self.config.input.features, self.config.input.classes).context("window")?;
-        let joined = window.concat(&self.probes)?;
+        let joined = self.scaling.applied(window).concat(&self.probes)?;
         let everything: Vec<usize> = (0..joined.len()).collect();
         let losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
         let outcome = score_and_decide(&self.config, losses, joined.labels.clone(), window.len());

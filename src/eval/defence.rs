@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scenario::Scenario;
 use crate::config::EngineConfig;
+use crate::data::FeatureScaling;
 use crate::decision::Policy;
 use crate::engine::trajectory::{record_loss_matrix, TrainingPlan};
 use crate::engine::{score_and_decide, Engine, WindowOutcome};
@@ -160,7 +161,12 @@ pub fn loss_value_flags(
     };
     let mut model = ShadowModel::new(runtime, shape, sgd, seed)?;
     let plan = TrainingPlan { epochs, batch_size: config.shadow.batch_size, seed };
-    let stream = &scenario.stream;
+    // The same input scaling as lossgate's shadow: fitted on the probes.
+    let stream = if config.shadow.standardize {
+        FeatureScaling::fit(scenario.probes.features.view()).applied(&scenario.stream)
+    } else {
+        scenario.stream.clone()
+    };
     let losses: Array2<f32> =
         record_loss_matrix(&mut model, stream.features.view(), &stream.labels, plan, |_| {})?;
     let scores: Vec<f32> = losses.column(epochs - 1).iter().map(|l| -l).collect();

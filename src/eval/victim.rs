@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::attack::Attack;
 use super::scenario::Dataset;
-use crate::data::LabelledSamples;
+use crate::data::{FeatureScaling, LabelledSamples};
 use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -21,6 +21,9 @@ pub struct VictimConfig {
     pub learning_rate: f32,
     pub momentum: f32,
     pub weight_decay: f32,
+    /// Centre and scale the features by the training split's statistics, as anyone training
+    /// an MLP on raw tabular values would (the test data gets the same transform).
+    pub standardize: bool,
 }
 
 impl Default for VictimConfig {
@@ -32,6 +35,7 @@ impl Default for VictimConfig {
             learning_rate: 0.02,
             momentum: 0.9,
             weight_decay: 5e-4,
+            standardize: true,
         }
     }
 }
@@ -72,13 +76,19 @@ pub fn train_and_test(
         weight_decay: config.weight_decay,
     };
     let mut model = ShadowModel::new(runtime, shape, sgd, seed).context("building the victim model")?;
-    train_epochs(&mut model, train, config, seed, on_epoch)?;
-    let clean_accuracy = accuracy(&mut model, test, None)?;
+    let scaling = if config.standardize {
+        FeatureScaling::fit(train.features.view())
+    } else {
+        FeatureScaling::identity(train.feature_count())
+    };
+    train_epochs(&mut model, &scaling.applied(train), config, seed, on_epoch)?;
+    let clean_accuracy = accuracy(&mut model, &scaling.applied(test), None)?;
     let attack_success = attacks
         .iter()
         .map(|attack| match (attack.is_backdoor(), attack.target) {
             (true, Some(target)) => {
-                let triggered = triggered_non_target(test, attack, target);
+                // The trigger is stamped on the raw values, then transformed as any input.
+                let triggered = scaling.applied(&triggered_non_target(test, attack, target));
                 accuracy(&mut model, &triggered, Some(target)).map(Some)
             }
             _ => Ok(None),
