@@ -33,7 +33,7 @@ eval-quick: setup
 
 ## Every test, against the real ONNX Runtime and real MNIST.
 test:
-	LOSSGATE_NEED_TANSU=1 LOSSGATE_NEED_PROMTOOL=1 bash scripts/setup.sh
+	LOSSGATE_NEED_TANSU=1 LOSSGATE_NEED_PROMTOOL=1 LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
 	$(CARGO) test --all-targets
 
 ## The SIGKILL fault test at its full count (CI runs 4 cycles): 10 kills at random moments

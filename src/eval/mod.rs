@@ -102,6 +102,14 @@ pub struct Comparison {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub dataset: String,
+    /// The shadow's input and output widths (`[input]`); 0 in results written before they
+    /// were recorded.
+    #[serde(default)]
+    pub features: usize,
+    #[serde(default)]
+    pub classes: usize,
+    #[serde(default)]
+    pub standardize: bool,
     pub stream_samples: usize,
     pub window: usize,
     pub probes: usize,
@@ -140,6 +148,9 @@ impl Harness<'_> {
         };
         Settings {
             dataset: dataset.to_string(),
+            features: c.input.features,
+            classes: c.input.classes,
+            standardize: c.shadow.standardize,
             stream_samples: self.stream_len(),
             window: c.window.size,
             probes: c.probes.count,

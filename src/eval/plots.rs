@@ -176,7 +176,7 @@ pub fn trajectories(path: &Path, data: &PlotData, attacks: &[String]) -> Result<
         });
     }
     let chart = Chart {
-        title: "Median loss trajectory, first window of seed 1",
+        title: "Median loss trajectory, first window of the first seed",
         x_label: "shadow epoch",
         y_label: "loss on the given label",
         x_range: (1.0, epochs as f64),

@@ -98,13 +98,18 @@ fn targets(c: &Comparison, out: &mut String) {
     }
 }
 
+/// A width the results recorded, or `?` for results written before it was.
+fn shown(width: usize) -> String {
+    if width == 0 { "?".into() } else { width.to_string() }
+}
+
 fn comparison_section(c: &Comparison, out: &mut String) {
     let s = &c.settings;
     let _ = writeln!(
         out,
         "Data: {}, {} training samples streamed per seed, {} seeds ({}). Engine (the daemon's \
-         defaults): windows of {}, {} probes held out of the training split, shadow 784-{:?}-10 \
-         for {} epochs at lr {}, k = {}, decision {}. Victim: MLP {:?}, {} epochs, lr {}, \
+         defaults): windows of {}, {} probes held out of the training split, shadow {}-{:?}-{} \
+         for {} epochs at lr {}{}, k = {}, decision {}. Victim: MLP {:?}, {} epochs, lr {}, \
          momentum {}. Loss-value baseline: {} shadow epochs at lr {}.\n",
         s.dataset,
         s.stream_samples,
@@ -112,9 +117,12 @@ fn comparison_section(c: &Comparison, out: &mut String) {
         c.seeds.iter().map(|s| s.seed.to_string()).collect::<Vec<_>>().join(", "),
         s.window,
         s.probes,
+        shown(s.features),
         s.hidden,
+        shown(s.classes),
         s.epochs,
         s.learning_rate,
+        if s.standardize { ", inputs standardised by the probes" } else { "" },
         s.k,
         s.decision,
         s.victim.hidden,
@@ -225,8 +233,10 @@ fn comparison_section(c: &Comparison, out: &mut String) {
         }
         out.push('\n');
     }
+    let first_seed = c.seeds.first().map_or("?".to_string(), |s| s.seed.to_string());
+    let _ = write!(out, "\n### Figures (seed {first_seed})\n\n");
     out.push_str(
-        "\n### Figures (seed 1)\n\n\
+        "\
          ![loss trajectories](results/trajectories.png)\n\n\
          ![lossgate score histogram](results/scores-lossgate.png)\n\n\
          ![offline score histogram](results/scores-offline.png)\n\n\
@@ -294,7 +304,8 @@ pub fn render_markdown(results_dir: &Path, figures: &str, preface: &str) -> Resu
     out.push('\n');
     match read_json::<Comparison>(&results_dir.join(COMPARISON_FILE))? {
         Some(c) => {
-            out.push_str("## Seven simultaneous attacks, five defences\n\n");
+            let defences = c.seeds.first().map_or(0, |s| s.defences.len());
+            let _ = writeln!(out, "## {} simultaneous attacks, {defences} defences\n", c.attacks.len());
             comparison_section(&c, &mut out);
         }
         None => out.push_str("No comparison has been run yet (`lossgate eval`).\n"),
