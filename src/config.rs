@@ -4,7 +4,6 @@
 //! reads the file and reports the first problem with the field it concerns. Unknown fields are
 //! errors, so a typo never silently falls back to a default.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,28 +17,7 @@ use crate::probes::ProbesConfig;
 use crate::scorer::ScorerConfig;
 use crate::shadow::{ExecutionProvider, RuntimeOptions};
 
-/// A config value that cannot be used, with the field it is in.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("config field `{field}`: {problem}")]
-pub struct ConfigError {
-    pub field: String,
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, problem: impl fmt::Display) -> Self {
-        Self { field: field.into(), problem: problem.to_string() }
-    }
-}
-
-/// Fails with `field: problem` unless `ok`.
-pub fn ensure(ok: bool, field: &str, problem: impl fmt::Display) -> Result<(), ConfigError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::new(field, problem))
-    }
-}
+pub use crate::validation::{ensure, ConfigError};
 
 /// The shape of every record: feature count and class count.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -127,8 +105,9 @@ pub struct ShadowConfig {
     pub runs: usize,
     /// Train a second shadow without the first pass's suspects and decide on its trajectories.
     pub second_pass: bool,
-    /// Centre and scale every feature by the probes' statistics before training (see
-    /// `FeatureScaling`), so that one learning rate suits data in any units.
+    /// Centre every feature on the probes' mean and divide all by one scale fitted on them
+    /// before training (see `FeatureScaling`), so that one learning rate suits data in any
+    /// units.
     pub standardize: bool,
 }
 

@@ -5,19 +5,21 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{s, Array2, Axis};
 
-/// Per-feature centring and scaling fitted on trusted samples, so that the models see inputs
-/// of the same size whatever the data's units (pixels in [0, 1], pen coordinates 0-100,
-/// satellite bands 0-255).
+/// Centring and scaling fitted on trusted samples, so that the models see inputs of the same
+/// size whatever the data's units (pixels in [0, 1], pen coordinates 0-100, satellite bands
+/// 0-255).
 ///
-/// Each feature is centred on its mean and divided by `sqrt((var_f + mean var) / 2)`: its own
-/// spread shrunk halfway toward the features' average spread. A feature that never varies in
-/// the trusted data (a border pixel) is scaled by the average spread rather than blown up by
-/// its own zero one, so a trigger on it stays a moderate input; features in different units
-/// still end up on comparable scales.
+/// Each feature is centred on its own mean; all are divided by one scale, the root mean square
+/// of the features' standard deviations. One scale keeps the features' relative strengths as
+/// the data has them: a trigger on a pixel that never varies in clean data stays as strong,
+/// relative to the rest, as the attacker made it (scaling that pixel by its own near-zero
+/// spread made a corner patch 4-5x stronger and easier to learn, and MNIST's patch backdoor was
+/// caught at 94 % instead of 99 %). Data whose features come in very different units (metres
+/// and dollars) should still be scaled per feature before it reaches lossgate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureScaling {
     mean: Vec<f32>,
-    inverse_scale: Vec<f32>,
+    inverse_scale: f32,
 }
 
 impl FeatureScaling {
@@ -36,26 +38,20 @@ impl FeatureScaling {
                 *s += (v as f64 - m).powi(2) / n;
             }
         }
-        let average_var = var.iter().sum::<f64>() / columns.max(1) as f64;
-        let inverse_scale = var
-            .iter()
-            .map(|&v| {
-                let scale = ((v + average_var) / 2.0).sqrt();
-                if scale > 1e-12 { (1.0 / scale) as f32 } else { 1.0 }
-            })
-            .collect();
+        let scale = (var.iter().sum::<f64>() / columns.max(1) as f64).sqrt();
+        let inverse_scale = if scale > 1e-12 { (1.0 / scale) as f32 } else { 1.0 };
         Self { mean: mean.into_iter().map(|m| m as f32).collect(), inverse_scale }
     }
 
     /// Leaves samples as they are (`[shadow] standardize = false`).
     pub fn identity(features: usize) -> Self {
-        Self { mean: vec![0.0; features], inverse_scale: vec![1.0; features] }
+        Self { mean: vec![0.0; features], inverse_scale: 1.0 }
     }
 
     pub fn apply(&self, features: &mut Array2<f32>) {
         for mut row in features.rows_mut() {
-            for ((v, m), k) in row.iter_mut().zip(&self.mean).zip(&self.inverse_scale) {
-                *v = (*v - m) * k;
+            for (v, m) in row.iter_mut().zip(&self.mean) {
+                *v = (*v - m) * self.inverse_scale;
             }
         }
     }
@@ -264,6 +260,21 @@ pub fn read_json_lines(path: &Path) -> Result<LabelledSamples> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn scaling_centres_each_feature_and_divides_all_by_one_scale() {
+        // Feature 0 in hundreds, feature 1 constant, feature 2 in units.
+        let trusted = ndarray::array![[100.0f32, 5.0, 1.0], [300.0, 5.0, 3.0]];
+        let scaling = FeatureScaling::fit(trusted.view());
+        let mut x = ndarray::array![[200.0f32, 5.0, 2.0], [300.0, 6.0, 3.0]];
+        scaling.apply(&mut x);
+        // Variances 10 000, 0, 1: one scale sqrt(10 001 / 3) = 57.74.
+        let k = 1.0 / (10_001f32 / 3.0).sqrt();
+        for (got, want) in x.iter().zip([0.0, 0.0, 0.0, 100.0 * k, 1.0 * k, 1.0 * k]) {
+            assert!((got - want).abs() < 1e-5, "{x:?}");
+        }
+        assert_eq!(FeatureScaling::identity(3).applied(&LabelledSamples::empty(3)).len(), 0);
+    }
 
     #[test]
     fn csv_and_json_lines_read_the_same_samples() {

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::{ensure, ConfigError};
+use crate::validation::{ensure, ConfigError};
 
 /// How the window's threshold is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

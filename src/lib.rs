@@ -23,6 +23,7 @@ pub mod quarantine;
 pub mod scorer;
 pub mod shadow;
 pub mod tansu;
+pub mod validation;
 
 pub use config::{ConfigError, EngineConfig};
 pub use engine::{Engine, WindowOutcome};

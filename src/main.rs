@@ -65,7 +65,7 @@ enum Command {
     BenchPipeline {
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Records per run (default: three windows of the default size).
+        /// Records per run (default: six windows of the default size).
         #[arg(long, default_value_t = 24_576)]
         records: usize,
         #[arg(long)]

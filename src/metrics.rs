@@ -8,7 +8,7 @@ use prometheus::{
 };
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::validation::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -7,7 +7,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Deserialize;
 
-use crate::config::{ensure, ConfigError};
+use crate::validation::{ensure, ConfigError};
 use crate::data::{read_csv, read_idx_pair, read_json_lines, LabelledSamples};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

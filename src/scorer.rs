@@ -8,7 +8,7 @@ use hnsw_rs::hnsw::Hnsw;
 use ndarray::ArrayView2;
 use serde::Deserialize;
 
-use crate::config::{ensure, ConfigError};
+use crate::validation::{ensure, ConfigError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

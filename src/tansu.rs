@@ -101,7 +101,7 @@ impl Tansu {
 
 impl Drop for Tansu {
     fn drop(&mut self) {
-        // SIGKILL, as DESIGN.md advises for tansu.
+        // SIGKILL, as the project design notes (../shared/DESIGN.md, beside the clone) advise for tansu.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use super::{Engine, WindowOutcome};
-use crate::config::{ensure, ConfigError, EngineConfig};
+use crate::config::EngineConfig;
+use crate::validation::{ensure, ConfigError};
 use crate::data::LabelledSamples;
 use crate::decision::DecisionConfig;
 use crate::shadow::Runtime;

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context, Result};
 use ndarray::Array2;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -75,6 +76,19 @@ pub struct Chart<'a> {
     pub vertical_line: Option<(f64, &'a str)>,
 }
 
+type Plane<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The series' legend, top right, the same on every chart.
+fn draw_legend<'a, 'b: 'a>(ctx: &mut Plane<'a, 'b>) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    ctx.configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    Ok(())
+}
+
 pub fn line_chart(path: &Path, chart: &Chart, series: &[Series]) -> Result<()> {
     ensure_font()?;
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
@@ -123,12 +137,7 @@ pub fn line_chart(path: &Path, chart: &Chart, series: &[Series]) -> Result<()> {
                 ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, s.colour.filled())))?;
             }
         }
-        ctx.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
+        draw_legend(&mut ctx)?;
         root.present()?;
         Ok(())
     };
@@ -436,12 +445,7 @@ pub fn trajectory_against_band(
             .label("this record")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(3)));
         ctx.draw_series(own.into_iter().map(|p| Circle::new(p, 3, red.filled())))?;
-        ctx.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
+        draw_legend(&mut ctx)?;
         if let Some(([height, width], pixels)) = image {
             let side = ((WIDTH / 3 - 24) as usize / width.max(1)).min((HEIGHT - 80) as usize / height.max(1)).max(1);
             let (lo, hi) = pixels.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));

@@ -296,6 +296,21 @@ fn sweep_section(sweep: &Sweep, out: &mut String) {
     let _ = writeln!(out, "\n![sweep {name}](results/sweep-{name}.png)\n");
 }
 
+/// Comparisons run on other data sets, each in a folder of its own under `results_dir`
+/// (`docs/results/penbased/comparison.json`), by folder name.
+fn other_data_sets(results_dir: &Path) -> Result<Vec<(String, Comparison)>> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(results_dir) else { return Ok(found) };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Some(c) = read_json::<Comparison>(&path.join(COMPARISON_FILE))? {
+            found.push((entry.file_name().to_string_lossy().into_owned(), c));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
 /// Renders `RESULTS.md` from the JSON files in `results_dir` (a comparison and any sweeps),
 /// with figure links under `figures` (the results folder as seen from the Markdown file).
 pub fn render_markdown(results_dir: &Path, figures: &str, preface: &str) -> Result<String> {
@@ -309,6 +324,21 @@ pub fn render_markdown(results_dir: &Path, figures: &str, preface: &str) -> Resu
             comparison_section(&c, &mut out);
         }
         None => out.push_str("No comparison has been run yet (`lossgate eval`).\n"),
+    }
+    for (name, c) in other_data_sets(results_dir)? {
+        let defences = c.seeds.first().map_or(0, |s| s.defences.len());
+        let _ = writeln!(out, "\n## {name}: {} simultaneous attacks, {defences} defences\n", c.attacks.len());
+        let _ = writeln!(
+            out,
+            "`lossgate eval --config CONFIG --train-csv TRAIN --test-csv TEST --attacks \
+             config/attacks/{name}.toml --seeds {} --out docs/results/{name}` (CONFIG sets only \
+             `[input]`; the data: `scripts/datasets.sh`). Full report with figures: \
+             [results/{name}/RESULTS.md](results/{name}/RESULTS.md).\n",
+            c.seeds.iter().map(|s| s.seed.to_string()).collect::<Vec<_>>().join(",")
+        );
+        let mut section = String::new();
+        comparison_section(&c, &mut section);
+        out.push_str(&section.replace("](results/", &format!("](results/{name}/")));
     }
     let sweeps: Vec<Sweep> = SweepParam::ALL
         .iter()

@@ -17,7 +17,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use crate::codec::{Codec, DecodeRules};
-use crate::config::{ensure, ConfigError, InputConfig};
+use crate::config::InputConfig;
+use crate::validation::{ensure, ConfigError};
 
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

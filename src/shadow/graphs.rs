@@ -1,7 +1,7 @@
 //! The shadow model's ONNX graphs: one SGD step, and a per-sample evaluation.
 //!
 //! ORT's training API is not in the stock builds, so a whole optimiser step is one inference
-//! graph: it takes the batch, the weights and the momentum buffers and returns the updated
+//! graph: it takes the batch, the weights and the step (momentum) buffers and returns the updated
 //! weights and buffers plus each sample's loss (computed before the update). The gradients are
 //! derived by hand for the MLP and checked against finite differences in the tests.
 
@@ -77,7 +77,7 @@ fn forward(g: &mut GraphBuilder, params: &[String]) -> (Vec<String>, String) {
     (activations, z)
 }
 
-/// Per-sample cross-entropy from logits; returns `(log_probs, one_hot, loss)`.
+/// Per-sample cross-entropy from logits, written to `loss_name`; returns `(log_probs, one_hot)`.
 fn cross_entropy(g: &mut GraphBuilder, logits: &str, classes: usize, loss_name: &str) -> (String, String) {
     let log_probs = g.op("LogSoftmax", &[logits], vec![Attr::Int("axis", 1)]);
     let depth = g.const_i64(&[], vec![classes as i64]);
