@@ -94,7 +94,11 @@ pub struct WholeWindow {
 
 /// The shadow a config trains: `[input]` and `shadow.hidden`.
 fn shape_of(config: &EngineConfig) -> MlpShape {
-    MlpShape { features: config.input.features, hidden: config.shadow.hidden.clone(), classes: config.input.classes }
+    MlpShape {
+        features: config.input.features,
+        hidden: config.shadow.hidden.clone(),
+        classes: config.input.classes,
+    }
 }
 
 impl WholeWindow {
@@ -246,7 +250,10 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
         rates.push(rate);
         row(
             &format!("whole windows, {workers} engine worker(s), {windows} windows"),
-            format!("{rate:>10.0} samples/s  {:>6.1} GFLOP/s", rate * window_flops_per_row(&shape, &config) / 1e9),
+            format!(
+                "{rate:>10.0} samples/s  {:>6.1} GFLOP/s",
+                rate * window_flops_per_row(&shape, &config) / 1e9
+            ),
         );
     }
     row("2 workers against 1 (same windows, same run)", format!("{:>10.2} x", rates[1] / rates[0]));
@@ -316,7 +323,11 @@ fn with_dimension(mut config: EngineConfig, dimension: &str, value: usize) -> En
 
 /// How one window's time grows with each dimension of the workload, one at a time from the
 /// default config (one worker; a window timed once after a warm-up window).
-pub fn scaling(runtime: &Runtime, quick: bool, mut progress: impl FnMut(&ScalingPoint)) -> Result<Vec<ScalingPoint>> {
+pub fn scaling(
+    runtime: &Runtime,
+    quick: bool,
+    mut progress: impl FnMut(&ScalingPoint),
+) -> Result<Vec<ScalingPoint>> {
     let mut base = EngineConfig::default();
     if quick {
         base.window.size = 512;
@@ -346,7 +357,9 @@ pub fn scaling(runtime: &Runtime, quick: bool, mut progress: impl FnMut(&Scaling
 
 /// The scaling table as Markdown.
 pub fn scaling_table(points: &[ScalingPoint]) -> String {
-    let mut out = String::from("| dimension | value | window time | samples/s | GFLOP/s |\n|---|---:|---:|---:|---:|\n");
+    let mut out = String::from(
+        "| dimension | value | window time | samples/s | GFLOP/s |\n|---|---:|---:|---:|---:|\n",
+    );
     for p in points {
         out.push_str(&format!(
             "| {} | {} | {:.2} s | {:.0} | {:.1} |\n",
@@ -367,7 +380,13 @@ pub fn scaling_plot(path: &std::path::Path, points: &[ScalingPoint]) -> Result<(
             .iter()
             .map(|p| ((p.value as f64 / first.value as f64).log2(), p.seconds / first.seconds))
             .collect();
-        series.push(Series { name: dimension.to_string(), colour: colour(i + 1), points, spread: None, dashed: false });
+        series.push(Series {
+            name: dimension.to_string(),
+            colour: colour(i + 1),
+            points,
+            spread: None,
+            dashed: false,
+        });
     }
     let x_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).fold(1.0, f64::max);
     let y_max = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(1.0, f64::max);

@@ -429,7 +429,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { quick, scaling: true, png } => {
             let runtime = Runtime::load(&Default::default())?;
             let points = lossgate::bench::scaling(&runtime, quick, |p| {
-                tracing::info!(dimension = p.dimension, value = p.value, seconds = format!("{:.2}", p.seconds), "window timed");
+                tracing::info!(
+                    dimension = p.dimension,
+                    value = p.value,
+                    seconds = format!("{:.2}", p.seconds),
+                    "window timed"
+                );
             })?;
             print!("{}", lossgate::bench::scaling_table(&points));
             lossgate::bench::scaling_plot(&png, &points)?;

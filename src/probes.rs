@@ -7,8 +7,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Deserialize;
 
-use crate::validation::{ensure, ConfigError};
 use crate::data::{read_csv, read_idx_pair, read_json_lines, LabelledSamples};
+use crate::validation::{ensure, ConfigError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

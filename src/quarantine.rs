@@ -62,7 +62,8 @@ impl Quarantined {
             .headers
             .iter()
             .map(|(k, v)| {
-                let value = v.as_ref().map_or("(no value)".into(), |v| String::from_utf8_lossy(v).into_owned());
+                let value =
+                    v.as_ref().map_or("(no value)".into(), |v| String::from_utf8_lossy(v).into_owned());
                 format!("{}: {value}", String::from_utf8_lossy(k))
             })
             .collect()

@@ -66,15 +66,19 @@ async fn quarantined_records_are_listed_and_released_once_even_when_a_release_is
     // `show`: the decision, every header, the trajectory against its window's probe band.
     let record = rows[0]["record"].as_str().unwrap();
     let png = s.dir.path().join("shown.png");
-    let shown =
-        lossgate(&["quarantine", "show", "--config", &config, "--record", record, "--png", png.to_str().unwrap()], &[]);
+    let shown = lossgate(
+        &["quarantine", "show", "--config", &config, "--record", record, "--png", png.to_str().unwrap()],
+        &[],
+    );
     assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
     let out = String::from_utf8_lossy(&shown.stdout);
     let trajectory = out.lines().find_map(|l| l.strip_prefix("trajectory ")).expect("a trajectory line");
     let losses: Vec<f32> = trajectory.split_whitespace().map(|v| v.parse().unwrap()).collect();
     assert_eq!(losses.len(), 4, "one loss per shadow epoch (the test config trains 4): {out}");
     assert!(losses.iter().all(|l| l.is_finite() && *l >= 0.0), "{out}");
-    for header in ["lossgate-source", "lossgate-probe-band", "lossgate-reason", "lossgate-decision: quarantine"] {
+    for header in
+        ["lossgate-source", "lossgate-probe-band", "lossgate-reason", "lossgate-decision: quarantine"]
+    {
         assert!(out.contains(header), "{header} missing from:\n{out}");
     }
     let bytes = std::fs::read(&png).expect("show wrote the PNG");

@@ -115,7 +115,9 @@ fn several_steps_with_momentum_decay_and_a_learning_rate_change_follow_pytorch_s
     let (x, y) = random_batch(6, 4, 3, 8);
     let (momentum, weight_decay) = (0.9f32, 0.01f32);
     let rates = [0.1f32, 0.1, 0.01];
-    let mut model = ShadowModel::new(&runtime, shape.clone(), Sgd { learning_rate: rates[0], momentum, weight_decay }, 3).unwrap();
+    let mut model =
+        ShadowModel::new(&runtime, shape.clone(), Sgd { learning_rate: rates[0], momentum, weight_decay }, 3)
+            .unwrap();
     let mut probe = ShadowModel::new(&runtime, shape, PLAIN_SGD, 3).unwrap();
     let mut expected = model.parameters().unwrap();
     let mut velocity: Vec<Vec<f32>> = expected.iter().map(|p| vec![0.0; p.len()]).collect();
@@ -146,7 +148,9 @@ fn graphs_written_to_files_load_in_onnx_runtime() {
     let runtime = common::runtime();
     let dir = tempfile::tempdir().unwrap();
     let shape = MlpShape { features: 784, hidden: vec![256], classes: 10 };
-    for (name, bytes) in [("train.onnx", train_step_graph(&shape, 0.9, 0.0)), ("eval.onnx", eval_graph(&shape))] {
+    for (name, bytes) in
+        [("train.onnx", train_step_graph(&shape, 0.9, 0.0)), ("eval.onnx", eval_graph(&shape))]
+    {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
         let session = runtime.session_from_file(&path).unwrap();

@@ -69,15 +69,19 @@ pub async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<C
     } else {
         let samples = samples_of(&records, &to_decide, config.input.features)?;
         let training = Instant::now();
-        let outcome = pipeline.engines.submit(samples, window_id, decision).await.map_err(|_| stopped_mid_window())??;
+        let outcome = pipeline
+            .engines
+            .submit(samples, window_id, decision)
+            .await
+            .map_err(|_| stopped_mid_window())??;
         metrics.training_seconds.observe(training.elapsed().as_secs_f64());
         Some(outcome)
     };
     let mut checkpoint = match outputs_before {
         OutputsBefore::Known(checkpoint) => checkpoint,
-        OutputsBefore::AfterWindow(ahead) => ahead
-            .await
-            .map_err(|_| anyhow!("the window before this one was aborted, so this one is not written either"))?,
+        OutputsBefore::AfterWindow(ahead) => ahead.await.map_err(|_| {
+            anyhow!("the window before this one was aborted, so this one is not written either")
+        })?,
     };
     let mut routed = sink::route(&config.kafka, &records, &to_decide, outcome.as_ref(), window_id);
 

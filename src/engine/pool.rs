@@ -14,10 +14,10 @@ use tokio::sync::oneshot;
 
 use super::{Engine, WindowOutcome};
 use crate::config::EngineConfig;
-use crate::validation::{ensure, ConfigError};
 use crate::data::LabelledSamples;
 use crate::decision::DecisionConfig;
 use crate::shadow::Runtime;
+use crate::validation::{ensure, ConfigError};
 
 /// `[engine]`: how many windows are trained at once.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -43,7 +43,10 @@ impl PoolConfig {
         ensure(
             (1..=MAX_WORKERS).contains(&self.workers),
             "engine.workers",
-            format!("must be 1 to {MAX_WORKERS} (one window trained per worker at once), not {}", self.workers),
+            format!(
+                "must be 1 to {MAX_WORKERS} (one window trained per worker at once), not {}",
+                self.workers
+            ),
         )
     }
 }
@@ -73,7 +76,12 @@ pub struct EnginePool {
 impl EnginePool {
     /// Opens `workers` engines (each its own ONNX Runtime sessions and weights) and starts a
     /// thread for each.
-    pub fn start(runtime: &Runtime, config: EngineConfig, probes: LabelledSamples, workers: usize) -> Result<Self> {
+    pub fn start(
+        runtime: &Runtime,
+        config: EngineConfig,
+        probes: LabelledSamples,
+        workers: usize,
+    ) -> Result<Self> {
         let engines = (0..workers.max(1))
             .map(|_| Engine::new(runtime, config.clone(), probes.clone()))
             .collect::<Result<Vec<_>>>()?;
@@ -126,7 +134,9 @@ fn serve(mut engine: Engine, queue: &Mutex<mpsc::Receiver<Job>>) {
             Ok(job) => job,
             Err(_) => return,
         };
-        let result = engine.set_decision(job.decision).and_then(|_| engine.process_numbered(&job.samples, job.sequence));
+        let result = engine
+            .set_decision(job.decision)
+            .and_then(|_| engine.process_numbered(&job.samples, job.sequence));
         let _ = job.reply.send(result);
     }
 }

@@ -413,11 +413,8 @@ pub fn trajectory_against_band(
             None => (root.clone(), root.margin(0, 0, WIDTH as i32, 0)),
         };
         let x = |e: usize| e as f64 + 1.0;
-        let top = trajectory
-            .iter()
-            .chain(band.iter().map(|b| &b[2]))
-            .fold(0.0f32, |m, &v| m.max(v)) as f64
-            * 1.1;
+        let top =
+            trajectory.iter().chain(band.iter().map(|b| &b[2])).fold(0.0f32, |m, &v| m.max(v)) as f64 * 1.1;
         let mut ctx = ChartBuilder::on(&left)
             .caption(title, ("sans-serif", 16))
             .margin(12)
@@ -447,7 +444,8 @@ pub fn trajectory_against_band(
         ctx.draw_series(own.into_iter().map(|p| Circle::new(p, 3, red.filled())))?;
         draw_legend(&mut ctx)?;
         if let Some(([height, width], pixels)) = image {
-            let side = ((WIDTH / 3 - 24) as usize / width.max(1)).min((HEIGHT - 80) as usize / height.max(1)).max(1);
+            let side =
+                ((WIDTH / 3 - 24) as usize / width.max(1)).min((HEIGHT - 80) as usize / height.max(1)).max(1);
             let (lo, hi) = pixels.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             let span = if hi > lo { hi - lo } else { 1.0 };
             let (x0, y0) = (12i32, 60i32);

@@ -100,7 +100,11 @@ fn targets(c: &Comparison, out: &mut String) {
 
 /// A width the results recorded, or `?` for results written before it was.
 fn shown(width: usize) -> String {
-    if width == 0 { "?".into() } else { width.to_string() }
+    if width == 0 {
+        "?".into()
+    } else {
+        width.to_string()
+    }
 }
 
 fn comparison_section(c: &Comparison, out: &mut String) {
