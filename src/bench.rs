@@ -11,10 +11,10 @@ use ort::value::{DynValue, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::EngineConfig;
 use crate::data::LabelledSamples;
 use crate::engine::pool::{self, EnginePool};
 use crate::engine::Engine;
+use crate::engine::EngineConfig;
 use crate::scorer::{IndexKind, ProbeScorer, ScorerConfig};
 use crate::shadow::graphs::gemm_only_graph;
 use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};

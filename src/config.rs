@@ -4,217 +4,22 @@
 //! reads the file and reports the first problem with the field it concerns. Unknown fields are
 //! errors, so a typo never silently falls back to a default.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::data::InputConfig;
 use crate::decision::DecisionConfig;
 use crate::engine::pool::PoolConfig;
-use crate::kafka::{DeliveryConfig, KafkaConfig};
+use crate::engine::{EngineConfig, WindowConfig};
+use crate::kafka::delivery::DeliveryConfig;
+use crate::kafka::KafkaConfig;
 use crate::metrics::MetricsConfig;
 use crate::probes::ProbesConfig;
 use crate::scorer::ScorerConfig;
-use crate::shadow::{ExecutionProvider, RuntimeOptions};
+use crate::shadow::ShadowConfig;
 
-pub use crate::validation::{ensure, ConfigError};
-
-/// The shape of every record: feature count and class count.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputConfig {
-    /// Number of f32 features per sample (784 for MNIST).
-    pub features: usize,
-    /// Labels are integers in 0..classes.
-    pub classes: usize,
-    /// `[height, width]` when the features are a greyscale image, row by row (MNIST:
-    /// `[28, 28]`): `lossgate quarantine show` then draws the sample. Only for display.
-    #[serde(default)]
-    pub image: Option<[usize; 2]>,
-}
-
-impl Default for InputConfig {
-    fn default() -> Self {
-        Self { features: 784, classes: 10, image: None }
-    }
-}
-
-impl InputConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        ensure(self.features > 0, "input.features", "must be at least 1")?;
-        ensure(
-            self.classes >= 2,
-            "input.classes",
-            format!("{} classes: a classifier needs at least 2", self.classes),
-        )?;
-        if let Some([height, width]) = self.image {
-            ensure(
-                height * width == self.features,
-                "input.image",
-                format!("{height} x {width} pixels, but input.features = {}", self.features),
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// How samples are grouped for one shadow run.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WindowConfig {
-    /// Samples per window: a fresh shadow model is trained on each window plus the probes.
-    pub size: usize,
-    /// The daemon closes a window early when this long has passed since its first record.
-    #[serde(with = "humantime_serde")]
-    pub max_wait: Duration,
-}
-
-impl Default for WindowConfig {
-    fn default() -> Self {
-        Self { size: 4096, max_wait: Duration::from_secs(30) }
-    }
-}
-
-impl WindowConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        ensure(self.size > 0, "window.size", "must be at least 1 sample")?;
-        ensure(!self.max_wait.is_zero(), "window.max_wait", "must be longer than 0 (e.g. \"30s\")")
-    }
-}
-
-/// The shadow model and how it is trained on each window.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ShadowConfig {
-    /// Hidden layer widths; `[]` is multinomial logistic regression.
-    pub hidden: Vec<usize>,
-    /// Epochs per window: the length of every loss trajectory.
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub learning_rate: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
-    /// Seed of weight init and shuffling; each window derives its own from it.
-    pub seed: u64,
-    pub execution_provider: ExecutionProvider,
-    pub cuda_fallback_to_cpu: bool,
-    pub intra_threads: usize,
-    /// Path of libonnxruntime.so; default: ORT_DYLIB_PATH, then the setup cache.
-    pub onnxruntime_library: Option<PathBuf>,
-    /// Independently seeded shadows per window whose loss trajectories are averaged.
-    pub runs: usize,
-    /// Train a second shadow without the first pass's suspects and decide on its trajectories.
-    pub second_pass: bool,
-    /// Centre every feature on the probes' mean and divide all by one scale fitted on them
-    /// before training (see `FeatureScaling`), so that one learning rate suits data in any
-    /// units.
-    pub standardize: bool,
-}
-
-impl Default for ShadowConfig {
-    fn default() -> Self {
-        Self {
-            hidden: vec![256],
-            epochs: 10,
-            batch_size: 128,
-            learning_rate: 0.01,
-            momentum: 0.9,
-            weight_decay: 0.0,
-            seed: 1,
-            execution_provider: ExecutionProvider::Cpu,
-            cuda_fallback_to_cpu: false,
-            intra_threads: 1,
-            onnxruntime_library: None,
-            runs: 1,
-            second_pass: true,
-            standardize: true,
-        }
-    }
-}
-
-impl ShadowConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        ensure(
-            self.hidden.len() <= 2,
-            "shadow.hidden",
-            format!("{} hidden layers: at most 2 are supported", self.hidden.len()),
-        )?;
-        for (i, &width) in self.hidden.iter().enumerate() {
-            ensure(
-                width > 0,
-                &format!("shadow.hidden[{i}]"),
-                "a hidden layer of width 0 cannot learn anything",
-            )?;
-        }
-        ensure(
-            self.epochs > 0,
-            "shadow.epochs",
-            "must be at least 1: a trajectory needs one loss per epoch",
-        )?;
-        ensure(self.batch_size > 0, "shadow.batch_size", "must be at least 1")?;
-        ensure(
-            self.learning_rate.is_finite() && self.learning_rate > 0.0,
-            "shadow.learning_rate",
-            format!("{} must be a positive number", self.learning_rate),
-        )?;
-        ensure(
-            (0.0..1.0).contains(&self.momentum),
-            "shadow.momentum",
-            format!("{} must be in [0, 1)", self.momentum),
-        )?;
-        ensure(
-            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
-            "shadow.weight_decay",
-            format!("{} must be >= 0", self.weight_decay),
-        )?;
-        ensure(self.intra_threads > 0, "shadow.intra_threads", "must be at least 1")?;
-        ensure(
-            self.runs > 0,
-            "shadow.runs",
-            "must be at least 1 (the shadows whose trajectories are averaged)",
-        )?;
-        if let Some(lib) = &self.onnxruntime_library {
-            ensure(
-                lib.is_file(),
-                "shadow.onnxruntime_library",
-                format!("{} does not exist: run scripts/setup.sh or fix the path", lib.display()),
-            )?;
-        }
-        Ok(())
-    }
-
-    pub fn runtime_options(&self) -> RuntimeOptions {
-        RuntimeOptions {
-            library: self.onnxruntime_library.clone(),
-            execution_provider: self.execution_provider,
-            cuda_fallback_to_cpu: self.cuda_fallback_to_cpu,
-            intra_threads: self.intra_threads,
-        }
-    }
-}
-
-/// Everything the detection engine needs: window in, decisions out.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct EngineConfig {
-    pub input: InputConfig,
-    pub window: WindowConfig,
-    pub shadow: ShadowConfig,
-    pub probes: ProbesConfig,
-    pub scorer: ScorerConfig,
-    pub decision: DecisionConfig,
-}
-
-impl EngineConfig {
-    /// Checks every field; the first problem found is returned with its field name.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.input.validate()?;
-        self.window.validate()?;
-        self.shadow.validate()?;
-        self.probes.validate()?;
-        self.scorer.validate(self.probes.count)?;
-        self.decision.validate()
-    }
-}
+pub use crate::validation::ConfigError;
 
 /// The whole configuration file: the engine's sections plus the daemon's edges.
 ///
@@ -254,8 +59,7 @@ impl Config {
         self.engine().validate()?;
         self.engine_pool.validate()?;
         self.kafka.validate()?;
-        self.delivery.validate()?;
-        self.metrics.validate()
+        self.delivery.validate()
     }
 
     /// Parses and validates a TOML document; relative paths are taken from `base_dir`.

@@ -4,6 +4,48 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{s, Array2, Axis};
+use serde::Deserialize;
+
+use crate::validation::{ensure, ConfigError};
+
+/// The shape of every record: feature count and class count.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Number of f32 features per sample (784 for MNIST).
+    pub features: usize,
+    /// Labels are integers in 0..classes.
+    pub classes: usize,
+    /// `[height, width]` when the features are a greyscale image, row by row (MNIST:
+    /// `[28, 28]`): `lossgate quarantine show` then draws the sample. Only for display.
+    #[serde(default)]
+    pub image: Option<[usize; 2]>,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self { features: 784, classes: 10, image: None }
+    }
+}
+
+impl InputConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.features > 0, "input.features", "must be at least 1")?;
+        ensure(
+            self.classes >= 2,
+            "input.classes",
+            format!("{} classes: a classifier needs at least 2", self.classes),
+        )?;
+        if let Some([height, width]) = self.image {
+            ensure(
+                height * width == self.features,
+                "input.image",
+                format!("{height} x {width} pixels, but input.features = {}", self.features),
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// Centring and scaling fitted on trusted samples, so that the models see inputs of the same
 /// size whatever the data's units (pixels in [0, 1], pen coordinates 0-100, satellite bands

@@ -25,5 +25,6 @@ pub mod shadow;
 pub mod tansu;
 pub mod validation;
 
-pub use config::{ConfigError, EngineConfig};
+pub use engine::EngineConfig;
 pub use engine::{Engine, WindowOutcome};
+pub use validation::ConfigError;

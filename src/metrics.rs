@@ -8,8 +8,74 @@ use prometheus::{
 };
 use serde::Deserialize;
 
-use crate::validation::ConfigError;
+/// Declares the values of one metric label: each named once, here, and typed at the call site.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
 
+        impl Label for $name {
+            const ALL: &'static [Self] = &[$(Self::$variant),+];
+            fn label(self) -> &'static str {
+                match self { $(Self::$variant => $label),+ }
+            }
+        }
+    };
+}
+
+/// A closed set of label values.
+pub trait Label: Copy + 'static {
+    const ALL: &'static [Self];
+    fn label(self) -> &'static str;
+}
+
+label_values! {
+    /// How a window or a transaction ended (`result`).
+    Ended { Committed => "committed", Aborted => "aborted" }
+}
+
+label_values! {
+    /// What a config reload did (`result`).
+    Reload { Applied => "applied", Unchanged => "unchanged", Invalid => "invalid", Refused => "refused" }
+}
+
+label_values! {
+    /// What was done about a jump in the input offsets (`result`).
+    Gap { Explained => "explained", Skipped => "skipped", Stopped => "stopped" }
+}
+
+/// A counter with one label whose values are the variants of `L`, all created at zero.
+#[derive(Clone)]
+pub struct LabelledCounter<L> {
+    inner: IntCounterVec,
+    label: std::marker::PhantomData<L>,
+}
+
+impl<L: Label> LabelledCounter<L> {
+    fn register(registry: &Registry, name: &str, help: &str) -> Self {
+        let inner = counter_vec(registry, name, help, &["result"]);
+        for value in L::ALL {
+            inner.with_label_values(&[value.label()]);
+        }
+        Self { inner, label: std::marker::PhantomData }
+    }
+
+    pub fn inc(&self, value: L) {
+        self.inc_by(value, 1);
+    }
+
+    pub fn inc_by(&self, value: L, n: u64) {
+        self.inner.with_label_values(&[value.label()]).inc_by(n);
+    }
+
+    pub fn get(&self, value: L) -> u64 {
+        self.inner.with_label_values(&[value.label()]).get()
+    }
+}
+
+/// Nothing to validate beyond what its type says: any address that parses can be bound (port 0
+/// included: a free one, logged at start-up).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -21,12 +87,6 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self { listen: "127.0.0.1:9464".parse().expect("valid address") }
-    }
-}
-
-impl MetricsConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
     }
 }
 
@@ -42,17 +102,17 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub skipped_already_produced: IntCounter,
     pub redelivered: IntCounter,
-    pub input_gaps: IntCounterVec,
+    pub input_gaps: LabelledCounter<Gap>,
     pub partitions_stopped: IntGauge,
     pub score: Histogram,
     pub threshold: Gauge,
     pub window_size: IntGauge,
-    pub windows: IntCounterVec,
+    pub windows: LabelledCounter<Ended>,
     pub window_seconds: Histogram,
     pub training_seconds: Histogram,
     pub consumer_lag: IntGauge,
-    pub transactions: IntCounterVec,
-    pub config_reloads: IntCounterVec,
+    pub transactions: LabelledCounter<Ended>,
+    pub config_reloads: LabelledCounter<Reload>,
     pub build_info: GaugeVec,
 }
 
@@ -137,11 +197,10 @@ impl Metrics {
                 "lossgate_records_redelivered_total",
                 "Input records the broker delivered again below the read position; ignored",
             ),
-            input_gaps: counter_vec(
+            input_gaps: LabelledCounter::register(
                 &r,
                 "lossgate_input_gaps_total",
                 "Jumps in the input offsets past records never delivered, by what was done: explained (no record there), skipped (gap_policy skip), stopped (partition stopped)",
-                &["result"],
             ),
             partitions_stopped,
             score: histogram(
@@ -152,7 +211,7 @@ impl Metrics {
             ),
             threshold,
             window_size,
-            windows: counter_vec(&r, "lossgate_windows_total", "Windows ended, by result", &["result"]),
+            windows: LabelledCounter::register(&r, "lossgate_windows_total", "Windows ended, by result"),
             window_seconds: histogram(
                 &r,
                 "lossgate_window_duration_seconds",
@@ -166,38 +225,27 @@ impl Metrics {
                 exponential_buckets(0.05, 2.0, 14).unwrap(),
             ),
             consumer_lag,
-            transactions: counter_vec(
+            transactions: LabelledCounter::register(
                 &r,
                 "lossgate_transactions_total",
                 "Kafka transactions, by result",
-                &["result"],
             ),
-            config_reloads: counter_vec(
+            config_reloads: LabelledCounter::register(
                 &r,
                 "lossgate_config_reloads_total",
                 "Config reloads, by result",
-                &["result"],
             ),
             build_info,
             registry: r,
         }
     }
 
-    /// Creates every labelled series a dashboard or alert rule may name, at zero, so that
-    /// they exist before their first event.
+    /// Creates the labelled series whose values depend on the data (dead-letter reasons, class
+    /// labels) at zero, so that a dashboard or alert rule finds them before their first event;
+    /// those with a closed set of values are created with their counter.
     pub fn preset_labels(&self, classes: usize) {
-        for result in ["committed", "aborted"] {
-            self.windows.with_label_values(&[result]);
-            self.transactions.with_label_values(&[result]);
-        }
-        for result in ["applied", "unchanged", "invalid", "refused"] {
-            self.config_reloads.with_label_values(&[result]);
-        }
         for reason in crate::codec::Rejection::CODES {
             self.dead_lettered.with_label_values(&[reason]);
-        }
-        for result in ["explained", "skipped", "stopped"] {
-            self.input_gaps.with_label_values(&[result]);
         }
         for label in 0..classes {
             self.quarantined_by_label.with_label_values(&[&label.to_string()]);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use lossgate::config::Config;
 use lossgate::daemon::{self, DaemonOptions};
-use lossgate::kafka::DeliveryMode;
-use lossgate::metrics::Metrics;
+use lossgate::kafka::delivery::DeliveryMode;
+use lossgate::metrics::{Ended, Metrics};
 use rdkafka::mocking::MockCluster;
 
 /// A small, fast engine on the mock cluster, with every topic created.
@@ -64,7 +64,7 @@ async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_clust
     let (metrics, stop, daemon) = spawn_daemon(config.clone(), probes);
     let n = common::firewall::produce(&config.kafka.brokers, &config.kafka.input_topic, 0, 450, 3).await;
     let deadline = Instant::now() + Duration::from_secs(90);
-    let committed = || metrics.transactions.with_label_values(&["committed"]).get();
+    let committed = || metrics.transactions.get(Ended::Committed);
     let out = || {
         metrics.forwarded.get()
             + metrics.quarantined.get()
@@ -77,7 +77,7 @@ async fn transactional_mode_commits_one_transaction_per_window_on_the_mock_clust
     }
     assert_eq!(out() as usize, n, "every record written inside a transaction");
     assert!(committed() >= 3, "one transaction per window: {} committed", committed());
-    assert_eq!(metrics.transactions.with_label_values(&["aborted"]).get(), 0);
+    assert_eq!(metrics.transactions.get(Ended::Aborted), 0);
     let _ = stop.send(());
     daemon.await.unwrap().unwrap();
 }
@@ -100,18 +100,18 @@ async fn a_failed_produce_aborts_the_window_and_the_retry_writes_each_record_onc
 
     let (metrics, stop, daemon) = spawn_daemon(config.clone(), common::mnist_test(60));
     let deadline = Instant::now() + Duration::from_secs(90);
-    let windows = |result: &str| metrics.windows.with_label_values(&[result]).get();
+    let windows = |result: Ended| metrics.windows.get(result);
     // Records the failed try had written are skipped on the retry, not written again.
     let done =
         || metrics.forwarded.get() + metrics.quarantined.get() + metrics.skipped_already_produced.get();
     while done() < n as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(windows("aborted") >= 1, "the failed produce aborted a window");
+    assert!(windows(Ended::Aborted) >= 1, "the failed produce aborted a window");
     eprintln!(
         "{} windows aborted, {} committed, {} records skipped on retry as already produced",
-        windows("aborted"),
-        windows("committed"),
+        windows(Ended::Aborted),
+        windows(Ended::Committed),
         metrics.skipped_already_produced.get()
     );
 
@@ -143,7 +143,7 @@ async fn a_failed_produce_aborts_the_window_and_the_retry_writes_each_record_onc
     }
     let unique: std::collections::HashSet<_> = sources.iter().collect();
     assert_eq!(unique.len(), n, "every input reached an output");
-    assert_eq!(sources.len(), n, "no input was written twice ({} aborted windows)", windows("aborted"));
+    assert_eq!(sources.len(), n, "no input was written twice ({} aborted windows)", windows(Ended::Aborted));
     let _ = stop.send(());
     daemon.await.unwrap().unwrap();
 }
@@ -168,7 +168,7 @@ async fn a_batch_refused_as_too_large_is_sent_again_record_by_record() {
     }
     assert_eq!(dead(), 0, "no record is dead-lettered for the size of the batch it was in");
     assert_eq!(decided(), n as u64, "every record went where it was routed");
-    assert_eq!(metrics.windows.with_label_values(&["aborted"]).get(), 0);
+    assert_eq!(metrics.windows.get(Ended::Aborted), 0);
     let _ = stop.send(());
     daemon.await.unwrap().unwrap();
 }
@@ -243,13 +243,14 @@ async fn a_second_crash_after_a_partial_commit_writes_nothing_twice() {
     cluster.request_errors(RDKafkaApiKey::OffsetCommit, &errors);
     let started = Instant::now();
     let (metrics, stop, daemon) = run(config.clone());
-    let windows = |m: &Metrics, result: &str| m.windows.with_label_values(&[result]).get();
-    let partial = wait(&|| windows(&metrics, "committed") >= 1 && windows(&metrics, "aborted") >= 1);
+    let windows = |m: &Metrics, result: Ended| m.windows.get(result);
+    let partial =
+        wait(&|| windows(&metrics, Ended::Committed) >= 1 && windows(&metrics, Ended::Aborted) >= 1);
     assert!(
         partial,
         "a partial commit, then a failed one: {} committed, {} aborted, {} read, {} skipped",
-        windows(&metrics, "committed"),
-        windows(&metrics, "aborted"),
+        windows(&metrics, Ended::Committed),
+        windows(&metrics, Ended::Aborted),
         metrics.records_in.get(),
         metrics.skipped_already_produced.get()
     );

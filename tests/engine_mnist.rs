@@ -2,9 +2,9 @@
 
 mod common;
 
-use lossgate::config::EngineConfig;
 use lossgate::decision::{Action, Policy};
 use lossgate::Engine;
+use lossgate::EngineConfig;
 
 fn small_config() -> EngineConfig {
     let mut config = EngineConfig::default();

@@ -3,12 +3,12 @@
 
 mod common;
 
-use lossgate::config::EngineConfig;
 use lossgate::eval::attack::default_attacks;
 use lossgate::eval::defence::Defence;
 use lossgate::eval::sweep::SweepParam;
 use lossgate::eval::victim::VictimConfig;
 use lossgate::eval::{quick_settings, report, DataSource, Dataset, Harness};
+use lossgate::EngineConfig;
 
 fn quick_harness(runtime: &lossgate::shadow::Runtime) -> Harness<'_> {
     let mut config = EngineConfig::default();

@@ -4,11 +4,11 @@
 mod common;
 
 use lossgate::bench::synthetic_trajectories;
-use lossgate::config::EngineConfig;
 use lossgate::data::LabelledSamples;
 use lossgate::engine::trajectory::{record_loss_matrix, TrainingPlan};
 use lossgate::scorer::{recall_at_k, IndexKind, ProbeScorer, ScorerConfig};
 use lossgate::shadow::{MlpShape, Sgd, ShadowModel};
+use lossgate::EngineConfig;
 
 fn recall_with(probes: usize, queries: usize) -> f64 {
     let k = 50;

@@ -6,22 +6,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaResult;
-use rdkafka::producer::{FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use tokio::sync::oneshot;
 
 use super::sink::{self, Destination, Routed};
 use super::window::InputRecord;
-use super::{Pipeline, KAFKA_TIMEOUT};
+use super::Pipeline;
 use crate::data::LabelledSamples;
 use crate::decision::{Action, DecisionConfig};
 use crate::engine::pool::stopped_mid_window;
 use crate::engine::WindowOutcome;
-use crate::kafka::checkpoint::{Checkpoint, CheckpointRecord};
-use crate::kafka::DeliveryMode;
+use crate::kafka::checkpoint::Checkpoint;
+use crate::kafka::delivery::{Clients, WindowEnd};
+use crate::metrics::Ended;
 
 /// A window as dispatched: its records, the decision in force, and where the outputs stood.
 pub struct WindowJob {
@@ -85,17 +84,12 @@ pub async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<C
     };
     let mut routed = sink::route(&config.kafka, &records, &to_decide, outcome.as_ref(), window_id);
 
-    let transactional = config.delivery.mode == DeliveryMode::Transactional;
-    if transactional {
-        pipeline.producer.begin_transaction().context("beginning the window's transaction")?;
-    }
+    let delivery = &pipeline.delivery;
+    delivery.begin(&pipeline.producer)?;
     let delivered = match sink::produce_all(&pipeline.producer, &config.kafka, &mut routed).await {
         Ok(d) => d,
         Err(e) => {
-            if transactional {
-                let _ = tokio::task::block_in_place(|| pipeline.producer.abort_transaction(KAFKA_TIMEOUT));
-                metrics.transactions.with_label_values(&["aborted"]).inc();
-            }
+            delivery.abort(&pipeline.producer, metrics);
             return Err(e);
         }
     };
@@ -104,35 +98,9 @@ pub async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<C
     }
     let committed_checkpoint = checkpoint.floored(floor);
     let next = next_offsets(&records);
-    let offsets = offset_list(
-        &config.kafka.input_topic,
-        &next,
-        (config.delivery.mode == DeliveryMode::ExactlyOnce).then_some(&committed_checkpoint),
-    )?;
-    if transactional {
-        let group =
-            pipeline.consumer.group_metadata().ok_or_else(|| anyhow!("no consumer group metadata"))?;
-        let committed = tokio::task::block_in_place(|| {
-            pipeline.producer.send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)?;
-            pipeline.producer.commit_transaction(KAFKA_TIMEOUT)
-        });
-        if let Err(e) = committed {
-            let _ = tokio::task::block_in_place(|| pipeline.producer.abort_transaction(KAFKA_TIMEOUT));
-            metrics.transactions.with_label_values(&["aborted"]).inc();
-            return Err(anyhow!("committing the window's transaction: {e}"));
-        }
-        metrics.transactions.with_label_values(&["committed"]).inc();
-    } else if offsets.count() > 0 {
-        tokio::task::block_in_place(|| {
-            pipeline.consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)
-        })
-        .context("committing input offsets after every output was acknowledged")?;
-        if config.delivery.mode == DeliveryMode::ExactlyOnce {
-            // After the commit, never before: a checkpoint older than the commit only makes
-            // the next recovery read more; a newer one could make it miss records.
-            write_checkpoint_records(&pipeline, &next, &committed_checkpoint).await?;
-        }
-    }
+    let clients =
+        Clients { consumer: &pipeline.consumer, producer: &pipeline.producer, kafka: &config.kafka, metrics };
+    delivery.commit(clients, WindowEnd { next_offsets: &next, checkpoint: &committed_checkpoint }).await?;
     // The next window may be written now; nobody waits when this one is the last in flight.
     let _ = handoff.send(checkpoint.clone());
     record_window_metrics(&pipeline, &routed, &records, outcome.as_ref(), started);
@@ -145,43 +113,6 @@ pub async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<C
         "window committed"
     );
     Ok(Committed { checkpoint, offsets: next })
-}
-
-async fn write_checkpoint_records(
-    pipeline: &Pipeline,
-    committed: &BTreeMap<i32, i64>,
-    checkpoint: &Checkpoint,
-) -> Result<()> {
-    let kafka = &pipeline.config.kafka;
-    let mut pending = Vec::new();
-    for (&partition, &offset) in committed {
-        let record = CheckpointRecord {
-            group: kafka.group_id.clone(),
-            topic: kafka.input_topic.clone(),
-            partition,
-            committed: offset,
-            ends: checkpoint.ends.clone(),
-        };
-        let key = CheckpointRecord::key(&kafka.group_id, &kafka.input_topic, partition);
-        let value = serde_json::to_vec(&record)?;
-        let future = pipeline
-            .producer
-            .send_result(FutureRecord::to(&kafka.checkpoint_topic).key(&key).payload(&value))
-            .map_err(|(e, _)| anyhow!("writing a checkpoint to {}: {e}", kafka.checkpoint_topic))?;
-        pending.push(future);
-    }
-    for future in pending {
-        match future.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                tracing::warn!(error = %e, "a checkpoint record was not written; the next recovery reads further back")
-            }
-            Err(_) => tracing::warn!(
-                "a checkpoint record write was cancelled; the next recovery reads further back"
-            ),
-        }
-    }
-    Ok(())
 }
 
 fn samples_of(records: &[InputRecord], indices: &[usize], features: usize) -> Result<LabelledSamples> {
@@ -203,24 +134,6 @@ pub fn next_offsets(records: &[InputRecord]) -> BTreeMap<i32, i64> {
         *e = (*e).max(r.offset + 1);
     }
     next
-}
-
-/// The offsets to commit, with the checkpoint as metadata in exactly-once mode (left out where
-/// it would pass the broker's metadata limit: recovery then reads the checkpoint topic).
-fn offset_list(
-    topic: &str,
-    next: &BTreeMap<i32, i64>,
-    checkpoint: Option<&Checkpoint>,
-) -> KafkaResult<TopicPartitionList> {
-    let mut list = TopicPartitionList::new();
-    let metadata = checkpoint.map(Checkpoint::encode_for_metadata);
-    for (&p, &o) in next {
-        list.add_partition_offset(topic, p, Offset::Offset(o))?;
-        if let (Some(meta), Some(mut element)) = (&metadata, list.find_partition(topic, p)) {
-            element.set_metadata(meta);
-        }
-    }
-    Ok(list)
 }
 
 fn record_window_metrics(
@@ -256,7 +169,7 @@ fn record_window_metrics(
     }
     m.window_size.set(records.len() as i64);
     m.window_seconds.observe(started.elapsed().as_secs_f64());
-    m.windows.with_label_values(&["committed"]).inc();
+    m.windows.inc(Ended::Committed);
     tokio::task::block_in_place(|| update_lag(pipeline));
 }
 

@@ -25,7 +25,8 @@ use super::window::{InputRecord, OpenWindow};
 use super::{Pipeline, RebalanceEvent, KAFKA_TIMEOUT};
 use crate::decision::DecisionConfig;
 use crate::kafka::checkpoint::{Checkpoint, OutputPosition};
-use crate::kafka::{DeliveryMode, GapPolicy};
+use crate::kafka::GapPolicy;
+use crate::metrics::{Ended, Gap};
 
 type WindowTask = tokio::task::JoinHandle<Result<Committed>>;
 
@@ -108,7 +109,7 @@ pub async fn run(
                         if behind > 0 {
                             tracing::info!(windows = behind, "windows behind the aborted one dropped unwritten; re-reading them too");
                         }
-                        pipeline.metrics.windows.with_label_values(&["aborted"]).inc_by(1 + behind as u64);
+                        pipeline.metrics.windows.inc_by(Ended::Aborted, 1 + behind as u64);
                         // Partitions revoked meanwhile are not sought back.
                         handle_rebalances(&pipeline, &mut events, &mut state, &readiness);
                         rewind(&pipeline, &mut state);
@@ -234,7 +235,7 @@ fn take_past_gap(
                 why,
                 "offsets without records in the input; carrying on"
             );
-            gaps.with_label_values(&["explained"]).inc();
+            gaps.inc(Gap::Explained);
             true
         }
         (Err(why), GapPolicy::Skip) => {
@@ -245,7 +246,7 @@ fn take_past_gap(
                 why,
                 "records never delivered by the broker; skipped (kafka.gap_policy = \"skip\")"
             );
-            gaps.with_label_values(&["skipped"]).inc();
+            gaps.inc(Gap::Skipped);
             true
         }
         (Err(why), GapPolicy::Stop) => {
@@ -259,7 +260,7 @@ fn take_past_gap(
                  (tansu after 0.6.0, Apache Kafka, Redpanda) and restart; set kafka.gap_policy = \"skip\" \
                  only if losing these records is acceptable"
             );
-            gaps.with_label_values(&["stopped"]).inc();
+            gaps.inc(Gap::Stopped);
             state.positions.stop(partition, expected);
             pipeline.metrics.partitions_stopped.set(state.positions.stopped_count() as i64);
             let mut list = TopicPartitionList::new();
@@ -286,7 +287,7 @@ fn explain_gap(pipeline: &Pipeline, partition: i32, expected: i64, got: i64) -> 
     // then `got`; one that skips returns something later.
     let from = if expected > low { expected - 1 } else { expected };
     let client = kafka.client_config().map_err(|e| e.to_string())?;
-    let read_committed = pipeline.config.delivery.mode == DeliveryMode::Transactional;
+    let read_committed = pipeline.delivery.reads_committed();
     let seen = crate::kafka::offsets_from(&client, &kafka.input_topic, partition, from, 2, read_committed)
         .map_err(|e| format!("reading the gap again failed: {e:#}"))?;
     let faithful = if from < expected { seen == [from, got] } else { seen.first() == Some(&got) };
@@ -326,7 +327,7 @@ fn handle_rebalances(
                 tracing::info!(?partitions, "partitions assigned");
                 state.assigned.extend(&partitions);
                 start_positions(pipeline, state, &partitions);
-                if pipeline.config.delivery.mode == DeliveryMode::ExactlyOnce && !partitions.is_empty() {
+                if pipeline.delivery.recovers() && !partitions.is_empty() {
                     state.recovery_pending.extend(&partitions);
                     try_recovery(pipeline, state);
                 }

@@ -32,7 +32,8 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::data::LabelledSamples;
 use crate::engine::pool::EnginePool;
-use crate::kafka::{headers, DeliveryMode};
+use crate::kafka::delivery::Delivery;
+use crate::kafka::headers;
 use crate::metrics::Metrics;
 use crate::shadow::Runtime;
 use gate::WindowGate;
@@ -108,6 +109,7 @@ struct Pipeline {
     config: Config,
     consumer: Arc<InputConsumer>,
     producer: FutureProducer,
+    delivery: Delivery,
     engines: EnginePool,
     metrics: Metrics,
     gate: Arc<WindowGate>,
@@ -142,11 +144,13 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
         reload::spawn_watcher(path, config.clone(), decision_tx, metrics.clone());
     }
 
-    let producer = create_producer(&config)?;
+    let delivery = Delivery::new(&config.delivery)?;
+    let producer = create_producer(&config, &delivery)?;
     let gate = Arc::new(WindowGate::default());
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let consumer = create_consumer(
         &config,
+        &delivery,
         RebalanceContext {
             input_topic: config.kafka.input_topic.clone(),
             events: events_tx,
@@ -160,6 +164,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
         config: config.clone(),
         consumer: Arc::new(consumer),
         producer,
+        delivery,
         engines,
         metrics: metrics.clone(),
         gate,
@@ -232,23 +237,16 @@ fn spawn_broker_probe(
     })
 }
 
-fn create_producer(config: &Config) -> Result<FutureProducer> {
+fn create_producer(config: &Config, delivery: &Delivery) -> Result<FutureProducer> {
     let mut client = config.kafka.producer_config()?;
     client.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
-    if config.delivery.mode == DeliveryMode::Transactional {
-        let id = config.delivery.transactional_id.clone().expect("validated");
-        client.set("transactional.id", id);
-    }
+    delivery.configure_producer(&mut client);
     let producer: FutureProducer = crate::kafka::create_client(&client, "the Kafka producer")?;
-    if config.delivery.mode == DeliveryMode::Transactional {
-        producer
-            .init_transactions(KAFKA_TIMEOUT)
-            .context("initialising Kafka transactions (does the broker support them?)")?;
-    }
+    delivery.init(&producer)?;
     Ok(producer)
 }
 
-fn create_consumer(config: &Config, context: RebalanceContext) -> Result<InputConsumer> {
+fn create_consumer(config: &Config, delivery: &Delivery, context: RebalanceContext) -> Result<InputConsumer> {
     let mut client = config.kafka.consumer_config()?;
     client
         .set("group.id", &config.kafka.group_id)
@@ -259,9 +257,7 @@ fn create_consumer(config: &Config, context: RebalanceContext) -> Result<InputCo
     if !config.kafka.consumer_sets("fetch.wait.max.ms") {
         client.set("fetch.wait.max.ms", "10");
     }
-    if config.delivery.mode == DeliveryMode::Transactional {
-        client.set("isolation.level", "read_committed");
-    }
+    delivery.configure_consumer(&mut client);
     // Back-pressure is the event loop not polling while the engine is busy and the next window
     // full; librdkafka then stops fetching once this much is prefetched (no pause, no seek).
     if !config.kafka.consumer_sets("queued.max.messages.kbytes") {

@@ -13,7 +13,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::intake::LoopState;
 use super::{Pipeline, KAFKA_TIMEOUT};
 use crate::kafka::checkpoint::{read_checkpoint_topic, scan_outputs, Checkpoint};
-use crate::kafka::DeliveryMode;
 
 /// Reads the outputs for `partitions` and marks what was already produced.
 fn recover(pipeline: &Pipeline, state: &mut LoopState, partitions: &[i32]) -> Result<()> {
@@ -123,7 +122,7 @@ pub fn rewind(pipeline: &Pipeline, state: &mut LoopState) {
         }
         Err(e) => tracing::warn!(error = %e, "reading the committed offsets after an aborted window failed"),
     }
-    if pipeline.config.delivery.mode == DeliveryMode::ExactlyOnce {
+    if pipeline.delivery.recovers() {
         state.recovery_pending.extend(state.assigned.iter().copied());
         try_recovery(pipeline, state);
     }

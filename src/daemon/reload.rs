@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::decision::DecisionConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Reload};
 
 /// Outcome of one reload attempt, as counted in `lossgate_config_reloads_total{result}`.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub fn spawn_watcher(
                 Err(e) => {
                     if forced || last_text.is_some() {
                         tracing::error!(path = %path.display(), error = %e, "config reload failed: cannot read the file; keeping the running config");
-                        metrics.config_reloads.with_label_values(&["invalid"]).inc();
+                        metrics.config_reloads.inc(Reload::Invalid);
                     }
                     last_text = None;
                     continue;
@@ -90,18 +90,18 @@ pub fn spawn_watcher(
                     );
                     running.decision = decision.clone();
                     let _ = sender.send(decision);
-                    metrics.config_reloads.with_label_values(&["applied"]).inc();
+                    metrics.config_reloads.inc(Reload::Applied);
                 }
                 ReloadResult::Unchanged => {
-                    metrics.config_reloads.with_label_values(&["unchanged"]).inc();
+                    metrics.config_reloads.inc(Reload::Unchanged);
                 }
                 ReloadResult::Invalid(why) => {
                     tracing::error!(error = %why, "config reload refused: keeping the running config");
-                    metrics.config_reloads.with_label_values(&["invalid"]).inc();
+                    metrics.config_reloads.inc(Reload::Invalid);
                 }
                 ReloadResult::Refused(why) => {
                     tracing::error!(error = %why, "config reload refused: keeping the running config");
-                    metrics.config_reloads.with_label_values(&["refused"]).inc();
+                    metrics.config_reloads.inc(Reload::Refused);
                 }
             }
         }

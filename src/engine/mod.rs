@@ -8,12 +8,67 @@ pub mod trajectory;
 use anyhow::{Context, Result};
 use ndarray::{s, Array2, ArrayView2, Axis};
 
-use crate::config::EngineConfig;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::data::InputConfig;
 use crate::data::{FeatureScaling, LabelledSamples};
 use crate::decision::{Decision, DecisionConfig, Threshold};
+use crate::probes::ProbesConfig;
 use crate::scorer::ProbeScorer;
+use crate::scorer::ScorerConfig;
+use crate::shadow::ShadowConfig;
 use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
+use crate::validation::{ensure, ConfigError};
 use trajectory::{kept_epochs, record_loss_matrix_training_on, TrainingPlan};
+
+/// How samples are grouped for one shadow run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Samples per window: a fresh shadow model is trained on each window plus the probes.
+    pub size: usize,
+    /// The daemon closes a window early when this long has passed since its first record.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self { size: 4096, max_wait: Duration::from_secs(30) }
+    }
+}
+
+impl WindowConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.size > 0, "window.size", "must be at least 1 sample")?;
+        ensure(!self.max_wait.is_zero(), "window.max_wait", "must be longer than 0 (e.g. \"30s\")")
+    }
+}
+
+/// Everything the detection engine needs: window in, decisions out.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EngineConfig {
+    pub input: InputConfig,
+    pub window: WindowConfig,
+    pub shadow: ShadowConfig,
+    pub probes: ProbesConfig,
+    pub scorer: ScorerConfig,
+    pub decision: DecisionConfig,
+}
+
+impl EngineConfig {
+    /// Checks every field; the first problem found is returned with its field name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.input.validate()?;
+        self.window.validate()?;
+        self.shadow.validate()?;
+        self.probes.validate()?;
+        self.scorer.validate(self.probes.count)?;
+        self.decision.validate()
+    }
+}
 
 /// Everything one window produced, for the sinks, the metrics and the evaluation plots.
 #[derive(Debug)]

@@ -13,9 +13,9 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use super::{Engine, WindowOutcome};
-use crate::config::EngineConfig;
 use crate::data::LabelledSamples;
 use crate::decision::DecisionConfig;
+use crate::engine::EngineConfig;
 use crate::shadow::Runtime;
 use crate::validation::{ensure, ConfigError};
 

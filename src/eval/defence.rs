@@ -9,10 +9,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::scenario::Scenario;
-use crate::config::EngineConfig;
 use crate::data::FeatureScaling;
 use crate::decision::Policy;
 use crate::engine::trajectory::{record_loss_matrix, TrainingPlan};
+use crate::engine::EngineConfig;
 use crate::engine::{score_and_decide, Engine, WindowOutcome};
 use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
 

@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use crate::config::EngineConfig;
+use crate::engine::EngineConfig;
 use crate::shadow::Runtime;
 use attack::Attack;
 use defence::{loss_value_flags, random_flags, run_engine, run_offline, Defence};

@@ -10,8 +10,8 @@ use super::defence::run_engine;
 use super::metrics::Detection;
 use super::victim::VictimResult;
 use super::{parallel, progress_bar, Harness, Summary};
-use crate::config::EngineConfig;
 use crate::decision::Policy;
+use crate::engine::EngineConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

@@ -1,6 +1,7 @@
 //! The Kafka edges: where records come from and go to, and how delivery is guaranteed.
 
 pub mod checkpoint;
+pub mod delivery;
 pub mod headers;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use crate::codec::{Codec, DecodeRules};
-use crate::config::InputConfig;
+use crate::data::InputConfig;
 use crate::validation::{ensure, ConfigError};
 
 #[derive(Clone, PartialEq, Deserialize)]
@@ -278,54 +279,6 @@ fn resolve_property(name: &str, value: &str) -> Result<String, String> {
             .map_err(|e| format!("cannot read {path} (named for {name}): {e}"));
     }
     Ok(value.to_string())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeliveryMode {
-    /// Offsets committed only after every output of the window is acknowledged; a crash can
-    /// repeat records downstream.
-    AtLeastOnce,
-    /// At-least-once plus recovery that skips records already produced (no broker
-    /// transactions needed; see the README for what it cannot cover).
-    #[default]
-    ExactlyOnce,
-    /// One Kafka transaction per window; readers must use read_committed.
-    Transactional,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeliveryConfig {
-    pub mode: DeliveryMode,
-    /// `transactional` mode: the producer's transactional.id (fences zombies).
-    pub transactional_id: Option<String>,
-    /// On SIGTERM/SIGINT: how long the open window may take to finish before it is aborted.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        Self {
-            mode: DeliveryMode::ExactlyOnce,
-            transactional_id: None,
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
-
-impl DeliveryConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.mode == DeliveryMode::Transactional {
-            ensure(
-                self.transactional_id.as_deref().is_some_and(|id| !id.trim().is_empty()),
-                "delivery.transactional_id",
-                "mode \"transactional\" needs a transactional id, unique per lossgate instance",
-            )?;
-        }
-        Ok(())
-    }
 }
 
 /// One record as [`read_topic`] returns it, headers as bytes.

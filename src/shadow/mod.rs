@@ -1,9 +1,11 @@
 //! The shadow model stage: an MLP trained on ONNX Runtime through graphs built in Rust.
 
+mod config;
 pub mod graphs;
 pub mod model;
 pub mod runtime;
 
+pub use config::ShadowConfig;
 pub use graphs::MlpShape;
 pub use model::{Evaluation, Sgd, ShadowModel};
 pub use runtime::{ExecutionProvider, Runtime, RuntimeOptions};

@@ -1,0 +1,119 @@
+//! `[shadow]`: the shadow model's shape and how it is trained on each window.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{ExecutionProvider, RuntimeOptions};
+use crate::validation::{ensure, ConfigError};
+
+/// The shadow model and how it is trained on each window.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    /// Hidden layer widths; `[]` is multinomial logistic regression.
+    pub hidden: Vec<usize>,
+    /// Epochs per window: the length of every loss trajectory.
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// Seed of weight init and shuffling; each window derives its own from it.
+    pub seed: u64,
+    pub execution_provider: ExecutionProvider,
+    pub cuda_fallback_to_cpu: bool,
+    pub intra_threads: usize,
+    /// Path of libonnxruntime.so; default: ORT_DYLIB_PATH, then the setup cache.
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Independently seeded shadows per window whose loss trajectories are averaged.
+    pub runs: usize,
+    /// Train a second shadow without the first pass's suspects and decide on its trajectories.
+    pub second_pass: bool,
+    /// Centre every feature on the probes' mean and divide all by one scale fitted on them
+    /// before training (see `FeatureScaling`), so that one learning rate suits data in any
+    /// units.
+    pub standardize: bool,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        Self {
+            hidden: vec![256],
+            epochs: 10,
+            batch_size: 128,
+            learning_rate: 0.01,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 1,
+            execution_provider: ExecutionProvider::Cpu,
+            cuda_fallback_to_cpu: false,
+            intra_threads: 1,
+            onnxruntime_library: None,
+            runs: 1,
+            second_pass: true,
+            standardize: true,
+        }
+    }
+}
+
+impl ShadowConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(
+            self.hidden.len() <= 2,
+            "shadow.hidden",
+            format!("{} hidden layers: at most 2 are supported", self.hidden.len()),
+        )?;
+        for (i, &width) in self.hidden.iter().enumerate() {
+            ensure(
+                width > 0,
+                &format!("shadow.hidden[{i}]"),
+                "a hidden layer of width 0 cannot learn anything",
+            )?;
+        }
+        ensure(
+            self.epochs > 0,
+            "shadow.epochs",
+            "must be at least 1: a trajectory needs one loss per epoch",
+        )?;
+        ensure(self.batch_size > 0, "shadow.batch_size", "must be at least 1")?;
+        ensure(
+            self.learning_rate.is_finite() && self.learning_rate > 0.0,
+            "shadow.learning_rate",
+            format!("{} must be a positive number", self.learning_rate),
+        )?;
+        ensure(
+            (0.0..1.0).contains(&self.momentum),
+            "shadow.momentum",
+            format!("{} must be in [0, 1)", self.momentum),
+        )?;
+        ensure(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "shadow.weight_decay",
+            format!("{} must be >= 0", self.weight_decay),
+        )?;
+        ensure(self.intra_threads > 0, "shadow.intra_threads", "must be at least 1")?;
+        ensure(
+            self.runs > 0,
+            "shadow.runs",
+            "must be at least 1 (the shadows whose trajectories are averaged)",
+        )?;
+        if let Some(lib) = &self.onnxruntime_library {
+            ensure(
+                lib.is_file(),
+                "shadow.onnxruntime_library",
+                format!("{} does not exist: run scripts/setup.sh or fix the path", lib.display()),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            library: self.onnxruntime_library.clone(),
+            execution_provider: self.execution_provider,
+            cuda_fallback_to_cpu: self.cuda_fallback_to_cpu,
+            intra_threads: self.intra_threads,
+        }
+    }
+}
