@@ -1,6 +1,7 @@
 //! The `lossgate` command line.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -413,7 +414,12 @@ fn run(cli: Cli) -> Result<()> {
                 metrics: Metrics::new(),
                 passthrough: false,
             };
-            tokio_runtime()?.block_on(daemon::run(options, termination()))
+            let runtime = tokio_runtime()?;
+            let result = runtime.block_on(daemon::run(options, termination()));
+            // A recovery scan or lag read still on its thread is not waited for: a scan is
+            // done again at the next start.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            result
         }
         Command::Demo { config, records, window, malformed, seed, mnist } => {
             let config = load_config(config.as_ref())?;

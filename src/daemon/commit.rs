@@ -104,6 +104,7 @@ pub async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<C
     // The next window may be written now; nobody waits when this one is the last in flight.
     let _ = handoff.send(checkpoint.clone());
     record_window_metrics(&pipeline, &routed, &records, outcome.as_ref(), started);
+    spawn_lag_update(&pipeline);
     tracing::info!(
         window = window_id,
         records = records.len(),
@@ -170,7 +171,19 @@ fn record_window_metrics(
     m.window_size.set(records.len() as i64);
     m.window_seconds.observe(started.elapsed().as_secs_f64());
     m.windows.inc(Ended::Committed);
-    tokio::task::block_in_place(|| update_lag(pipeline));
+}
+
+/// Reads the consumer lag on a blocking thread (one broker round trip per partition), at most
+/// one read at a time: the window's commit does not wait for it.
+fn spawn_lag_update(pipeline: &Arc<Pipeline>) {
+    if pipeline.lag_reading.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    let pipeline = pipeline.clone();
+    tokio::task::spawn_blocking(move || {
+        update_lag(&pipeline);
+        pipeline.lag_reading.store(false, std::sync::atomic::Ordering::Release);
+    });
 }
 
 /// Consumer lag over the assigned partitions: high watermark minus position.

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 use super::commit::{self, Committed, OutputsBefore, WindowJob};
 use super::gaps::{Arrival, ReadPositions};
 use super::http::Readiness;
-use super::recovery::{retry_recovery, rewind, try_recovery};
+use super::recovery::{self, rewind, Recovery};
 use super::window::{InputRecord, OpenWindow};
 use super::{Pipeline, RebalanceEvent, KAFKA_TIMEOUT};
 use crate::decision::DecisionConfig;
@@ -39,9 +39,9 @@ pub struct LoopState {
     pub already_produced: HashMap<(i32, i64), OutputPosition>,
     pub checkpoint: Checkpoint,
     pub positions: ReadPositions,
-    /// Partitions whose exactly-once recovery failed and must succeed before the next window
-    /// is dispatched (dispatching first could produce records twice).
-    pub recovery_pending: HashSet<i32>,
+    /// Exactly-once recovery: partitions to scan before the next window is dispatched
+    /// (dispatching first could produce records twice), and the scan running.
+    pub recovery: Recovery,
     /// Rebalance events taken off the channel by `select!`, in order.
     pending_events: Vec<RebalanceEvent>,
     /// The number of the next window dispatched.
@@ -65,7 +65,7 @@ pub async fn run(
         already_produced: HashMap::new(),
         checkpoint: Checkpoint::default(),
         positions: ReadPositions::default(),
-        recovery_pending: HashSet::new(),
+        recovery: Recovery::default(),
         pending_events: Vec::new(),
         next_window: 0,
         handoff: None,
@@ -76,17 +76,18 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         handle_rebalances(&pipeline, &mut events, &mut state, &readiness);
-        if in_flight.is_empty() && !state.recovery_pending.is_empty() {
-            retry_recovery(&pipeline, &mut state).await;
+        if in_flight.is_empty() {
+            state.recovery.start_if_due(&pipeline, &state.assigned);
         }
         let worker_free = in_flight.len() < workers;
-        if worker_free && state.recovery_pending.is_empty() && state.open.is_due(Instant::now()) {
+        if worker_free && state.recovery.is_idle() && state.open.is_due(Instant::now()) {
             let task = dispatch(&pipeline, &mut state, !in_flight.is_empty(), decision_rx.borrow().clone());
             in_flight.push_back(task);
             continue;
         }
         let taking = worker_free || !state.open.is_full();
         let deadline = state.open.deadline();
+        let (scanning, retry_at) = (state.recovery.is_running(), state.recovery.retry_at());
         tokio::select! {
             biased;
             _ = &mut shutdown => {
@@ -136,7 +137,9 @@ pub async fn run(
                     }
                 }
             }
+            scanned = state.recovery.finished(), if scanning => recovery::settle(&mut state, scanned),
             _ = sleep_until(deadline), if deadline.is_some() && worker_free => {}
+            _ = sleep_until(retry_at), if retry_at.is_some() => {}
             // Wakes the loop for rebalances while no record arrives; handled at the top.
             Some(event) = events.recv() => state.pending_events.push(event),
         }
@@ -328,8 +331,7 @@ fn handle_rebalances(
                 state.assigned.extend(&partitions);
                 start_positions(pipeline, state, &partitions);
                 if pipeline.delivery.recovers() && !partitions.is_empty() {
-                    state.recovery_pending.extend(&partitions);
-                    try_recovery(pipeline, state);
+                    state.recovery.require(partitions.iter().copied());
                 }
             }
         }

@@ -114,6 +114,8 @@ struct Pipeline {
     metrics: Metrics,
     gate: Arc<WindowGate>,
     passthrough: bool,
+    /// A consumer-lag read is running (see `commit::spawn_lag_update`).
+    lag_reading: std::sync::atomic::AtomicBool,
 }
 
 /// Loads the engine and runs the firewall until `shutdown` resolves.
@@ -169,6 +171,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
         metrics: metrics.clone(),
         gate,
         passthrough,
+        lag_reading: Default::default(),
     });
     let (probe_stop, probe_stopped) = watch::channel(false);
     let probe = spawn_broker_probe(pipeline.clone(), readiness.clone(), probe_stopped);
