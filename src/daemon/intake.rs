@@ -80,12 +80,16 @@ pub async fn run(
             state.recovery.start_if_due(&pipeline, &state.assigned);
         }
         let worker_free = in_flight.len() < workers;
-        if worker_free && state.recovery.is_idle() && state.open.is_due(Instant::now()) {
+        // Nothing is dispatched while a recovery scan is pending or running.
+        let can_dispatch = worker_free && state.recovery.is_idle();
+        if can_dispatch && state.open.is_due(Instant::now()) {
             let task = dispatch(&pipeline, &mut state, !in_flight.is_empty(), decision_rx.borrow().clone());
             in_flight.push_back(task);
             continue;
         }
-        let taking = worker_free || !state.open.is_full();
+        // While recovery is pending no record is taken either: one taken before the scan ends
+        // would be counted into the window as new when it may be one already produced.
+        let taking = state.recovery.is_idle() && (worker_free || !state.open.is_full());
         let deadline = state.open.deadline();
         let (scanning, retry_at) = (state.recovery.is_running(), state.recovery.retry_at());
         tokio::select! {
@@ -138,7 +142,7 @@ pub async fn run(
                 }
             }
             scanned = state.recovery.finished(), if scanning => recovery::settle(&mut state, scanned),
-            _ = sleep_until(deadline), if deadline.is_some() && worker_free => {}
+            _ = sleep_until(deadline), if deadline.is_some() && can_dispatch => {}
             _ = sleep_until(retry_at), if retry_at.is_some() => {}
             // Wakes the loop for rebalances while no record arrives; handled at the top.
             Some(event) = events.recv() => state.pending_events.push(event),
