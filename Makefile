@@ -59,7 +59,7 @@ bench: setup
 
 ## End-to-end records/s through tansu: the engine against pass-through.
 bench-pipeline: setup-broker
-	$(CARGO) run --release -- bench-pipeline
+	$(CARGO) bench --bench pipeline
 
 check-config:
 	$(CARGO) run --release -- check-config --config config/lossgate.toml

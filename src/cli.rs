@@ -61,17 +61,6 @@ enum Command {
         #[arg(long, default_value = "docs/results/bench-scaling.png")]
         png: PathBuf,
     },
-    /// End-to-end records/s through a real broker (tansu from the setup cache): the engine
-    /// against a pass-through run over the same Kafka path.
-    BenchPipeline {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Records per run (default: six windows of the default size).
-        #[arg(long, default_value_t = 24_576)]
-        records: usize,
-        #[arg(long)]
-        mnist: Option<PathBuf>,
-    },
     /// Validate a config file and print it as understood.
     CheckConfig {
         #[arg(long)]
@@ -160,7 +149,7 @@ struct QuarantineSelect {
     max_score: Option<f64>,
     /// Only records newer than this (`30m`, `2h`, `1day`).
     #[arg(long, value_parser = humantime::parse_duration)]
-    since: Option<std::time::Duration>,
+    since: Option<Duration>,
 }
 
 impl QuarantineSelect {
@@ -337,7 +326,7 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         tracing::info!(sweep = param.name(), ?values, "sweep");
         let sweep = harness.sweep(param, &values, &args.seeds, param.needs_victims() && !args.no_victims)?;
         report::write_json(&args.out.join(report::sweep_file(param)), &sweep)?;
-        crate::eval::plots::sweep(&args.out.join(format!("sweep-{}.png", param.name())), &sweep)?;
+        eval::plots::sweep(&args.out.join(format!("sweep-{}.png", param.name())), &sweep)?;
     }
     render(&args)?;
     println!("{}", std::fs::read_to_string(&args.markdown)?);
@@ -448,16 +437,6 @@ fn run(cli: Cli) -> Result<()> {
             tracing::info!(png = %png.display(), "plot written");
             Ok(())
         }
-        Command::BenchPipeline { config, records, mnist } => {
-            let config = load_config(config.as_ref())?;
-            let table = tokio_runtime()?.block_on(crate::bench_pipeline::report(
-                &config,
-                &mnist_dir(mnist),
-                records,
-            ))?;
-            print!("{table}");
-            Ok(())
-        }
         Command::CheckConfig { config } => {
             let config = Config::from_file(&config)?;
             println!("{config:#?}");
@@ -480,7 +459,7 @@ fn run(cli: Cli) -> Result<()> {
                         .timestamp
                         .map(|t| {
                             humantime::format_rfc3339_seconds(
-                                std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.max(0) as u64),
+                                std::time::UNIX_EPOCH + Duration::from_millis(t.max(0) as u64),
                             )
                             .to_string()
                         })

@@ -121,10 +121,6 @@ impl LabelledSamples {
         Ok(Self { features, labels })
     }
 
-    pub fn empty(features: usize) -> Self {
-        Self { features: Array2::zeros((0, features)), labels: Vec::new() }
-    }
-
     pub fn len(&self) -> usize {
         self.labels.len()
     }
@@ -315,7 +311,7 @@ mod tests {
         for (got, want) in x.iter().zip([0.0, 0.0, 0.0, 100.0 * k, 1.0 * k, 1.0 * k]) {
             assert!((got - want).abs() < 1e-5, "{x:?}");
         }
-        assert_eq!(FeatureScaling::identity(3).applied(&LabelledSamples::empty(3)).len(), 0);
+        assert_eq!(FeatureScaling::identity(3).applied(&LabelledSamples::new(Array2::zeros((0, 3)), vec![]).unwrap()).len(), 0);
     }
 
     #[test]

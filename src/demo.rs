@@ -27,7 +27,7 @@ use crate::kafka::headers;
 use crate::metrics::Metrics;
 use crate::probes;
 
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     pub records: usize,
     pub seed: u64,
     pub window: usize,
@@ -81,7 +81,7 @@ fn demo_attacks() -> (Attack, Attack) {
     (attacks.pop().expect("two attacks"), blend)
 }
 
-pub async fn run(mut config: Config, mnist_dir: &Path, options: DemoOptions) -> Result<()> {
+pub(crate) async fn run(mut config: Config, mnist_dir: &Path, options: DemoOptions) -> Result<()> {
     let cluster = MockCluster::new(1).context("starting librdkafka's mock cluster")?;
     let kafka = &mut config.kafka;
     for topic in [

@@ -113,7 +113,6 @@ pub struct Metrics {
     pub consumer_lag: IntGauge,
     pub transactions: LabelledCounter<Ended>,
     pub config_reloads: LabelledCounter<Reload>,
-    pub build_info: GaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -235,7 +234,6 @@ impl Metrics {
                 "lossgate_config_reloads_total",
                 "Config reloads, by result",
             ),
-            build_info,
             registry: r,
         }
     }

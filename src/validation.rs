@@ -19,7 +19,7 @@ impl ConfigError {
 }
 
 /// Fails with `field: problem` unless `ok`.
-pub fn ensure(ok: bool, field: &str, problem: impl fmt::Display) -> Result<(), ConfigError> {
+pub(crate) fn ensure(ok: bool, field: &str, problem: impl fmt::Display) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {

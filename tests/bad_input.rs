@@ -115,23 +115,56 @@ async fn malformed_binary_records_reach_the_dead_letter_topic_with_their_reason(
     corpus_through_the_daemon("badbin", "f32le", binary_corpus()).await;
 }
 
-/// Random byte mutations of the committed seeds (`fuzz/corpus/`), for a bounded time
-/// (`LOSSGATE_FUZZ_SECONDS`, default 3): the decoders never panic, and whatever they accept
-/// fits the shape.
+/// Random byte mutations of the committed seeds (`fuzz/corpus/<target>/`, the cargo-fuzz
+/// targets' corpus), for a bounded time per target (`LOSSGATE_FUZZ_SECONDS`, default 3): the
+/// same checks as `fuzz/fuzz_targets/`, on stable Rust. No decoder panics; what the record
+/// decoders accept fits the shape; a parsed source header and a decoded checkpoint round-trip.
 #[test]
-fn fuzz_both_decoders_from_the_committed_corpus() {
+fn fuzz_every_decoder_from_the_committed_corpus() {
+    use lossgate::kafka::checkpoint::Checkpoint;
+    use lossgate::kafka::headers::{parse_band, parse_source, parse_trajectory, source_value};
     use rand::{Rng, SeedableRng};
+
+    fn fits_the_shape(decoded: Result<lossgate::codec::Sample, lossgate::codec::Rejection>) {
+        if let Ok(sample) = decoded {
+            assert_eq!(sample.features.len(), 784);
+            assert!(sample.features.iter().all(|v| v.is_finite()));
+            assert!((0..10).contains(&sample.label));
+        }
+    }
+    let json = rules(Codec::Json);
+    let f32le = rules(Codec::F32le);
+    let targets: [(&str, &dyn Fn(&[u8], bool)); 4] = [
+        ("json", &|input, _| fits_the_shape(json.decode(Some(input), |_| None))),
+        ("f32le", &|input, with_label| {
+            let label: &[u8] = if with_label { b"3" } else { b"x" };
+            fits_the_shape(f32le.decode(Some(input), |_| Some(label)))
+        }),
+        ("headers", &|input, _| {
+            if let Some((topic, partition, offset)) = parse_source(input) {
+                let again = parse_source(source_value(&topic, partition, offset).as_bytes());
+                assert_eq!(again, Some((topic, partition, offset)));
+            }
+            if let Ok(text) = std::str::from_utf8(input) {
+                let _ = (parse_trajectory(text), parse_band(text));
+            }
+        }),
+        ("checkpoint", &|input, _| {
+            if let Some(checkpoint) = std::str::from_utf8(input).ok().and_then(Checkpoint::decode) {
+                assert_eq!(Checkpoint::decode(&checkpoint.encode()), Some(checkpoint));
+            }
+        }),
+    ];
     let seconds: u64 = std::env::var("LOSSGATE_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
     let mut runs = 0u64;
-    for (codec, dir) in [(Codec::Json, "json"), (Codec::F32le, "f32le")] {
-        let seeds: Vec<Vec<u8>> = std::fs::read_dir(root.join(dir))
+    for (target, check) in targets {
+        let seeds: Vec<Vec<u8>> = std::fs::read_dir(root.join(target))
             .unwrap()
             .map(|e| std::fs::read(e.unwrap().path()).unwrap())
             .collect();
-        assert!(seeds.len() >= 3, "corpus {dir} is committed");
-        let r = DecodeRules { features: 784, ..rules(codec) };
+        assert!(seeds.len() >= 3, "corpus {target} is committed");
         let deadline = Instant::now() + Duration::from_secs(seconds);
         while Instant::now() < deadline {
             let mut input = seeds[rng.random_range(0..seeds.len())].clone();
@@ -150,12 +183,7 @@ fn fuzz_both_decoders_from_the_committed_corpus() {
                     }
                 }
             }
-            let label: &[u8] = if rng.random_bool(0.5) { b"3" } else { b"x" };
-            if let Ok(sample) = r.decode(Some(&input), |_| Some(label)) {
-                assert_eq!(sample.features.len(), 784);
-                assert!(sample.features.iter().all(|v| v.is_finite()));
-                assert!((0..10).contains(&sample.label));
-            }
+            check(&input, rng.random_bool(0.5));
             runs += 1;
         }
     }

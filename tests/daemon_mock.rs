@@ -28,7 +28,7 @@ fn small_config(cluster: &MockCluster<'static, rdkafka::producer::DefaultProduce
     config.shadow.epochs = 3;
     config.probes.count = 60;
     config.scorer.k = 10;
-    config.metrics.listen = format!("127.0.0.1:{}", lossgate::tansu::free_port()).parse().unwrap();
+    config.metrics.listen = format!("127.0.0.1:{}", common::broker::free_port()).parse().unwrap();
     config
 }
 
@@ -226,7 +226,7 @@ async fn a_second_crash_after_a_partial_commit_writes_nothing_twice() {
     }
 
     let run = |mut config: Config| {
-        config.metrics.listen = format!("127.0.0.1:{}", lossgate::tansu::free_port()).parse().unwrap();
+        config.metrics.listen = format!("127.0.0.1:{}", common::broker::free_port()).parse().unwrap();
         spawn_daemon(config, common::mnist_test(60))
     };
     let wait = |what: &dyn Fn() -> bool| {

@@ -23,7 +23,7 @@ use crate::kafka::delivery::{Clients, WindowEnd};
 use crate::metrics::Ended;
 
 /// A window as dispatched: its records, the decision in force, and where the outputs stood.
-pub struct WindowJob {
+pub(super) struct WindowJob {
     /// Dispatch order: names the window in logs and headers and seeds its shadow.
     pub window_id: u64,
     pub records: Vec<InputRecord>,
@@ -41,13 +41,13 @@ pub struct WindowJob {
 /// The outputs' end offsets before a window: known at dispatch when no window is ahead of it,
 /// else handed over by the window ahead once that one is committed. Windows are decided in
 /// parallel but written and committed one after the other, in input order.
-pub enum OutputsBefore {
+pub(super) enum OutputsBefore {
     Known(Checkpoint),
     AfterWindow(oneshot::Receiver<Checkpoint>),
 }
 
 /// What a committed window leaves behind.
-pub struct Committed {
+pub(super) struct Committed {
     pub checkpoint: Checkpoint,
     /// Input partition -> the offset committed.
     pub offsets: BTreeMap<i32, i64>,
@@ -55,7 +55,7 @@ pub struct Committed {
 
 /// Decides one window, writes every record to exactly one topic, waits for all acks, then
 /// commits the input offsets (with the output checkpoint, or inside a transaction).
-pub async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<Committed> {
+pub(super) async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<Committed> {
     let WindowJob { window_id, records, decision, outputs_before, handoff, floor } = job;
     let started = Instant::now();
     let config = &pipeline.config;
@@ -128,7 +128,7 @@ fn samples_of(records: &[InputRecord], indices: &[usize], features: usize) -> Re
 }
 
 /// Per input partition, one past the last record of the window: the offset to commit.
-pub fn next_offsets(records: &[InputRecord]) -> BTreeMap<i32, i64> {
+pub(super) fn next_offsets(records: &[InputRecord]) -> BTreeMap<i32, i64> {
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     for r in records {
         let e = next.entry(r.partition).or_insert(r.offset + 1);

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 /// What one received offset means for its partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arrival {
+pub(super) enum Arrival {
     /// The next offset, or the first of a partition whose position is unknown.
     InOrder,
     /// Below the read position: a re-delivery, to be ignored.
@@ -22,7 +22,7 @@ pub enum Arrival {
 
 /// Per partition, the offset after the last record taken, and the partitions stopped at a gap.
 #[derive(Debug, Default)]
-pub struct ReadPositions {
+pub(super) struct ReadPositions {
     next: HashMap<i32, i64>,
     /// Partition -> the first offset that was never delivered.
     stopped: HashMap<i32, i64>,
@@ -30,25 +30,25 @@ pub struct ReadPositions {
 
 impl ReadPositions {
     /// Where reading of `partition` starts (its committed offset, or its first offset).
-    pub fn start(&mut self, partition: i32, offset: i64) {
+    pub(super) fn start(&mut self, partition: i32, offset: i64) {
         self.stopped.remove(&partition);
         self.next.insert(partition, offset);
     }
 
     /// Forgets partitions given up.
-    pub fn forget(&mut self, partitions: &[i32]) {
+    pub(super) fn forget(&mut self, partitions: &[i32]) {
         self.next.retain(|p, _| !partitions.contains(p));
         self.stopped.retain(|p, _| !partitions.contains(p));
     }
 
     /// Forgets every position: the consumer is about to be put back at the committed offsets.
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.next.clear();
         self.stopped.clear();
     }
 
     /// Classifies a received offset; does not move the position.
-    pub fn classify(&self, partition: i32, offset: i64) -> Arrival {
+    pub(super) fn classify(&self, partition: i32, offset: i64) -> Arrival {
         if self.stopped.contains_key(&partition) {
             return Arrival::Stopped;
         }
@@ -61,16 +61,16 @@ impl ReadPositions {
     }
 
     /// Takes the record at `offset`: the position moves past it.
-    pub fn take(&mut self, partition: i32, offset: i64) {
+    pub(super) fn take(&mut self, partition: i32, offset: i64) {
         self.next.insert(partition, offset + 1);
     }
 
     /// Stops `partition` at `missing`, its first offset never delivered.
-    pub fn stop(&mut self, partition: i32, missing: i64) {
+    pub(super) fn stop(&mut self, partition: i32, missing: i64) {
         self.stopped.insert(partition, missing);
     }
 
-    pub fn stopped_count(&self) -> usize {
+    pub(super) fn stopped_count(&self) -> usize {
         self.stopped.len()
     }
 }

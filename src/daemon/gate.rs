@@ -7,22 +7,22 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
-pub struct WindowGate {
+pub(super) struct WindowGate {
     in_flight: Mutex<usize>,
     idle: Condvar,
 }
 
 /// Held by a window task; counted out when it is dropped, whatever the window's end.
-pub struct InFlight(Arc<WindowGate>);
+pub(super) struct InFlight(Arc<WindowGate>);
 
 impl WindowGate {
-    pub fn enter(self: &Arc<Self>) -> InFlight {
+    pub(super) fn enter(self: &Arc<Self>) -> InFlight {
         *self.in_flight.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         InFlight(self.clone())
     }
 
     /// Waits until no window is in flight, at most `limit`; false if one still is.
-    pub fn wait_idle(&self, limit: Duration) -> bool {
+    pub(super) fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         while *in_flight > 0 {

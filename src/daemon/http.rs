@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 
 /// What `/readyz` checks.
 #[derive(Default)]
-pub struct Readiness {
+pub(super) struct Readiness {
     pub partitions_assigned: AtomicBool,
     pub onnxruntime_loaded: AtomicBool,
     pub probes_loaded: AtomicBool,
@@ -47,7 +47,7 @@ struct AppState {
 }
 
 /// Binds `listen` and serves until the process ends; returns the bound address.
-pub async fn serve(listen: SocketAddr, metrics: Metrics, readiness: Arc<Readiness>) -> Result<SocketAddr> {
+pub(super) async fn serve(listen: SocketAddr, metrics: Metrics, readiness: Arc<Readiness>) -> Result<SocketAddr> {
     let app = Router::new()
         .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
         .route("/healthz", get(|| async { "ok\n" }))

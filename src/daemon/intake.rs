@@ -31,7 +31,7 @@ use crate::metrics::{Ended, Gap};
 type WindowTask = tokio::task::JoinHandle<Result<Committed>>;
 
 /// The event loop's state besides the pipeline.
-pub struct LoopState {
+pub(super) struct LoopState {
     pub open: OpenWindow,
     pub assigned: HashSet<i32>,
     /// Input records recovery found already produced, and where; kept until they are
@@ -50,7 +50,7 @@ pub struct LoopState {
     handoff: Option<oneshot::Receiver<Checkpoint>>,
 }
 
-pub async fn run(
+pub(super) async fn run(
     pipeline: Arc<Pipeline>,
     mut events: tokio::sync::mpsc::UnboundedReceiver<RebalanceEvent>,
     decision_rx: watch::Receiver<DecisionConfig>,

@@ -11,12 +11,12 @@
 mod commit;
 mod gaps;
 mod gate;
-pub mod http;
+mod http;
 mod intake;
 mod recovery;
-pub mod reload;
+mod reload;
 mod sink;
-pub mod window;
+mod window;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

@@ -18,7 +18,7 @@ use crate::kafka::checkpoint::{read_checkpoint_topic, scan_outputs, Checkpoint, 
 /// Recovery's state in the event loop: the partitions that must be scanned before the next
 /// window is dispatched, and the scan running for them, off the event loop.
 #[derive(Default)]
-pub struct Recovery {
+pub(super) struct Recovery {
     pending: HashSet<i32>,
     running: Option<tokio::task::JoinHandle<Result<Scanned>>>,
     /// Partitions were assigned while the scan ran: its result is not complete for them.
@@ -28,7 +28,7 @@ pub struct Recovery {
 }
 
 /// What one scan found, for the partitions it was started for.
-pub struct Scanned {
+pub(super) struct Scanned {
     partitions: Vec<i32>,
     already_produced: HashMap<(i32, i64), OutputPosition>,
     ends: Checkpoint,
@@ -36,21 +36,21 @@ pub struct Scanned {
 
 impl Recovery {
     /// Nothing pending and nothing running: windows may be dispatched.
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.running.is_none()
     }
 
-    pub fn is_running(&self) -> bool {
+    pub(super) fn is_running(&self) -> bool {
         self.running.is_some()
     }
 
     /// When a failed scan is tried again; `None` while nothing waits for a retry.
-    pub fn retry_at(&self) -> Option<Instant> {
+    pub(super) fn retry_at(&self) -> Option<Instant> {
         self.retry_at.filter(|_| self.running.is_none() && !self.pending.is_empty())
     }
 
     /// These partitions must be scanned before anything is written for them.
-    pub fn require(&mut self, partitions: impl IntoIterator<Item = i32>) {
+    pub(super) fn require(&mut self, partitions: impl IntoIterator<Item = i32>) {
         self.pending.extend(partitions);
         if self.running.is_some() {
             self.stale = true;
@@ -59,7 +59,7 @@ impl Recovery {
 
     /// Starts the scan of the pending partitions still assigned, unless one runs or a retry
     /// waits. Called with no window in flight, so that every output written is in the scan.
-    pub fn start_if_due(&mut self, pipeline: &Arc<Pipeline>, assigned: &HashSet<i32>) {
+    pub(super) fn start_if_due(&mut self, pipeline: &Arc<Pipeline>, assigned: &HashSet<i32>) {
         self.pending.retain(|p| assigned.contains(p));
         if self.pending.is_empty() || self.running.is_some() {
             return;
@@ -75,7 +75,7 @@ impl Recovery {
     }
 
     /// Waits for the running scan (pending forever when none runs: a `select!` branch).
-    pub async fn finished(&mut self) -> Result<Scanned> {
+    pub(super) async fn finished(&mut self) -> Result<Scanned> {
         let Some(handle) = self.running.as_mut() else { return std::future::pending().await };
         let result = handle.await.unwrap_or_else(|e| Err(anyhow::anyhow!("the recovery scan panicked: {e}")));
         self.running = None;
@@ -84,7 +84,7 @@ impl Recovery {
 }
 
 /// Applies a finished scan, or schedules a retry after a failed one.
-pub fn settle(state: &mut LoopState, result: Result<Scanned>) {
+pub(super) fn settle(state: &mut LoopState, result: Result<Scanned>) {
     let recovery = &mut state.recovery;
     match result {
         Ok(_) if recovery.stale => {
@@ -197,7 +197,7 @@ fn apply(state: &mut LoopState, scanned: Scanned) {
 }
 
 /// After an aborted window: drop what is buffered and read again from the committed offsets.
-pub fn rewind(pipeline: &Pipeline, state: &mut LoopState) {
+pub(super) fn rewind(pipeline: &Pipeline, state: &mut LoopState) {
     state.open.take();
     state.positions.clear();
     let topic = &pipeline.config.kafka.input_topic;

@@ -12,7 +12,7 @@ use crate::metrics::{Metrics, Reload};
 
 /// Outcome of one reload attempt, as counted in `lossgate_config_reloads_total{result}`.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ReloadResult {
+pub(super) enum ReloadResult {
     Applied,
     Unchanged,
     /// The file does not parse or validate: the running config stays.
@@ -22,7 +22,7 @@ pub enum ReloadResult {
 }
 
 /// Checks a new config against the running one; only `[decision]` may change.
-pub fn check_reload(
+pub(super) fn check_reload(
     running: &Config,
     text: &str,
     path: &std::path::Path,
@@ -50,7 +50,7 @@ pub fn check_reload(
 
 /// Watches `path` (polling, so symlink swaps are seen) and SIGHUP; publishes accepted
 /// decision sections on `sender`.
-pub fn spawn_watcher(
+pub(super) fn spawn_watcher(
     path: PathBuf,
     mut running: Config,
     sender: watch::Sender<DecisionConfig>,

@@ -18,14 +18,14 @@ use crate::kafka::{headers, KafkaConfig};
 
 /// The one output a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Destination {
+pub(super) enum Destination {
     Forward,
     Quarantine,
     DeadLetter,
 }
 
 impl Destination {
-    pub fn topic(self, kafka: &KafkaConfig) -> &str {
+    pub(super) fn topic(self, kafka: &KafkaConfig) -> &str {
         match self {
             Destination::Forward => &kafka.output_topic,
             Destination::Quarantine => &kafka.quarantine_topic,
@@ -35,7 +35,7 @@ impl Destination {
 }
 
 /// One record of a decided window, ready to produce.
-pub struct Routed<'a> {
+pub(super) struct Routed<'a> {
     pub record: &'a InputRecord,
     pub destination: Destination,
     pub headers: OwnedHeaders,
@@ -79,7 +79,7 @@ fn oversized<'a>(record: &'a InputRecord, kafka: &KafkaConfig, why: &str) -> Rou
 
 /// Where each record goes: undecodable ones to the dead-letter topic with their reason,
 /// decided ones as the engine said, records recovery found already produced nowhere.
-pub fn route<'a>(
+pub(super) fn route<'a>(
     kafka: &KafkaConfig,
     records: &'a [InputRecord],
     decided: &[usize],
@@ -160,7 +160,7 @@ pub fn route<'a>(
 /// record is first sent again on its own; only a record refused alone is written to the
 /// dead-letter topic without its value (else it would fail every retry and its partition
 /// would never move again).
-pub async fn produce_all(
+pub(super) async fn produce_all(
     producer: &FutureProducer,
     kafka: &KafkaConfig,
     routed: &mut [Routed<'_>],

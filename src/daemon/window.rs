@@ -9,7 +9,7 @@ use crate::kafka::headers::{self, RawHeader};
 
 /// One input record, kept whole so that it can be forwarded byte for byte.
 #[derive(Debug, Clone)]
-pub struct InputRecord {
+pub(super) struct InputRecord {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -23,7 +23,7 @@ pub struct InputRecord {
 }
 
 impl InputRecord {
-    pub fn from_message(message: &BorrowedMessage<'_>, rules: &DecodeRules) -> Self {
+    pub(super) fn from_message(message: &BorrowedMessage<'_>, rules: &DecodeRules) -> Self {
         let raw = headers::read_raw(message);
         let sample = rules.decode(message.payload(), |name| {
             raw.iter().find(|(k, _)| k == name.as_bytes()).and_then(|(_, v)| v.as_deref())
@@ -44,7 +44,7 @@ impl InputRecord {
 
 /// The window being filled: closes at `size` decodable samples or `max_wait` after its first
 /// record, whichever comes first.
-pub struct OpenWindow {
+pub(super) struct OpenWindow {
     pub records: Vec<InputRecord>,
     samples: usize,
     size: usize,
@@ -53,11 +53,11 @@ pub struct OpenWindow {
 }
 
 impl OpenWindow {
-    pub fn new(size: usize, max_wait: Duration) -> Self {
+    pub(super) fn new(size: usize, max_wait: Duration) -> Self {
         Self { records: Vec::new(), samples: 0, size, max_wait, opened: None }
     }
 
-    pub fn push(&mut self, record: InputRecord) {
+    pub(super) fn push(&mut self, record: InputRecord) {
         self.opened.get_or_insert_with(Instant::now);
         if record.sample.is_ok() && !record.already_produced {
             self.samples += 1;
@@ -65,25 +65,25 @@ impl OpenWindow {
         self.records.push(record);
     }
 
-    pub fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.samples >= self.size
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
 
     /// When the window closes by time, if it has records.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(super) fn deadline(&self) -> Option<Instant> {
         self.opened.map(|t| t + self.max_wait)
     }
 
-    pub fn is_due(&self, now: Instant) -> bool {
+    pub(super) fn is_due(&self, now: Instant) -> bool {
         self.is_full() || self.deadline().is_some_and(|d| now >= d)
     }
 
     /// Takes the records out, leaving an empty window with the same limits.
-    pub fn take(&mut self) -> Vec<InputRecord> {
+    pub(super) fn take(&mut self) -> Vec<InputRecord> {
         self.samples = 0;
         self.opened = None;
         std::mem::take(&mut self.records)
@@ -91,7 +91,7 @@ impl OpenWindow {
 
     /// Drops the records of partitions no longer assigned (they will be re-read by their next
     /// owner from the committed offsets).
-    pub fn drop_partitions(&mut self, revoked: &[i32]) {
+    pub(super) fn drop_partitions(&mut self, revoked: &[i32]) {
         let records = self.take();
         for r in records.into_iter().filter(|r| !revoked.contains(&r.partition)) {
             self.push(r);

@@ -77,12 +77,8 @@ pub struct WindowOutcome {
     pub losses: Array2<f32>,
     /// The label of every row of `losses`.
     pub labels: Vec<i64>,
-    /// Epochs that passed the epoch filter (the columns the scores use).
-    pub kept_epochs: Vec<usize>,
     /// One score per window sample.
     pub sample_scores: Vec<f32>,
-    /// Leave-one-out score of every probe (this window's clean score distribution).
-    pub probe_scores: Vec<f32>,
     pub threshold: Threshold,
     /// One decision per window sample, in input order.
     pub decisions: Vec<Decision>,
@@ -261,7 +257,7 @@ pub fn score_and_decide(
     let decision = &config.decision;
     let threshold = decision.threshold(&probe_scores, &sample_scores);
     let decisions = sample_scores.iter().map(|&s| decision.decide(s, &threshold)).collect();
-    WindowOutcome { losses, labels, kept_epochs: kept, sample_scores, probe_scores, threshold, decisions }
+    WindowOutcome { losses, labels, sample_scores, threshold, decisions }
 }
 
 /// Each sample against the probes of its own label only (k capped at that label's probe count

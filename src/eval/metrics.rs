@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Area under the ROC curve of `scores` for telling positives (poisons) from negatives:
 /// the probability that a random poison outscores a random clean sample, ties counting half.
-pub fn roc_auc(scores: &[f32], positive: &[bool]) -> f64 {
+pub(crate) fn roc_auc(scores: &[f32], positive: &[bool]) -> f64 {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
     // Mann-Whitney U with average ranks for ties.
@@ -29,7 +29,7 @@ pub fn roc_auc(scores: &[f32], positive: &[bool]) -> f64 {
 
 /// Counts of one confusion matrix: flagged against truly poisoned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Confusion {
+pub(crate) struct Confusion {
     pub poisons: usize,
     pub poisons_caught: usize,
     pub clean: usize,
@@ -37,7 +37,7 @@ pub struct Confusion {
 }
 
 impl Confusion {
-    pub fn count(flagged: &[bool], poisoned: &[bool]) -> Self {
+    pub(crate) fn count(flagged: &[bool], poisoned: &[bool]) -> Self {
         let mut c = Self::default();
         for (&f, &p) in flagged.iter().zip(poisoned) {
             if p {
@@ -51,26 +51,19 @@ impl Confusion {
         c
     }
 
-    pub fn add(&mut self, other: Confusion) {
-        self.poisons += other.poisons;
-        self.poisons_caught += other.poisons_caught;
-        self.clean += other.clean;
-        self.clean_rejected += other.clean_rejected;
-    }
-
     /// Share of poisons caught.
-    pub fn true_positive_rate(&self) -> f64 {
+    pub(crate) fn true_positive_rate(&self) -> f64 {
         self.poisons_caught as f64 / self.poisons.max(1) as f64
     }
 
     /// Share of clean samples quarantined.
-    pub fn false_reject_rate(&self) -> f64 {
+    pub(crate) fn false_reject_rate(&self) -> f64 {
         self.clean_rejected as f64 / self.clean.max(1) as f64
     }
 }
 
 /// Mean and sample standard deviation.
-pub fn mean_and_spread(values: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_and_spread(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let var = if values.len() > 1 {
@@ -82,7 +75,7 @@ pub fn mean_and_spread(values: &[f64]) -> (f64, f64) {
 }
 
 /// The ROC curve as (false-positive rate, true-positive rate) points, thresholds from high to low.
-pub fn roc_curve(scores: &[f32], positive: &[bool]) -> Vec<(f64, f64)> {
+pub(crate) fn roc_curve(scores: &[f32], positive: &[bool]) -> Vec<(f64, f64)> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     let n_pos = positive.iter().filter(|&&p| p).count().max(1) as f64;

@@ -5,10 +5,10 @@
 
 pub mod attack;
 pub mod defence;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod plots;
 pub mod report;
-pub mod scenario;
+pub(crate) mod scenario;
 pub mod sweep;
 pub mod victim;
 

@@ -67,8 +67,6 @@ pub struct Scenario {
     pub origin: Vec<Option<usize>>,
     /// Trusted clean samples held out of the stream (possibly contaminated on purpose).
     pub probes: LabelledSamples,
-    /// Which probes were contaminated with a poison.
-    pub probe_origin: Vec<Option<usize>>,
 }
 
 impl Scenario {
@@ -90,7 +88,7 @@ impl Scenario {
         stream_order.truncate(max_samples.unwrap_or(usize::MAX));
         let mut stream = dataset.train.select(&stream_order);
         let origin = poison_all(&mut stream, attacks, dataset.classes, seed, |a| Some(a.clone()));
-        let probe_origin = if probe_contamination > 0.0 {
+        if probe_contamination > 0.0 {
             let backdoors = attacks.iter().filter(|a| a.is_backdoor()).count().max(1) as f64;
             poison_all(&mut probes, attacks, dataset.classes, seed ^ 0xb0b, |a| {
                 // The backdoors share the contamination equally (SIG: its share of the target
@@ -101,11 +99,9 @@ impl Scenario {
                     _ => probe_contamination / backdoors,
                 };
                 Some(Attack { ratio, ..a.clone() })
-            })
-        } else {
-            vec![None; probes.len()]
-        };
-        Self { stream, origin, probes, probe_origin }
+            });
+        }
+        Self { stream, origin, probes }
     }
 
     pub fn poison_mask(&self) -> Vec<bool> {

@@ -3,7 +3,7 @@
 //! lossgate writes its own train-step and evaluation graphs (see `shadow::graphs`) instead of
 //! shipping `.onnx` files, so the model shape comes straight from the config.
 
-pub mod proto;
+pub(crate) mod proto;
 
 use prost::Message;
 use proto::{
@@ -12,12 +12,12 @@ use proto::{
 };
 
 /// The ONNX opset our graphs are written against (ReduceSum takes axes as an input from 13).
-pub const OPSET: i64 = 17;
+pub(crate) const OPSET: i64 = 17;
 const IR_VERSION: i64 = 8;
 
 /// Element type of a graph input or output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Elem {
+pub(crate) enum Elem {
     F32,
     I64,
 }
@@ -33,16 +33,15 @@ impl Elem {
 
 /// One dimension of a declared shape: fixed, or symbolic (e.g. the batch size).
 #[derive(Debug, Clone, Copy)]
-pub enum Dim {
+pub(crate) enum Dim {
     Fixed(usize),
     Symbolic(&'static str),
 }
 
 /// An attribute of a node.
-pub enum Attr {
+pub(crate) enum Attr {
     Int(&'static str, i64),
     Float(&'static str, f32),
-    Ints(&'static str, Vec<i64>),
 }
 
 impl Attr {
@@ -59,11 +58,6 @@ impl Attr {
                 a.f = v;
                 a.r#type = attribute_type::FLOAT;
             }
-            Attr::Ints(name, v) => {
-                a.name = name.into();
-                a.ints = v;
-                a.r#type = attribute_type::INTS;
-            }
         }
         a
     }
@@ -71,7 +65,7 @@ impl Attr {
 
 /// Accumulates nodes, inputs, outputs and constants; names intermediate values itself.
 #[derive(Default)]
-pub struct GraphBuilder {
+pub(crate) struct GraphBuilder {
     graph: GraphProto,
     next_id: usize,
 }
@@ -98,25 +92,25 @@ fn value_info(name: &str, elem: Elem, dims: &[Dim]) -> ValueInfoProto {
 }
 
 impl GraphBuilder {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut b = Self::default();
         b.graph.name = name.to_string();
         b
     }
 
     /// Declares a graph input and returns its name.
-    pub fn input(&mut self, name: &str, elem: Elem, dims: &[Dim]) -> String {
+    pub(crate) fn input(&mut self, name: &str, elem: Elem, dims: &[Dim]) -> String {
         self.graph.input.push(value_info(name, elem, dims));
         name.to_string()
     }
 
     /// Declares `value` (already produced by a node) as a graph output.
-    pub fn output(&mut self, value: &str, elem: Elem, dims: &[Dim]) {
+    pub(crate) fn output(&mut self, value: &str, elem: Elem, dims: &[Dim]) {
         self.graph.output.push(value_info(value, elem, dims));
     }
 
     /// Adds a node with one output, named automatically; returns the output's name.
-    pub fn op(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<Attr>) -> String {
+    pub(crate) fn op(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<Attr>) -> String {
         self.next_id += 1;
         let out = format!("{}_{}", op_type.to_lowercase(), self.next_id);
         self.op_named(op_type, inputs, &out, attrs);
@@ -124,7 +118,7 @@ impl GraphBuilder {
     }
 
     /// Adds a node whose single output gets the given name (for graph outputs).
-    pub fn op_named(&mut self, op_type: &str, inputs: &[&str], output: &str, attrs: Vec<Attr>) {
+    pub(crate) fn op_named(&mut self, op_type: &str, inputs: &[&str], output: &str, attrs: Vec<Attr>) {
         self.graph.node.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![output.to_string()],
@@ -135,7 +129,7 @@ impl GraphBuilder {
     }
 
     /// A constant f32 tensor stored in the graph.
-    pub fn const_f32(&mut self, dims: &[usize], data: Vec<f32>) -> String {
+    pub(crate) fn const_f32(&mut self, dims: &[usize], data: Vec<f32>) -> String {
         self.next_id += 1;
         let name = format!("const_{}", self.next_id);
         self.graph.initializer.push(TensorProto {
@@ -149,7 +143,7 @@ impl GraphBuilder {
     }
 
     /// A constant i64 tensor stored in the graph.
-    pub fn const_i64(&mut self, dims: &[usize], data: Vec<i64>) -> String {
+    pub(crate) fn const_i64(&mut self, dims: &[usize], data: Vec<i64>) -> String {
         self.next_id += 1;
         let name = format!("const_{}", self.next_id);
         self.graph.initializer.push(TensorProto {
@@ -163,7 +157,7 @@ impl GraphBuilder {
     }
 
     /// Gemm with optional transposes: `op(a) · op(b) (+ c)`.
-    pub fn gemm(&mut self, a: &str, b: &str, c: Option<&str>, trans_a: bool, trans_b: bool) -> String {
+    pub(crate) fn gemm(&mut self, a: &str, b: &str, c: Option<&str>, trans_a: bool, trans_b: bool) -> String {
         let mut inputs = vec![a, b];
         inputs.extend(c);
         let attrs = vec![Attr::Int("transA", trans_a as i64), Attr::Int("transB", trans_b as i64)];
@@ -171,12 +165,12 @@ impl GraphBuilder {
     }
 
     /// Sum over one axis, dropping it.
-    pub fn reduce_sum(&mut self, x: &str, axis: i64) -> String {
+    pub(crate) fn reduce_sum(&mut self, x: &str, axis: i64) -> String {
         let axes = self.const_i64(&[1], vec![axis]);
         self.op("ReduceSum", &[x, &axes], vec![Attr::Int("keepdims", 0)])
     }
 
-    pub fn finish(self) -> ModelProto {
+    pub(crate) fn finish(self) -> ModelProto {
         ModelProto {
             ir_version: IR_VERSION,
             producer_name: "lossgate".into(),
@@ -188,6 +182,6 @@ impl GraphBuilder {
 }
 
 /// Serialises a model to the bytes ORT loads (and `.onnx` files hold).
-pub fn encode(model: &ModelProto) -> Vec<u8> {
+pub(crate) fn encode(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }

@@ -2,7 +2,7 @@
 
 mod config;
 pub mod graphs;
-pub mod model;
+mod model;
 pub mod runtime;
 
 pub use config::ShadowConfig;

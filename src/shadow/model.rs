@@ -87,10 +87,6 @@ impl ShadowModel {
         Ok(model)
     }
 
-    pub fn shape(&self) -> &MlpShape {
-        &self.shape
-    }
-
     /// A fresh model: PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
     /// weights and biases, and zero momentum.
     pub fn reset(&mut self, seed: u64) -> Result<()> {

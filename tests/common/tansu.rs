@@ -1,4 +1,5 @@
-//! A real Kafka-compatible broker for the integration tests and the pipeline benchmark: tansu
+//! Test support, shared by the integration tests and `benches/pipeline.rs`: a real
+//! Kafka-compatible broker, tansu
 //! from the setup cache, on a free loopback port, with in-memory storage; killed when dropped.
 
 use std::net::TcpListener;
@@ -14,7 +15,7 @@ pub fn free_port() -> u16 {
 fn tansu_binary() -> PathBuf {
     std::env::var_os("LOSSGATE_TANSU")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::shadow::runtime::cache_dir().join("bin").join("tansu"))
+        .unwrap_or_else(|| lossgate::shadow::runtime::cache_dir().join("bin").join("tansu"))
 }
 
 /// tansu 0.6.0 with sqlite storage (`LOSSGATE_TANSU_SQLITE`, else the setup's): the one with
@@ -22,7 +23,7 @@ fn tansu_binary() -> PathBuf {
 fn tansu_060_binary() -> PathBuf {
     std::env::var_os("LOSSGATE_TANSU_SQLITE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::shadow::runtime::cache_dir().join("bin").join("tansu-sqlite"))
+        .unwrap_or_else(|| lossgate::shadow::runtime::cache_dir().join("bin").join("tansu-sqlite"))
 }
 
 pub struct Tansu {

@@ -1,6 +1,11 @@
 //! End-to-end throughput through a real broker (tansu): the daemon with the default MNIST
 //! engine, beside the same consumer and producer path with the engine replaced by
-//! forward-all, so the cost of Kafka is a measured fraction of the whole.
+//! forward-all, so the cost of Kafka is a measured fraction of the whole. `make bench-pipeline`;
+//! `cargo bench --bench pipeline -- [--records N] [--config FILE] [--mnist DIR]`.
+
+#[allow(dead_code, unreachable_pub)] // the tests' broker helper; this bench uses part of it
+#[path = "../tests/common/tansu.rs"]
+mod tansu;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,22 +14,23 @@ use anyhow::{bail, Context, Result};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use crate::codec::encode_json;
-use crate::config::Config;
-use crate::daemon::{self, DaemonOptions};
-use crate::eval::load_mnist;
-use crate::metrics::Metrics;
-use crate::probes;
-use crate::tansu::{free_port, Tansu};
+use lossgate::codec::encode_json;
+use lossgate::config::Config;
+use lossgate::daemon::{self, DaemonOptions};
+use lossgate::eval::load_mnist;
+use lossgate::metrics::Metrics;
+use lossgate::probes;
+use lossgate::shadow::runtime::cache_dir;
+use tansu::{free_port, Tansu};
 
-pub struct PipelineRun {
-    pub name: &'static str,
-    pub records: usize,
-    pub seconds: f64,
+struct PipelineRun {
+    name: &'static str,
+    records: usize,
+    seconds: f64,
 }
 
 impl PipelineRun {
-    pub fn records_per_second(&self) -> f64 {
+    fn records_per_second(&self) -> f64 {
         self.records as f64 / self.seconds
     }
 }
@@ -117,7 +123,7 @@ async fn run_once(
 }
 
 /// Runs pass-through and the engine on `count` records each and returns the table.
-pub async fn report(config: &Config, mnist: &Path, count: usize) -> Result<String> {
+async fn report(config: &Config, mnist: &Path, count: usize) -> Result<String> {
     let broker = Tansu::start();
     let passthrough = run_once(&broker, config, mnist, count, "passthrough", true).await?;
     let engine = run_once(&broker, config, mnist, count, "engine", false).await?;
@@ -139,4 +145,52 @@ pub async fn report(config: &Config, mnist: &Path, count: usize) -> Result<Strin
         engine.seconds / passthrough.seconds
     ));
     Ok(out)
+}
+
+/// `--records N` (default: six windows of the default size), `--config FILE`, `--mnist DIR`;
+/// what `cargo bench` adds (`--bench`) is ignored.
+struct Args {
+    records: usize,
+    config: Option<std::path::PathBuf>,
+    mnist: std::path::PathBuf,
+}
+
+impl Args {
+    fn from_env() -> Result<Self> {
+        let mut args = Self {
+            records: 24_576,
+            config: None,
+            mnist: std::env::var_os("LOSSGATE_MNIST").map(Into::into).unwrap_or_else(|| cache_dir().join("mnist")),
+        };
+        let mut given = std::env::args().skip(1);
+        while let Some(flag) = given.next() {
+            let mut value = || given.next().with_context(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--records" => args.records = value()?.parse().context("--records")?,
+                "--config" => args.config = Some(value()?.into()),
+                "--mnist" => args.mnist = value()?.into(),
+                _ => {}
+            }
+        }
+        Ok(args)
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,ort=error,hnsw_rs=error,librdkafka=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::from_env()?;
+    let config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let table = runtime.block_on(report(&config, &args.mnist, args.records))?;
+    print!("{table}");
+    Ok(())
 }
