@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: setup setup-broker demo eval eval-datasets results eval-quick test fault-soak bench bench-pipeline check-config fmt
+.PHONY: lint setup setup-broker demo eval eval-datasets results eval-quick test fault-soak bench bench-pipeline check-config fmt
 
 setup:
 	bash scripts/setup.sh
@@ -48,6 +48,9 @@ eval-quick: setup
 test:
 	LOSSGATE_NEED_TANSU=1 LOSSGATE_NEED_PROMTOOL=1 LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
 	$(CARGO) test --all-targets
+	@# Any compiler or clippy warning fails the run (lints: Cargo.toml [lints]).
+	@if $(CARGO) clippy --version >/dev/null 2>&1; then $(CARGO) clippy --all-targets --quiet -- -D warnings; \
+	 else echo "clippy is not installed: warnings not checked (rustup component add clippy)"; fi
 
 ## The SIGKILL fault test at its full count (CI runs 4 cycles): 10 kills at random moments
 ## while records stream through tansu; prints records in/out, duplicates and recovery figures.
@@ -60,6 +63,10 @@ bench: setup
 ## End-to-end records/s through tansu: the engine against pass-through.
 bench-pipeline: setup-broker
 	$(CARGO) bench --bench pipeline
+
+## Compiler and clippy warnings are errors (also run by `make test`).
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
 
 check-config:
 	$(CARGO) run --release -- check-config --config config/lossgate.toml

@@ -160,7 +160,9 @@ impl Args {
         let mut args = Self {
             records: 24_576,
             config: None,
-            mnist: std::env::var_os("LOSSGATE_MNIST").map(Into::into).unwrap_or_else(|| cache_dir().join("mnist")),
+            mnist: std::env::var_os("LOSSGATE_MNIST")
+                .map(Into::into)
+                .unwrap_or_else(|| cache_dir().join("mnist")),
         };
         let mut given = std::env::args().skip(1);
         while let Some(flag) = given.next() {

@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::daemon::{self, DaemonOptions};
 use crate::metrics::Metrics;
 use crate::shadow::runtime::cache_dir;
 use crate::shadow::Runtime;
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(version, about = "Streaming data-poisoning firewall for online training")]

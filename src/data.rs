@@ -311,7 +311,12 @@ mod tests {
         for (got, want) in x.iter().zip([0.0, 0.0, 0.0, 100.0 * k, 1.0 * k, 1.0 * k]) {
             assert!((got - want).abs() < 1e-5, "{x:?}");
         }
-        assert_eq!(FeatureScaling::identity(3).applied(&LabelledSamples::new(Array2::zeros((0, 3)), vec![]).unwrap()).len(), 0);
+        assert_eq!(
+            FeatureScaling::identity(3)
+                .applied(&LabelledSamples::new(Array2::zeros((0, 3)), vec![]).unwrap())
+                .len(),
+            0
+        );
     }
 
     #[test]

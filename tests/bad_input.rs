@@ -134,7 +134,9 @@ fn fuzz_every_decoder_from_the_committed_corpus() {
     }
     let json = rules(Codec::Json);
     let f32le = rules(Codec::F32le);
-    let targets: [(&str, &dyn Fn(&[u8], bool)); 4] = [
+    // (corpus, check of one input given whether a label header is present)
+    type Check<'a> = &'a dyn Fn(&[u8], bool);
+    let targets: [(&str, Check); 4] = [
         ("json", &|input, _| fits_the_shape(json.decode(Some(input), |_| None))),
         ("f32le", &|input, with_label| {
             let label: &[u8] = if with_label { b"3" } else { b"x" };

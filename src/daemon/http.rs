@@ -47,7 +47,11 @@ struct AppState {
 }
 
 /// Binds `listen` and serves until the process ends; returns the bound address.
-pub(super) async fn serve(listen: SocketAddr, metrics: Metrics, readiness: Arc<Readiness>) -> Result<SocketAddr> {
+pub(super) async fn serve(
+    listen: SocketAddr,
+    metrics: Metrics,
+    readiness: Arc<Readiness>,
+) -> Result<SocketAddr> {
     let app = Router::new()
         .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -122,6 +122,29 @@ pub fn add_raw(headers: OwnedHeaders, key: &[u8], value: Option<&[u8]>) -> Owned
     headers
 }
 
+/// A trajectory as [`TRAJECTORY`] carries it: four significant digits per epoch.
+pub fn encode_trajectory(losses: &[f32]) -> String {
+    losses.iter().map(|l| format!("{l:.4e}")).collect::<Vec<_>>().join(",")
+}
+
+pub fn parse_trajectory(text: &str) -> Option<Vec<f32>> {
+    text.split(',').map(|v| v.trim().parse().ok()).collect()
+}
+
+/// A probe band as [`PROBE_BAND`] carries it.
+pub fn encode_band(band: &[[f32; 3]]) -> String {
+    band.iter().map(|[lo, mid, hi]| format!("{lo:.4e}/{mid:.4e}/{hi:.4e}")).collect::<Vec<_>>().join(",")
+}
+
+pub fn parse_band(text: &str) -> Option<Vec<[f32; 3]>> {
+    text.split(',')
+        .map(|epoch| {
+            let v: Vec<f32> = epoch.split('/').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
+            <[f32; 3]>::try_from(v).ok()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,27 +176,4 @@ mod tests {
         assert_eq!(h.count(), 2);
         assert_eq!(h.get(0).key, "plain");
     }
-}
-
-/// A trajectory as [`TRAJECTORY`] carries it: four significant digits per epoch.
-pub fn encode_trajectory(losses: &[f32]) -> String {
-    losses.iter().map(|l| format!("{l:.4e}")).collect::<Vec<_>>().join(",")
-}
-
-pub fn parse_trajectory(text: &str) -> Option<Vec<f32>> {
-    text.split(',').map(|v| v.trim().parse().ok()).collect()
-}
-
-/// A probe band as [`PROBE_BAND`] carries it.
-pub fn encode_band(band: &[[f32; 3]]) -> String {
-    band.iter().map(|[lo, mid, hi]| format!("{lo:.4e}/{mid:.4e}/{hi:.4e}")).collect::<Vec<_>>().join(",")
-}
-
-pub fn parse_band(text: &str) -> Option<Vec<[f32; 3]>> {
-    text.split(',')
-        .map(|epoch| {
-            let v: Vec<f32> = epoch.split('/').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
-            <[f32; 3]>::try_from(v).ok()
-        })
-        .collect()
 }
