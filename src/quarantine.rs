@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::kafka::headers::{self, RawHeader};
+use crate::kafka::position::TopicPosition;
 use crate::kafka::{read_topic, TopicRecord};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -151,7 +152,7 @@ pub fn list(config: &Config, filter: &Filter) -> Result<Vec<Quarantined>> {
             .ok();
         let label = sample.as_ref().map(|s| s.label);
         let q = Quarantined {
-            record: headers::source_value(&kafka.quarantine_topic, raw.partition, raw.offset),
+            record: TopicPosition::new(&kafka.quarantine_topic, raw.partition, raw.offset).to_string(),
             source: text(&raw.headers, headers::SOURCE).unwrap_or_default(),
             key: raw.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
             label,
@@ -218,7 +219,7 @@ pub fn release(config: &Config, filter: &Filter, reason: &str) -> Result<Release
                 log.insert(entry.record().to_string(), entry);
             }
             Err(e) => tracing::warn!(
-                record = %headers::source_value(&kafka.release_topic, r.partition, r.offset),
+                record = %TopicPosition::new(&kafka.release_topic, r.partition, r.offset),
                 error = %e,
                 "not a release record; ignored (is kafka.release_topic shared with something else?)"
             ),

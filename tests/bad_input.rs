@@ -122,7 +122,8 @@ async fn malformed_binary_records_reach_the_dead_letter_topic_with_their_reason(
 #[test]
 fn fuzz_every_decoder_from_the_committed_corpus() {
     use lossgate::kafka::checkpoint::Checkpoint;
-    use lossgate::kafka::headers::{parse_band, parse_source, parse_trajectory, source_value};
+    use lossgate::kafka::headers::{parse_band, parse_trajectory};
+    use lossgate::kafka::position::TopicPosition;
     use rand::{Rng, SeedableRng};
 
     fn fits_the_shape(decoded: Result<lossgate::codec::Sample, lossgate::codec::Rejection>) {
@@ -143,9 +144,8 @@ fn fuzz_every_decoder_from_the_committed_corpus() {
             fits_the_shape(f32le.decode(Some(input), |_| Some(label)))
         }),
         ("headers", &|input, _| {
-            if let Some((topic, partition, offset)) = parse_source(input) {
-                let again = parse_source(source_value(&topic, partition, offset).as_bytes());
-                assert_eq!(again, Some((topic, partition, offset)));
+            if let Some(source) = TopicPosition::parse(input) {
+                assert_eq!(TopicPosition::parse(source.to_string().as_bytes()), Some(source));
             }
             if let Ok(text) = std::str::from_utf8(input) {
                 let _ = (parse_trajectory(text), parse_band(text));

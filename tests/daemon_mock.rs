@@ -208,7 +208,8 @@ async fn a_second_crash_after_a_partial_commit_writes_nothing_twice() {
         sources.push((
             key,
             value,
-            lossgate::kafka::headers::source_value(&kafka.input_topic, d.partition, d.offset),
+            lossgate::kafka::position::TopicPosition::new(&kafka.input_topic, d.partition, d.offset)
+                .to_string(),
         ));
     }
     // Crash 1: the first 300 outputs written, nothing committed.

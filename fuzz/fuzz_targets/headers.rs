@@ -3,11 +3,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lossgate::kafka::headers::{parse_band, parse_source, parse_trajectory, source_value};
+use lossgate::kafka::headers::{parse_band, parse_trajectory};
+use lossgate::kafka::position::TopicPosition;
 
 fuzz_target!(|value: &[u8]| {
-    if let Some((topic, partition, offset)) = parse_source(value) {
-        assert_eq!(parse_source(source_value(&topic, partition, offset).as_bytes()), Some((topic, partition, offset)));
+    if let Some(source) = TopicPosition::parse(value) {
+        assert_eq!(TopicPosition::parse(source.to_string().as_bytes()), Some(source));
     }
     if let Ok(text) = std::str::from_utf8(value) {
         let _ = parse_trajectory(text);

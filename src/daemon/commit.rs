@@ -20,6 +20,7 @@ use crate::engine::pool::stopped_mid_window;
 use crate::engine::WindowOutcome;
 use crate::kafka::checkpoint::Checkpoint;
 use crate::kafka::delivery::{Clients, WindowEnd};
+use crate::kafka::position::TopicPosition;
 use crate::metrics::Ended;
 
 /// A window as dispatched: its records, the decision in force, and where the outputs stood.
@@ -35,7 +36,7 @@ pub(super) struct WindowJob {
     /// Output records of an earlier run that recovery found and that stay uncommitted after
     /// this window: the committed checkpoint must not pass them (or a second crash would
     /// write their sources again).
-    pub floor: Vec<crate::kafka::checkpoint::OutputPosition>,
+    pub floor: Vec<TopicPosition>,
 }
 
 /// The outputs' end offsets before a window: known at dispatch when no window is ahead of it,
@@ -93,8 +94,8 @@ pub(super) async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> R
             return Err(e);
         }
     };
-    for (topic, partition, offset) in &delivered {
-        checkpoint.advance(topic, *partition, offset + 1);
+    for written in &delivered {
+        checkpoint.advance(&written.topic, written.partition, written.offset + 1);
     }
     let committed_checkpoint = checkpoint.floored(floor);
     let next = next_offsets(&records);

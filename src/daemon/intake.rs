@@ -24,7 +24,8 @@ use super::recovery::{self, rewind, Recovery};
 use super::window::{InputRecord, OpenWindow};
 use super::{Pipeline, RebalanceEvent, KAFKA_TIMEOUT};
 use crate::decision::DecisionConfig;
-use crate::kafka::checkpoint::{Checkpoint, OutputPosition};
+use crate::kafka::checkpoint::Checkpoint;
+use crate::kafka::position::{Position, TopicPosition};
 use crate::kafka::GapPolicy;
 use crate::metrics::{Ended, Gap};
 
@@ -36,7 +37,7 @@ pub(super) struct LoopState {
     pub assigned: HashSet<i32>,
     /// Input records recovery found already produced, and where; kept until they are
     /// committed, so that no committed checkpoint passes them.
-    pub already_produced: HashMap<(i32, i64), OutputPosition>,
+    pub already_produced: HashMap<Position, TopicPosition>,
     pub checkpoint: Checkpoint,
     pub positions: ReadPositions,
     /// Exactly-once recovery: partitions to scan before the next window is dispatched
@@ -132,7 +133,7 @@ pub(super) async fn run(
                         }
                         pipeline.metrics.records_in.inc();
                         let mut record = InputRecord::from_message(&m, &rules);
-                        record.already_produced = state.already_produced.contains_key(&(partition, offset));
+                        record.already_produced = state.already_produced.contains_key(&Position { partition, offset });
                         state.open.push(record);
                     }
                     Err(e) => {
@@ -181,12 +182,12 @@ fn dispatch(
 /// committed checkpoint must not pass them, or a crash before they are committed would make
 /// the next recovery miss them and write their sources again.
 fn uncommitted_after(
-    already_produced: &HashMap<(i32, i64), OutputPosition>,
+    already_produced: &HashMap<Position, TopicPosition>,
     next: &std::collections::BTreeMap<i32, i64>,
-) -> Vec<OutputPosition> {
+) -> Vec<TopicPosition> {
     already_produced
         .iter()
-        .filter(|((p, o), _)| next.get(p).is_none_or(|&committed| *o >= committed))
+        .filter(|(input, _)| next.get(&input.partition).is_none_or(|&committed| input.offset >= committed))
         .map(|(_, position)| position.clone())
         .collect()
 }
@@ -195,7 +196,9 @@ fn uncommitted_after(
 /// offsets no longer floors the checkpoint.
 fn settle(state: &mut LoopState, committed: Committed) {
     state.checkpoint = committed.checkpoint;
-    state.already_produced.retain(|(p, o), _| committed.offsets.get(p).is_none_or(|&c| *o >= c));
+    state
+        .already_produced
+        .retain(|input, _| committed.offsets.get(&input.partition).is_none_or(|&c| input.offset >= c));
 }
 
 /// Whether to take the record at `offset`: not a re-delivery, not past a gap that stopped its
@@ -326,7 +329,7 @@ fn handle_rebalances(
                 for p in &partitions {
                     state.assigned.remove(p);
                 }
-                state.already_produced.retain(|(p, _), _| !partitions.contains(p));
+                state.already_produced.retain(|input, _| !partitions.contains(&input.partition));
                 state.positions.forget(&partitions);
                 pipeline.metrics.partitions_stopped.set(state.positions.stopped_count() as i64);
             }
@@ -429,19 +432,20 @@ mod tests {
     fn a_partial_commit_keeps_the_uncommitted_found_records_in_the_next_scan() {
         let mut found = HashMap::new();
         for o in 5..10 {
-            found.insert((0, o), ("clean".to_string(), 2, 45 + o));
+            found.insert(Position { partition: 0, offset: o }, TopicPosition::new("clean", 2, 45 + o));
         }
-        found.insert((1, 3), ("clean".to_string(), 2, 60));
+        found.insert(Position { partition: 1, offset: 3 }, TopicPosition::new("clean", 2, 60));
         let next = std::collections::BTreeMap::from([(0, 8)]);
         let mut floor = uncommitted_after(&found, &next);
         floor.sort();
-        assert_eq!(floor, vec![("clean".into(), 2, 53), ("clean".into(), 2, 54), ("clean".into(), 2, 60)]);
+        let at = |offset| TopicPosition::new("clean", 2, offset);
+        assert_eq!(floor, vec![at(53), at(54), at(60)]);
         let mut scanned_to = Checkpoint::default();
         scanned_to.advance("clean", 2, 100);
         assert_eq!(scanned_to.floored(floor).get("clean", 2), Some(53));
 
         let mut state_found = found.clone();
-        state_found.retain(|(p, o), _| next.get(p).is_none_or(|&c| *o >= c));
+        state_found.retain(|input, _| next.get(&input.partition).is_none_or(|&c| input.offset >= c));
         assert_eq!(state_found.len(), 3, "committed ones are forgotten once the window commits");
     }
 }

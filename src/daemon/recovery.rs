@@ -13,7 +13,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::intake::LoopState;
 use super::{Pipeline, KAFKA_TIMEOUT};
-use crate::kafka::checkpoint::{read_checkpoint_topic, scan_outputs, Checkpoint, OutputPosition};
+use crate::kafka::checkpoint::{read_checkpoint_topic, scan_outputs, Checkpoint};
+use crate::kafka::position::{Position, TopicPosition};
 
 /// Recovery's state in the event loop: the partitions that must be scanned before the next
 /// window is dispatched, and the scan running for them, off the event loop.
@@ -30,7 +31,7 @@ pub(super) struct Recovery {
 /// What one scan found, for the partitions it was started for.
 pub(super) struct Scanned {
     partitions: Vec<i32>,
-    already_produced: HashMap<(i32, i64), OutputPosition>,
+    already_produced: HashMap<Position, TopicPosition>,
     ends: Checkpoint,
 }
 
@@ -166,7 +167,9 @@ fn scan(pipeline: &Pipeline, partitions: Vec<i32>) -> Result<Scanned> {
             _ => None,
         })
         .collect();
-    found.already_produced.retain(|(p, o), _| committed_at.get(p).is_none_or(|&c| *o >= c));
+    found
+        .already_produced
+        .retain(|input, _| committed_at.get(&input.partition).is_none_or(|&c| input.offset >= c));
     tracing::info!(
         ?partitions,
         checkpoint = source,
@@ -181,10 +184,10 @@ fn scan(pipeline: &Pipeline, partitions: Vec<i32>) -> Result<Scanned> {
 /// Marks what the scan found, among the partitions still assigned.
 fn apply(state: &mut LoopState, scanned: Scanned) {
     let Scanned { partitions: _, mut already_produced, ends } = scanned;
-    already_produced.retain(|(p, _), _| state.assigned.contains(p));
+    already_produced.retain(|input, _| state.assigned.contains(&input.partition));
     // Records still in hand from these partitions were read before: re-check them.
     for r in state.open.records.iter_mut() {
-        if already_produced.contains_key(&(r.partition, r.offset)) {
+        if already_produced.contains_key(&r.position()) {
             r.already_produced = true;
         }
     }

@@ -13,7 +13,7 @@ use super::window::InputRecord;
 use crate::codec::Rejection;
 use crate::decision::Action;
 use crate::engine::WindowOutcome;
-use crate::kafka::checkpoint::OutputPosition;
+use crate::kafka::position::TopicPosition;
 use crate::kafka::{headers, KafkaConfig};
 
 /// The one output a record goes to.
@@ -56,7 +56,7 @@ fn base_headers(record: &InputRecord, input_topic: &str) -> OwnedHeaders {
 fn with_source(h: OwnedHeaders, record: &InputRecord, input_topic: &str) -> OwnedHeaders {
     h.insert(Header {
         key: headers::SOURCE,
-        value: Some(&headers::source_value(input_topic, record.partition, record.offset)),
+        value: Some(&TopicPosition::new(input_topic, record.partition, record.offset).to_string()),
     })
 }
 
@@ -164,7 +164,7 @@ pub(super) async fn produce_all(
     producer: &FutureProducer,
     kafka: &KafkaConfig,
     routed: &mut [Routed<'_>],
-) -> Result<Vec<OutputPosition>> {
+) -> Result<Vec<TopicPosition>> {
     let mut pending = Vec::with_capacity(routed.len());
     for (i, r) in routed.iter().enumerate() {
         pending.push((i, send(producer, kafka, r).await));
@@ -180,7 +180,7 @@ pub(super) async fn produce_all(
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(d) => delivered.push((topic.to_string(), d.partition, d.offset)),
+            Ok(d) => delivered.push(TopicPosition::new(topic, d.partition, d.offset)),
             Err(e) if is_too_large(&e) => refused.push(i),
             Err(e) => return Err(anyhow!("delivery to {topic} failed: {e}")),
         }
@@ -198,7 +198,7 @@ async fn send_alone(
     kafka: &KafkaConfig,
     routed: &mut [Routed<'_>],
     i: usize,
-) -> Result<OutputPosition> {
+) -> Result<TopicPosition> {
     for _ in 0..2 {
         let topic = routed[i].destination.topic(kafka).to_string();
         let outcome = match send(producer, kafka, &routed[i]).await {
@@ -208,7 +208,7 @@ async fn send_alone(
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(d) => return Ok((topic, d.partition, d.offset)),
+            Ok(d) => return Ok(TopicPosition::new(topic, d.partition, d.offset)),
             Err(e) if is_too_large(&e) && !routed[i].value_dropped => {
                 let record = routed[i].record;
                 routed[i] =

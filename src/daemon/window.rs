@@ -6,6 +6,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::codec::{DecodeRules, Rejection, Sample};
 use crate::kafka::headers::{self, RawHeader};
+use crate::kafka::position::Position;
 
 /// One input record, kept whole so that it can be forwarded byte for byte.
 #[derive(Debug, Clone)]
@@ -23,6 +24,10 @@ pub(super) struct InputRecord {
 }
 
 impl InputRecord {
+    pub(super) fn position(&self) -> Position {
+        Position { partition: self.partition, offset: self.offset }
+    }
+
     pub(super) fn from_message(message: &BorrowedMessage<'_>, rules: &DecodeRules) -> Self {
         let raw = headers::read_raw(message);
         let sample = rules.decode(message.payload(), |name| {

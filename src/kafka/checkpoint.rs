@@ -16,6 +16,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::headers;
+use super::position::{Position, TopicPosition};
 
 const PREFIX: &str = "lossgate1:";
 /// How long the recovery scan waits for more records once it has reached the end offsets.
@@ -46,9 +47,9 @@ impl Checkpoint {
 
     /// A checkpoint no later than the output position of any of `records`: committing it keeps
     /// them inside the next recovery scan.
-    pub fn floored(&self, records: impl IntoIterator<Item = OutputPosition>) -> Checkpoint {
+    pub fn floored(&self, records: impl IntoIterator<Item = TopicPosition>) -> Checkpoint {
         let mut floor = Checkpoint::default();
-        for (topic, partition, offset) in records {
+        for TopicPosition { topic, partition, offset } in records {
             let e = floor.ends.entry(topic).or_default().entry(partition).or_insert(offset);
             *e = (*e).min(offset);
         }
@@ -134,9 +135,6 @@ pub fn read_checkpoint_topic(
     Ok(start)
 }
 
-/// Where an output record was written: topic, partition, offset.
-pub type OutputPosition = (String, i32, i64);
-
 /// Offsets of commit metadata a broker keeps at most (Kafka's `offset.metadata.max.bytes`
 /// defaults to 4096); a larger checkpoint goes to the checkpoint topic only.
 pub const METADATA_LIMIT: usize = 4000;
@@ -147,8 +145,8 @@ const SCAN_RATE_FLOOR: u64 = 2_000;
 
 /// What a recovery scan found.
 pub struct Recovered {
-    /// `(partition, offset)` of input records already written to an output topic, and where.
-    pub already_produced: HashMap<(i32, i64), OutputPosition>,
+    /// Input records already written to an output topic, and where.
+    pub already_produced: HashMap<Position, TopicPosition>,
     /// The outputs' end offsets when the scan finished: the checkpoint to continue from.
     pub ends: Checkpoint,
     pub records_scanned: u64,
@@ -267,11 +265,11 @@ pub fn scan_outputs(
         // Raw headers: outputs carry forwarded headers whose keys need not be UTF-8. The last
         // source header is lossgate's own (incoming ones were renamed on the way in).
         let raw = headers::read_raw(&message);
-        if let Some(source) = headers::last_value(&raw, headers::SOURCE).and_then(headers::parse_source) {
-            if source.0 == input_topic && partitions.contains(&source.1) {
+        if let Some(source) = headers::last_value(&raw, headers::SOURCE).and_then(TopicPosition::parse) {
+            if source.topic == input_topic && partitions.contains(&source.partition) {
                 found.insert(
-                    (source.1, source.2),
-                    (message.topic().to_string(), message.partition(), message.offset()),
+                    source.position(),
+                    TopicPosition::new(message.topic(), message.partition(), message.offset()),
                 );
             }
         }
@@ -306,8 +304,11 @@ mod tests {
         let mut c = Checkpoint::default();
         c.advance("out", 0, 100);
         c.advance("out", 1, 50);
-        let floored =
-            c.floored([("out".to_string(), 0, 40), ("out".to_string(), 0, 60), ("dlq".to_string(), 0, 3)]);
+        let floored = c.floored([
+            TopicPosition::new("out", 0, 40),
+            TopicPosition::new("out", 0, 60),
+            TopicPosition::new("dlq", 0, 3),
+        ]);
         assert_eq!(floored.get("out", 0), Some(40), "the earliest uncommitted output wins");
         assert_eq!(floored.get("out", 1), Some(50), "partitions without one keep their end");
         assert_eq!(floored.get("dlq", 0), Some(3));

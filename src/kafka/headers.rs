@@ -33,20 +33,6 @@ pub const UPSTREAM_PREFIX: &str = "upstream-";
 /// One header as bytes: key, value (`None`: a header without a value).
 pub type RawHeader = (Vec<u8>, Option<Vec<u8>>);
 
-pub fn source_value(topic: &str, partition: i32, offset: i64) -> String {
-    format!("{topic}/{partition}/{offset}")
-}
-
-/// Parses a [`SOURCE`] header value.
-pub fn parse_source(value: &[u8]) -> Option<(String, i32, i64)> {
-    let text = std::str::from_utf8(value).ok()?;
-    let mut parts = text.rsplitn(3, '/');
-    let offset = parts.next()?.parse().ok()?;
-    let partition = parts.next()?.parse().ok()?;
-    let topic = parts.next()?.to_string();
-    Some((topic, partition, offset))
-}
-
 /// The headers of a message, keys and values as bytes, in order.
 pub fn read_raw(message: &BorrowedMessage<'_>) -> Vec<RawHeader> {
     let mut headers: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
@@ -149,12 +135,6 @@ pub fn parse_band(text: &str) -> Option<Vec<[f32; 3]>> {
 mod tests {
     use super::*;
     use rdkafka::message::Headers;
-
-    #[test]
-    fn source_round_trips_even_with_slashes_in_the_topic() {
-        let v = source_value("a/b", 2, 77);
-        assert_eq!(parse_source(v.as_bytes()), Some(("a/b".to_string(), 2, 77)));
-    }
 
     #[test]
     fn incoming_lossgate_headers_are_renamed_and_others_kept() {

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod delivery;
 pub mod headers;
+pub mod position;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
