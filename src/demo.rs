@@ -24,6 +24,7 @@ use crate::daemon::{self, DaemonOptions};
 use crate::eval::attack::Attack;
 use crate::eval::load_mnist;
 use crate::kafka::headers;
+use crate::kafka::Destination;
 use crate::metrics::Metrics;
 use crate::probes;
 
@@ -261,20 +262,14 @@ async fn drain(pending: &mut Vec<DeliveryFuture>) -> Result<()> {
 #[derive(Default)]
 struct Tally {
     /// (truth, destination) -> count
-    counts: HashMap<(Truth, &'static str), usize>,
+    counts: HashMap<(Truth, Destination), usize>,
     unknown: usize,
     missing_source: usize,
 }
 
 impl Tally {
     fn add(&mut self, topic: &str, truth: Option<Truth>, has_source: bool, k: &crate::kafka::KafkaConfig) {
-        let destination = if topic == k.output_topic {
-            "forwarded"
-        } else if topic == k.quarantine_topic {
-            "quarantined"
-        } else {
-            "dead-lettered"
-        };
+        let destination = Destination::of_topic(topic, k).unwrap_or(Destination::DeadLetter);
         match truth {
             Some(t) => *self.counts.entry((t, destination)).or_default() += 1,
             None => self.unknown += 1,
@@ -286,7 +281,7 @@ impl Tally {
         self.counts.values().sum::<usize>() + self.unknown
     }
 
-    fn count(&self, truth: Truth, destination: &str) -> usize {
+    fn count(&self, truth: Truth, destination: Destination) -> usize {
         self.counts.iter().filter(|((t, d), _)| *t == truth && *d == destination).map(|(_, c)| c).sum()
     }
 
@@ -302,9 +297,9 @@ impl Tally {
             ("blend attack", Truth::Blend),
             ("malformed", Truth::Malformed),
         ] {
-            let f = self.count(truth, "forwarded");
-            let q = self.count(truth, "quarantined");
-            let d = self.count(truth, "dead-lettered");
+            let f = self.count(truth, Destination::Forward);
+            let q = self.count(truth, Destination::Quarantine);
+            let d = self.count(truth, Destination::DeadLetter);
             let n = f + q + d;
             let caught = match truth {
                 Truth::Clean => format!("false-reject {:.1} %", 100.0 * q as f64 / n.max(1) as f64),

@@ -11,7 +11,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::Offset;
 use tokio::sync::oneshot;
 
-use super::sink::{self, Destination, Routed};
+use super::sink::{self, Routed};
 use super::window::InputRecord;
 use super::Pipeline;
 use crate::data::LabelledSamples;
@@ -21,6 +21,7 @@ use crate::engine::WindowOutcome;
 use crate::kafka::checkpoint::Checkpoint;
 use crate::kafka::delivery::{Clients, WindowEnd};
 use crate::kafka::position::TopicPosition;
+use crate::kafka::Destination;
 use crate::metrics::Ended;
 
 /// A window as dispatched: its records, the decision in force, and where the outputs stood.

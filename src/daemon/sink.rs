@@ -14,25 +14,8 @@ use crate::codec::Rejection;
 use crate::decision::Action;
 use crate::engine::WindowOutcome;
 use crate::kafka::position::TopicPosition;
+use crate::kafka::Destination;
 use crate::kafka::{headers, KafkaConfig};
-
-/// The one output a record goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Destination {
-    Forward,
-    Quarantine,
-    DeadLetter,
-}
-
-impl Destination {
-    pub(super) fn topic(self, kafka: &KafkaConfig) -> &str {
-        match self {
-            Destination::Forward => &kafka.output_topic,
-            Destination::Quarantine => &kafka.quarantine_topic,
-            Destination::DeadLetter => &kafka.dead_letter_topic,
-        }
-    }
-}
 
 /// One record of a decided window, ready to produce.
 pub(super) struct Routed<'a> {

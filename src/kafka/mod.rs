@@ -60,6 +60,29 @@ pub struct KafkaConfig {
     pub gap_policy: GapPolicy,
 }
 
+/// The one output a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Destination {
+    Forward,
+    Quarantine,
+    DeadLetter,
+}
+
+impl Destination {
+    pub fn topic(self, kafka: &KafkaConfig) -> &str {
+        match self {
+            Destination::Forward => &kafka.output_topic,
+            Destination::Quarantine => &kafka.quarantine_topic,
+            Destination::DeadLetter => &kafka.dead_letter_topic,
+        }
+    }
+
+    /// The destination whose topic `topic` is, for a reader of the outputs.
+    pub fn of_topic(topic: &str, kafka: &KafkaConfig) -> Option<Self> {
+        [Self::Forward, Self::Quarantine, Self::DeadLetter].into_iter().find(|d| d.topic(kafka) == topic)
+    }
+}
+
 /// What the daemon does when the offsets it receives jump past one it never read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
