@@ -422,89 +422,43 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", crate::bench::report(&runtime, quick)?);
             Ok(())
         }
-        Command::Bench { quick, scaling: true, png } => {
-            let runtime = Runtime::load(&Default::default())?;
-            let points = crate::bench::scaling(&runtime, quick, |p| {
-                tracing::info!(
-                    dimension = p.dimension,
-                    value = p.value,
-                    seconds = format!("{:.2}", p.seconds),
-                    "window timed"
-                );
-            })?;
-            print!("{}", crate::bench::scaling_table(&points));
-            crate::bench::scaling_plot(&png, &points)?;
-            tracing::info!(png = %png.display(), "plot written");
-            Ok(())
-        }
+        Command::Bench { quick, scaling: true, png } => bench_scaling(quick, &png),
         Command::CheckConfig { config } => {
             let config = Config::from_file(&config)?;
             println!("{config:#?}");
             Ok(())
         }
-        Command::Quarantine(QuarantineCommand::List { select, json }) => {
-            let config = Config::from_file(&select.config)?;
-            let found = crate::quarantine::list(&config, &select.filter())?;
-            if json {
-                for q in &found {
-                    println!("{}", serde_json::to_string(q)?);
-                }
-            } else {
-                println!(
-                    "{:<28} {:>6} {:>6} {:>9} {:>9}  {:<24} reason",
-                    "record", "label", "window", "score", "threshold", "time"
-                );
-                for q in &found {
-                    let time = q
-                        .timestamp
-                        .map(|t| {
-                            humantime::format_rfc3339_seconds(
-                                std::time::UNIX_EPOCH + Duration::from_millis(t.max(0) as u64),
-                            )
-                            .to_string()
-                        })
-                        .unwrap_or_default();
-                    let num = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
-                    let int = |v: Option<String>| v.unwrap_or_default();
-                    println!(
-                        "{:<28} {:>6} {:>6} {:>9} {:>9}  {:<24} {}",
-                        q.record,
-                        int(q.label.map(|l| l.to_string())),
-                        int(q.window.map(|w| w.to_string())),
-                        num(q.score),
-                        num(q.threshold),
-                        time,
-                        q.reason
-                    );
-                }
-                println!("{} quarantined records", found.len());
-            }
-            Ok(())
+        Command::Quarantine(command) => quarantine_command(command),
+        Command::MakeProbes { config, from, format, labels_file, label_column, count, seed, out } => {
+            let source = ProbeSource { from, format, labels_file, label_column, count, seed };
+            make_probes(&config, source, &out)
         }
-        Command::Quarantine(QuarantineCommand::Show { config, record, png }) => {
-            let config = Config::from_file(&config)?;
-            let q = crate::quarantine::show(&config, &record, png.as_deref())?;
-            let num = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.4}"));
-            println!("record     {}", q.record);
-            println!("source     {}", q.source);
-            println!("label      {}", q.label.map_or("? (value does not decode)".into(), |l| l.to_string()));
-            println!("window     {}", q.window.map_or("?".into(), |w| w.to_string()));
-            println!("score      {} (threshold {})", num(q.score), num(q.threshold));
-            println!("reason     {}", q.reason);
-            if let Some(t) = &q.trajectory {
-                let text: Vec<String> = t.iter().map(|l| format!("{l:.3}")).collect();
-                println!("trajectory {}", text.join(" "));
-            }
-            println!("headers:");
-            for line in q.header_lines() {
-                println!("  {line}");
-            }
-            if let Some(png) = png {
-                println!("plot       {}", png.display());
-            }
-            Ok(())
-        }
-        Command::Quarantine(QuarantineCommand::Release { select, reason }) => {
+    }
+}
+
+/// `bench --scaling`: a window timed with one dimension changed at a time; table and plot.
+fn bench_scaling(quick: bool, png: &std::path::Path) -> Result<()> {
+    let runtime = Runtime::load(&Default::default())?;
+    let points = crate::bench::scaling(&runtime, quick, |p| {
+        tracing::info!(
+            dimension = p.dimension,
+            value = p.value,
+            seconds = format!("{:.2}", p.seconds),
+            "window timed"
+        );
+    })?;
+    print!("{}", crate::bench::scaling_table(&points));
+    crate::bench::scaling_plot(png, &points)?;
+    tracing::info!(png = %png.display(), "plot written");
+    Ok(())
+}
+
+/// `quarantine list | show | release`.
+fn quarantine_command(command: QuarantineCommand) -> Result<()> {
+    match command {
+        QuarantineCommand::List { select, json } => quarantine_list(&select, json),
+        QuarantineCommand::Show { config, record, png } => quarantine_show(&config, &record, png.as_deref()),
+        QuarantineCommand::Release { select, reason } => {
             let config = Config::from_file(&select.config)?;
             let done = crate::quarantine::release(&config, &select.filter(), &reason)?;
             println!(
@@ -513,45 +467,110 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::MakeProbes { config, from, format, labels_file, label_column, count, seed, out } => {
-            use crate::probes::{make_probe_file, ProbeFormat, ProbesConfig};
-            let config = Config::from_file(&config)?;
-            let format = match format {
-                ProbeSourceFormat::Csv => ProbeFormat::Csv,
-                ProbeSourceFormat::Idx => ProbeFormat::Idx,
-                ProbeSourceFormat::Jsonl => ProbeFormat::Jsonl,
-            };
-            let source = ProbesConfig {
-                count,
-                file: Some(from),
-                format,
-                labels_file,
-                label_column,
-                seed,
-                topic: None,
-            };
-            let coverage = make_probe_file(
-                &source,
-                config.input.features,
-                config.input.classes,
-                config.decision.alpha,
-                &out,
-            )?;
-            println!("wrote {count} probes to {}; per class:", out.display());
-            for (class, n) in coverage.per_class.iter().enumerate() {
-                println!("  class {class}: {n}");
-            }
-            let thin = coverage.thin();
-            if !thin.is_empty() {
-                tracing::warn!(
-                    classes = ?thin,
-                    needed = coverage.needed_per_class,
-                    alpha = config.decision.alpha,
-                    "these classes have fewer probes than their calibrated threshold needs to reject anything \
-                     (per-label scoring): add trusted samples of them or raise --count"
-                );
-            }
-            Ok(())
-        }
     }
+}
+
+fn quarantine_list(select: &QuarantineSelect, json: bool) -> Result<()> {
+    let config = Config::from_file(&select.config)?;
+    let found = crate::quarantine::list(&config, &select.filter())?;
+    if json {
+        for q in &found {
+            println!("{}", serde_json::to_string(q)?);
+        }
+    } else {
+        println!(
+            "{:<28} {:>6} {:>6} {:>9} {:>9}  {:<24} reason",
+            "record", "label", "window", "score", "threshold", "time"
+        );
+        for q in &found {
+            let time = q
+                .timestamp
+                .map(|t| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_millis(t.max(0) as u64),
+                    )
+                    .to_string()
+                })
+                .unwrap_or_default();
+            let num = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
+            let int = |v: Option<String>| v.unwrap_or_default();
+            println!(
+                "{:<28} {:>6} {:>6} {:>9} {:>9}  {:<24} {}",
+                q.record,
+                int(q.label.map(|l| l.to_string())),
+                int(q.window.map(|w| w.to_string())),
+                num(q.score),
+                num(q.threshold),
+                time,
+                q.reason
+            );
+        }
+        println!("{} quarantined records", found.len());
+    }
+    Ok(())
+}
+
+fn quarantine_show(config: &std::path::Path, record: &str, png: Option<&std::path::Path>) -> Result<()> {
+    let config = Config::from_file(config)?;
+    let q = crate::quarantine::show(&config, record, png)?;
+    let num = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.4}"));
+    println!("record     {}", q.record);
+    println!("source     {}", q.source);
+    println!("label      {}", q.label.map_or("? (value does not decode)".into(), |l| l.to_string()));
+    println!("window     {}", q.window.map_or("?".into(), |w| w.to_string()));
+    println!("score      {} (threshold {})", num(q.score), num(q.threshold));
+    println!("reason     {}", q.reason);
+    if let Some(t) = &q.trajectory {
+        let text: Vec<String> = t.iter().map(|l| format!("{l:.3}")).collect();
+        println!("trajectory {}", text.join(" "));
+    }
+    println!("headers:");
+    for line in q.header_lines() {
+        println!("  {line}");
+    }
+    if let Some(png) = png {
+        println!("plot       {}", png.display());
+    }
+    Ok(())
+}
+
+/// `make-probes`: where the trusted samples come from.
+struct ProbeSource {
+    from: PathBuf,
+    format: ProbeSourceFormat,
+    labels_file: Option<PathBuf>,
+    label_column: String,
+    count: usize,
+    seed: u64,
+}
+
+/// `make-probes`: draws the probe file and says how well each class is covered.
+fn make_probes(config: &std::path::Path, source: ProbeSource, out: &std::path::Path) -> Result<()> {
+    let ProbeSource { from, format, labels_file, label_column, count, seed } = source;
+    use crate::probes::{make_probe_file, ProbeFormat, ProbesConfig};
+    let config = Config::from_file(config)?;
+    let format = match format {
+        ProbeSourceFormat::Csv => ProbeFormat::Csv,
+        ProbeSourceFormat::Idx => ProbeFormat::Idx,
+        ProbeSourceFormat::Jsonl => ProbeFormat::Jsonl,
+    };
+    let source =
+        ProbesConfig { count, file: Some(from), format, labels_file, label_column, seed, topic: None };
+    let coverage =
+        make_probe_file(&source, config.input.features, config.input.classes, config.decision.alpha, out)?;
+    println!("wrote {count} probes to {}; per class:", out.display());
+    for (class, n) in coverage.per_class.iter().enumerate() {
+        println!("  class {class}: {n}");
+    }
+    let thin = coverage.thin();
+    if !thin.is_empty() {
+        tracing::warn!(
+            classes = ?thin,
+            needed = coverage.needed_per_class,
+            alpha = config.decision.alpha,
+            "these classes have fewer probes than their calibrated threshold needs to reject anything \
+             (per-label scoring): add trusted samples of them or raise --count"
+        );
+    }
+    Ok(())
 }

@@ -182,7 +182,20 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
     // brokers are gone (the demo's in-process cluster stops right after).
     let _ = probe_stop.send(true);
     let _ = probe.await;
+    release_clients(pipeline).await;
     result
+}
+
+/// Waits (at most 10 s) until no task on a blocking thread holds the pipeline (a consumer-lag
+/// read, a recovery scan), so that its clients are gone when the daemon returns.
+async fn release_clients(pipeline: Arc<Pipeline>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&pipeline) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if Arc::strong_count(&pipeline) > 1 {
+        tracing::info!("a recovery scan is still reading; its clients close when it ends");
+    }
 }
 
 /// Reads a trusted probe topic whole; every record must decode and fit `[input]`.
