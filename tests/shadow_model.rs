@@ -2,7 +2,9 @@
 
 mod common;
 
-use lossgate::engine::trajectory::{record_loss_matrix, TrainingPlan};
+use lossgate::engine::trajectory::{
+    record_loss_matrix, record_loss_matrix_resident, record_loss_matrix_training_on, TrainingPlan,
+};
 use lossgate::shadow::graphs::{eval_graph, train_step_graph};
 use lossgate::shadow::{MlpShape, Sgd, ShadowModel};
 use rand::{Rng, SeedableRng};
@@ -177,6 +179,52 @@ fn training_on_mnist_lowers_the_loss_and_repeats_exactly_with_the_same_seed() {
     assert!(means[2] < means[0], "loss should keep falling: {means:?}");
     assert_eq!(losses, mnist_losses(4), "same seed, same CPU: same loss matrix");
     assert_ne!(losses, mnist_losses(5), "another seed should train differently");
+}
+
+/// The device-resident path (window uploaded once, batches gathered by index in the graph,
+/// weights and buffers bound as the execution provider's own outputs, losses fetched once per
+/// epoch) run on the CPU provider gives today's loss matrix: same batches, same arithmetic.
+/// With momentum and weight decay, and training on a subset of the rows (the second pass).
+#[test]
+fn the_device_resident_path_gives_the_same_loss_matrix_as_the_host_path() {
+    let runtime = common::runtime();
+    let data = common::mnist_train(1500);
+    let shape = MlpShape { features: 784, hidden: vec![64], classes: 10 };
+    let sgd = Sgd { learning_rate: 0.05, momentum: 0.9, weight_decay: 5e-4 };
+    let plan = TrainingPlan { epochs: 4, batch_size: 100, seed: 7 };
+    let train_rows: Vec<usize> = (0..data.len()).filter(|i| i % 5 != 0).collect();
+    let mut host_model = ShadowModel::new(&runtime, shape.clone(), sgd, 1).unwrap();
+    let host = record_loss_matrix_training_on(
+        &mut host_model,
+        data.features.view(),
+        &data.labels,
+        &train_rows,
+        plan,
+        |_| {},
+    )
+    .unwrap();
+    let mut resident_model = ShadowModel::new(&runtime, shape, sgd, 1).unwrap();
+    let mut epochs_seen = 0;
+    let resident = record_loss_matrix_resident(
+        &mut resident_model,
+        data.features.view(),
+        &data.labels,
+        &train_rows,
+        plan,
+        |_| epochs_seen += 1,
+    )
+    .unwrap();
+    assert_eq!(epochs_seen, 4);
+    assert_eq!(resident.dim(), host.dim());
+    let worst =
+        host.iter().zip(resident.iter()).map(|(a, b)| (a - b).abs() / a.abs().max(1e-3)).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "largest relative difference between the paths: {worst}");
+    let weights = |m: &ShadowModel| m.parameters().unwrap().concat();
+    let (a, b) = (weights(&host_model), weights(&resident_model));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "the weights end the same");
+    // A row outside the window is refused, not read out of bounds on the device.
+    let window = resident_model.upload_window(data.features.as_slice().unwrap(), &data.labels).unwrap();
+    assert!(resident_model.train_step_resident(&window, &[0, 1500]).is_err());
 }
 
 #[test]

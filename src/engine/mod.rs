@@ -21,7 +21,7 @@ use crate::scorer::ScorerConfig;
 use crate::shadow::ShadowConfig;
 use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
 use crate::validation::{ensure, ConfigError};
-use trajectory::{kept_epochs, record_loss_matrix_training_on, TrainingPlan};
+use trajectory::{kept_epochs, record_loss_matrix_resident, record_loss_matrix_training_on, TrainingPlan};
 
 /// How samples are grouped for one shadow run.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -219,7 +219,15 @@ impl Engine {
                 batch_size: self.config.shadow.batch_size,
                 seed: seed.wrapping_add((run as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             };
-            let losses = record_loss_matrix_training_on(
+            // On a GPU the window stays on the device; on the CPU both paths give the same
+            // matrix (tests/shadow_model.rs) and the host one is cheaper (it evaluates in
+            // cache-sized chunks).
+            let record = if self.model.computes_on_gpu() {
+                record_loss_matrix_resident
+            } else {
+                record_loss_matrix_training_on
+            };
+            let losses = record(
                 &mut self.model,
                 joined.features.view(),
                 &joined.labels,

@@ -42,36 +42,83 @@ pub fn record_loss_matrix_training_on(
     labels: &[i64],
     train_rows: &[usize],
     plan: TrainingPlan,
-    mut on_epoch: impl FnMut(usize),
+    on_epoch: impl FnMut(usize),
 ) -> Result<Array2<f32>> {
     let n = labels.len();
     let d = features.ncols();
     let features = features.as_standard_layout();
     let flat = features.as_slice().expect("standard layout is contiguous");
+    let mut x_batch = Vec::with_capacity(plan.batch_size * d);
+    let mut y_batch = Vec::with_capacity(plan.batch_size);
+    let step = |model: &mut ShadowModel, batch: &[usize]| {
+        x_batch.clear();
+        y_batch.clear();
+        for &i in batch {
+            x_batch.extend_from_slice(&flat[i * d..(i + 1) * d]);
+            y_batch.push(labels[i]);
+        }
+        model.train_step(&x_batch, &y_batch).map(drop)
+    };
+    let evaluate = |model: &mut ShadowModel| {
+        let mut losses = Vec::with_capacity(n);
+        for start in (0..n).step_by(EVAL_CHUNK) {
+            let end = (start + EVAL_CHUNK).min(n);
+            losses.extend(model.evaluate(&flat[start * d..end * d], &labels[start..end])?.loss);
+        }
+        Ok(losses)
+    };
+    train_epochs(model, n, train_rows, plan, step, evaluate, on_epoch)
+}
+
+/// [`record_loss_matrix_training_on`] with the window kept where the execution provider
+/// computes: uploaded once, each batch gathered there by index, the weights and step buffers
+/// never copied back between steps, and the losses brought back once per epoch. The same
+/// batches in the same order, so the same loss matrix; on CUDA it saves the copies that
+/// dominate a step.
+pub fn record_loss_matrix_resident(
+    model: &mut ShadowModel,
+    features: ArrayView2<f32>,
+    labels: &[i64],
+    train_rows: &[usize],
+    plan: TrainingPlan,
+    on_epoch: impl FnMut(usize),
+) -> Result<Array2<f32>> {
+    let features = features.as_standard_layout();
+    let window = model.upload_window(features.as_slice().expect("standard layout is contiguous"), labels)?;
+    let mut rows = Vec::with_capacity(plan.batch_size);
+    let step = |model: &mut ShadowModel, batch: &[usize]| {
+        rows.clear();
+        rows.extend(batch.iter().map(|&i| i as i64));
+        model.train_step_resident(&window, &rows)
+    };
+    let evaluate = |model: &mut ShadowModel| model.evaluate_resident(&window);
+    train_epochs(model, labels.len(), train_rows, plan, step, evaluate, on_epoch)
+}
+
+/// The epochs of one window: a fresh model from the plan's seed, `train_rows` shuffled each
+/// epoch and stepped through in batches, then every row evaluated. The two paths above differ
+/// only in how a step and an evaluation reach the model.
+fn train_epochs(
+    model: &mut ShadowModel,
+    rows: usize,
+    train_rows: &[usize],
+    plan: TrainingPlan,
+    mut step: impl FnMut(&mut ShadowModel, &[usize]) -> Result<()>,
+    mut evaluate: impl FnMut(&mut ShadowModel) -> Result<Vec<f32>>,
+    mut on_epoch: impl FnMut(usize),
+) -> Result<Array2<f32>> {
     model.reset(plan.seed)?;
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed ^ 0x5eed_5eed);
     let mut order: Vec<usize> = train_rows.to_vec();
-    let mut losses = Array2::<f32>::zeros((n, plan.epochs));
-    let mut x_batch = Vec::with_capacity(plan.batch_size * d);
-    let mut y_batch = Vec::with_capacity(plan.batch_size);
+    let mut losses = Array2::<f32>::zeros((rows, plan.epochs));
     for epoch in 0..plan.epochs {
         order.shuffle(&mut rng);
         for batch in order.chunks(plan.batch_size) {
-            x_batch.clear();
-            y_batch.clear();
-            for &i in batch {
-                x_batch.extend_from_slice(&flat[i * d..(i + 1) * d]);
-                y_batch.push(labels[i]);
-            }
-            model.train_step(&x_batch, &y_batch)?;
+            step(model, batch)?;
         }
-        for start in (0..n).step_by(EVAL_CHUNK) {
-            let end = (start + EVAL_CHUNK).min(n);
-            let eval = model.evaluate(&flat[start * d..end * d], &labels[start..end])?;
-            for (row, loss) in (start..end).zip(eval.loss) {
-                losses[[row, epoch]] = loss;
-            }
-        }
+        let epoch_losses = evaluate(model)?;
+        anyhow::ensure!(epoch_losses.len() == rows, "{} losses for {rows} rows", epoch_losses.len());
+        losses.column_mut(epoch).assign(&ndarray::Array1::from(epoch_losses));
         on_epoch(epoch);
     }
     Ok(losses)

@@ -56,9 +56,32 @@ fn dims(shape: &[usize]) -> Vec<Dim> {
 }
 
 /// Inputs shared by both graphs: the batch, its labels and the parameters.
-fn declare_batch_and_params(g: &mut GraphBuilder, shape: &MlpShape) -> Vec<String> {
-    g.input("x", Elem::F32, &[BATCH, Dim::Fixed(shape.features)]);
-    g.input("y", Elem::I64, &[BATCH]);
+/// Where a train step's batch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchInput {
+    /// Inputs `x [batch, features]` and `y [batch]`, copied in for every step.
+    Given,
+    /// Inputs `x_all [rows, features]` and `y_all [rows]` (the whole window, bound once and
+    /// kept where the execution provider computes) and `idx [batch]`: the batch is gathered
+    /// from the window inside the graph, so only the indices travel per step.
+    Gathered,
+}
+
+fn declare_batch_and_params(g: &mut GraphBuilder, shape: &MlpShape, batch: BatchInput) -> Vec<String> {
+    match batch {
+        BatchInput::Given => {
+            g.input("x", Elem::F32, &[BATCH, Dim::Fixed(shape.features)]);
+            g.input("y", Elem::I64, &[BATCH]);
+        }
+        BatchInput::Gathered => {
+            const ROWS: Dim = Dim::Symbolic("rows");
+            g.input("x_all", Elem::F32, &[ROWS, Dim::Fixed(shape.features)]);
+            g.input("y_all", Elem::I64, &[ROWS]);
+            g.input("idx", Elem::I64, &[BATCH]);
+            g.op_named("Gather", &["x_all", "idx"], "x", vec![Attr::Int("axis", 0)]);
+            g.op_named("Gather", &["y_all", "idx"], "y", vec![Attr::Int("axis", 0)]);
+        }
+    }
     shape.parameters().iter().map(|(name, s)| g.input(name, Elem::F32, &dims(s))).collect()
 }
 
@@ -102,9 +125,19 @@ fn cross_entropy(g: &mut GraphBuilder, logits: &str, classes: usize, loss_name: 
 /// cost as much as the matrix products at these sizes, drop from six to one. `momentum` and
 /// `weight_decay` are therefore constants of the graph; a zero weight decay adds nothing.
 pub fn train_step_graph(shape: &MlpShape, momentum: f32, weight_decay: f32) -> Vec<u8> {
+    train_step_graph_with(shape, momentum, weight_decay, BatchInput::Given)
+}
+
+/// [`train_step_graph`] with the batch taken as `batch` says.
+pub fn train_step_graph_with(
+    shape: &MlpShape,
+    momentum: f32,
+    weight_decay: f32,
+    batch: BatchInput,
+) -> Vec<u8> {
     let momentum_value = momentum;
     let mut g = GraphBuilder::new("lossgate_train_step");
-    let params = declare_batch_and_params(&mut g, shape);
+    let params = declare_batch_and_params(&mut g, shape, batch);
     let lr = g.input("lr", Elem::F32, &[]);
     let buffers: Vec<String> = shape
         .parameters()
@@ -199,7 +232,7 @@ pub fn train_step_graph(shape: &MlpShape, momentum: f32, weight_decay: f32) -> V
 /// class `pred[N]` (int64).
 pub fn eval_graph(shape: &MlpShape) -> Vec<u8> {
     let mut g = GraphBuilder::new("lossgate_eval");
-    let params = declare_batch_and_params(&mut g, shape);
+    let params = declare_batch_and_params(&mut g, shape, BatchInput::Given);
     let (_, logits) = forward(&mut g, &params);
     cross_entropy(&mut g, &logits, shape.classes, "loss");
     g.op_named("ArgMax", &[&logits], "pred", vec![Attr::Int("axis", 1), Attr::Int("keepdims", 0)]);

@@ -3,12 +3,14 @@
 use std::borrow::Cow;
 
 use anyhow::{anyhow, Context, Result};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::graphs::{eval_graph, train_step_graph, MlpShape};
+use super::graphs::{eval_graph, train_step_graph, train_step_graph_with, BatchInput, MlpShape};
+use super::runtime::ExecutionProvider;
 use super::runtime::Runtime;
 
 /// SGD with momentum and weight decay, as PyTorch applies it.
@@ -25,10 +27,22 @@ pub struct Evaluation {
     pub predicted: Vec<i64>,
 }
 
+/// A window's samples where the execution provider computes (GPU memory on CUDA), uploaded once
+/// and gathered from by index for every batch (see [`ShadowModel::upload_window`]).
+pub struct ResidentWindow {
+    x: DynValue,
+    y: DynValue,
+    rows: usize,
+}
+
 pub struct ShadowModel {
     shape: MlpShape,
     train: Session,
+    /// The train step that gathers its batch from a [`ResidentWindow`].
+    train_gathered: Session,
     eval: Session,
+    /// Where the resident path keeps the window, the weights and the step buffers.
+    device: AllocationDevice<'static>,
     parameter_names: Vec<String>,
     velocity_names: Vec<String>,
     /// Weights and step buffers (`lr` times PyTorch's momentum buffer, see
@@ -69,13 +83,22 @@ impl ShadowModel {
         let train = runtime
             .session(&train_step_graph(&shape, sgd.momentum, sgd.weight_decay))
             .context("opening the train-step graph")?;
+        let train_gathered = runtime
+            .session(&train_step_graph_with(&shape, sgd.momentum, sgd.weight_decay, BatchInput::Gathered))
+            .context("opening the gathering train-step graph")?;
         let eval = runtime.session(&eval_graph(&shape)).context("opening the evaluation graph")?;
+        let device = match runtime.provider() {
+            ExecutionProvider::Cpu => AllocationDevice::CPU,
+            ExecutionProvider::Cuda => AllocationDevice::CUDA,
+        };
         let parameter_names: Vec<String> = shape.parameters().into_iter().map(|(n, _)| n).collect();
         let velocity_names = parameter_names.iter().map(|n| format!("v{n}")).collect();
         let mut model = Self {
             shape,
             train,
+            train_gathered,
             eval,
+            device,
             parameter_names,
             velocity_names,
             parameters: Vec::new(),
@@ -163,9 +186,103 @@ impl ShadowModel {
         })
     }
 
-    /// Copies the weights out of ORT (W0, b0, W1, b1, ... flattened row-major).
+    /// Copies a window to where the execution provider computes, once: the resident train step
+    /// and evaluation read it there. `features` is row-major, one row per label.
+    pub fn upload_window(&self, features: &[f32], labels: &[i64]) -> Result<ResidentWindow> {
+        let rows = labels.len();
+        let x = tensor(&[rows, self.shape.features], features.to_vec())?;
+        let y = Tensor::from_array((vec![rows as i64], labels.to_vec()))?.into_dyn();
+        Ok(ResidentWindow { x: self.on_device(x)?, y: self.on_device(y)?, rows })
+    }
+
+    /// Whether the execution provider computes on a GPU (where the resident path pays).
+    pub fn computes_on_gpu(&self) -> bool {
+        self.device != AllocationDevice::CPU
+    }
+
+    fn on_device(&self, value: DynValue) -> Result<DynValue> {
+        if self.device == AllocationDevice::CPU {
+            return Ok(value);
+        }
+        let tensor = value.downcast::<ort::value::DynTensorValueType>()?;
+        Ok(tensor.to(self.device.clone(), 0).context("copying the window to the device")?.into_dyn())
+    }
+
+    fn device_memory(&self) -> Result<MemoryInfo<'static>> {
+        Ok(MemoryInfo::new(self.device.clone(), 0, AllocatorType::Device, MemoryType::Default)?)
+    }
+
+    /// One SGD step on the rows `rows` of `window`, gathered on the device. The weights and
+    /// step buffers stay on the device: the step's outputs are bound there and become the next
+    /// step's inputs; only the row indices are copied in.
+    pub fn train_step_resident(&mut self, window: &ResidentWindow, rows: &[i64]) -> Result<()> {
+        if let Some(&bad) = rows.iter().find(|&&r| r < 0 || r as usize >= window.rows) {
+            return Err(anyhow!("row {bad} is outside the resident window of {} rows", window.rows));
+        }
+        let idx = Tensor::from_array((vec![rows.len() as i64], rows.to_vec()))?.into_dyn();
+        let device = self.device_memory()?;
+        let mut binding = self.train_gathered.create_binding()?;
+        binding.bind_input("x_all", &window.x)?;
+        binding.bind_input("y_all", &window.y)?;
+        binding.bind_input("idx", &idx)?;
+        binding.bind_input("lr", &self.lr)?;
+        for (name, value) in self.parameter_names.iter().zip(&self.parameters) {
+            binding.bind_input(name.as_str(), value)?;
+        }
+        for (name, value) in self.velocity_names.iter().zip(&self.velocities) {
+            binding.bind_input(name.as_str(), value)?;
+        }
+        // Only the next weights and buffers are fetched (the batch losses are not needed):
+        // left where they were computed.
+        for name in self.parameter_names.iter().chain(&self.velocity_names) {
+            binding.bind_output_to_device(format!("{name}_next"), &device)?;
+        }
+        let mut outputs =
+            self.train_gathered.run_binding(&binding).context("running the resident train step")?;
+        let mut take =
+            |name: String| outputs.remove(&name).ok_or_else(|| anyhow!("train step lost output {name}"));
+        let parameters =
+            self.parameter_names.iter().map(|n| take(format!("{n}_next"))).collect::<Result<Vec<_>>>()?;
+        let velocities =
+            self.velocity_names.iter().map(|n| take(format!("{n}_next"))).collect::<Result<Vec<_>>>()?;
+        self.parameters = parameters;
+        self.velocities = velocities;
+        Ok(())
+    }
+
+    /// Every row's loss on the resident window, in one run: the losses are the only thing
+    /// copied back to the host.
+    pub fn evaluate_resident(&mut self, window: &ResidentWindow) -> Result<Vec<f32>> {
+        let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)?;
+        let mut binding = self.eval.create_binding()?;
+        binding.bind_input("x", &window.x)?;
+        binding.bind_input("y", &window.y)?;
+        for (name, value) in self.parameter_names.iter().zip(&self.parameters) {
+            binding.bind_input(name.as_str(), value)?;
+        }
+        binding.bind_output_to_device("loss", &host)?;
+        let outputs = self.eval.run_binding(&binding).context("evaluating the resident window")?;
+        Ok(outputs["loss"].try_extract_tensor::<f32>()?.1.to_vec())
+    }
+
+    /// Copies the weights out of ORT (W0, b0, W1, b1, ... flattened row-major), from the
+    /// device where the resident path left them.
     pub fn parameters(&self) -> Result<Vec<Vec<f32>>> {
-        self.parameters.iter().map(|v| Ok(v.try_extract_tensor::<f32>()?.1.to_vec())).collect()
+        self.parameters
+            .iter()
+            .map(|v| {
+                let host = if self.device == AllocationDevice::CPU {
+                    v.view().try_extract_tensor::<f32>()?.1.to_vec()
+                } else {
+                    let t = v
+                        .view()
+                        .downcast::<ort::value::DynTensorValueType>()?
+                        .to(AllocationDevice::CPU, 0)?;
+                    t.try_extract_tensor::<f32>()?.1.to_vec()
+                };
+                Ok(host)
+            })
+            .collect()
     }
 
     /// Replaces the weights (same order and sizes as [`Self::parameters`]); momentum is kept.
