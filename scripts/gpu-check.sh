@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One short run of the CUDA path on a GPU host (for the `device` tool): builds with
-# `--features cuda`, points ONNX Runtime at the onnxruntime-gpu 1.31.1 library, and runs one
-# window of the MNIST check on `execution_provider = "cuda"` with no CPU fallback, so a CUDA
-# that cannot load fails the run and names what is missing.
+# `--features cuda`, points ONNX Runtime at the onnxruntime-gpu 1.31.1 library, and runs the
+# engine benchmark twice, on the CPU and on `execution_provider = "cuda"` with no CPU fallback
+# (a CUDA that cannot load fails the run and names what is missing): whole default windows,
+# through the device-resident path on the GPU (window uploaded once, batches gathered there,
+# weights never copied back between steps). Prints both tables and the speed-up; then one
+# window of the MNIST detection check on CUDA.
 #
 #   ORT_GPU_DIR   folder holding libonnxruntime.so.1.31.1, libonnxruntime_providers_cuda.so and
 #                 libonnxruntime_providers_shared.so (from the onnxruntime-gpu==1.31.1 wheel's
@@ -39,4 +42,9 @@ if [ -z "$bin" ]; then
   bin=./target/release/lossgate
 fi
 nvidia-smi --query-gpu=name,memory.used --format=csv || true
+rate() { awk '/whole windows, 1 engine worker/ {print $(NF-3)}' "$1"; }
+"$bin" bench | tee /tmp/gpu-check-cpu.txt
+"$bin" bench --config "$cfg" | tee /tmp/gpu-check-cuda.txt
+cpu=$(rate /tmp/gpu-check-cpu.txt); gpu=$(rate /tmp/gpu-check-cuda.txt)
+echo "whole windows, one engine: CPU ${cpu} samples/s, CUDA ${gpu} samples/s, speed-up $(awk -v a="$gpu" -v b="$cpu" 'BEGIN {printf "%.1fx", a / b}')"
 time "$bin" eval --config "$cfg" --seeds 1 --max-samples 8192 --jobs 1

@@ -60,6 +60,10 @@ enum Command {
         /// Where `--scaling` writes its plot.
         #[arg(long, default_value = "docs/results/bench-scaling.png")]
         png: PathBuf,
+        /// Take the ONNX Runtime library and execution provider from this file's `[shadow]`
+        /// (`execution_provider = "cuda"`: the windows run on the GPU, `scripts/gpu-check.sh`).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Validate a config file and print it as understood.
     CheckConfig {
@@ -417,12 +421,16 @@ fn run(cli: Cli) -> Result<()> {
             tokio_runtime()?.block_on(crate::demo::run(config, &mnist_dir(mnist), options))
         }
         Command::Eval(args) => eval_command(*args),
-        Command::Bench { quick, scaling: false, .. } => {
-            let runtime = Runtime::load(&Default::default())?;
-            print!("{}", crate::bench::report(&runtime, quick)?);
-            Ok(())
+        Command::Bench { quick, scaling, png, config } => {
+            let runtime = Runtime::load(&load_config(config.as_ref())?.shadow.runtime_options())?;
+            tracing::info!(provider = ?runtime.provider(), "benchmarking");
+            if scaling {
+                bench_scaling(&runtime, quick, &png)
+            } else {
+                print!("{}", crate::bench::report(&runtime, quick)?);
+                Ok(())
+            }
         }
-        Command::Bench { quick, scaling: true, png } => bench_scaling(quick, &png),
         Command::CheckConfig { config } => {
             let config = Config::from_file(&config)?;
             println!("{config:#?}");
@@ -437,9 +445,8 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// `bench --scaling`: a window timed with one dimension changed at a time; table and plot.
-fn bench_scaling(quick: bool, png: &std::path::Path) -> Result<()> {
-    let runtime = Runtime::load(&Default::default())?;
-    let points = crate::bench::scaling(&runtime, quick, |p| {
+fn bench_scaling(runtime: &Runtime, quick: bool, png: &std::path::Path) -> Result<()> {
+    let points = crate::bench::scaling(runtime, quick, |p| {
         tracing::info!(
             dimension = p.dimension,
             value = p.value,
