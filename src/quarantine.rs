@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::kafka::headers::{self, RawHeader};
-use crate::kafka::position::TopicPosition;
+use crate::kafka::position::{Position, TopicPosition};
 use crate::kafka::{read_topic, TopicRecord};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -177,11 +177,11 @@ pub fn list(config: &Config, filter: &Filter) -> Result<Vec<Quarantined>> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 enum ReleaseEntry {
-    /// About to write the copy; the output topic's end offsets before it, as (partition,
-    /// offset) pairs (an internally tagged enum cannot read integer map keys back).
+    /// About to write the copy; the output topic's end offset per partition before it (a list:
+    /// an internally tagged enum cannot read integer map keys back).
     Intent {
         record: String,
-        output_ends: Vec<(i32, i64)>,
+        output_ends: Vec<Position>,
         reason: String,
     },
     Done {
@@ -231,7 +231,7 @@ pub fn release(config: &Config, filter: &Filter, reason: &str) -> Result<Release
     )?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Intents left by an interrupted run: did their copy land?
-    type Pending = (String, Vec<(i32, i64)>, String);
+    type Pending = (String, Vec<Position>, String);
     let pending: Vec<Pending> = log
         .values()
         .filter_map(|e| match e {
@@ -244,9 +244,9 @@ pub fn release(config: &Config, filter: &Filter, reason: &str) -> Result<Release
     if !pending.is_empty() {
         let mut from: BTreeMap<i32, i64> = BTreeMap::new();
         for (_, ends, _) in &pending {
-            for &(p, o) in ends {
-                let e = from.entry(p).or_insert(o);
-                *e = (*e).min(o);
+            for end in ends {
+                let e = from.entry(end.partition).or_insert(end.offset);
+                *e = (*e).min(end.offset);
             }
         }
         let landed = released_copies(&client, &kafka.output_topic, &from)?;
@@ -277,7 +277,8 @@ pub fn release(config: &Config, filter: &Filter, reason: &str) -> Result<Release
     if to_release.is_empty() {
         return Ok(outcome);
     }
-    let output_ends: Vec<(i32, i64)> = end_offsets(&client, &kafka.output_topic)?.into_iter().collect();
+    let output_ends: Vec<Position> =
+        end_offsets(&client, &kafka.output_topic)?.into_iter().map(Position::from).collect();
     runtime.block_on(async {
         for q in &to_release {
             let intent = ReleaseEntry::Intent {
@@ -419,13 +420,15 @@ mod tests {
     fn release_records_read_back_as_written() {
         let intent = ReleaseEntry::Intent {
             record: "q/0/7".into(),
-            output_ends: vec![(0, 12), (3, 4)],
+            output_ends: vec![(0, 12).into(), (3, 4).into()],
             reason: "ok".into(),
         };
-        let back: ReleaseEntry = serde_json::from_slice(&serde_json::to_vec(&intent).unwrap()).unwrap();
-        assert!(
-            matches!(&back, ReleaseEntry::Intent { output_ends, .. } if output_ends == &vec![(0, 12), (3, 4)])
-        );
+        let written = serde_json::to_vec(&intent).unwrap();
+        let text = String::from_utf8(written.clone()).unwrap();
+        assert!(text.contains(r#""output_ends":[[0,12],[3,4]]"#), "the stored form is unchanged: {text}");
+        let back: ReleaseEntry = serde_json::from_slice(&written).unwrap();
+        let expected: Vec<Position> = vec![(0, 12).into(), (3, 4).into()];
+        assert!(matches!(&back, ReleaseEntry::Intent { output_ends, .. } if output_ends == &expected));
         let done = ReleaseEntry::Done { record: "q/0/7".into(), released_at: 5, reason: "ok".into() };
         let back: ReleaseEntry = serde_json::from_slice(&serde_json::to_vec(&done).unwrap()).unwrap();
         assert_eq!(back.record(), "q/0/7");

@@ -2,11 +2,27 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// A record's place in a topic known from context (the input topic): partition and offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Stored (the release log) as a `[partition, offset]` pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "(i32, i64)", into = "(i32, i64)")]
 pub struct Position {
     pub partition: i32,
     pub offset: i64,
+}
+
+impl From<(i32, i64)> for Position {
+    fn from((partition, offset): (i32, i64)) -> Self {
+        Self { partition, offset }
+    }
+}
+
+impl From<Position> for (i32, i64) {
+    fn from(p: Position) -> Self {
+        (p.partition, p.offset)
+    }
 }
 
 /// A record's place in a named topic: where an output was written, or the input record a
