@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use anyhow::{anyhow, Context, Result};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{Session, SessionInputValue};
+use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -75,6 +75,20 @@ fn batch_inputs<'a>(
     let x = Tensor::from_array((vec![n as i64, features as i64], x.to_vec()))?;
     let y = Tensor::from_array((vec![n as i64], y.to_vec()))?;
     Ok(vec![(Cow::Borrowed("x"), x.into_dyn().into()), (Cow::Borrowed("y"), y.into_dyn().into())])
+}
+
+/// A train step's `{name}_next` outputs: the weights and step buffers of the next step.
+fn next_state(
+    parameters: &[String],
+    velocities: &[String],
+    outputs: &mut SessionOutputs<'_>,
+) -> Result<(Vec<DynValue>, Vec<DynValue>)> {
+    let mut take = |name: &String| {
+        outputs.remove(format!("{name}_next")).ok_or_else(|| anyhow!("train step lost output {name}_next"))
+    };
+    let parameters = parameters.iter().map(&mut take).collect::<Result<Vec<_>>>()?;
+    let velocities = velocities.iter().map(&mut take).collect::<Result<Vec<_>>>()?;
+    Ok((parameters, velocities))
 }
 
 impl ShadowModel {
@@ -161,12 +175,7 @@ impl ShadowModel {
         }
         let mut outputs = self.train.run(inputs).context("running the train step")?;
         let loss = outputs["loss"].try_extract_tensor::<f32>()?.1.to_vec();
-        let mut take =
-            |name: String| outputs.remove(&name).ok_or_else(|| anyhow!("train step lost output {name}"));
-        let parameters =
-            self.parameter_names.iter().map(|n| take(format!("{n}_next"))).collect::<Result<Vec<_>>>()?;
-        let velocities =
-            self.velocity_names.iter().map(|n| take(format!("{n}_next"))).collect::<Result<Vec<_>>>()?;
+        let (parameters, velocities) = next_state(&self.parameter_names, &self.velocity_names, &mut outputs)?;
         drop(outputs);
         self.parameters = parameters;
         self.velocities = velocities;
@@ -239,12 +248,8 @@ impl ShadowModel {
         }
         let mut outputs =
             self.train_gathered.run_binding(&binding).context("running the resident train step")?;
-        let mut take =
-            |name: String| outputs.remove(&name).ok_or_else(|| anyhow!("train step lost output {name}"));
-        let parameters =
-            self.parameter_names.iter().map(|n| take(format!("{n}_next"))).collect::<Result<Vec<_>>>()?;
-        let velocities =
-            self.velocity_names.iter().map(|n| take(format!("{n}_next"))).collect::<Result<Vec<_>>>()?;
+        let (parameters, velocities) = next_state(&self.parameter_names, &self.velocity_names, &mut outputs)?;
+        drop(outputs);
         self.parameters = parameters;
         self.velocities = velocities;
         Ok(())
