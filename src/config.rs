@@ -168,6 +168,7 @@ mod tests {
             ("[shadow]\nhidden = [256, 0]\n", "shadow.hidden[1]"),
             ("[shadow]\nhidden = [8, 8, 8]\n", "shadow.hidden"),
             ("[shadow]\nlearning_rate = -0.1\n", "shadow.learning_rate"),
+            ("[shadow]\nlearning_rate = \"fast\"\n", "shadow.learning_rate"),
             ("[shadow]\nmomentum = 1.0\n", "shadow.momentum"),
             ("[shadow]\nbatch_size = 0\n", "shadow.batch_size"),
             ("[window]\nsize = 0\n", "window.size"),

@@ -106,6 +106,7 @@ pub struct Metrics {
     pub partitions_stopped: IntGauge,
     pub score: Histogram,
     pub threshold: Gauge,
+    pub shadow_learning_rate: Gauge,
     pub window_size: IntGauge,
     pub windows: LabelledCounter<Ended>,
     pub window_seconds: Histogram,
@@ -139,6 +140,12 @@ impl Metrics {
         let threshold =
             Gauge::new("lossgate_threshold", "Anomaly-score threshold of the last window").unwrap();
         r.register(Box::new(threshold.clone())).unwrap();
+        let shadow_learning_rate = Gauge::new(
+            "lossgate_shadow_learning_rate",
+            "Learning rate of the last window's shadow (chosen on the first window under auto)",
+        )
+        .unwrap();
+        r.register(Box::new(shadow_learning_rate.clone())).unwrap();
         let window_size = IntGauge::new("lossgate_window_size", "Records in the last window").unwrap();
         r.register(Box::new(window_size.clone())).unwrap();
         let consumer_lag = IntGauge::new(
@@ -209,6 +216,7 @@ impl Metrics {
                 exponential_buckets(0.05, 1.5, 16).unwrap(),
             ),
             threshold,
+            shadow_learning_rate,
             window_size,
             windows: LabelledCounter::register(&r, "lossgate_windows_total", "Windows ended, by result"),
             window_seconds: histogram(

@@ -80,6 +80,7 @@ async fn exactly_once_end_to_end_with_dead_letters_metrics_and_health() {
     assert_eq!(dead_total, 12.0);
     for name in [
         "lossgate_threshold",
+        "lossgate_shadow_learning_rate",
         "lossgate_window_size",
         "lossgate_consumer_lag",
         "lossgate_anomaly_score_count",

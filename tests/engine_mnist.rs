@@ -91,7 +91,7 @@ fn the_number_of_workers_does_not_change_a_decision() {
             .map(|p| {
                 let outcome = wait(p).unwrap();
                 let actions: Vec<_> = outcome.decisions.iter().map(|d| d.action).collect();
-                (actions, outcome.sample_scores)
+                (actions, outcome.sample_scores, outcome.learning_rate)
             })
             .collect::<Vec<_>>()
     };
@@ -101,8 +101,10 @@ fn the_number_of_workers_does_not_change_a_decision() {
     for (window, (a, b)) in one.iter().zip(&two).enumerate() {
         assert_eq!(a.0, b.0, "window {window}: decisions differ between 1 and 2 workers");
         assert_eq!(a.1, b.1, "window {window}: scores differ between 1 and 2 workers");
+        // The learning rate is chosen once, on the first window, whoever takes it.
+        assert_eq!((a.2, b.2), (one[0].2, one[0].2), "window {window}: another learning rate");
     }
     let quarantined: usize =
-        one.iter().map(|(actions, _)| actions.iter().filter(|&&a| a == Action::Quarantine).count()).sum();
+        one.iter().map(|(actions, _, _)| actions.iter().filter(|&&a| a == Action::Quarantine).count()).sum();
     assert!(quarantined > 0, "the windows quarantine something, so the comparison means something");
 }

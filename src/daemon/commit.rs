@@ -169,6 +169,7 @@ fn record_window_metrics(
         m.flagged_observed
             .inc_by(o.decisions.iter().filter(|d| d.flagged && d.action == Action::Forward).count() as u64);
         m.threshold.set(o.threshold.value as f64);
+        m.shadow_learning_rate.set(o.learning_rate as f64);
     }
     m.window_size.set(records.len() as i64);
     m.window_seconds.observe(started.elapsed().as_secs_f64());

@@ -2,7 +2,9 @@
 //! out. Pure computation: no Kafka, no files, no clocks. The daemon, the demo and the
 //! evaluation harness all drive it.
 
+pub mod calibration;
 pub mod pool;
+mod representation;
 pub mod trajectory;
 
 use anyhow::{Context, Result};
@@ -18,9 +20,9 @@ use crate::decision::{Decision, DecisionConfig, Threshold};
 use crate::probes::ProbesConfig;
 use crate::scorer::ProbeScorer;
 use crate::scorer::ScorerConfig;
-use crate::shadow::ShadowConfig;
-use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
+use crate::shadow::{LearningRate, MlpShape, Runtime, Sgd, ShadowConfig, ShadowModel};
 use crate::validation::{ensure, ConfigError};
+use calibration::{Calibration, Trial, CANDIDATES, FALLBACK_LEARNING_RATE, MIN_CALIBRATION_SAMPLES};
 use trajectory::{kept_epochs, record_loss_matrix_resident, record_loss_matrix_training_on, TrainingPlan};
 
 /// How samples are grouped for one shadow run.
@@ -82,6 +84,10 @@ pub struct WindowOutcome {
     pub threshold: Threshold,
     /// One decision per window sample, in input order.
     pub decisions: Vec<Decision>,
+    /// The shadow's learning rate for this window (chosen, or from the config).
+    pub learning_rate: f32,
+    /// The hidden-layer score of every row of `losses` (`scorer.representation`).
+    pub representation_scores: Option<Vec<f32>>,
 }
 
 impl WindowOutcome {
@@ -120,6 +126,8 @@ pub struct Engine {
     /// Fitted on the probes (trusted, and fixed for the engine's life).
     scaling: FeatureScaling,
     windows_done: u64,
+    /// Set once the learning rate is known: from the config, or by calibration.
+    learning_rate: Option<f32>,
 }
 
 impl Engine {
@@ -138,8 +146,12 @@ impl Engine {
             hidden: config.shadow.hidden.clone(),
             classes: config.input.classes,
         };
+        let learning_rate = match config.shadow.learning_rate {
+            LearningRate::Fixed(rate) => Some(rate),
+            LearningRate::Auto => None,
+        };
         let sgd = Sgd {
-            learning_rate: config.shadow.learning_rate,
+            learning_rate: learning_rate.unwrap_or(FALLBACK_LEARNING_RATE),
             momentum: config.shadow.momentum,
             weight_decay: config.shadow.weight_decay,
         };
@@ -150,7 +162,7 @@ impl Engine {
             FeatureScaling::identity(config.input.features)
         };
         let probes = scaling.applied(&probes);
-        Ok(Self { config, model, probes, scaling, windows_done: 0 })
+        Ok(Self { config, model, probes, scaling, windows_done: 0, learning_rate })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -161,6 +173,58 @@ impl Engine {
     pub fn set_decision(&mut self, decision: DecisionConfig) -> Result<()> {
         decision.validate()?;
         self.config.decision = decision;
+        Ok(())
+    }
+
+    /// True while the learning rate is `auto` and not chosen yet.
+    pub fn needs_calibration(&self) -> bool {
+        self.learning_rate.is_none()
+    }
+
+    /// Whether `window` is large enough to choose the learning rate on.
+    pub fn can_calibrate_on(window: &LabelledSamples) -> bool {
+        window.len() >= MIN_CALIBRATION_SAMPLES
+    }
+
+    /// Chooses the learning rate on `window` (see [`calibration`]) and uses it from now on:
+    /// one epoch on window + probes per candidate rate, slowest first, until the probes' loss
+    /// falls below the target.
+    pub fn calibrate(&mut self, window: &LabelledSamples) -> Result<Calibration> {
+        window.check_shape(self.config.input.features, self.config.input.classes).context("window")?;
+        let joined = self.scaling.applied(window).concat(&self.probes)?;
+        let everything: Vec<usize> = (0..joined.len()).collect();
+        let plan = TrainingPlan {
+            epochs: 1,
+            batch_size: self.config.shadow.batch_size,
+            seed: self.config.shadow.seed ^ 0xca11_b7a7,
+        };
+        let chance = (self.config.input.classes as f64).ln();
+        let mut trials = Vec::with_capacity(CANDIDATES.len());
+        for &rate in &CANDIDATES {
+            self.model.set_learning_rate(rate)?;
+            let losses = record_loss_matrix_training_on(
+                &mut self.model,
+                joined.features.view(),
+                &joined.labels,
+                &everything,
+                plan,
+                |_| {},
+            )?;
+            let probe_loss = losses.slice(s![window.len().., 0]).mean().unwrap_or(f32::NAN) as f64;
+            trials.push(Trial { learning_rate: rate, first_epoch_loss: probe_loss / chance });
+            if Calibration::reached(&trials) {
+                break;
+            }
+        }
+        let calibration = Calibration::from_trials(trials);
+        self.adopt(&calibration)?;
+        Ok(calibration)
+    }
+
+    /// Uses a learning rate another engine of the same pool chose.
+    pub fn adopt(&mut self, calibration: &Calibration) -> Result<()> {
+        self.model.set_learning_rate(calibration.learning_rate)?;
+        self.learning_rate = Some(calibration.learning_rate);
         Ok(())
     }
 
@@ -187,10 +251,17 @@ impl Engine {
         mut on_epoch: impl FnMut(usize),
     ) -> Result<WindowOutcome> {
         window.check_shape(self.config.input.features, self.config.input.classes).context("window")?;
+        if self.needs_calibration() && Self::can_calibrate_on(window) {
+            let calibration = self.calibrate(window)?;
+            log_calibration(&calibration);
+        }
+        let rate = self.learning_rate.unwrap_or(FALLBACK_LEARNING_RATE);
         let joined = self.scaling.applied(window).concat(&self.probes)?;
         let everything: Vec<usize> = (0..joined.len()).collect();
         let losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
-        let outcome = score_and_decide(&self.config, losses, joined.labels.clone(), window.len());
+        let representation = self.representation_scores(&joined, window.len())?;
+        let outcome =
+            score_and_decide(&self.config, losses, joined.labels.clone(), window.len(), rate, representation);
         if !self.config.shadow.second_pass {
             return Ok(outcome);
         }
@@ -199,7 +270,23 @@ impl Engine {
         let kept: Vec<usize> =
             everything.into_iter().filter(|&i| i >= window.len() || !outcome.decisions[i].flagged).collect();
         let losses = self.averaged_losses(&joined, &kept, seed ^ 0x2ba5_5eed, &mut on_epoch)?;
-        Ok(score_and_decide(&self.config, losses, joined.labels, window.len()))
+        let representation = self.representation_scores(&joined, window.len())?;
+        Ok(score_and_decide(&self.config, losses, joined.labels, window.len(), rate, representation))
+    }
+
+    /// The spectral score of every row of `joined` in the hidden layer of the shadow just
+    /// trained, when `scorer.representation` is on.
+    fn representation_scores(&self, joined: &LabelledSamples, sample_count: usize) -> Result<Option<Vec<f32>>> {
+        if !(self.config.scorer.representation && self.config.scorer.per_label) {
+            return Ok(None);
+        }
+        let parameters = self.model.parameters()?;
+        let hidden = representation::last_hidden_layer(
+            joined.features.view(),
+            &parameters,
+            &self.config.shadow.hidden,
+        );
+        Ok(Some(representation::spectral_scores(hidden.view(), &joined.labels, sample_count)))
     }
 
     /// The loss matrix of `shadow.runs` independently seeded shadows trained on `train_rows`,
@@ -244,18 +331,40 @@ impl Engine {
     }
 }
 
+/// One line per calibration: what was tried and what was chosen.
+pub(crate) fn log_calibration(calibration: &Calibration) {
+    let tried: Vec<String> = calibration
+        .trials
+        .iter()
+        .map(|t: &Trial| format!("{}: {:.3}", t.learning_rate, t.first_epoch_loss))
+        .collect();
+    tracing::info!(
+        learning_rate = format!("{:.5}", calibration.learning_rate),
+        trials = %tried.join(", "),
+        "shadow learning rate chosen on the first window (per rate tried: the probes' mean loss \
+         after one epoch, as a share of chance)"
+    );
+}
+
 /// Scoring and decision on a recorded `[samples + probes, epochs]` loss matrix (samples first)
-/// with the label of every row.
+/// with the label of every row; `learning_rate` is the shadow's, recorded in the outcome;
+/// `representation_scores`, one per row, are fused in when given (and `per_label` is on).
 pub fn score_and_decide(
     config: &EngineConfig,
     losses: Array2<f32>,
     labels: Vec<i64>,
     sample_count: usize,
+    learning_rate: f32,
+    representation_scores: Option<Vec<f32>>,
 ) -> WindowOutcome {
     let kept = kept_epochs(losses.view());
     let trajectories = losses.select(Axis(1), &kept).as_standard_layout().into_owned();
     let (sample_scores, probe_scores) = if config.scorer.per_label {
-        score_per_label(config, trajectories.view(), &labels, sample_count)
+        let (samples, probes) = score_per_label(config, trajectories.view(), &labels, sample_count);
+        match &representation_scores {
+            Some(second) => fuse(&samples, &probes, second, &labels),
+            None => (samples, probes),
+        }
     } else {
         let samples = trajectories.slice(s![..sample_count, ..]);
         let probes = trajectories.slice(s![sample_count.., ..]);
@@ -265,7 +374,88 @@ pub fn score_and_decide(
     let decision = &config.decision;
     let threshold = decision.threshold(&probe_scores, &sample_scores);
     let decisions = sample_scores.iter().map(|&s| decision.decide(s, &threshold)).collect();
-    WindowOutcome { losses, labels, sample_scores, threshold, decisions }
+    WindowOutcome { losses, labels, sample_scores, threshold, decisions, learning_rate, representation_scores }
+}
+
+/// The trajectory scores (samples', probes' leave-one-out) and the representation scores
+/// (every row, samples first), fused. Each view is standardised against the probes of the
+/// row's label (median and MAD; all probes for a label with fewer than two), then turned into
+/// its tail share among all probes (leave-one-out for a probe), and the smaller share decides:
+/// a sample is as suspect as its most unusual view, and two views whose scores have tails of
+/// different shapes weigh alike (the larger of two z-scores let the heavier-tailed trajectory
+/// view decide alone). The fused score is -ln(share); the probes' fused scores go to the same
+/// conformal calibration, so the false-reject budget covers both views together.
+fn fuse(samples: &[f32], probes: &[f32], representation: &[f32], labels: &[i64]) -> (Vec<f32>, Vec<f32>) {
+    let sample_count = samples.len();
+    let trajectory: Vec<f32> = samples.iter().chain(probes).copied().collect();
+    let shares = |view: &[f32]| tail_shares(&standardised_per_label(view, labels, sample_count), sample_count);
+    let fused: Vec<f32> = shares(&trajectory)
+        .iter()
+        .zip(shares(representation))
+        .map(|(a, b)| -(a.min(b).ln()) as f32)
+        .collect();
+    (fused[..sample_count].to_vec(), fused[sample_count..].to_vec())
+}
+
+/// Every row's score as (score - centre) / spread of the probes of its label (rows
+/// `sample_count..` are the probes).
+fn standardised_per_label(scores: &[f32], labels: &[i64], sample_count: usize) -> Vec<f32> {
+    let probe_labels = &labels[sample_count..];
+    let mut out = vec![0.0; scores.len()];
+    let mut distinct: Vec<i64> = labels.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let everyone = &scores[sample_count..];
+    for label in distinct {
+        let own: Vec<f32> = (0..probe_labels.len())
+            .filter(|&i| probe_labels[i] == label)
+            .map(|i| scores[sample_count + i])
+            .collect();
+        let (centre, spread) = robust_centre_and_spread(if own.len() >= 2 { &own } else { everyone });
+        for (i, _) in labels.iter().enumerate().filter(|(_, &l)| l == label) {
+            out[i] = (scores[i] - centre) / spread;
+        }
+    }
+    out
+}
+
+/// The share of probes scoring at least as high as each row: (above + 1) / (n + 1) for a
+/// sample, above / n for a probe (itself among them), as conformal p-values are.
+fn tail_shares(scores: &[f32], sample_count: usize) -> Vec<f64> {
+    let mut reference: Vec<f32> = scores[sample_count..].to_vec();
+    reference.sort_by(f32::total_cmp);
+    let n = reference.len();
+    scores
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let above = n - reference.partition_point(|&r| r < x);
+            match i < sample_count {
+                true => (above + 1) as f64 / (n + 1) as f64,
+                false => above as f64 / n as f64,
+            }
+        })
+        .collect()
+}
+
+/// Median and MAD (scaled to a normal's standard deviation), the MAD floored so that a label
+/// whose probes score alike does not divide by zero.
+fn robust_centre_and_spread(values: &[f32]) -> (f32, f32) {
+    let median = |v: &mut Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            0.0
+        } else if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let centre = median(&mut values.to_vec());
+    let mut deviations: Vec<f32> = values.iter().map(|v| (v - centre).abs()).collect();
+    let mad = 1.4826 * median(&mut deviations);
+    (centre, mad.max(1e-3 * centre.abs()).max(1e-6))
 }
 
 /// Each sample against the probes of its own label only (k capped at that label's probe count
@@ -321,6 +511,21 @@ fn score_per_label(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_unusual_in_either_view_is_fused_above_the_probes() {
+        // Rows: samples 0 (ordinary), 1 (odd trajectory), 2 (odd representation), then 20
+        // probes, all of one label.
+        let probes: Vec<f32> = (0..20).map(|i| i as f32 / 20.0).collect();
+        let trajectory = [0.5, 10.0, 0.5];
+        let mut representation = vec![0.5, 0.5, 10.0];
+        representation.extend(&probes);
+        let labels = vec![0i64; 23];
+        let (samples, probe_scores) = fuse(&trajectory, &probes, &representation, &labels);
+        let highest_probe = probe_scores.iter().copied().fold(f32::MIN, f32::max);
+        assert!(samples[1] > highest_probe && samples[2] > highest_probe, "{samples:?} {probe_scores:?}");
+        assert!(samples[0] < highest_probe, "{samples:?}");
+    }
 
     #[test]
     fn per_label_scoring_compares_within_a_label_and_falls_back_for_a_lone_probe() {

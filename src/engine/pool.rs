@@ -2,17 +2,22 @@
 //! once. A window's seed comes from its sequence number, not from the worker that takes it,
 //! so the decisions are the same whatever the number of workers.
 //!
+//! Under `shadow.learning_rate = "auto"` the first window large enough to calibrate on is
+//! calibrated by the worker that takes it; every window submitted after it waits for that
+//! choice, so the rate, like the seeds, does not depend on which worker runs a window.
+//!
 //! The pool orders nothing: whoever submits keeps the windows in input order (the daemon
 //! commits them in order; the bench only counts them).
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{anyhow, Result};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use super::{Engine, WindowOutcome};
+use super::calibration::Calibration;
+use super::{log_calibration, Engine, WindowOutcome};
 use crate::data::LabelledSamples;
 use crate::decision::DecisionConfig;
 use crate::engine::EngineConfig;
@@ -60,7 +65,70 @@ struct Job {
     samples: LabelledSamples,
     sequence: u64,
     decision: DecisionConfig,
+    learning_rate: RateSource,
     reply: oneshot::Sender<Result<WindowOutcome>>,
+}
+
+/// Where a job's worker gets the learning rate from, decided at submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RateSource {
+    /// As the engine has it (a fixed rate, or `auto` before any window could calibrate).
+    Engine,
+    /// This window is the one to calibrate on.
+    Calibrate,
+    /// A window submitted before this one is calibrating: wait for its choice.
+    Await,
+}
+
+/// The pool's one calibration, shared by its workers.
+#[derive(Default)]
+struct SharedRate {
+    state: Mutex<RateState>,
+    chosen: Condvar,
+}
+
+#[derive(Default)]
+enum RateState {
+    /// No window has been picked for calibration yet.
+    #[default]
+    Unclaimed,
+    Pending,
+    Chosen(Calibration),
+    /// The calibrating window failed: each waiting worker calibrates on its own window.
+    Failed,
+}
+
+impl SharedRate {
+    /// The source for the next submitted window.
+    fn source_for(&self, engine_calibrates: bool, samples: &LabelledSamples) -> RateSource {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match *state {
+            RateState::Unclaimed if engine_calibrates && Engine::can_calibrate_on(samples) => {
+                *state = RateState::Pending;
+                RateSource::Calibrate
+            }
+            RateState::Pending | RateState::Chosen(_) => RateSource::Await,
+            RateState::Unclaimed | RateState::Failed => RateSource::Engine,
+        }
+    }
+
+    fn publish(&self, calibration: Option<Calibration>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *state = calibration.map_or(RateState::Failed, RateState::Chosen);
+        self.chosen.notify_all();
+    }
+
+    /// Blocks until the calibrating window has chosen; `None` if it failed.
+    fn wait(&self) -> Option<Calibration> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match &*state {
+                RateState::Chosen(calibration) => return Some(calibration.clone()),
+                RateState::Failed | RateState::Unclaimed => return None,
+                RateState::Pending => state = self.chosen.wait(state).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
 }
 
 /// A window submitted to the pool; await it (async) or [`Pending::wait`] for it (blocking).
@@ -71,6 +139,9 @@ pub type Pending = oneshot::Receiver<Result<WindowOutcome>>;
 pub struct EnginePool {
     jobs: mpsc::Sender<Job>,
     workers: usize,
+    /// Whether the engines start without a learning rate (`auto`).
+    calibrates: bool,
+    rate: Arc<SharedRate>,
 }
 
 impl EnginePool {
@@ -93,14 +164,17 @@ impl EnginePool {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         let workers = engines.len();
+        let calibrates = engines.iter().any(Engine::needs_calibration);
+        let rate = Arc::new(SharedRate::default());
         for (i, engine) in engines.into_iter().enumerate() {
             let queue = queue.clone();
+            let rate = rate.clone();
             std::thread::Builder::new()
                 .name(format!("lossgate-engine-{i}"))
-                .spawn(move || serve(engine, &queue))
+                .spawn(move || serve(engine, &queue, &rate))
                 .expect("spawning an engine thread");
         }
-        Self { jobs, workers }
+        Self { jobs, workers, calibrates, rate }
     }
 
     pub fn workers(&self) -> usize {
@@ -110,9 +184,10 @@ impl EnginePool {
     /// Queues window number `sequence` under `decision`; the first free worker takes it.
     pub fn submit(&self, samples: LabelledSamples, sequence: u64, decision: DecisionConfig) -> Pending {
         let (reply, answer) = oneshot::channel();
+        let learning_rate = self.rate.source_for(self.calibrates, &samples);
         // A send fails only once every worker thread has ended; the dropped reply then tells
         // the submitter.
-        let _ = self.jobs.send(Job { samples, sequence, decision, reply });
+        let _ = self.jobs.send(Job { samples, sequence, decision, learning_rate, reply });
         answer
     }
 }
@@ -127,16 +202,39 @@ pub fn wait(pending: Pending) -> Result<WindowOutcome> {
     pending.blocking_recv().map_err(|_| stopped_mid_window())?
 }
 
-fn serve(mut engine: Engine, queue: &Mutex<mpsc::Receiver<Job>>) {
+fn serve(mut engine: Engine, queue: &Mutex<mpsc::Receiver<Job>>, rate: &SharedRate) {
     loop {
         // The lock is held only while waiting for the next job, never while training.
         let job = match queue.lock().unwrap_or_else(|e| e.into_inner()).recv() {
             Ok(job) => job,
             Err(_) => return,
         };
-        let result = engine
-            .set_decision(job.decision)
+        let result = take_learning_rate(&mut engine, job.learning_rate, &job.samples, rate)
+            .and_then(|_| engine.set_decision(job.decision))
             .and_then(|_| engine.process_numbered(&job.samples, job.sequence));
         let _ = job.reply.send(result);
+    }
+}
+
+/// Calibrates on this job's window, or waits for the window that does, as the job says.
+fn take_learning_rate(
+    engine: &mut Engine,
+    source: RateSource,
+    samples: &LabelledSamples,
+    rate: &SharedRate,
+) -> Result<()> {
+    match source {
+        RateSource::Engine => Ok(()),
+        RateSource::Calibrate => {
+            let calibration = engine.calibrate(samples);
+            rate.publish(calibration.as_ref().ok().cloned());
+            log_calibration(&calibration?);
+            Ok(())
+        }
+        RateSource::Await if engine.needs_calibration() => match rate.wait() {
+            Some(calibration) => engine.adopt(&calibration),
+            None => Ok(()),
+        },
+        RateSource::Await => Ok(()),
     }
 }

@@ -70,6 +70,9 @@ pub struct Attack {
     pub magnitude: Option<f32>,
     pub features: Option<Vec<usize>>,
     pub values: Option<Vec<f32>>,
+    /// For `features`: poison samples of the target class and keep their labels (`ratio` is
+    /// then the share of the target class, as for `sig`).
+    pub clean_label: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +107,11 @@ impl Attack {
         (side * side == features).then_some(side)
     }
 
+    /// Poisons keep their true label: SIG always, `features` when asked.
+    pub fn is_clean_label(&self) -> bool {
+        self.kind == AttackKind::Sig || self.clean_label == Some(true)
+    }
+
     pub fn is_backdoor(&self) -> bool {
         self.kind != AttackKind::LabelFlip
     }
@@ -126,6 +134,7 @@ impl Attack {
             ("magnitude", self.magnitude.is_some()),
             ("features", self.features.is_some()),
             ("values", self.values.is_some()),
+            ("clean_label", self.clean_label.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -137,7 +146,7 @@ impl Attack {
             Sig => (&["alpha"], &["frequency", "test_alpha"]),
             Frequency => (&["coefficients", "magnitude"], &[]),
             LabelFlip => (&[], &[]),
-            Features => (&["features", "values"], &[]),
+            Features => (&["features", "values"], &["clean_label"]),
         };
         for field in required {
             if !given.contains(field) {
@@ -272,9 +281,9 @@ impl Attack {
 
     /// How many samples of `data` this attack poisons.
     fn count(&self, data: &LabelledSamples) -> usize {
-        let base = match self.kind {
-            AttackKind::Sig => data.labels.iter().filter(|&&l| Some(l) == self.target).count(),
-            _ => data.len(),
+        let base = match self.is_clean_label() {
+            true => data.labels.iter().filter(|&&l| Some(l) == self.target).count(),
+            false => data.len(),
         };
         (self.ratio * base as f64).round() as usize
     }
@@ -290,7 +299,7 @@ impl Attack {
         seed: u64,
     ) -> Vec<usize> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let clean_label = self.kind == AttackKind::Sig;
+        let clean_label = self.is_clean_label();
         let mut candidates: Vec<usize> = (0..data.len())
             .filter(|&i| !taken[i] && (clean_label == (Some(data.labels[i]) == self.target)))
             .collect();

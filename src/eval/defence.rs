@@ -14,7 +14,7 @@ use crate::decision::Policy;
 use crate::engine::trajectory::{record_loss_matrix, TrainingPlan};
 use crate::engine::EngineConfig;
 use crate::engine::{score_and_decide, Engine, WindowOutcome};
-use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
+use crate::shadow::{LearningRate, MlpShape, Runtime, Sgd, ShadowModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -87,6 +87,8 @@ impl StreamRun {
                     w.outcome.losses.clone(),
                     w.outcome.labels.clone(),
                     w.outcome.sample_count(),
+                    w.outcome.learning_rate,
+                    w.outcome.representation_scores.clone(),
                 ),
             })
             .collect();
@@ -115,20 +117,26 @@ pub fn run_engine(
 }
 
 /// The paper's offline setting: one window holding the whole stream, reject a fixed fraction,
-/// with lossgate's shadow (shape, epochs, learning rate) but none of its additions.
+/// with lossgate's shadow (shape, epochs, and the learning rate lossgate used on the same
+/// stream, `learning_rate`) but none of its additions.
 pub fn run_offline(
     runtime: &Runtime,
     config: &EngineConfig,
     scenario: &Scenario,
     seed: u64,
+    learning_rate: Option<f32>,
     on_epoch: &(dyn Fn() + Sync),
 ) -> Result<StreamRun> {
     // The paper's method as published: one shadow, one pass, all probes for every sample.
     let mut offline = config.clone();
+    if let Some(rate) = learning_rate {
+        offline.shadow.learning_rate = LearningRate::Fixed(rate);
+    }
     offline.window.size = scenario.stream.len();
     offline.shadow.runs = 1;
     offline.shadow.second_pass = false;
     offline.scorer.per_label = false;
+    offline.scorer.representation = false;
     offline.decision.policy = Policy::RejectFraction;
     offline.decision.reject_fraction = 0.4;
     run_engine(runtime, &offline, scenario, seed, on_epoch)

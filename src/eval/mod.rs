@@ -88,6 +88,9 @@ pub struct SeedComparison {
     pub clean_only: VictimResult,
     pub defences: Vec<DefenceResult>,
     pub seconds: f64,
+    /// The learning rate lossgate's shadow used on this seed (chosen when `auto`).
+    #[serde(default)]
+    pub shadow_learning_rate: Option<f32>,
 }
 
 /// The comparison of every defence over seeds.
@@ -115,7 +118,8 @@ pub struct Settings {
     pub probes: usize,
     pub hidden: Vec<usize>,
     pub epochs: usize,
-    pub learning_rate: f32,
+    /// As configured; results written before `auto` hold a number here.
+    pub learning_rate: crate::shadow::LearningRate,
     pub k: usize,
     pub decision: String,
     pub victim: VictimConfig,
@@ -226,8 +230,9 @@ impl Harness<'_> {
         let lossgate_scores = lossgate.as_ref().map(|l| l.normalised_scores());
         let lossgate_flags = lossgate.as_ref().map(|l| l.flagged()).unwrap_or_else(|| vec![false; n]);
         let rate = lossgate_flags.iter().filter(|&&f| f).count() as f64 / n.max(1) as f64;
+        let shadow_learning_rate = lossgate.as_ref().and_then(|l| l.windows.last()).map(|w| w.outcome.learning_rate);
         let offline = match wants(Defence::OfflineBadloss) {
-            true => Some(run_offline(self.runtime, &self.config, &scenario, seed, &tick)?),
+            true => Some(run_offline(self.runtime, &self.config, &scenario, seed, shadow_learning_rate, &tick)?),
             false => None,
         };
         let offline_scores = offline.as_ref().map(|o| o.normalised_scores());
@@ -289,6 +294,7 @@ impl Harness<'_> {
             clean_only,
             defences,
             seconds: started.elapsed().as_secs_f64(),
+            shadow_learning_rate,
         };
         Ok((result, plots))
     }

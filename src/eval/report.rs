@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::attack::{Attack, AttackKind};
+use super::attack::Attack;
 use super::defence::Defence;
 use super::sweep::{Sweep, SweepParam};
 use super::victim::VictimResult;
@@ -57,12 +57,12 @@ fn cell(s: Option<Summary>, f: fn(&Summary) -> String) -> String {
     s.map(|s| f(&s)).unwrap_or_else(|| "–".into())
 }
 
-/// Mean success of the dirty-label backdoors only (every backdoor but the clean-label SIG).
+/// Mean success of the dirty-label backdoors only (every backdoor but the clean-label ones).
 fn dirty_label_success(attacks: &[Attack], victim: &VictimResult) -> f64 {
     let rates: Vec<f64> = attacks
         .iter()
         .zip(&victim.attack_success)
-        .filter(|(a, _)| a.kind != AttackKind::Sig)
+        .filter(|(a, _)| !a.is_clean_label())
         .filter_map(|(_, s)| *s)
         .collect();
     rates.iter().sum::<f64>() / rates.len().max(1) as f64
@@ -80,7 +80,7 @@ fn targets(c: &Comparison, out: &mut String) {
     let frr = over_seeds(&c.seeds, |s| defence(s, Defence::Lossgate).map(|d| d.detection.clean_false_reject));
     let rows = [
         ("mean attack success after lossgate", "≤ 5 %", asr, 0.05),
-        ("(the same, dirty-label backdoors only: all but SIG)", "≤ 5 %", dirty, 0.05),
+        ("(the same, dirty-label backdoors only: all but the clean-label ones)", "≤ 5 %", dirty, 0.05),
         ("clean accuracy below the clean-data-only model", "≤ 1.5 points", gap, 0.015),
         ("clean false-reject rate", "≤ 10 %", frr, 0.10),
     ];
@@ -107,6 +107,18 @@ fn shown(width: usize) -> String {
     }
 }
 
+/// The configured rate, and under `auto` the one chosen on each seed.
+fn learning_rate_shown(c: &Comparison) -> String {
+    let chosen: Vec<String> =
+        c.seeds.iter().filter_map(|s| s.shadow_learning_rate).map(|rate| rate.to_string()).collect();
+    match c.settings.learning_rate {
+        crate::shadow::LearningRate::Auto if !chosen.is_empty() => {
+            format!("auto (chosen on the first window: {} per seed)", chosen.join(", "))
+        }
+        rate => rate.to_string(),
+    }
+}
+
 fn comparison_section(c: &Comparison, out: &mut String) {
     let s = &c.settings;
     let _ = writeln!(
@@ -125,7 +137,7 @@ fn comparison_section(c: &Comparison, out: &mut String) {
         s.hidden,
         shown(s.classes),
         s.epochs,
-        s.learning_rate,
+        learning_rate_shown(c),
         if s.standardize { ", inputs standardised by the probes" } else { "" },
         s.k,
         s.decision,

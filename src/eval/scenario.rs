@@ -94,8 +94,8 @@ impl Scenario {
                 // The backdoors share the contamination equally (SIG: its share of the target
                 // class); label noise is not a poison an attacker plants in trusted data.
                 let ratio = match a.kind {
-                    AttackKind::Sig => probe_contamination,
                     AttackKind::LabelFlip => return None,
+                    _ if a.is_clean_label() => probe_contamination,
                     _ => probe_contamination / backdoors,
                 };
                 Some(Attack { ratio, ..a.clone() })

@@ -12,6 +12,7 @@ use super::victim::VictimResult;
 use super::{parallel, progress_bar, Harness, Summary};
 use crate::decision::Policy;
 use crate::engine::EngineConfig;
+use crate::shadow::LearningRate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -124,7 +125,7 @@ impl SweepParam {
                 config.decision.reject_fraction = value;
             }
             SweepParam::ProbeContamination => {}
-            SweepParam::LearningRate => config.shadow.learning_rate = value as f32,
+            SweepParam::LearningRate => config.shadow.learning_rate = LearningRate::Fixed(value as f32),
             SweepParam::PerLabel => config.scorer.per_label = value != 0.0,
             SweepParam::ShadowRuns => config.shadow.runs = value as usize,
             SweepParam::SecondPass => config.shadow.second_pass = value != 0.0,

@@ -2,10 +2,60 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::{ExecutionProvider, RuntimeOptions};
 use crate::validation::{ensure, ConfigError};
+
+/// The shadow's learning rate: how fast it learns decides whether poisons stand out, and the
+/// right speed depends on the data, so by default the engine measures it (`engine::calibration`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "LearningRateField")]
+pub enum LearningRate {
+    /// Chosen on the stream's first window: the candidate whose shadow best tells synthetic
+    /// canary poisons from the window.
+    Auto,
+    Fixed(f32),
+}
+
+/// `learning_rate` as written: a number or the word "auto".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LearningRateField {
+    Number(f32),
+    Word(String),
+}
+
+impl TryFrom<LearningRateField> for LearningRate {
+    type Error = String;
+
+    fn try_from(field: LearningRateField) -> Result<Self, String> {
+        match field {
+            LearningRateField::Number(rate) => Ok(Self::Fixed(rate)),
+            LearningRateField::Word(word) if word == "auto" => Ok(Self::Auto),
+            LearningRateField::Word(word) => Err(format!("\"{word}\": expected a number or \"auto\"")),
+        }
+    }
+}
+
+/// Written back as it is read: a number or "auto" (the evaluation's JSON results).
+impl Serialize for LearningRate {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => serializer.serialize_str("auto"),
+            Self::Fixed(rate) => serializer.serialize_f32(*rate),
+        }
+    }
+}
+
+impl std::fmt::Display for LearningRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(rate) => write!(f, "{rate}"),
+        }
+    }
+}
 
 /// The shadow model and how it is trained on each window.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -16,7 +66,8 @@ pub struct ShadowConfig {
     /// Epochs per window: the length of every loss trajectory.
     pub epochs: usize,
     pub batch_size: usize,
-    pub learning_rate: f32,
+    /// SGD learning rate: a number, or chosen by the engine on the first window (`auto`).
+    pub learning_rate: LearningRate,
     pub momentum: f32,
     pub weight_decay: f32,
     /// Seed of weight init and shuffling; each window derives its own from it.
@@ -42,7 +93,7 @@ impl Default for ShadowConfig {
             hidden: vec![256],
             epochs: 10,
             batch_size: 128,
-            learning_rate: 0.01,
+            learning_rate: LearningRate::Auto,
             momentum: 0.9,
             weight_decay: 0.0,
             seed: 1,
@@ -77,11 +128,13 @@ impl ShadowConfig {
             "must be at least 1: a trajectory needs one loss per epoch",
         )?;
         ensure(self.batch_size > 0, "shadow.batch_size", "must be at least 1")?;
-        ensure(
-            self.learning_rate.is_finite() && self.learning_rate > 0.0,
-            "shadow.learning_rate",
-            format!("{} must be a positive number", self.learning_rate),
-        )?;
+        if let LearningRate::Fixed(rate) = self.learning_rate {
+            ensure(
+                rate.is_finite() && rate > 0.0,
+                "shadow.learning_rate",
+                format!("{rate} must be a positive number, or \"auto\""),
+            )?;
+        }
         ensure(
             (0.0..1.0).contains(&self.momentum),
             "shadow.momentum",

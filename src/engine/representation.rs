@@ -1,0 +1,174 @@
+//! The second score: how a sample is represented, not how its loss moves.
+//!
+//! A clean-label poison keeps its true label and is easy to learn, so its loss trajectory is
+//! an ordinary one; but the shadow learns the trigger as a feature of that class, so within the
+//! class the poisons share a direction in the hidden layer that clean samples do not (spectral
+//! signatures, Tran et al. 2018). Per label: the top principal direction of the window's
+//! hidden activations, and each row's distance from the class mean along it. The probes get
+//! the same score; they are the clean reference the scores are standardised against.
+
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+
+/// Power-iteration steps: the top direction of a few hundred rows converges well within it.
+const POWER_STEPS: usize = 30;
+
+/// Fewer window samples of a label than this give no meaningful direction: score 0.
+const MIN_ROWS: usize = 20;
+
+/// The last hidden layer's activations of every row of `features`, from the shadow's weights
+/// (`W0, b0, W1, b1, ...` as [`crate::shadow::ShadowModel::parameters`] returns them). With no
+/// hidden layer, the features themselves.
+pub(crate) fn last_hidden_layer(features: ArrayView2<f32>, parameters: &[Vec<f32>], widths: &[usize]) -> Array2<f32> {
+    let mut activations = features.to_owned();
+    for (layer, &width) in widths.iter().enumerate() {
+        let fan_in = activations.ncols();
+        let weights = ArrayView2::from_shape((fan_in, width), &parameters[2 * layer]).expect("W shape");
+        let bias = ndarray::ArrayView1::from(&parameters[2 * layer + 1]);
+        let mut next = activations.dot(&weights);
+        next += &bias;
+        next.mapv_inplace(|v| v.max(0.0));
+        activations = next;
+    }
+    activations
+}
+
+/// Each row's |projection| on the top principal direction of its label's window samples
+/// (rows `..sample_count`), centred on their mean, after whitening by the window's pooled
+/// within-class covariance (as SPECTRE does): a direction every class varies along is not
+/// what a poison adds, so whitening leaves the direction in which one class varies more than
+/// the others. Labels with fewer than [`MIN_ROWS`] window samples score 0.
+pub(crate) fn spectral_scores(hidden: ArrayView2<f32>, labels: &[i64], sample_count: usize) -> Vec<f32> {
+    let mut distinct = labels[..sample_count].to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let members: Vec<(i64, Vec<usize>)> = distinct
+        .into_iter()
+        .map(|label| (label, (0..sample_count).filter(|&i| labels[i] == label).collect::<Vec<_>>()))
+        .filter(|(_, rows)| rows.len() >= MIN_ROWS)
+        .collect();
+    let mut centred = Array2::<f64>::zeros((labels.len(), hidden.ncols()));
+    let mut scored = vec![false; labels.len()];
+    for (label, rows) in &members {
+        let mean = hidden.select(Axis(0), rows).mapv(f64::from).mean_axis(Axis(0)).expect("rows");
+        for (i, _) in labels.iter().enumerate().filter(|(_, l)| *l == label) {
+            centred.row_mut(i).assign(&(&hidden.row(i).mapv(f64::from) - &mean));
+            scored[i] = true;
+        }
+    }
+    let window_rows: Vec<usize> = members.iter().flat_map(|(_, rows)| rows.iter().copied()).collect();
+    if window_rows.is_empty() {
+        return vec![0.0; labels.len()];
+    }
+    let within = centred.select(Axis(0), &window_rows);
+    let covariance = within.t().dot(&within) / window_rows.len() as f64;
+    let whitened = whiten(&centred, covariance);
+    // Cross-fitted: a direction fitted on a row scores that row higher than it would a clean
+    // row it never saw (the probes), so each half of a class is scored by the direction of
+    // the other half, and the probes alternate between the two.
+    let mut scores = vec![0.0; labels.len()];
+    for (label, rows) in &members {
+        let halves: [Vec<usize>; 2] = [0, 1].map(|half| rows.iter().copied().skip(half).step_by(2).collect());
+        let directions = halves.clone().map(|half| top_direction(whitened.select(Axis(0), &half).view()));
+        let in_first_half: std::collections::HashSet<usize> = halves[0].iter().copied().collect();
+        let mut probe_turn = 0;
+        for (i, _) in labels.iter().enumerate().filter(|(_, l)| *l == label) {
+            let other = if i < sample_count {
+                usize::from(in_first_half.contains(&i))
+            } else {
+                probe_turn ^= 1;
+                probe_turn
+            };
+            scores[i] = whitened.row(i).dot(&directions[other]).abs() as f32;
+        }
+    }
+    scores
+}
+
+/// `rows` times the inverse Cholesky factor of `covariance` (ridged by a thousandth of its
+/// mean variance, for units that never fire): rows with identity covariance.
+fn whiten(rows: &Array2<f64>, mut covariance: Array2<f64>) -> Array2<f64> {
+    let width = covariance.nrows();
+    let ridge = 1e-3 * covariance.diag().sum() / width.max(1) as f64 + 1e-9;
+    covariance.diag_mut().mapv_inplace(|v| v + ridge);
+    let lower = cholesky(&covariance);
+    // Solve L z = x for every row (forward substitution).
+    let mut out = rows.clone();
+    for mut row in out.rows_mut() {
+        for j in 0..width {
+            let mut v = row[j];
+            for k in 0..j {
+                v -= lower[[j, k]] * row[k];
+            }
+            row[j] = v / lower[[j, j]];
+        }
+    }
+    out
+}
+
+/// The lower Cholesky factor of a symmetric positive definite matrix.
+fn cholesky(a: &Array2<f64>) -> Array2<f64> {
+    let n = a.nrows();
+    let mut l = Array2::<f64>::zeros((n, n));
+    for j in 0..n {
+        let mut diagonal = a[[j, j]];
+        for k in 0..j {
+            diagonal -= l[[j, k]] * l[[j, k]];
+        }
+        let pivot = diagonal.max(1e-12).sqrt();
+        l[[j, j]] = pivot;
+        for i in j + 1..n {
+            let mut v = a[[i, j]];
+            for k in 0..j {
+                v -= l[[i, k]] * l[[j, k]];
+            }
+            l[[i, j]] = v / pivot;
+        }
+    }
+    l
+}
+
+/// The top right singular vector of `centred`, by power iteration from a fixed start.
+fn top_direction(centred: ArrayView2<f64>) -> Array1<f64> {
+    let width = centred.ncols();
+    // A fixed, non-degenerate start keeps the result deterministic.
+    let mut v = Array1::from_shape_fn(width, |j| 1.0 + (j % 7) as f64 / 7.0);
+    for _ in 0..POWER_STEPS {
+        let next = centred.t().dot(&centred.dot(&v));
+        let norm = next.dot(&next).sqrt();
+        if norm <= f64::EPSILON {
+            return Array1::zeros(width);
+        }
+        v = next / norm;
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_that_share_an_extra_direction_score_highest() {
+        // Label 0: 90 rows spread along axis 0 by +-1, and 10 pushed 5 along axis 1.
+        let rows = 100;
+        let hidden = Array2::from_shape_fn((rows + 2, 3), |(i, j)| match (i, j) {
+            (i, 0) if i < rows => ((i % 3) as f32 - 1.0) * 0.5,
+            (i, 1) if (90..rows).contains(&i) => 5.0,
+            _ => 0.0,
+        });
+        let labels = vec![0i64; rows + 2];
+        let scores = spectral_scores(hidden.view(), &labels, rows);
+        let clean_max = scores[..90].iter().copied().fold(0.0, f32::max);
+        let poison_min = scores[90..rows].iter().copied().fold(f32::INFINITY, f32::min);
+        assert!(poison_min > 2.0 * clean_max, "{clean_max} vs {poison_min}");
+    }
+
+    #[test]
+    fn the_hidden_layer_is_the_relu_of_the_first_dense_layer() {
+        let x = Array2::from_shape_vec((1, 2), vec![1.0, 2.0]).unwrap();
+        // W0 = [[1, -1], [1, -1]], b0 = [0.5, 0]: [3.5, -3] -> relu -> [3.5, 0].
+        let parameters = vec![vec![1.0, -1.0, 1.0, -1.0], vec![0.5, 0.0], vec![1.0, 1.0], vec![0.0]];
+        let hidden = last_hidden_layer(x.view(), &parameters, &[2]);
+        assert_eq!(hidden.row(0).to_vec(), vec![3.5, 0.0]);
+    }
+}
