@@ -115,6 +115,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shadow::LearningRate;
 
     fn parse(text: &str) -> anyhow::Result<Config> {
         Config::from_toml(text, Path::new("."))
@@ -126,6 +127,17 @@ mod tests {
             Some(e) => e.field.clone(),
             None => panic!("expected a ConfigError, got: {err}"),
         }
+    }
+
+    #[test]
+    fn a_learning_rate_is_a_number_or_auto() {
+        let err = format!("{:#}", parse("[shadow]\nlearning_rate = \"fast\"\n").unwrap_err());
+        assert!(err.contains("learning_rate") && err.contains("\"auto\""), "{err}");
+        assert_eq!(
+            parse("[shadow]\nlearning_rate = 0.05\n").unwrap().shadow.learning_rate,
+            LearningRate::Fixed(0.05)
+        );
+        assert_eq!(parse("").unwrap().shadow.learning_rate, LearningRate::Auto);
     }
 
     #[test]
@@ -168,7 +180,6 @@ mod tests {
             ("[shadow]\nhidden = [256, 0]\n", "shadow.hidden[1]"),
             ("[shadow]\nhidden = [8, 8, 8]\n", "shadow.hidden"),
             ("[shadow]\nlearning_rate = -0.1\n", "shadow.learning_rate"),
-            ("[shadow]\nlearning_rate = \"fast\"\n", "shadow.learning_rate"),
             ("[shadow]\nmomentum = 1.0\n", "shadow.momentum"),
             ("[shadow]\nbatch_size = 0\n", "shadow.batch_size"),
             ("[window]\nsize = 0\n", "window.size"),

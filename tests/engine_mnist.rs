@@ -108,3 +108,30 @@ fn the_number_of_workers_does_not_change_a_decision() {
         one.iter().map(|(actions, _, _)| actions.iter().filter(|&&a| a == Action::Quarantine).count()).sum();
     assert!(quarantined > 0, "the windows quarantine something, so the comparison means something");
 }
+
+/// `learning_rate = "auto"`: the rate chosen on a real window is the one at which the probes'
+/// loss after one epoch sits where the calibration aims (two thirds of chance), between the
+/// candidates tried around it; a fixed rate is used as written.
+#[test]
+fn the_learning_rate_is_chosen_from_the_first_window_or_taken_as_configured() {
+    let runtime = common::runtime();
+    let (window, probes) = window_and_probes();
+    let mut engine = Engine::new(&runtime, small_config(), probes.clone()).unwrap();
+    assert!(engine.needs_calibration());
+    let calibration = engine.calibrate(&window).unwrap();
+    assert!(!engine.needs_calibration());
+    let trials = &calibration.trials;
+    let (last, before) = (trials[trials.len() - 1], trials[trials.len() - 2]);
+    assert!(last.first_epoch_loss <= 2.0 / 3.0 && before.first_epoch_loss > 2.0 / 3.0, "{calibration:?}");
+    assert!(
+        (before.learning_rate..=last.learning_rate).contains(&calibration.learning_rate),
+        "{calibration:?}"
+    );
+    assert_eq!(engine.process(&window).unwrap().learning_rate, calibration.learning_rate);
+
+    let mut config = small_config();
+    config.shadow.learning_rate = lossgate::shadow::LearningRate::Fixed(0.05);
+    let mut fixed = Engine::new(&runtime, config, probes).unwrap();
+    assert!(!fixed.needs_calibration());
+    assert_eq!(fixed.process(&window).unwrap().learning_rate, 0.05);
+}

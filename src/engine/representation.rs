@@ -3,9 +3,13 @@
 //! A clean-label poison keeps its true label and is easy to learn, so its loss trajectory is
 //! an ordinary one; but the shadow learns the trigger as a feature of that class, so within the
 //! class the poisons share a direction in the hidden layer that clean samples do not (spectral
-//! signatures, Tran et al. 2018). Per label: the top principal direction of the window's
-//! hidden activations, and each row's distance from the class mean along it. The probes get
-//! the same score; they are the clean reference the scores are standardised against.
+//! signatures, Tran et al. 2018). The window's hidden activations are whitened by their pooled
+//! within-class covariance (as SPECTRE does), then per label: the top principal direction, and
+//! each row's distance from the class mean along it, cross-fitted between two halves of the
+//! class. The probes get the same score; they are the clean reference the scores are
+//! standardised against. Measured, it finds MNIST's clean-label SIG poisons (AUC 0.85 with an
+//! in-sample direction, 0.72 cross-fitted) but not the clean-label feature triggers of the
+//! tabular sets, whose shadow never needs the trigger to fit the label; hence opt-in.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
@@ -18,7 +22,11 @@ const MIN_ROWS: usize = 20;
 /// The last hidden layer's activations of every row of `features`, from the shadow's weights
 /// (`W0, b0, W1, b1, ...` as [`crate::shadow::ShadowModel::parameters`] returns them). With no
 /// hidden layer, the features themselves.
-pub(crate) fn last_hidden_layer(features: ArrayView2<f32>, parameters: &[Vec<f32>], widths: &[usize]) -> Array2<f32> {
+pub(crate) fn last_hidden_layer(
+    features: ArrayView2<f32>,
+    parameters: &[Vec<f32>],
+    widths: &[usize],
+) -> Array2<f32> {
     let mut activations = features.to_owned();
     for (layer, &width) in widths.iter().enumerate() {
         let fan_in = activations.ncols();
@@ -47,12 +55,10 @@ pub(crate) fn spectral_scores(hidden: ArrayView2<f32>, labels: &[i64], sample_co
         .filter(|(_, rows)| rows.len() >= MIN_ROWS)
         .collect();
     let mut centred = Array2::<f64>::zeros((labels.len(), hidden.ncols()));
-    let mut scored = vec![false; labels.len()];
     for (label, rows) in &members {
         let mean = hidden.select(Axis(0), rows).mapv(f64::from).mean_axis(Axis(0)).expect("rows");
         for (i, _) in labels.iter().enumerate().filter(|(_, l)| *l == label) {
             centred.row_mut(i).assign(&(&hidden.row(i).mapv(f64::from) - &mean));
-            scored[i] = true;
         }
     }
     let window_rows: Vec<usize> = members.iter().flat_map(|(_, rows)| rows.iter().copied()).collect();
@@ -148,18 +154,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rows_that_share_an_extra_direction_score_highest() {
-        // Label 0: 90 rows spread along axis 0 by +-1, and 10 pushed 5 along axis 1.
-        let rows = 100;
-        let hidden = Array2::from_shape_fn((rows + 2, 3), |(i, j)| match (i, j) {
-            (i, 0) if i < rows => ((i % 3) as f32 - 1.0) * 0.5,
-            (i, 1) if (90..rows).contains(&i) => 5.0,
-            _ => 0.0,
-        });
-        let labels = vec![0i64; rows + 2];
+    fn rows_that_share_a_direction_their_class_alone_varies_along_score_highest() {
+        // Three labels of 100 rows, all spread along axes 0 and 2; in label 0, rows 90..100
+        // are pushed 5 along axis 1, which no other class varies along. Two probes per label.
+        let per_label = 100;
+        let rows = 3 * per_label;
+        let value = |i: usize, j: usize| -> f32 {
+            let (label, k) = (i % 3, i / 3);
+            match j {
+                0 => ((k % 3) as f32 - 1.0) * 0.5,
+                1 if label == 0 && k >= 90 && i < rows => 5.0,
+                1 => (k % 2) as f32 * 0.1,
+                _ => ((k % 5) as f32 - 2.0) * 0.2,
+            }
+        };
+        let hidden = Array2::from_shape_fn((rows + 6, 3), |(i, j)| value(i, j));
+        let labels: Vec<i64> = (0..rows + 6).map(|i| (i % 3) as i64).collect();
         let scores = spectral_scores(hidden.view(), &labels, rows);
-        let clean_max = scores[..90].iter().copied().fold(0.0, f32::max);
-        let poison_min = scores[90..rows].iter().copied().fold(f32::INFINITY, f32::min);
+        let label_zero: Vec<usize> = (0..rows).filter(|i| i % 3 == 0).collect();
+        let (clean, poisoned): (Vec<usize>, Vec<usize>) = label_zero.iter().partition(|&&i| i / 3 < 90);
+        let clean_max = clean.iter().map(|&i| scores[i]).fold(0.0, f32::max);
+        let poison_min = poisoned.iter().map(|&i| scores[i]).fold(f32::INFINITY, f32::min);
         assert!(poison_min > 2.0 * clean_max, "{clean_max} vs {poison_min}");
     }
 

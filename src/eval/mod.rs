@@ -230,9 +230,12 @@ impl Harness<'_> {
         let lossgate_scores = lossgate.as_ref().map(|l| l.normalised_scores());
         let lossgate_flags = lossgate.as_ref().map(|l| l.flagged()).unwrap_or_else(|| vec![false; n]);
         let rate = lossgate_flags.iter().filter(|&&f| f).count() as f64 / n.max(1) as f64;
-        let shadow_learning_rate = lossgate.as_ref().and_then(|l| l.windows.last()).map(|w| w.outcome.learning_rate);
+        let shadow_learning_rate =
+            lossgate.as_ref().and_then(|l| l.windows.last()).map(|w| w.outcome.learning_rate);
         let offline = match wants(Defence::OfflineBadloss) {
-            true => Some(run_offline(self.runtime, &self.config, &scenario, seed, shadow_learning_rate, &tick)?),
+            true => {
+                Some(run_offline(self.runtime, &self.config, &scenario, seed, shadow_learning_rate, &tick)?)
+            }
             false => None,
         };
         let offline_scores = offline.as_ref().map(|o| o.normalised_scores());
