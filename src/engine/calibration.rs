@@ -3,13 +3,15 @@
 //! How fast the shadow learns decides whether poisons stand out: too fast and a backdoor is
 //! learned within the first epoch, so its poisons look like easy clean samples; too slow and
 //! nothing is learned inside the window, so every trajectory looks alike. Which rate is fast
-//! enough depends on the data (features, classes, difficulty, window size): measured on
-//! MNIST, optdigits, penbased and satimage, the rates that separate poisons best all take the
-//! clean probes' mean loss a third of the way from chance (ln C) towards zero in the first
-//! epoch, whatever their absolute value (0.001 on satimage, 0.003-0.01 elsewhere;
-//! `docs/RESULTS.md`). So the engine measures that: one epoch on window + probes per candidate
-//! rate, slowest first, and the rate where the probes' loss crosses the target, interpolated
-//! on a log scale between the two candidates around it.
+//! enough depends on the data (features, classes, difficulty, window size). The engine
+//! measures it on the first window: one epoch on window + probes per candidate rate, slowest
+//! first, until the probes' mean loss falls to two thirds of chance (ln C), and the rate where
+//! it crosses, interpolated on a log scale between the two candidates around it. Swept by
+//! hand (`docs/RESULTS.md`): on satimage that lands on the best rate (0.0012; at the old fixed
+//! 0.01 its centre-pixel backdoor scored AUC 0.62, at 0.03 0.37); on optdigits, penbased and
+//! texture it lands inside the wide plateau of equally good rates (0.003-0.004); on MNIST at
+//! 0.0017, where 0.01 was slightly better (dirty-label success 1.4 % against 2.0 %).
+//! It is measured once, not again as the stream drifts.
 
 /// The rates tried, a factor of about 3 apart, slowest first.
 pub(crate) const CANDIDATES: [f32; 7] = [0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3];
