@@ -17,7 +17,7 @@ use crate::engine::Engine;
 use crate::engine::EngineConfig;
 use crate::scorer::{IndexKind, ProbeScorer, ScorerConfig};
 use crate::shadow::graphs::gemm_only_graph;
-use crate::shadow::{MlpShape, Runtime, Sgd, ShadowModel};
+use crate::shadow::{LearningRate, MlpShape, Runtime, Sgd, ShadowModel};
 
 /// The default MNIST shadow: 784-256-10.
 pub fn mnist_shape() -> MlpShape {
@@ -92,6 +92,15 @@ pub struct WholeWindow {
     window: LabelledSamples,
 }
 
+/// The config with its learning rate fixed: a step costs the same at any rate, and the
+/// one-time calibration of `auto` (a few epochs on the first window) is not a window's cost.
+fn steady_state(mut config: EngineConfig) -> EngineConfig {
+    if config.shadow.learning_rate == LearningRate::Auto {
+        config.shadow.learning_rate = LearningRate::Fixed(0.01);
+    }
+    config
+}
+
 /// The shadow a config trains: `[input]` and `shadow.hidden`.
 fn shape_of(config: &EngineConfig) -> MlpShape {
     MlpShape {
@@ -106,7 +115,7 @@ impl WholeWindow {
         let shape = shape_of(&config);
         let window = random_samples(config.window.size, &shape, 3);
         let probes = random_samples(config.probes.count, &shape, 4);
-        Ok(Self { engine: Engine::new(runtime, config, probes)?, window })
+        Ok(Self { engine: Engine::new(runtime, steady_state(config), probes)?, window })
     }
 
     pub fn run(&mut self) -> Result<()> {
@@ -130,7 +139,7 @@ impl PooledWindows {
         let probes = random_samples(config.probes.count, &shape, 4);
         let rows_per_window = config.window.size + config.probes.count;
         let decision = config.decision.clone();
-        let pool = EnginePool::start(runtime, config, probes, workers)?;
+        let pool = EnginePool::start(runtime, steady_state(config), probes, workers)?;
         Ok(Self { pool, window, rows_per_window, decision })
     }
 

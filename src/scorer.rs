@@ -40,9 +40,9 @@ pub struct ScorerConfig {
     pub per_label: bool,
     /// Add a second score from the shadow's hidden layer (`engine::representation`) for
     /// poisons whose loss trajectory is ordinary (clean-label attacks), fused with the
-    /// trajectory score under the same calibration. Off by default: on MNIST (16 384
-    /// samples, seed 1) it cuts the clean-label SIG attack from 64 % success to 7 % but lets
-    /// the frequency backdoor through (86 % caught -> 56 %); `docs/RESULTS.md`. Needs
+    /// trajectory score under the same calibration. Off by default: on MNIST (3 seeds) it
+    /// cuts the clean-label SIG attack from 81 % success to 2 % but lets the frequency
+    /// backdoor through (6 % -> 52 %); README, "The same defaults on other data". Needs
     /// `per_label`.
     pub representation: bool,
 }

@@ -110,7 +110,7 @@ fn shown(width: usize) -> String {
 /// The configured rate, and under `auto` the one chosen on each seed.
 fn learning_rate_shown(c: &Comparison) -> String {
     let chosen: Vec<String> =
-        c.seeds.iter().filter_map(|s| s.shadow_learning_rate).map(|rate| rate.to_string()).collect();
+        c.seeds.iter().filter_map(|s| s.shadow_learning_rate).map(|rate| format!("{rate:.5}")).collect();
     match c.settings.learning_rate {
         crate::shadow::LearningRate::Auto if !chosen.is_empty() => {
             format!("auto (chosen on the first window: {} per seed)", chosen.join(", "))
