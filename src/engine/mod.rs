@@ -5,10 +5,11 @@
 pub mod calibration;
 pub mod pool;
 mod representation;
+mod scoring;
 pub mod trajectory;
 
 use anyhow::{Context, Result};
-use ndarray::{s, Array2, ArrayView2, Axis};
+use ndarray::{s, Array2};
 
 use std::time::Duration;
 
@@ -18,12 +19,11 @@ use crate::data::InputConfig;
 use crate::data::{FeatureScaling, LabelledSamples};
 use crate::decision::{Decision, DecisionConfig, Threshold};
 use crate::probes::ProbesConfig;
-use crate::scorer::ProbeScorer;
 use crate::scorer::ScorerConfig;
 use crate::shadow::{LearningRate, MlpShape, Runtime, Sgd, ShadowConfig, ShadowModel};
 use crate::validation::{ensure, ConfigError};
 use calibration::{Calibration, Trial, CANDIDATES, FALLBACK_LEARNING_RATE, MIN_CALIBRATION_SAMPLES};
-use trajectory::{kept_epochs, record_loss_matrix_resident, record_loss_matrix_training_on, TrainingPlan};
+use trajectory::{record_loss_matrix_resident, record_loss_matrix_training_on, TrainingPlan};
 
 /// How samples are grouped for one shadow run.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -350,210 +350,4 @@ pub(crate) fn log_calibration(calibration: &Calibration) {
     );
 }
 
-/// Scoring and decision on a recorded `[samples + probes, epochs]` loss matrix (samples first)
-/// with the label of every row; `learning_rate` is the shadow's, recorded in the outcome;
-/// `representation_scores`, one per row, are fused in when given (and `per_label` is on).
-pub fn score_and_decide(
-    config: &EngineConfig,
-    losses: Array2<f32>,
-    labels: Vec<i64>,
-    sample_count: usize,
-    learning_rate: f32,
-    representation_scores: Option<Vec<f32>>,
-) -> WindowOutcome {
-    let kept = kept_epochs(losses.view());
-    let trajectories = losses.select(Axis(1), &kept).as_standard_layout().into_owned();
-    let (sample_scores, probe_scores) = if config.scorer.per_label {
-        let (samples, probes) = score_per_label(config, trajectories.view(), &labels, sample_count);
-        match &representation_scores {
-            Some(second) => fuse(&samples, &probes, second, &labels),
-            None => (samples, probes),
-        }
-    } else {
-        let samples = trajectories.slice(s![..sample_count, ..]);
-        let probes = trajectories.slice(s![sample_count.., ..]);
-        let scorer = ProbeScorer::build(&config.scorer, probes);
-        (scorer.score_rows(samples), scorer.leave_one_out_scores(probes))
-    };
-    let decision = &config.decision;
-    let threshold = decision.threshold(&probe_scores, &sample_scores);
-    let decisions = sample_scores.iter().map(|&s| decision.decide(s, &threshold)).collect();
-    WindowOutcome {
-        losses,
-        labels,
-        sample_scores,
-        threshold,
-        decisions,
-        learning_rate,
-        representation_scores,
-    }
-}
-
-/// The trajectory scores (samples', probes' leave-one-out) and the representation scores
-/// (every row, samples first), fused. Each view is standardised against the probes of the
-/// row's label (median and MAD; all probes for a label with fewer than two), then turned into
-/// its tail share among all probes (leave-one-out for a probe), and the smaller share decides:
-/// a sample is as suspect as its most unusual view, and two views whose scores have tails of
-/// different shapes weigh alike (the larger of two z-scores let the heavier-tailed trajectory
-/// view decide alone). The fused score is -ln(share); the probes' fused scores go to the same
-/// conformal calibration, so the false-reject budget covers both views together.
-fn fuse(samples: &[f32], probes: &[f32], representation: &[f32], labels: &[i64]) -> (Vec<f32>, Vec<f32>) {
-    let sample_count = samples.len();
-    let trajectory: Vec<f32> = samples.iter().chain(probes).copied().collect();
-    let shares =
-        |view: &[f32]| tail_shares(&standardised_per_label(view, labels, sample_count), sample_count);
-    let fused: Vec<f32> = shares(&trajectory)
-        .iter()
-        .zip(shares(representation))
-        .map(|(a, b)| -(a.min(b).ln()) as f32)
-        .collect();
-    (fused[..sample_count].to_vec(), fused[sample_count..].to_vec())
-}
-
-/// Every row's score as (score - centre) / spread of the probes of its label (rows
-/// `sample_count..` are the probes).
-fn standardised_per_label(scores: &[f32], labels: &[i64], sample_count: usize) -> Vec<f32> {
-    let probe_labels = &labels[sample_count..];
-    let mut out = vec![0.0; scores.len()];
-    let mut distinct: Vec<i64> = labels.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let everyone = &scores[sample_count..];
-    for label in distinct {
-        let own: Vec<f32> = (0..probe_labels.len())
-            .filter(|&i| probe_labels[i] == label)
-            .map(|i| scores[sample_count + i])
-            .collect();
-        let (centre, spread) = robust_centre_and_spread(if own.len() >= 2 { &own } else { everyone });
-        for (i, _) in labels.iter().enumerate().filter(|(_, &l)| l == label) {
-            out[i] = (scores[i] - centre) / spread;
-        }
-    }
-    out
-}
-
-/// The share of probes scoring at least as high as each row: (above + 1) / (n + 1) for a
-/// sample, above / n for a probe (itself among them), as conformal p-values are.
-fn tail_shares(scores: &[f32], sample_count: usize) -> Vec<f64> {
-    let mut reference: Vec<f32> = scores[sample_count..].to_vec();
-    reference.sort_by(f32::total_cmp);
-    let n = reference.len();
-    scores
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| {
-            let above = n - reference.partition_point(|&r| r < x);
-            match i < sample_count {
-                true => (above + 1) as f64 / (n + 1) as f64,
-                false => above as f64 / n as f64,
-            }
-        })
-        .collect()
-}
-
-/// Median and MAD (scaled to a normal's standard deviation), the MAD floored so that a label
-/// whose probes score alike does not divide by zero.
-fn robust_centre_and_spread(values: &[f32]) -> (f32, f32) {
-    let median = |v: &mut Vec<f32>| {
-        v.sort_by(f32::total_cmp);
-        let n = v.len();
-        if n == 0 {
-            0.0
-        } else if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
-    let centre = median(&mut values.to_vec());
-    let mut deviations: Vec<f32> = values.iter().map(|v| (v - centre).abs()).collect();
-    let mad = 1.4826 * median(&mut deviations);
-    (centre, mad.max(1e-3 * centre.abs()).max(1e-6))
-}
-
-/// Each sample against the probes of its own label only (k capped at that label's probe count
-/// less one); each probe's leave-one-out score within its label. A label with fewer than two
-/// probes falls back to all probes, for its samples and its probe alike.
-fn score_per_label(
-    config: &EngineConfig,
-    trajectories: ArrayView2<f32>,
-    labels: &[i64],
-    sample_count: usize,
-) -> (Vec<f32>, Vec<f32>) {
-    let probes = trajectories.slice(s![sample_count.., ..]);
-    let probe_labels = &labels[sample_count..];
-    let row = |i: usize| trajectories.row(i).to_slice().expect("standard layout");
-    // Built only if some label needs the fallback.
-    let mut all: Option<(ProbeScorer, Vec<f32>)> = None;
-    let mut sample_scores = vec![0.0; sample_count];
-    let mut probe_scores = vec![0.0; probe_labels.len()];
-    let mut distinct: Vec<i64> = labels.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    for label in distinct {
-        let members: Vec<usize> = (0..probe_labels.len()).filter(|&i| probe_labels[i] == label).collect();
-        let samples: Vec<usize> = (0..sample_count).filter(|&i| labels[i] == label).collect();
-        if members.len() < 2 {
-            let (scorer, loo) = all.get_or_insert_with(|| {
-                let scorer = ProbeScorer::build(&config.scorer, probes);
-                let loo = scorer.leave_one_out_scores(probes);
-                (scorer, loo)
-            });
-            for &i in &members {
-                probe_scores[i] = loo[i];
-            }
-            for &i in &samples {
-                sample_scores[i] = scorer.score(row(i));
-            }
-            continue;
-        }
-        let mut scorer_config = config.scorer.clone();
-        scorer_config.k = config.scorer.k.min(members.len() - 1);
-        let own = probes.select(Axis(0), &members);
-        let scorer = ProbeScorer::build(&scorer_config, own.view());
-        for (&i, score) in members.iter().zip(scorer.leave_one_out_scores(own.view())) {
-            probe_scores[i] = score;
-        }
-        for &i in &samples {
-            sample_scores[i] = scorer.score(row(i));
-        }
-    }
-    (sample_scores, probe_scores)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_sample_unusual_in_either_view_is_fused_above_the_probes() {
-        // Rows: samples 0 (ordinary), 1 (odd trajectory), 2 (odd representation), then 20
-        // probes, all of one label.
-        let probes: Vec<f32> = (0..20).map(|i| i as f32 / 20.0).collect();
-        let trajectory = [0.5, 10.0, 0.5];
-        let mut representation = vec![0.5, 0.5, 10.0];
-        representation.extend(&probes);
-        let labels = vec![0i64; 23];
-        let (samples, probe_scores) = fuse(&trajectory, &probes, &representation, &labels);
-        let highest_probe = probe_scores.iter().copied().fold(f32::MIN, f32::max);
-        assert!(samples[1] > highest_probe && samples[2] > highest_probe, "{samples:?} {probe_scores:?}");
-        assert!(samples[0] < highest_probe, "{samples:?}");
-    }
-
-    #[test]
-    fn per_label_scoring_compares_within_a_label_and_falls_back_for_a_lone_probe() {
-        // Label 0: trajectories near 0; label 1: near 10; label 2 has a single probe.
-        // Rows: samples (0, 1, 2) then probes (0, 0, 0, 1, 1, 1, 2).
-        let values = [0.1f32, 10.1, 5.0, 0.0, 0.2, 0.3, 10.0, 10.2, 10.3, 5.0];
-        let labels = vec![0, 1, 2, 0, 0, 0, 1, 1, 1, 2];
-        let trajectories = Array2::from_shape_fn((10, 2), |(i, _)| values[i]);
-        let mut config = EngineConfig::default();
-        config.scorer.k = 2;
-        let (samples, probes) = score_per_label(&config, trajectories.view(), &labels, 3);
-        // Each sample sits among its own label's probes.
-        assert!(samples[0] < 0.5 && samples[1] < 0.5, "{samples:?}");
-        // The lone probe of label 2 is scored against all probes, not left at zero.
-        assert!(probes[6] > 1.0, "{probes:?}");
-        assert!(samples[2] > 1.0, "{samples:?}");
-    }
-}
+pub use scoring::score_and_decide;
