@@ -56,7 +56,7 @@ impl Default for ScorerConfig {
             hnsw_ef_construction: 200,
             hnsw_ef_search: 100,
             per_label: true,
-            representation: false,
+            representation: true,
         }
     }
 }

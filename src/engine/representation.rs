@@ -96,19 +96,26 @@ fn whiten(rows: &Array2<f64>, mut covariance: Array2<f64>) -> Array2<f64> {
     let width = covariance.nrows();
     let ridge = 1e-3 * covariance.diag().sum() / width.max(1) as f64 + 1e-9;
     covariance.diag_mut().mapv_inplace(|v| v + ridge);
-    let lower = cholesky(&covariance);
-    // Solve L z = x for every row (forward substitution).
-    let mut out = rows.clone();
-    for mut row in out.rows_mut() {
-        for j in 0..width {
-            let mut v = row[j];
-            for k in 0..j {
-                v -= lower[[j, k]] * row[k];
+    let inverse = lower_triangular_inverse(&cholesky(&covariance));
+    // z = L^-1 x for every row, as one matrix product.
+    rows.dot(&inverse.t())
+}
+
+/// The inverse of a lower triangular matrix with a positive diagonal (forward substitution
+/// on the identity's columns); lower triangular too.
+fn lower_triangular_inverse(lower: &Array2<f64>) -> Array2<f64> {
+    let n = lower.nrows();
+    let mut inverse = Array2::<f64>::zeros((n, n));
+    for column in 0..n {
+        for row in column..n {
+            let mut v = if row == column { 1.0 } else { 0.0 };
+            for k in column..row {
+                v -= lower[[row, k]] * inverse[[k, column]];
             }
-            row[j] = v / lower[[j, j]];
+            inverse[[row, column]] = v / lower[[row, row]];
         }
     }
-    out
+    inverse
 }
 
 /// The lower Cholesky factor of a symmetric positive definite matrix.
@@ -176,6 +183,21 @@ mod tests {
         let clean_max = clean.iter().map(|&i| scores[i]).fold(0.0, f32::max);
         let poison_min = poisoned.iter().map(|&i| scores[i]).fold(f32::INFINITY, f32::min);
         assert!(poison_min > 2.0 * clean_max, "{clean_max} vs {poison_min}");
+    }
+
+    #[test]
+    fn whitened_rows_have_the_identity_covariance() {
+        let rows = Array2::from_shape_fn((200, 3), |(i, j)| {
+            let t = i as f64;
+            [t.sin() * 3.0, t.sin() + (t * 0.7).cos(), (t * 1.3).sin()][j]
+        });
+        let covariance = rows.t().dot(&rows) / 200.0;
+        let whitened = whiten(&rows, covariance);
+        let identity = whitened.t().dot(&whitened) / 200.0;
+        for ((i, j), v) in identity.indexed_iter() {
+            let expected = if i == j { 1.0 } else { 0.0 };
+            assert!((v - expected).abs() < 0.01, "{identity:?}");
+        }
     }
 
     #[test]
