@@ -8,8 +8,9 @@
 //! each row's distance from the class mean along it, cross-fitted between two halves of the
 //! class. The probes get the same score; they are the clean reference the scores are
 //! standardised against. Measured, it finds MNIST's clean-label SIG poisons (AUC 0.85 with an
-//! in-sample direction, 0.72 cross-fitted) but not the clean-label feature triggers of the
-//! tabular sets, whose shadow never needs the trigger to fit the label; hence opt-in.
+//! in-sample direction, 0.72 cross-fitted), and half of satimage's, but few of the clean-label
+//! feature triggers of optdigits and penbased, whose shadow never needs the trigger to fit a
+//! label it can read from the clean features.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
