@@ -62,10 +62,21 @@ fn fuse(samples: &[f32], probes: &[f32], representation: &[f32], labels: &[i64])
     let sample_count = samples.len();
     let trajectory: Vec<f32> = samples.iter().chain(probes).copied().collect();
     let second = standardised_per_label(representation, labels, sample_count);
+    // Shares are steps of 1/(probes + 1): every sample beyond all probes in a view shares the
+    // top score. Ties are broken by the larger standardised score of the two views, squashed
+    // into less than the smallest step between two shares, so that no two samples whose
+    // shares differ swap (a reject-fraction rule and the quarantine's ordering need a strict
+    // order).
+    let first = standardised_per_label(&trajectory, labels, sample_count);
+    let probes_n = (labels.len() - sample_count).max(1) as f64;
+    // A quarter of the smallest step between two shares, ln((n + 1) / n).
+    let step = (0.25 * ((probes_n + 1.0) / probes_n).ln()) as f32;
+    let tie_break = |i: usize| step * first[i].max(second[i]).atan() / std::f32::consts::FRAC_PI_2;
     let fused: Vec<f32> = tail_shares(&trajectory, sample_count)
         .iter()
         .zip(tail_shares(&second, sample_count))
-        .map(|(a, b)| -(a.min(b).ln()) as f32)
+        .enumerate()
+        .map(|(i, (a, b))| -(a.min(b).ln()) as f32 + tie_break(i))
         .collect();
     (fused[..sample_count].to_vec(), fused[sample_count..].to_vec())
 }
