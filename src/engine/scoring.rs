@@ -56,8 +56,9 @@ pub fn score_and_decide(
 /// the larger of two z-scores let the heavier-tailed trajectory view decide alone (SIG caught
 /// 2 % on MNIST), and standardising the trajectory scores by 25 probes a label as well made
 /// their calibration noisy (the frequency backdoor 10 % -> 59 % success). The fused score is
-/// -ln(share); the probes' fused scores go to the same conformal calibration, so the
-/// false-reject budget covers both views together.
+/// -ln(share), plus less than two share steps so that it is always above 0 (an absolute
+/// threshold of 0 quarantines everything); the probes' fused scores go to the same conformal
+/// calibration, so the false-reject budget covers both views together.
 fn fuse(samples: &[f32], probes: &[f32], representation: &[f32], labels: &[i64]) -> (Vec<f32>, Vec<f32>) {
     let sample_count = samples.len();
     let trajectory: Vec<f32> = samples.iter().chain(probes).copied().collect();
@@ -76,7 +77,7 @@ fn fuse(samples: &[f32], probes: &[f32], representation: &[f32], labels: &[i64])
         .iter()
         .zip(tail_shares(&second, sample_count))
         .enumerate()
-        .map(|(i, (a, b))| -(a.min(b).ln()) as f32 + tie_break(i))
+        .map(|(i, (a, b))| -(a.min(b).ln()) as f32 + step + tie_break(i))
         .collect();
     (fused[..sample_count].to_vec(), fused[sample_count..].to_vec())
 }
@@ -209,6 +210,7 @@ mod tests {
         let highest_probe = probe_scores.iter().copied().fold(f32::MIN, f32::max);
         assert!(samples[1] > highest_probe && samples[2] > highest_probe, "{samples:?} {probe_scores:?}");
         assert!(samples[0] < highest_probe, "{samples:?}");
+        assert!(samples.iter().chain(&probe_scores).all(|&s| s > 0.0), "fused scores are positive");
     }
 
     #[test]
