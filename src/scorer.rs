@@ -45,6 +45,11 @@ pub struct ScorerConfig {
     /// 15 % to 9 %, and lets the frequency backdoor through more (6 % -> 23 %); README, "The
     /// same defaults on other data". Needs `per_label`.
     pub representation: bool,
+    /// Quarantine a sample whose features lie further outside the probes' range than any probe
+    /// lies outside the others' (`engine::input_range`): a trigger value no clean sample has.
+    /// A clean sample is that far out with probability at most 1 / (probes + 1), so it costs
+    /// almost none of the false-reject budget.
+    pub input_range: bool,
 }
 
 impl Default for ScorerConfig {
@@ -57,6 +62,7 @@ impl Default for ScorerConfig {
             hnsw_ef_search: 100,
             per_label: true,
             representation: true,
+            input_range: true,
         }
     }
 }

@@ -61,11 +61,17 @@ fn hnsw_and_exact_make_the_same_decisions_on_a_real_window() {
         joined.labels.clone(),
         window.len(),
         0.01,
-        None,
+        Default::default(),
     );
     config.scorer.index = IndexKind::Hnsw;
-    let hnsw =
-        lossgate::engine::score_and_decide(&config, losses, joined.labels.clone(), window.len(), 0.01, None);
+    let hnsw = lossgate::engine::score_and_decide(
+        &config,
+        losses,
+        joined.labels.clone(),
+        window.len(),
+        0.01,
+        Default::default(),
+    );
     assert_eq!(exact.threshold.value, hnsw.threshold.value);
     let flagged = |o: &lossgate::WindowOutcome| o.decisions.iter().map(|d| d.flagged).collect::<Vec<_>>();
     assert_eq!(flagged(&exact), flagged(&hnsw));

@@ -3,6 +3,7 @@
 //! evaluation harness all drive it.
 
 pub mod calibration;
+mod input_range;
 pub mod pool;
 mod representation;
 mod scoring;
@@ -86,8 +87,24 @@ pub struct WindowOutcome {
     pub decisions: Vec<Decision>,
     /// The shadow's learning rate for this window (chosen, or from the config).
     pub learning_rate: f32,
-    /// The hidden-layer score of every row of `losses` (`scorer.representation`).
-    pub representation_scores: Option<Vec<f32>>,
+    /// The views of every row of `losses` beside its trajectory, fused into the scores.
+    pub views: OtherViews,
+}
+
+/// What the engine measured of every row of a window (samples, then probes) besides its loss
+/// trajectory; each is present when its `scorer` switch is on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OtherViews {
+    /// The hidden-layer score (`scorer.representation`, [`representation`]).
+    pub representation: Option<Vec<f32>>,
+    /// The distance outside the probes' input range (`scorer.input_range`, [`input_range`]).
+    pub range_exceedance: Option<Vec<f32>>,
+}
+
+impl OtherViews {
+    pub fn is_empty(&self) -> bool {
+        self.representation.is_none() && self.range_exceedance.is_none()
+    }
 }
 
 impl WindowOutcome {
@@ -259,9 +276,17 @@ impl Engine {
         let joined = self.scaling.applied(window).concat(&self.probes)?;
         let everything: Vec<usize> = (0..joined.len()).collect();
         let losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
-        let representation = self.representation_scores(&joined, window.len())?;
+        let range_exceedance = self
+            .config
+            .scorer
+            .input_range
+            .then(|| input_range::exceedances(joined.features.view(), window.len()));
+        let views = OtherViews {
+            representation: self.representation_scores(&joined, window.len())?,
+            range_exceedance: range_exceedance.clone(),
+        };
         let outcome =
-            score_and_decide(&self.config, losses, joined.labels.clone(), window.len(), rate, representation);
+            score_and_decide(&self.config, losses, joined.labels.clone(), window.len(), rate, views);
         if !self.config.shadow.second_pass {
             return Ok(outcome);
         }
@@ -270,8 +295,11 @@ impl Engine {
         let kept: Vec<usize> =
             everything.into_iter().filter(|&i| i >= window.len() || !outcome.decisions[i].flagged).collect();
         let losses = self.averaged_losses(&joined, &kept, seed ^ 0x2ba5_5eed, &mut on_epoch)?;
-        let representation = self.representation_scores(&joined, window.len())?;
-        Ok(score_and_decide(&self.config, losses, joined.labels, window.len(), rate, representation))
+        let views = OtherViews {
+            representation: self.representation_scores(&joined, window.len())?,
+            range_exceedance,
+        };
+        Ok(score_and_decide(&self.config, losses, joined.labels, window.len(), rate, views))
     }
 
     /// The spectral score of every row of `joined` in the hidden layer of the shadow just

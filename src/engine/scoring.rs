@@ -1,53 +1,46 @@
-//! The scoring stage: a window's recorded loss matrix (and, when on, the representation
-//! scores) to one score per sample, a threshold, and a decision per sample.
+//! The scoring stage: a window's recorded loss matrix (and, when on, the other views of its
+//! rows) to one score per sample, a threshold, and a decision per sample.
 
 use ndarray::{s, Array2, ArrayView2, Axis};
 
+use super::input_range::out_of_range;
 use super::trajectory::kept_epochs;
-use super::{EngineConfig, WindowOutcome};
+use super::{EngineConfig, OtherViews, WindowOutcome};
 use crate::scorer::ProbeScorer;
 
 /// Scoring and decision on a recorded `[samples + probes, epochs]` loss matrix (samples first)
 /// with the label of every row; `learning_rate` is the shadow's, recorded in the outcome;
-/// `representation_scores`, one per row, are fused in when given (and `per_label` is on).
+/// the `views` given (one value per row each) are fused with the trajectory scores.
 pub fn score_and_decide(
     config: &EngineConfig,
     losses: Array2<f32>,
     labels: Vec<i64>,
     sample_count: usize,
     learning_rate: f32,
-    representation_scores: Option<Vec<f32>>,
+    views: OtherViews,
 ) -> WindowOutcome {
     let kept = kept_epochs(losses.view());
     let trajectories = losses.select(Axis(1), &kept).as_standard_layout().into_owned();
-    let (sample_scores, probe_scores) = if config.scorer.per_label {
-        let (samples, probes) = score_per_label(config, trajectories.view(), &labels, sample_count);
-        match &representation_scores {
-            Some(second) => fuse(&samples, &probes, second, &labels),
-            None => (samples, probes),
-        }
+    let (samples, probes) = if config.scorer.per_label {
+        score_per_label(config, trajectories.view(), &labels, sample_count)
     } else {
         let samples = trajectories.slice(s![..sample_count, ..]);
         let probes = trajectories.slice(s![sample_count.., ..]);
         let scorer = ProbeScorer::build(&config.scorer, probes);
         (scorer.score_rows(samples), scorer.leave_one_out_scores(probes))
     };
+    let (sample_scores, probe_scores) = match views.is_empty() {
+        true => (samples, probes),
+        false => fuse(&samples, &probes, &views, &labels),
+    };
     let decision = &config.decision;
     let threshold = decision.threshold(&probe_scores, &sample_scores);
     let decisions = sample_scores.iter().map(|&s| decision.decide(s, &threshold)).collect();
-    WindowOutcome {
-        losses,
-        labels,
-        sample_scores,
-        threshold,
-        decisions,
-        learning_rate,
-        representation_scores,
-    }
+    WindowOutcome { losses, labels, sample_scores, threshold, decisions, learning_rate, views }
 }
 
-/// The trajectory scores (samples', probes' leave-one-out) and the representation scores
-/// (every row, samples first), fused: each view turned into its tail share among all probes
+/// The trajectory scores (samples', probes' leave-one-out) and the other views of every row
+/// (samples first), fused: each scored view turned into its tail share among all probes
 /// (leave-one-out for a probe), and the smaller share decides, so a sample is as suspect as
 /// its most unusual view. The trajectory scores are taken as they are (already within each
 /// label, and pooled across labels as the calibrated threshold pools them); the
@@ -55,29 +48,43 @@ pub fn score_and_decide(
 /// spreads differ from class to class. Both views are put on the same footing this way:
 /// the larger of two z-scores let the heavier-tailed trajectory view decide alone (SIG caught
 /// 2 % on MNIST), and standardising the trajectory scores by 25 probes a label as well made
-/// their calibration noisy (the frequency backdoor 10 % -> 59 % success). The fused score is
-/// -ln(share), plus less than two share steps so that it is always above 0 (an absolute
-/// threshold of 0 quarantines everything); the probes' fused scores go to the same conformal
-/// calibration, so the false-reject budget covers both views together.
-fn fuse(samples: &[f32], probes: &[f32], representation: &[f32], labels: &[i64]) -> (Vec<f32>, Vec<f32>) {
+/// their calibration noisy (the frequency backdoor 10 % -> 59 % success). A row out of the
+/// probes' input range (`input_range`) gets a share below any other, so it ranks above every
+/// row that is not. The fused score is -ln(share), plus less than two share steps so that it
+/// is always above 0 (an absolute threshold of 0 quarantines everything); the probes' fused
+/// scores go to the same conformal calibration, so the false-reject budget covers every view
+/// together.
+fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> (Vec<f32>, Vec<f32>) {
     let sample_count = samples.len();
     let trajectory: Vec<f32> = samples.iter().chain(probes).copied().collect();
-    let second = standardised_per_label(representation, labels, sample_count);
+    let second = views.representation.as_ref().map(|r| standardised_per_label(r, labels, sample_count));
+    let gate = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
     // Shares are steps of 1/(probes + 1): every sample beyond all probes in a view shares the
-    // top score. Ties are broken by the larger standardised score of the two views, squashed
-    // into less than the smallest step between two shares, so that no two samples whose
-    // shares differ swap (a reject-fraction rule and the quarantine's ordering need a strict
-    // order).
+    // top score. Ties are broken by the larger standardised score of the scored views,
+    // squashed into less than the smallest step between two shares, so that no two samples
+    // whose shares differ swap (a reject-fraction rule and the quarantine's ordering need a
+    // strict order).
     let first = standardised_per_label(&trajectory, labels, sample_count);
     let probes_n = (labels.len() - sample_count).max(1) as f64;
     // A quarter of the smallest step between two shares, ln((n + 1) / n).
     let step = (0.25 * ((probes_n + 1.0) / probes_n).ln()) as f32;
-    let tie_break = |i: usize| step * first[i].max(second[i]).atan() / std::f32::consts::FRAC_PI_2;
-    let fused: Vec<f32> = tail_shares(&trajectory, sample_count)
-        .iter()
-        .zip(tail_shares(&second, sample_count))
-        .enumerate()
-        .map(|(i, (a, b))| -(a.min(b).ln()) as f32 + step + tie_break(i))
+    let largest_z = |i: usize| second.as_ref().map_or(first[i], |z| first[i].max(z[i]));
+    let tie_break = |i: usize| step * largest_z(i).atan() / std::f32::consts::FRAC_PI_2;
+    let trajectory_shares = tail_shares(&trajectory, sample_count);
+    let second_shares = second.as_ref().map(|z| tail_shares(z, sample_count));
+    // Below the smallest share a sample can have, 1 / (n + 1).
+    let out_of_range_share = 0.5 / (probes_n + 1.0);
+    let fused: Vec<f32> = (0..trajectory.len())
+        .map(|i| {
+            let mut share = trajectory_shares[i];
+            if let Some(shares) = &second_shares {
+                share = share.min(shares[i]);
+            }
+            if gate.as_ref().is_some_and(|g| g[i]) {
+                share = share.min(out_of_range_share);
+            }
+            -(share.ln()) as f32 + step + tie_break(i)
+        })
         .collect();
     (fused[..sample_count].to_vec(), fused[sample_count..].to_vec())
 }
@@ -206,11 +213,28 @@ mod tests {
         let mut representation = vec![0.5, 0.5, 10.0];
         representation.extend(&probes);
         let labels = vec![0i64; 23];
-        let (samples, probe_scores) = fuse(&trajectory, &probes, &representation, &labels);
+        let views = OtherViews { representation: Some(representation), range_exceedance: None };
+        let (samples, probe_scores) = fuse(&trajectory, &probes, &views, &labels);
         let highest_probe = probe_scores.iter().copied().fold(f32::MIN, f32::max);
         assert!(samples[1] > highest_probe && samples[2] > highest_probe, "{samples:?} {probe_scores:?}");
         assert!(samples[0] < highest_probe, "{samples:?}");
         assert!(samples.iter().chain(&probe_scores).all(|&s| s > 0.0), "fused scores are positive");
+    }
+
+    #[test]
+    fn a_sample_out_of_range_is_fused_above_every_sample_in_range() {
+        // Rows: samples 0 (odd trajectory), 1 (out of range, ordinary trajectory), 2 (ordinary),
+        // then 20 probes of one label, one of them slightly outside the others' range.
+        let probes: Vec<f32> = (0..20).map(|i| i as f32 / 20.0).collect();
+        let trajectory = [10.0, 0.5, 0.5];
+        let mut exceedance = vec![0.0, 3.0, 0.0];
+        exceedance.extend((0..20).map(|i| if i == 7 { 0.1 } else { 0.0 }));
+        let labels = vec![0i64; 23];
+        let views = OtherViews { representation: None, range_exceedance: Some(exceedance) };
+        let (samples, probe_scores) = fuse(&trajectory, &probes, &views, &labels);
+        assert!(samples[1] > samples[0] && samples[0] > samples[2], "{samples:?}");
+        let above = probe_scores.iter().filter(|&&p| p >= samples[1]).count();
+        assert_eq!(above, 0, "{probe_scores:?}");
     }
 
     #[test]

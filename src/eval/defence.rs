@@ -88,7 +88,7 @@ impl StreamRun {
                     w.outcome.labels.clone(),
                     w.outcome.sample_count(),
                     w.outcome.learning_rate,
-                    w.outcome.representation_scores.clone(),
+                    w.outcome.views.clone(),
                 ),
             })
             .collect();
@@ -137,6 +137,7 @@ pub fn run_offline(
     offline.shadow.second_pass = false;
     offline.scorer.per_label = false;
     offline.scorer.representation = false;
+    offline.scorer.input_range = false;
     offline.decision.policy = Policy::RejectFraction;
     offline.decision.reject_fraction = 0.4;
     run_engine(runtime, &offline, scenario, seed, on_epoch)
