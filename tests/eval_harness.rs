@@ -192,11 +192,9 @@ fn a_second_data_set_optdigits_with_the_defaults() {
         if let Some(undefended) = none.victim.attack_success[a] {
             assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
         }
-        // The clean-label attack is not stopped yet (issue 10: docs/RESULTS.md); it stays in
-        // the stream so that the dirty-label ones are caught in its presence.
-        if attack.is_clean_label() {
-            continue;
-        }
+        // The clean-label attack too: its trigger (the left column at 24) is beyond the pixel
+        // range no clean digit reaches, which the input-range view catches though neither
+        // score does (caught 28 % with them alone).
         let auc = lossgate.detection.auc_per_attack[a].unwrap();
         assert!(auc >= 0.9, "{}: lossgate AUC {auc}\n{summary}", attack.name);
         assert!(lossgate.detection.caught_per_attack[a] >= 0.9, "{}: caught\n{summary}", attack.name);
