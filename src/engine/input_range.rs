@@ -203,7 +203,11 @@ mod tests {
         for _ in 0..20 {
             let features = Array2::from_shape_fn((samples + probes, features), |(_, j)| {
                 let ink = 0.001 + 0.5 * (j as f64 / features as f64).powi(3);
-                if rng.random_bool(ink) { rng.random::<f32>() } else { 0.0 }
+                if rng.random_bool(ink) {
+                    rng.random::<f32>()
+                } else {
+                    0.0
+                }
             });
             let gate = out_of_range(&exceedances(features.view(), samples), samples);
             gated += gate[..samples].iter().filter(|&&g| g).count();

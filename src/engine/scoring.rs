@@ -8,6 +8,10 @@ use super::trajectory::kept_epochs;
 use super::{EngineConfig, OtherViews, WindowOutcome};
 use crate::scorer::ProbeScorer;
 
+/// Appended to the reason of a quarantined sample the input-range view caught.
+pub(crate) const OUT_OF_RANGE_REASON: &str =
+    "; its features lie further outside the clean probes' range than any probe does (scorer.input_range)";
+
 /// Scoring and decision on a recorded `[samples + probes, epochs]` loss matrix (samples first)
 /// with the label of every row; `learning_rate` is the shadow's, recorded in the outcome;
 /// the `views` given (one value per row each) are fused with the trajectory scores.
@@ -35,7 +39,18 @@ pub fn score_and_decide(
     };
     let decision = &config.decision;
     let threshold = decision.threshold(&probe_scores, &sample_scores);
-    let decisions = sample_scores.iter().map(|&s| decision.decide(s, &threshold)).collect();
+    let outside = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
+    let decisions = sample_scores
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            let mut decided = decision.decide(s, &threshold);
+            if decided.flagged && outside.as_ref().is_some_and(|o| o[i]) {
+                decided.reason.push_str(OUT_OF_RANGE_REASON);
+            }
+            decided
+        })
+        .collect();
     WindowOutcome { losses, labels, sample_scores, threshold, decisions, learning_rate, views }
 }
 
@@ -235,6 +250,23 @@ mod tests {
         assert!(samples[1] > samples[0] && samples[0] > samples[2], "{samples:?}");
         let above = probe_scores.iter().filter(|&&p| p >= samples[1]).count();
         assert_eq!(above, 0, "{probe_scores:?}");
+    }
+
+    #[test]
+    fn a_quarantined_sample_out_of_range_says_so() {
+        // Rows: 3 samples then 40 probes, one label; sample 1 alone is out of range.
+        let losses = Array2::from_shape_fn((43, 4), |(i, e)| 2.0 / (1.0 + e as f32) + (i % 7) as f32 * 0.01);
+        let mut exceedance = vec![0.0; 43];
+        exceedance[1] = 5.0;
+        let views = OtherViews { representation: None, range_exceedance: Some(exceedance) };
+        let outcome = score_and_decide(&EngineConfig::default(), losses, vec![0; 43], 3, 0.01, views);
+        assert!(outcome.decisions[1].flagged, "{:?}", outcome.decisions[1]);
+        assert!(
+            outcome.decisions[1].reason.ends_with(OUT_OF_RANGE_REASON),
+            "{}",
+            outcome.decisions[1].reason
+        );
+        assert!(!outcome.decisions[0].reason.contains("input_range"), "{}", outcome.decisions[0].reason);
     }
 
     #[test]
