@@ -50,6 +50,9 @@ pub struct ScorerConfig {
     /// A clean sample is that far out with probability at most 1 / (probes + 1), so it costs
     /// almost none of the false-reject budget.
     pub input_range: bool,
+    /// A third score from the inputs alone (`engine::neighbours`): how much nearer the probes
+    /// of other labels are than those of the sample's own, for mislabelled-looking samples.
+    pub neighbour_labels: bool,
 }
 
 impl Default for ScorerConfig {
@@ -63,6 +66,7 @@ impl Default for ScorerConfig {
             per_label: true,
             representation: true,
             input_range: true,
+            neighbour_labels: true,
         }
     }
 }

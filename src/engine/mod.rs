@@ -4,6 +4,7 @@
 
 pub mod calibration;
 mod input_range;
+mod neighbours;
 pub mod pool;
 mod representation;
 mod scoring;
@@ -99,11 +100,14 @@ pub struct OtherViews {
     pub representation: Option<Vec<f32>>,
     /// The distance outside the probes' input range (`scorer.input_range`, [`input_range`]).
     pub range_exceedance: Option<Vec<f32>>,
+    /// How much nearer the probes of other labels are than those of its own
+    /// (`scorer.neighbour_labels`, [`neighbours`]).
+    pub label_disagreement: Option<Vec<f32>>,
 }
 
 impl OtherViews {
     pub fn is_empty(&self) -> bool {
-        self.representation.is_none() && self.range_exceedance.is_none()
+        self.representation.is_none() && self.range_exceedance.is_none() && self.label_disagreement.is_none()
     }
 }
 
@@ -276,14 +280,11 @@ impl Engine {
         let joined = self.scaling.applied(window).concat(&self.probes)?;
         let everything: Vec<usize> = (0..joined.len()).collect();
         let losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
-        let range_exceedance = self
-            .config
-            .scorer
-            .input_range
-            .then(|| input_range::exceedances(joined.features.view(), window.len()));
+        // The views of the inputs alone are the same for both passes.
+        let inputs = self.input_views(&joined, window.len());
         let views = OtherViews {
             representation: self.representation_scores(&joined, window.len())?,
-            range_exceedance: range_exceedance.clone(),
+            ..inputs.clone()
         };
         let outcome =
             score_and_decide(&self.config, losses, joined.labels.clone(), window.len(), rate, views);
@@ -295,11 +296,23 @@ impl Engine {
         let kept: Vec<usize> =
             everything.into_iter().filter(|&i| i >= window.len() || !outcome.decisions[i].flagged).collect();
         let losses = self.averaged_losses(&joined, &kept, seed ^ 0x2ba5_5eed, &mut on_epoch)?;
-        let views = OtherViews {
-            representation: self.representation_scores(&joined, window.len())?,
-            range_exceedance,
-        };
+        let views =
+            OtherViews { representation: self.representation_scores(&joined, window.len())?, ..inputs };
         Ok(score_and_decide(&self.config, losses, joined.labels, window.len(), rate, views))
+    }
+
+    /// The views of every row of `joined` that need only its inputs (`scorer.input_range`,
+    /// `scorer.neighbour_labels`).
+    fn input_views(&self, joined: &LabelledSamples, sample_count: usize) -> OtherViews {
+        let scorer = &self.config.scorer;
+        let features = joined.features.view();
+        OtherViews {
+            representation: None,
+            range_exceedance: scorer.input_range.then(|| input_range::exceedances(features, sample_count)),
+            label_disagreement: scorer
+                .neighbour_labels
+                .then(|| neighbours::label_disagreement(features, &joined.labels, sample_count)),
+        }
     }
 
     /// The spectral score of every row of `joined` in the hidden layer of the shadow just

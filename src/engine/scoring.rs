@@ -72,10 +72,15 @@ pub fn score_and_decide(
 fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> (Vec<f32>, Vec<f32>) {
     let sample_count = samples.len();
     let trajectory: Vec<f32> = samples.iter().chain(probes).copied().collect();
-    let second = views.representation.as_ref().map(|r| standardised_per_label(r, labels, sample_count));
     let gate = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
+    // The scored views besides the trajectory, each standardised against its label's probes.
+    let standardised: Vec<Vec<f32>> = [&views.representation, &views.label_disagreement]
+        .into_iter()
+        .flatten()
+        .map(|scores| standardised_per_label(scores, labels, sample_count))
+        .collect();
     // Shares are steps of 1/(probes + 1): every sample beyond all probes in a view shares the
-    // top score. Ties are broken by the larger standardised score of the scored views,
+    // top score. Ties are broken by the largest standardised score of the scored views,
     // squashed into less than the smallest step between two shares, so that no two samples
     // whose shares differ swap (a reject-fraction rule and the quarantine's ordering need a
     // strict order).
@@ -83,18 +88,19 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
     let probes_n = (labels.len() - sample_count).max(1) as f64;
     // A quarter of the smallest step between two shares, ln((n + 1) / n).
     let step = (0.25 * ((probes_n + 1.0) / probes_n).ln()) as f32;
-    let largest_z = |i: usize| second.as_ref().map_or(first[i], |z| first[i].max(z[i]));
+    let largest_z = |i: usize| standardised.iter().fold(first[i], |z, view| z.max(view[i]));
     let tie_break = |i: usize| step * largest_z(i).atan() / std::f32::consts::FRAC_PI_2;
-    let trajectory_shares = tail_shares(&trajectory, sample_count);
-    let second_shares = second.as_ref().map(|z| tail_shares(z, sample_count));
+    let mut shares = tail_shares(&trajectory, sample_count);
+    for view in &standardised {
+        for (share, other) in shares.iter_mut().zip(tail_shares(view, sample_count)) {
+            *share = share.min(other);
+        }
+    }
     // Below the smallest share a sample can have, 1 / (n + 1).
     let out_of_range_share = 0.5 / (probes_n + 1.0);
     let fused: Vec<f32> = (0..trajectory.len())
         .map(|i| {
-            let mut share = trajectory_shares[i];
-            if let Some(shares) = &second_shares {
-                share = share.min(shares[i]);
-            }
+            let mut share = shares[i];
             if gate.as_ref().is_some_and(|g| g[i]) {
                 share = share.min(out_of_range_share);
             }
@@ -228,7 +234,7 @@ mod tests {
         let mut representation = vec![0.5, 0.5, 10.0];
         representation.extend(&probes);
         let labels = vec![0i64; 23];
-        let views = OtherViews { representation: Some(representation), range_exceedance: None };
+        let views = OtherViews { representation: Some(representation), ..Default::default() };
         let (samples, probe_scores) = fuse(&trajectory, &probes, &views, &labels);
         let highest_probe = probe_scores.iter().copied().fold(f32::MIN, f32::max);
         assert!(samples[1] > highest_probe && samples[2] > highest_probe, "{samples:?} {probe_scores:?}");
@@ -245,7 +251,7 @@ mod tests {
         let mut exceedance = vec![0.0, 3.0, 0.0];
         exceedance.extend((0..20).map(|i| if i == 7 { 0.1 } else { 0.0 }));
         let labels = vec![0i64; 23];
-        let views = OtherViews { representation: None, range_exceedance: Some(exceedance) };
+        let views = OtherViews { range_exceedance: Some(exceedance), ..Default::default() };
         let (samples, probe_scores) = fuse(&trajectory, &probes, &views, &labels);
         assert!(samples[1] > samples[0] && samples[0] > samples[2], "{samples:?}");
         let above = probe_scores.iter().filter(|&&p| p >= samples[1]).count();
@@ -258,7 +264,7 @@ mod tests {
         let losses = Array2::from_shape_fn((43, 4), |(i, e)| 2.0 / (1.0 + e as f32) + (i % 7) as f32 * 0.01);
         let mut exceedance = vec![0.0; 43];
         exceedance[1] = 5.0;
-        let views = OtherViews { representation: None, range_exceedance: Some(exceedance) };
+        let views = OtherViews { range_exceedance: Some(exceedance), ..Default::default() };
         let outcome = score_and_decide(&EngineConfig::default(), losses, vec![0; 43], 3, 0.01, views);
         assert!(outcome.decisions[1].flagged, "{:?}", outcome.decisions[1]);
         assert!(

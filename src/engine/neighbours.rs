@@ -1,0 +1,83 @@
+//! A view from the inputs alone: does a sample's label agree with the clean probes nearest to
+//! it? A dirty-label poison is a sample of one class relabelled as another, with a trigger on
+//! a few features; the rest of its features still place it among the probes of its true class.
+//! The score is ln(mean distance to the nearest probes of its own label / mean distance to the
+//! nearest probes of any other label): below 0 when its own class is nearer, above 0 when
+//! another class is (a mislabelled look). A probe is scored without itself.
+
+use ndarray::{ArrayView2, Axis};
+
+/// Nearest probes averaged on each side (fewer when a side has fewer).
+const NEAREST: usize = 3;
+
+/// Every row's label-disagreement score against the probes (rows `sample_count..`), in the
+/// (already scaled) input space.
+pub(crate) fn label_disagreement(features: ArrayView2<f32>, labels: &[i64], sample_count: usize) -> Vec<f32> {
+    let probes = features.slice(ndarray::s![sample_count.., ..]);
+    let probe_labels = &labels[sample_count..];
+    let probe_norms: Vec<f32> = probes.rows().into_iter().map(|r| r.dot(&r)).collect();
+    let mut scores = Vec::with_capacity(features.nrows());
+    // Squared distances by ||x||^2 + ||p||^2 - 2 x.p, a chunk of rows at a time.
+    const CHUNK: usize = 512;
+    for start in (0..features.nrows()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(features.nrows());
+        let rows = features.slice(ndarray::s![start..end, ..]);
+        let products = rows.dot(&probes.t());
+        for (offset, (row, dots)) in rows.rows().into_iter().zip(products.axis_iter(Axis(0))).enumerate() {
+            let i = start + offset;
+            let norm = row.dot(&row);
+            let mut own = Vec::new();
+            let mut other = Vec::new();
+            for (j, (&dot, &probe_norm)) in dots.iter().zip(&probe_norms).enumerate() {
+                if i >= sample_count && j == i - sample_count {
+                    continue;
+                }
+                let distance = (norm + probe_norm - 2.0 * dot).max(0.0).sqrt();
+                if probe_labels[j] == labels[i] {
+                    own.push(distance);
+                } else {
+                    other.push(distance);
+                }
+            }
+            scores.push(match (nearest_mean(&mut own), nearest_mean(&mut other)) {
+                (Some(own), Some(other)) => ((own + 1e-6) / (other + 1e-6)).ln(),
+                _ => 0.0,
+            });
+        }
+    }
+    scores
+}
+
+/// The mean of the [`NEAREST`] smallest distances, or none when there are none.
+fn nearest_mean(distances: &mut [f32]) -> Option<f32> {
+    if distances.is_empty() {
+        return None;
+    }
+    let k = NEAREST.min(distances.len());
+    distances.select_nth_unstable_by(k - 1, f32::total_cmp);
+    Some(distances[..k].iter().sum::<f32>() / k as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    #[test]
+    fn a_sample_labelled_as_the_other_cluster_scores_above_zero() {
+        // Probes: label 0 near x = 0, label 1 near x = 10. Samples: at 0 labelled 0, at 0
+        // labelled 1 (mislabelled).
+        let mut rows = vec![[0.0f32, 0.0], [0.0, 0.0]];
+        let mut labels = vec![0i64, 1];
+        for i in 0..10 {
+            rows.push([i as f32 * 0.1, 0.0]);
+            labels.push(0);
+            rows.push([10.0 + i as f32 * 0.1, 0.0]);
+            labels.push(1);
+        }
+        let features = Array2::from_shape_vec((rows.len(), 2), rows.concat()).unwrap();
+        let scores = label_disagreement(features.view(), &labels, 2);
+        assert!(scores[0] < -2.0 && scores[1] > 2.0, "{scores:?}");
+        assert!(scores[2..].iter().all(|&s| s < 0.0), "every probe nearer its own: {scores:?}");
+    }
+}
