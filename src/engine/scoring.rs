@@ -40,6 +40,9 @@ pub fn score_and_decide(
     let decision = &config.decision;
     let threshold = decision.threshold(&probe_scores, &sample_scores);
     let outside = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
+    if let Some(warning) = outside.as_ref().and_then(|o| stale_probes_warning(&o[..sample_count])) {
+        tracing::warn!(window_samples = sample_count, "{warning}");
+    }
     let decisions = sample_scores
         .iter()
         .enumerate()
@@ -52,6 +55,28 @@ pub fn score_and_decide(
         })
         .collect();
     WindowOutcome { losses, labels, sample_scores, threshold, decisions, learning_rate, views }
+}
+
+/// A clean sample lies out of the probes' range with probability at most 1 / (probes + 1), and
+/// poisons are a few percent of a stream; past this share of a window, the stream has most
+/// likely moved away from the probes.
+const STALE_PROBES_SHARE: f64 = 0.2;
+
+/// What to tell the operator when so much of a window is out of the probes' range that the
+/// probes, not the samples, are the likely cause.
+fn stale_probes_warning(out_of_range: &[bool]) -> Option<String> {
+    let count = out_of_range.iter().filter(|&&o| o).count();
+    let share = count as f64 / out_of_range.len().max(1) as f64;
+    (share > STALE_PROBES_SHARE).then(|| {
+        format!(
+            "{count} of {} samples ({:.0} %) lie outside the clean probes' input range and are \
+             quarantined: the stream has probably moved away from the probes (new units, a new \
+             sensor range); refresh the probes from current clean data, or set \
+             scorer.input_range = false until then",
+            out_of_range.len(),
+            100.0 * share
+        )
+    })
 }
 
 /// The trajectory scores (samples', probes' leave-one-out) and the other views of every row
@@ -273,6 +298,16 @@ mod tests {
             outcome.decisions[1].reason
         );
         assert!(!outcome.decisions[0].reason.contains("input_range"), "{}", outcome.decisions[0].reason);
+    }
+
+    #[test]
+    fn a_window_mostly_out_of_range_warns_that_the_probes_are_stale() {
+        let mut outside = vec![false; 100];
+        outside[..5].fill(true);
+        assert_eq!(stale_probes_warning(&outside), None, "a few poisons are no drift");
+        outside[..30].fill(true);
+        let warning = stale_probes_warning(&outside).expect("30 % out of range");
+        assert!(warning.contains("30 of 100") && warning.contains("refresh the probes"), "{warning}");
     }
 
     #[test]
