@@ -126,11 +126,31 @@ impl SweepParam {
             }
             SweepParam::ProbeContamination => {}
             SweepParam::LearningRate => config.shadow.learning_rate = LearningRate::Fixed(value as f32),
-            SweepParam::PerLabel => config.scorer.per_label = value != 0.0,
+            SweepParam::PerLabel => {
+                config.scorer.per_label = value != 0.0;
+                // The hidden-layer score is standardised per label: it needs per_label.
+                config.scorer.representation &= config.scorer.per_label;
+            }
             SweepParam::ShadowRuns => config.shadow.runs = value as usize,
             SweepParam::SecondPass => config.shadow.second_pass = value != 0.0,
         }
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_point_of_every_sweep_is_a_valid_config() {
+        let base = EngineConfig::default();
+        for param in SweepParam::ALL {
+            for value in param.default_values() {
+                let config = param.apply(&base, value);
+                assert!(config.validate().is_ok(), "{} = {value}: {:?}", param.name(), config.validate());
+            }
+        }
     }
 }
 
