@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::broker::{free_port, Tansu};
-use common::firewall::{read_outputs, Firewall, Setup, PARTITIONS};
+use common::firewall::{create_topics, kafka_section, read_outputs, Firewall, Setup, PARTITIONS};
 use lossgate::codec::encode_json;
 use lossgate::data::LabelledSamples;
 use lossgate::eval::{DataSource, Dataset};
@@ -41,12 +41,10 @@ fn json_lines(samples: &LabelledSamples) -> String {
 
 fn setup(broker: &Tansu, prefix: &str, probes: &LabelledSamples) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    broker.create_topic(&format!("{prefix}-samples"), PARTITIONS);
-    for t in ["clean", "quarantine", "dead-letter", "checkpoints"] {
-        broker.create_topic(&format!("{prefix}-{t}"), PARTITIONS);
-    }
+    create_topics(broker, prefix, PARTITIONS);
     std::fs::write(dir.path().join("probes.jsonl"), json_lines(probes)).unwrap();
     let brokers = broker.brokers();
+    let kafka = kafka_section(&brokers, prefix);
     let config = format!(
         r#"
 [input]
@@ -64,20 +62,7 @@ workers = 1
 file = "probes.jsonl"
 format = "jsonl"
 
-[kafka]
-brokers = "{brokers}"
-group_id = "{prefix}-group"
-input_topic = "{prefix}-samples"
-output_topic = "{prefix}-clean"
-quarantine_topic = "{prefix}-quarantine"
-dead_letter_topic = "{prefix}-dead-letter"
-checkpoint_topic = "{prefix}-checkpoints"
-
-[kafka.consumer_properties]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "1000"
-"max.poll.interval.ms" = "15000"
-
+{kafka}
 [delivery]
 mode = "exactly-once"
 "#

@@ -53,10 +53,7 @@ pub fn setup_with_input_partitions(
     input_partitions: u32,
 ) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    broker.create_topic(&format!("{prefix}-samples"), input_partitions);
-    for t in ["clean", "quarantine", "dead-letter", "checkpoints"] {
-        broker.create_topic(&format!("{prefix}-{t}"), PARTITIONS);
-    }
+    create_topics(broker, prefix, input_partitions);
     let test = super::mnist_test(120);
     let mut probes = String::new();
     for i in 0..test.len() {
@@ -74,7 +71,40 @@ pub fn setup_with_input_partitions(
     Setup { dir, config_path, metrics_port, brokers: broker.brokers(), prefix: prefix.to_string() }
 }
 
+/// The `[kafka]` section of a test firewall: the topics [`create_topics`] made for `prefix`.
+pub fn kafka_section(brokers: &str, prefix: &str) -> String {
+    format!(
+        r#"[kafka]
+brokers = "{brokers}"
+group_id = "{prefix}-group"
+input_topic = "{prefix}-samples"
+output_topic = "{prefix}-clean"
+quarantine_topic = "{prefix}-quarantine"
+dead_letter_topic = "{prefix}-dead-letter"
+checkpoint_topic = "{prefix}-checkpoints"
+
+[kafka.consumer_properties]
+# A SIGKILLed member stays in the group until its session times out: keep that short here.
+# tansu waits for a member that left mid-rebalance until the rebalance timeout (librdkafka's
+# max.poll.interval.ms, 300 s by default): short here too.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+"max.poll.interval.ms" = "15000"
+"#
+    )
+}
+
+/// The input topic with `input_partitions` partitions, and the three outputs and the
+/// checkpoint topic with [`PARTITIONS`].
+pub fn create_topics(broker: &Tansu, prefix: &str, input_partitions: u32) {
+    broker.create_topic(&format!("{prefix}-samples"), input_partitions);
+    for t in ["clean", "quarantine", "dead-letter", "checkpoints"] {
+        broker.create_topic(&format!("{prefix}-{t}"), PARTITIONS);
+    }
+}
+
 pub fn config_text(brokers: &str, prefix: &str, metrics_port: u16, delivery: &str, decision: &str) -> String {
+    let kafka = kafka_section(brokers, prefix);
     format!(
         r#"
 [window]
@@ -98,23 +128,7 @@ format = "jsonl"
 [scorer]
 k = 20
 
-[kafka]
-brokers = "{brokers}"
-group_id = "{prefix}-group"
-input_topic = "{prefix}-samples"
-output_topic = "{prefix}-clean"
-quarantine_topic = "{prefix}-quarantine"
-dead_letter_topic = "{prefix}-dead-letter"
-checkpoint_topic = "{prefix}-checkpoints"
-
-[kafka.consumer_properties]
-# A SIGKILLed member stays in the group until its session times out: keep that short here.
-# tansu waits for a member that left mid-rebalance until the rebalance timeout (librdkafka's
-# max.poll.interval.ms, 300 s by default): short here too.
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "1000"
-"max.poll.interval.ms" = "15000"
-
+{kafka}
 [delivery]
 mode = "{delivery}"
 shutdown_grace = "20s"
