@@ -282,6 +282,13 @@ impl Engine {
         let losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
         // The views of the inputs alone are the same for both passes.
         let inputs = self.input_views(&joined, window.len());
+        // Once per window (scoring runs once per pass).
+        if let Some(exceedance) = &inputs.range_exceedance {
+            let outside = input_range::out_of_range(exceedance, window.len());
+            if let Some(warning) = scoring::stale_probes_warning(&outside[..window.len()]) {
+                tracing::warn!(window_samples = window.len(), "{warning}");
+            }
+        }
         let views = OtherViews {
             representation: self.representation_scores(&joined, window.len())?,
             ..inputs.clone()

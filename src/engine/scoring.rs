@@ -40,9 +40,6 @@ pub fn score_and_decide(
     let decision = &config.decision;
     let threshold = decision.threshold(&probe_scores, &sample_scores);
     let outside = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
-    if let Some(warning) = outside.as_ref().and_then(|o| stale_probes_warning(&o[..sample_count])) {
-        tracing::warn!(window_samples = sample_count, "{warning}");
-    }
     let decisions = sample_scores
         .iter()
         .enumerate()
@@ -64,7 +61,7 @@ const STALE_PROBES_SHARE: f64 = 0.2;
 
 /// What to tell the operator when so much of a window is out of the probes' range that the
 /// probes, not the samples, are the likely cause.
-fn stale_probes_warning(out_of_range: &[bool]) -> Option<String> {
+pub(crate) fn stale_probes_warning(out_of_range: &[bool]) -> Option<String> {
     let count = out_of_range.iter().filter(|&&o| o).count();
     let share = count as f64 / out_of_range.len().max(1) as f64;
     (share > STALE_PROBES_SHARE).then(|| {
