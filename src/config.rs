@@ -147,6 +147,7 @@ mod tests {
         assert_eq!(c.shadow.hidden, vec![256]);
         assert_eq!(c.shadow.epochs, 10);
         assert!(c.shadow.second_pass);
+        assert_eq!(c.shadow.losses, crate::shadow::LossRecording::AtStep);
         assert!(c.scorer.per_label);
         assert_eq!(c.scorer.k, 50);
         assert_eq!(c.probes.count, 250);
@@ -159,6 +160,14 @@ mod tests {
         // The example names probe files in the setup cache; check the rest without them.
         let text = text.replace("file = ", "# file = ").replace("labels_file = ", "# labels_file = ");
         parse(&text).unwrap();
+    }
+
+    #[test]
+    fn the_loss_recording_is_at_step_or_after_epoch() {
+        let after = parse("[shadow]\nlosses = \"after-epoch\"\n").unwrap();
+        assert_eq!(after.shadow.losses, crate::shadow::LossRecording::AfterEpoch);
+        let err = format!("{:#}", parse("[shadow]\nlosses = \"per-batch\"\n").unwrap_err());
+        assert!(err.contains("losses") && err.contains("at-step"), "{err}");
     }
 
     #[test]

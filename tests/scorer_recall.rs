@@ -7,7 +7,7 @@ use lossgate::bench::synthetic_trajectories;
 use lossgate::data::LabelledSamples;
 use lossgate::engine::trajectory::{record_loss_matrix, TrainingPlan};
 use lossgate::scorer::{recall_at_k, IndexKind, ProbeScorer, ScorerConfig};
-use lossgate::shadow::{MlpShape, Sgd, ShadowModel};
+use lossgate::shadow::{LossRecording, MlpShape, Sgd, ShadowModel};
 use lossgate::EngineConfig;
 
 fn recall_with(probes: usize, queries: usize) -> f64 {
@@ -49,7 +49,7 @@ fn hnsw_and_exact_make_the_same_decisions_on_a_real_window() {
     let shape = MlpShape { features: 784, hidden: vec![64], classes: 10 };
     let sgd = Sgd { learning_rate: 0.01, momentum: 0.9, weight_decay: 0.0 };
     let mut model = ShadowModel::new(&runtime, shape, sgd, 3).unwrap();
-    let plan = TrainingPlan { epochs: 12, batch_size: 128, seed: 3 };
+    let plan = TrainingPlan { epochs: 12, batch_size: 128, seed: 3, recording: LossRecording::AtStep };
     let losses =
         record_loss_matrix(&mut model, joined.features.view(), &joined.labels, plan, |_| {}).unwrap();
 

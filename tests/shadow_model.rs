@@ -6,7 +6,7 @@ use lossgate::engine::trajectory::{
     record_loss_matrix, record_loss_matrix_resident, record_loss_matrix_training_on, TrainingPlan,
 };
 use lossgate::shadow::graphs::{eval_graph, train_step_graph};
-use lossgate::shadow::{MlpShape, Sgd, ShadowModel};
+use lossgate::shadow::{LossRecording, MlpShape, Sgd, ShadowModel};
 use rand::{Rng, SeedableRng};
 
 const PLAIN_SGD: Sgd = Sgd { learning_rate: 1.0, momentum: 0.0, weight_decay: 0.0 };
@@ -167,7 +167,7 @@ fn mnist_losses(seed: u64) -> ndarray::Array2<f32> {
     let shape = MlpShape { features: 784, hidden: vec![64], classes: 10 };
     let sgd = Sgd { learning_rate: 0.1, momentum: 0.9, weight_decay: 0.0 };
     let mut model = ShadowModel::new(&runtime, shape, sgd, seed).unwrap();
-    let plan = TrainingPlan { epochs: 3, batch_size: 128, seed };
+    let plan = TrainingPlan { epochs: 3, batch_size: 128, seed, recording: LossRecording::AfterEpoch };
     record_loss_matrix(&mut model, data.features.view(), &data.labels, plan, |_| {}).unwrap()
 }
 
@@ -181,47 +181,98 @@ fn training_on_mnist_lowers_the_loss_and_repeats_exactly_with_the_same_seed() {
     assert_ne!(losses, mnist_losses(5), "another seed should train differently");
 }
 
+/// At-step losses are taken before each row's own update, after-epoch ones after the whole
+/// epoch: with a learning rate of 0 the model never moves, so the two matrices are the same;
+/// with learning, the rows left out of training (evaluated after each epoch either way) match
+/// exactly, and the trained rows' at-step losses lag behind (higher on average).
+#[test]
+fn at_step_losses_are_each_rows_loss_at_its_own_step() {
+    let runtime = common::runtime();
+    let data = common::mnist_train(600);
+    let shape = MlpShape { features: 784, hidden: vec![32], classes: 10 };
+    let train_rows: Vec<usize> = (0..data.len()).filter(|i| i % 4 != 0).collect();
+    let matrices = |learning_rate: f32| {
+        both_recordings().map(|recording| {
+            let sgd = Sgd { learning_rate, momentum: 0.9, weight_decay: 0.0 };
+            let mut model = ShadowModel::new(&runtime, shape.clone(), sgd, 1).unwrap();
+            let plan = TrainingPlan { epochs: 3, batch_size: 50, seed: 2, recording };
+            record_loss_matrix_training_on(
+                &mut model,
+                data.features.view(),
+                &data.labels,
+                &train_rows,
+                plan,
+                |_| {},
+            )
+            .unwrap()
+        })
+    };
+    let [at_step, after_epoch] = matrices(0.0);
+    let worst = at_step.iter().zip(after_epoch.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "without learning the recordings differ by {worst}");
+
+    let [at_step, after_epoch] = matrices(0.05);
+    for row in (0..data.len()).filter(|i| i % 4 == 0) {
+        assert_eq!(at_step.row(row), after_epoch.row(row), "untrained row {row}");
+    }
+    let trained_mean = |m: &ndarray::Array2<f32>| train_rows.iter().map(|&r| m[[r, 0]]).sum::<f32>();
+    assert!(
+        trained_mean(&at_step) > trained_mean(&after_epoch),
+        "the first epoch's at-step losses include the untrained start"
+    );
+}
+
+fn both_recordings() -> [LossRecording; 2] {
+    [LossRecording::AtStep, LossRecording::AfterEpoch]
+}
+
 /// The device-resident path (window uploaded once, batches gathered by index in the graph,
 /// weights and buffers bound as the execution provider's own outputs, losses fetched once per
-/// epoch) run on the CPU provider gives today's loss matrix: same batches, same arithmetic.
-/// With momentum and weight decay, and training on a subset of the rows (the second pass).
+/// epoch) run on the CPU provider gives the host path's loss matrix: same batches, same
+/// arithmetic. With momentum and weight decay, training on a subset of the rows (the second
+/// pass), and either way of recording the losses.
 #[test]
 fn the_device_resident_path_gives_the_same_loss_matrix_as_the_host_path() {
     let runtime = common::runtime();
     let data = common::mnist_train(1500);
     let shape = MlpShape { features: 784, hidden: vec![64], classes: 10 };
     let sgd = Sgd { learning_rate: 0.05, momentum: 0.9, weight_decay: 5e-4 };
-    let plan = TrainingPlan { epochs: 4, batch_size: 100, seed: 7 };
     let train_rows: Vec<usize> = (0..data.len()).filter(|i| i % 5 != 0).collect();
-    let mut host_model = ShadowModel::new(&runtime, shape.clone(), sgd, 1).unwrap();
-    let host = record_loss_matrix_training_on(
-        &mut host_model,
-        data.features.view(),
-        &data.labels,
-        &train_rows,
-        plan,
-        |_| {},
-    )
-    .unwrap();
-    let mut resident_model = ShadowModel::new(&runtime, shape, sgd, 1).unwrap();
-    let mut epochs_seen = 0;
-    let resident = record_loss_matrix_resident(
-        &mut resident_model,
-        data.features.view(),
-        &data.labels,
-        &train_rows,
-        plan,
-        |_| epochs_seen += 1,
-    )
-    .unwrap();
-    assert_eq!(epochs_seen, 4);
-    assert_eq!(resident.dim(), host.dim());
-    let worst =
-        host.iter().zip(resident.iter()).map(|(a, b)| (a - b).abs() / a.abs().max(1e-3)).fold(0f32, f32::max);
-    assert!(worst < 1e-4, "largest relative difference between the paths: {worst}");
-    let weights = |m: &ShadowModel| m.parameters().unwrap().concat();
-    let (a, b) = (weights(&host_model), weights(&resident_model));
-    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "the weights end the same");
+    let mut resident_model = ShadowModel::new(&runtime, shape.clone(), sgd, 1).unwrap();
+    for recording in both_recordings() {
+        let plan = TrainingPlan { epochs: 4, batch_size: 100, seed: 7, recording };
+        let mut host_model = ShadowModel::new(&runtime, shape.clone(), sgd, 1).unwrap();
+        let host = record_loss_matrix_training_on(
+            &mut host_model,
+            data.features.view(),
+            &data.labels,
+            &train_rows,
+            plan,
+            |_| {},
+        )
+        .unwrap();
+        let mut epochs_seen = 0;
+        let resident = record_loss_matrix_resident(
+            &mut resident_model,
+            data.features.view(),
+            &data.labels,
+            &train_rows,
+            plan,
+            |_| epochs_seen += 1,
+        )
+        .unwrap();
+        assert_eq!(epochs_seen, 4);
+        assert_eq!(resident.dim(), host.dim());
+        let worst = host
+            .iter()
+            .zip(resident.iter())
+            .map(|(a, b)| (a - b).abs() / a.abs().max(1e-3))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{recording:?}: largest relative difference between the paths: {worst}");
+        let weights = |m: &ShadowModel| m.parameters().unwrap().concat();
+        let (a, b) = (weights(&host_model), weights(&resident_model));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "the weights end the same");
+    }
     // A row outside the window is refused, not read out of bounds on the device.
     let window = resident_model.upload_window(data.features.as_slice().unwrap(), &data.labels).unwrap();
     assert!(resident_model.train_step_resident(&window, &[0, 1500]).is_err());

@@ -22,7 +22,7 @@ use crate::data::{FeatureScaling, LabelledSamples};
 use crate::decision::{Decision, DecisionConfig, Threshold};
 use crate::probes::ProbesConfig;
 use crate::scorer::ScorerConfig;
-use crate::shadow::{LearningRate, MlpShape, Runtime, Sgd, ShadowConfig, ShadowModel};
+use crate::shadow::{LearningRate, LossRecording, MlpShape, Runtime, Sgd, ShadowConfig, ShadowModel};
 use crate::validation::{ensure, ConfigError};
 use calibration::{Calibration, Trial, CANDIDATES, FALLBACK_LEARNING_RATE, MIN_CALIBRATION_SAMPLES};
 use trajectory::{record_loss_matrix_resident, record_loss_matrix_training_on, TrainingPlan};
@@ -218,6 +218,8 @@ impl Engine {
             epochs: 1,
             batch_size: self.config.shadow.batch_size,
             seed: self.config.shadow.seed ^ 0xca11_b7a7,
+            // The target is the probes' loss after the epoch.
+            recording: LossRecording::AfterEpoch,
         };
         let chance = (self.config.input.classes as f64).ln();
         let mut trials = Vec::with_capacity(CANDIDATES.len());
@@ -357,6 +359,7 @@ impl Engine {
                 epochs: self.config.shadow.epochs,
                 batch_size: self.config.shadow.batch_size,
                 seed: seed.wrapping_add((run as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                recording: self.config.shadow.losses,
             };
             // On a GPU the window stays on the device; on the CPU both paths give the same
             // matrix (tests/shadow_model.rs) and the host one is cheaper (it evaluates in

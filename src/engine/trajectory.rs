@@ -1,12 +1,14 @@
 //! Loss trajectories: every sample's loss after every shadow epoch, and the paper's epoch filter.
 
+use std::borrow::Cow;
+
 use anyhow::Result;
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::shadow::ShadowModel;
+use crate::shadow::{LossRecording, ResidentLosses, ShadowModel};
 
 /// Rows per evaluation call: large enough to keep the GEMMs efficient, small enough to keep
 /// ORT's activations in cache.
@@ -19,10 +21,26 @@ pub struct TrainingPlan {
     pub batch_size: usize,
     /// Seeds both the weight init and the per-epoch shuffles.
     pub seed: u64,
+    pub recording: LossRecording,
+}
+
+impl TrainingPlan {
+    /// The rows of `0..rows` whose losses an evaluation at the epoch's end must give: every
+    /// row after the epoch, or at-step only those the steps do not visit.
+    fn evaluated_rows(&self, rows: usize, train_rows: &[usize]) -> Vec<usize> {
+        match self.recording {
+            LossRecording::AfterEpoch => (0..rows).collect(),
+            LossRecording::AtStep => {
+                let mut trained = vec![false; rows];
+                train_rows.iter().for_each(|&r| trained[r] = true);
+                (0..rows).filter(|&r| !trained[r]).collect()
+            }
+        }
+    }
 }
 
 /// Trains `model` from scratch on `(features, labels)` and returns the `[N, epochs]` matrix of
-/// each sample's loss after each epoch. `on_epoch` is told when an epoch ends (for progress).
+/// each sample's loss in each epoch. `on_epoch` is told when an epoch ends (for progress).
 pub fn record_loss_matrix(
     model: &mut ShadowModel,
     features: ArrayView2<f32>,
@@ -34,8 +52,8 @@ pub fn record_loss_matrix(
     record_loss_matrix_training_on(model, features, labels, &all, plan, on_epoch)
 }
 
-/// Like [`record_loss_matrix`], but trains only on `train_rows`; every row is still evaluated
-/// after every epoch (the second pass scores the first pass's suspects this way).
+/// Like [`record_loss_matrix`], but trains only on `train_rows`; every row still gets a loss
+/// in every epoch (the second pass scores the first pass's suspects this way).
 pub fn record_loss_matrix_training_on(
     model: &mut ShadowModel,
     features: ArrayView2<f32>,
@@ -51,23 +69,38 @@ pub fn record_loss_matrix_training_on(
     let mut x_batch = Vec::with_capacity(plan.batch_size * d);
     let mut y_batch = Vec::with_capacity(plan.batch_size);
     let step = |model: &mut ShadowModel, batch: &[usize]| {
-        x_batch.clear();
-        y_batch.clear();
-        for &i in batch {
-            x_batch.extend_from_slice(&flat[i * d..(i + 1) * d]);
-            y_batch.push(labels[i]);
-        }
-        model.train_step(&x_batch, &y_batch).map(drop)
+        gather_rows(flat, labels, d, batch, &mut x_batch, &mut y_batch);
+        model.train_step(&x_batch, &y_batch)
+    };
+    let evaluated = plan.evaluated_rows(n, train_rows);
+    // The whole window is evaluated where it lies; a subset is gathered once per window.
+    let (eval_x, eval_y) = if evaluated.len() == n {
+        (Cow::Borrowed(flat), Cow::Borrowed(labels))
+    } else {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        gather_rows(flat, labels, d, &evaluated, &mut x, &mut y);
+        (Cow::Owned(x), Cow::Owned(y))
     };
     let evaluate = |model: &mut ShadowModel| {
-        let mut losses = Vec::with_capacity(n);
-        for start in (0..n).step_by(EVAL_CHUNK) {
-            let end = (start + EVAL_CHUNK).min(n);
-            losses.extend(model.evaluate(&flat[start * d..end * d], &labels[start..end])?.loss);
+        let mut losses = Vec::with_capacity(eval_y.len());
+        for start in (0..eval_y.len()).step_by(EVAL_CHUNK) {
+            let end = (start + EVAL_CHUNK).min(eval_y.len());
+            losses.extend(model.evaluate(&eval_x[start * d..end * d], &eval_y[start..end])?.loss);
         }
         Ok(losses)
     };
-    train_epochs(model, n, train_rows, plan, step, evaluate, on_epoch)
+    let passes = EpochPasses { step, fetch: Ok, evaluate, evaluated: &evaluated };
+    train_epochs(model, n, train_rows, plan, passes, on_epoch)
+}
+
+/// Copies rows `rows` of the row-major `flat` (`d` values a row) and their labels into `x`, `y`.
+fn gather_rows(flat: &[f32], labels: &[i64], d: usize, rows: &[usize], x: &mut Vec<f32>, y: &mut Vec<i64>) {
+    x.clear();
+    y.clear();
+    for &i in rows {
+        x.extend_from_slice(&flat[i * d..(i + 1) * d]);
+        y.push(labels[i]);
+    }
 }
 
 /// [`record_loss_matrix_training_on`] with the window kept where the execution provider
@@ -84,41 +117,94 @@ pub fn record_loss_matrix_resident(
     on_epoch: impl FnMut(usize),
 ) -> Result<Array2<f32>> {
     let features = features.as_standard_layout();
-    let window = model.upload_window(features.as_slice().expect("standard layout is contiguous"), labels)?;
+    let flat = features.as_slice().expect("standard layout is contiguous");
+    let d = features.ncols();
+    let window = model.upload_window(flat, labels)?;
+    let evaluated = plan.evaluated_rows(labels.len(), train_rows);
+    let evaluated_window = if evaluated.len() == labels.len() {
+        None
+    } else {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        gather_rows(flat, labels, d, &evaluated, &mut x, &mut y);
+        Some(model.upload_window(&x, &y)?)
+    };
     let mut rows = Vec::with_capacity(plan.batch_size);
     let step = |model: &mut ShadowModel, batch: &[usize]| {
         rows.clear();
         rows.extend(batch.iter().map(|&i| i as i64));
         model.train_step_resident(&window, &rows)
     };
-    let evaluate = |model: &mut ShadowModel| model.evaluate_resident(&window);
-    train_epochs(model, labels.len(), train_rows, plan, step, evaluate, on_epoch)
+    let fetch = |losses: ResidentLosses| losses.to_host();
+    let evaluate =
+        |model: &mut ShadowModel| model.evaluate_resident(evaluated_window.as_ref().unwrap_or(&window));
+    let passes = EpochPasses { step, fetch, evaluate, evaluated: &evaluated };
+    train_epochs(model, labels.len(), train_rows, plan, passes, on_epoch)
+}
+
+/// How the two paths above reach the model: `step` trains on a batch and gives its losses
+/// where they were computed (`L`), `fetch` brings them to the host, `evaluate` gives the
+/// losses of the rows `evaluated`, in that order.
+struct EpochPasses<'a, S, F, E> {
+    step: S,
+    fetch: F,
+    evaluate: E,
+    evaluated: &'a [usize],
 }
 
 /// The epochs of one window: a fresh model from the plan's seed, `train_rows` shuffled each
-/// epoch and stepped through in batches, then every row evaluated. The two paths above differ
-/// only in how a step and an evaluation reach the model.
-fn train_epochs(
+/// epoch and stepped through in batches; the step losses of each epoch are fetched at its
+/// end (at-step recording), then the rows to evaluate are evaluated.
+fn train_epochs<L, S, F, E>(
     model: &mut ShadowModel,
     rows: usize,
     train_rows: &[usize],
     plan: TrainingPlan,
-    mut step: impl FnMut(&mut ShadowModel, &[usize]) -> Result<()>,
-    mut evaluate: impl FnMut(&mut ShadowModel) -> Result<Vec<f32>>,
+    mut passes: EpochPasses<'_, S, F, E>,
     mut on_epoch: impl FnMut(usize),
-) -> Result<Array2<f32>> {
+) -> Result<Array2<f32>>
+where
+    S: FnMut(&mut ShadowModel, &[usize]) -> Result<L>,
+    F: FnMut(L) -> Result<Vec<f32>>,
+    E: FnMut(&mut ShadowModel) -> Result<Vec<f32>>,
+{
     model.reset(plan.seed)?;
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed ^ 0x5eed_5eed);
     let mut order: Vec<usize> = train_rows.to_vec();
     let mut losses = Array2::<f32>::zeros((rows, plan.epochs));
+    let at_step = plan.recording == LossRecording::AtStep;
+    let mut step_losses = Vec::new();
     for epoch in 0..plan.epochs {
         order.shuffle(&mut rng);
         for batch in order.chunks(plan.batch_size) {
-            step(model, batch)?;
+            let batch_losses = (passes.step)(model, batch)?;
+            if at_step {
+                step_losses.push(batch_losses);
+            }
         }
-        let epoch_losses = evaluate(model)?;
-        anyhow::ensure!(epoch_losses.len() == rows, "{} losses for {rows} rows", epoch_losses.len());
-        losses.column_mut(epoch).assign(&ndarray::Array1::from(epoch_losses));
+        for (batch, batch_losses) in order.chunks(plan.batch_size).zip(step_losses.drain(..)) {
+            let batch_losses = (passes.fetch)(batch_losses)?;
+            anyhow::ensure!(
+                batch_losses.len() == batch.len(),
+                "{} losses for a batch of {}",
+                batch_losses.len(),
+                batch.len()
+            );
+            for (&row, loss) in batch.iter().zip(batch_losses) {
+                losses[[row, epoch]] = loss;
+            }
+        }
+        if !passes.evaluated.is_empty() {
+            let evaluated = (passes.evaluate)(model)?;
+            anyhow::ensure!(
+                evaluated.len() == passes.evaluated.len(),
+                "{} losses for {} rows",
+                evaluated.len(),
+                passes.evaluated.len()
+            );
+            for (&row, loss) in passes.evaluated.iter().zip(evaluated) {
+                losses[[row, epoch]] = loss;
+            }
+        }
         on_epoch(epoch);
     }
     Ok(losses)

@@ -14,7 +14,7 @@ use crate::decision::Policy;
 use crate::engine::trajectory::{record_loss_matrix, TrainingPlan};
 use crate::engine::EngineConfig;
 use crate::engine::{score_and_decide, Engine, WindowOutcome};
-use crate::shadow::{LearningRate, MlpShape, Runtime, Sgd, ShadowModel};
+use crate::shadow::{LearningRate, LossRecording, MlpShape, Runtime, Sgd, ShadowModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -135,6 +135,7 @@ pub fn run_offline(
     offline.window.size = scenario.stream.len();
     offline.shadow.runs = 1;
     offline.shadow.second_pass = false;
+    offline.shadow.losses = LossRecording::AfterEpoch;
     offline.scorer.per_label = false;
     offline.scorer.representation = false;
     offline.scorer.input_range = false;
@@ -170,7 +171,13 @@ pub fn loss_value_flags(
         weight_decay: config.shadow.weight_decay,
     };
     let mut model = ShadowModel::new(runtime, shape, sgd, seed)?;
-    let plan = TrainingPlan { epochs, batch_size: config.shadow.batch_size, seed };
+    // The final loss: every sample evaluated after the last epoch.
+    let plan = TrainingPlan {
+        epochs,
+        batch_size: config.shadow.batch_size,
+        seed,
+        recording: LossRecording::AfterEpoch,
+    };
     // The same input scaling as lossgate's shadow: fitted on the probes.
     let stream = if config.shadow.standardize {
         FeatureScaling::fit(scenario.probes.features.view()).applied(&scenario.stream)

@@ -12,7 +12,7 @@ use super::victim::VictimResult;
 use super::{parallel, progress_bar, Harness, Summary};
 use crate::decision::Policy;
 use crate::engine::EngineConfig;
-use crate::shadow::LearningRate;
+use crate::shadow::{LearningRate, LossRecording};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -39,10 +39,12 @@ pub enum SweepParam {
     ShadowRuns,
     /// 0: one pass; 1: a second shadow trained without the first pass's suspects.
     SecondPass,
+    /// 0: every loss evaluated after its epoch (the paper's); 1: at each sample's own train step.
+    Losses,
 }
 
 impl SweepParam {
-    pub const ALL: [SweepParam; 11] = [
+    pub const ALL: [SweepParam; 12] = [
         SweepParam::Probes,
         SweepParam::K,
         SweepParam::Epochs,
@@ -54,6 +56,7 @@ impl SweepParam {
         SweepParam::PerLabel,
         SweepParam::ShadowRuns,
         SweepParam::SecondPass,
+        SweepParam::Losses,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl SweepParam {
             SweepParam::PerLabel => "per-label",
             SweepParam::ShadowRuns => "shadow-runs",
             SweepParam::SecondPass => "second-pass",
+            SweepParam::Losses => "losses",
         }
     }
 
@@ -85,6 +89,7 @@ impl SweepParam {
             SweepParam::PerLabel => vec![0.0, 1.0],
             SweepParam::ShadowRuns => vec![1.0, 2.0],
             SweepParam::SecondPass => vec![0.0, 1.0],
+            SweepParam::Losses => vec![0.0, 1.0],
         }
     }
 
@@ -133,6 +138,10 @@ impl SweepParam {
             }
             SweepParam::ShadowRuns => config.shadow.runs = value as usize,
             SweepParam::SecondPass => config.shadow.second_pass = value != 0.0,
+            SweepParam::Losses => {
+                config.shadow.losses =
+                    if value != 0.0 { LossRecording::AtStep } else { LossRecording::AfterEpoch }
+            }
         }
         config
     }

@@ -57,6 +57,20 @@ impl std::fmt::Display for LearningRate {
     }
 }
 
+/// When a row's loss for an epoch is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossRecording {
+    /// At the row's own train step in that epoch, just before its update: the step computes
+    /// it anyway, so an epoch costs no evaluation pass (rows not trained on, the second
+    /// pass's suspects, are still evaluated at the epoch's end).
+    #[default]
+    AtStep,
+    /// Every row evaluated after the epoch, as the paper does: one forward pass of the whole
+    /// window more per epoch.
+    AfterEpoch,
+}
+
 /// The shadow model and how it is trained on each window.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,6 +93,8 @@ pub struct ShadowConfig {
     pub onnxruntime_library: Option<PathBuf>,
     /// Independently seeded shadows per window whose loss trajectories are averaged.
     pub runs: usize,
+    /// When each epoch's loss of a row is taken (see [`LossRecording`]).
+    pub losses: LossRecording,
     /// Train a second shadow without the first pass's suspects and decide on its trajectories.
     pub second_pass: bool,
     /// Centre every feature on the probes' mean and divide all by one scale fitted on them
@@ -102,6 +118,7 @@ impl Default for ShadowConfig {
             intra_threads: 1,
             onnxruntime_library: None,
             runs: 1,
+            losses: LossRecording::AtStep,
             second_pass: true,
             standardize: true,
         }

@@ -5,7 +5,7 @@ pub mod graphs;
 mod model;
 pub mod runtime;
 
-pub use config::{LearningRate, ShadowConfig};
+pub use config::{LearningRate, LossRecording, ShadowConfig};
 pub use graphs::MlpShape;
-pub use model::{Evaluation, Sgd, ShadowModel};
+pub use model::{Evaluation, ResidentLosses, Sgd, ShadowModel};
 pub use runtime::{ExecutionProvider, Runtime, RuntimeOptions};

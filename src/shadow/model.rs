@@ -35,6 +35,28 @@ pub struct ResidentWindow {
     rows: usize,
 }
 
+/// One resident train step's per-sample losses, left where they were computed until the
+/// epoch ends ([`Self::to_host`]), so that a GPU step never waits on a copy.
+pub struct ResidentLosses {
+    losses: DynValue,
+    on_host: bool,
+}
+
+impl ResidentLosses {
+    pub fn to_host(self) -> Result<Vec<f32>> {
+        host_values(&self.losses, self.on_host)
+    }
+}
+
+/// A tensor's values on the host, copied from the device unless `on_host`.
+fn host_values(value: &DynValue, on_host: bool) -> Result<Vec<f32>> {
+    if on_host {
+        return Ok(value.view().try_extract_tensor::<f32>()?.1.to_vec());
+    }
+    let copy = value.view().downcast::<ort::value::DynTensorValueType>()?.to(AllocationDevice::CPU, 0)?;
+    Ok(copy.try_extract_tensor::<f32>()?.1.to_vec())
+}
+
 pub struct ShadowModel {
     shape: MlpShape,
     train: Session,
@@ -223,8 +245,9 @@ impl ShadowModel {
 
     /// One SGD step on the rows `rows` of `window`, gathered on the device. The weights and
     /// step buffers stay on the device: the step's outputs are bound there and become the next
-    /// step's inputs; only the row indices are copied in.
-    pub fn train_step_resident(&mut self, window: &ResidentWindow, rows: &[i64]) -> Result<()> {
+    /// step's inputs; only the row indices are copied in. The batch's losses (before the
+    /// update) stay there too.
+    pub fn train_step_resident(&mut self, window: &ResidentWindow, rows: &[i64]) -> Result<ResidentLosses> {
         if let Some(&bad) = rows.iter().find(|&&r| r < 0 || r as usize >= window.rows) {
             return Err(anyhow!("row {bad} is outside the resident window of {} rows", window.rows));
         }
@@ -241,18 +264,19 @@ impl ShadowModel {
         for (name, value) in self.velocity_names.iter().zip(&self.velocities) {
             binding.bind_input(name.as_str(), value)?;
         }
-        // Only the next weights and buffers are fetched (the batch losses are not needed):
-        // left where they were computed.
+        // Every output is left where it was computed.
         for name in self.parameter_names.iter().chain(&self.velocity_names) {
             binding.bind_output_to_device(format!("{name}_next"), &device)?;
         }
+        binding.bind_output_to_device("loss", &device)?;
         let mut outputs =
             self.train_gathered.run_binding(&binding).context("running the resident train step")?;
         let (parameters, velocities) = next_state(&self.parameter_names, &self.velocity_names, &mut outputs)?;
+        let losses = outputs.remove("loss").ok_or_else(|| anyhow!("train step lost output loss"))?;
         drop(outputs);
         self.parameters = parameters;
         self.velocities = velocities;
-        Ok(())
+        Ok(ResidentLosses { losses, on_host: !self.computes_on_gpu() })
     }
 
     /// Every row's loss on the resident window, in one run: the losses are the only thing
@@ -273,21 +297,7 @@ impl ShadowModel {
     /// Copies the weights out of ORT (W0, b0, W1, b1, ... flattened row-major), from the
     /// device where the resident path left them.
     pub fn parameters(&self) -> Result<Vec<Vec<f32>>> {
-        self.parameters
-            .iter()
-            .map(|v| {
-                let host = if self.device == AllocationDevice::CPU {
-                    v.view().try_extract_tensor::<f32>()?.1.to_vec()
-                } else {
-                    let t = v
-                        .view()
-                        .downcast::<ort::value::DynTensorValueType>()?
-                        .to(AllocationDevice::CPU, 0)?;
-                    t.try_extract_tensor::<f32>()?.1.to_vec()
-                };
-                Ok(host)
-            })
-            .collect()
+        self.parameters.iter().map(|v| host_values(v, !self.computes_on_gpu())).collect()
     }
 
     /// Replaces the weights (same order and sizes as [`Self::parameters`]); momentum is kept.
