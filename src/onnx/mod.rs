@@ -164,6 +164,11 @@ impl GraphBuilder {
         self.op("Gemm", &inputs, attrs)
     }
 
+    /// `a x b + beta * c`.
+    pub(crate) fn gemm_with(&mut self, a: &str, b: &str, c: &str, beta: f32) -> String {
+        self.op("Gemm", &[a, b, c], vec![Attr::Float("beta", beta)])
+    }
+
     /// Sum over one axis, dropping it.
     pub(crate) fn reduce_sum(&mut self, x: &str, axis: i64) -> String {
         let axes = self.const_i64(&[1], vec![axis]);

@@ -153,8 +153,8 @@ pub fn train_step_graph_with(
     let diff = g.op("Sub", &[&probs, &one_hot], vec![]);
     let x_shape = g.op("Shape", &["x"], vec![]);
     let zero = g.const_i64(&[], vec![0]);
-    let n = g.op("Gather", &[&x_shape, &zero], vec![Attr::Int("axis", 0)]);
-    let n = g.op("Cast", &[&n], vec![Attr::Int("to", 1)]);
+    let n_i64 = g.op("Gather", &[&x_shape, &zero], vec![Attr::Int("axis", 0)]);
+    let n = g.op("Cast", &[&n_i64], vec![Attr::Int("to", 1)]);
     let lr_over_n = g.op("Div", &[&lr, &n], vec![]);
     let mut upstream = g.op("Mul", &[&diff, &lr_over_n], vec![]);
     // lr * wd, for the decay term (only built when there is one).
@@ -163,7 +163,15 @@ pub fn train_step_graph_with(
         g.op("Mul", &[&lr, &wd], vec![])
     });
 
-    let momentum = g.const_f32(&[], vec![momentum]);
+    // A row of N ones (N: the batch), and each bias's shape, for the bias steps.
+    let one = g.const_f32(&[], vec![1.0]);
+    let leading_one = g.const_i64(&[1], vec![1]);
+    let n_dim = g.op("Unsqueeze", &[&n_i64, &zero], vec![]);
+    let ones_shape = g.op("Concat", &[&leading_one, &n_dim], vec![Attr::Int("axis", 0)]);
+    let ones_row = g.op("Expand", &[&one, &ones_shape], vec![]);
+    let bias_shapes: Vec<String> =
+        shape.layers().iter().map(|&(_, fan_out)| g.const_i64(&[1], vec![fan_out as i64])).collect();
+    let zero_f32 = g.const_f32(&[], vec![0.0]);
     // u_next = momentum * u + lr * grad (+ lr * wd * p), named as the graph outputs it.
     let finish_step = |g: &mut GraphBuilder, step: String, param: &str, buffer: &str| -> String {
         let buffer_next = format!("{buffer}_next");
@@ -196,16 +204,17 @@ pub fn train_step_graph_with(
                 finish_step(&mut g, step, &params[w], &buffers[w])
             }
         };
-        let bias_grad = g.reduce_sum(&upstream, 0);
-        let bias_kept = g.op("Mul", &[&momentum, &buffers[b]], vec![]);
-        let bias_step = g.op("Add", &[&bias_kept, &bias_grad], vec![]);
+        // The bias step as one small Gemm, ones[1, N] x upstream + momentum * u: cheaper than
+        // a ReduceSum over the batch and the two elementwise ops after it.
+        let bias_row = g.gemm_with(&ones_row, &upstream, &buffers[b], momentum_value);
+        let bias_step = g.op("Reshape", &[&bias_row, &bias_shapes[layer]], vec![]);
         buffers_next[w] = weight_step;
         buffers_next[b] = finish_step(&mut g, bias_step, &params[b], &buffers[b]);
         if layer > 0 {
-            // ReLU's derivative: the layer input is relu(z) >= 0, so its sign is 1 where z > 0.
+            // ReLU's derivative: the layer input is relu(z), positive exactly where z > 0.
             let d_input = g.gemm(&upstream, &params[w], None, false, true);
-            let relu_mask = g.op("Sign", &[input], vec![]);
-            upstream = g.op("Mul", &[&d_input, &relu_mask], vec![]);
+            let active = g.op("Greater", &[input, &zero_f32], vec![]);
+            upstream = g.op("Where", &[&active, &d_input, &zero_f32], vec![]);
         }
     }
 
