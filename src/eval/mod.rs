@@ -118,6 +118,10 @@ pub struct Settings {
     pub probes: usize,
     pub hidden: Vec<usize>,
     pub epochs: usize,
+    /// When each epoch's loss was taken; absent in results written before it was a setting
+    /// (those evaluated after every epoch).
+    #[serde(default)]
+    pub losses: Option<crate::shadow::LossRecording>,
     /// As configured; results written before `auto` hold a number here.
     pub learning_rate: crate::shadow::LearningRate,
     pub k: usize,
@@ -160,6 +164,7 @@ impl Harness<'_> {
             probes: c.probes.count,
             hidden: c.shadow.hidden.clone(),
             epochs: c.shadow.epochs,
+            losses: Some(c.shadow.losses),
             learning_rate: c.shadow.learning_rate,
             k: c.scorer.k,
             decision,

@@ -125,7 +125,7 @@ fn comparison_section(c: &Comparison, out: &mut String) {
         out,
         "Data: {}, {} training samples streamed per seed, {} seeds ({}). Engine (the daemon's \
          defaults): windows of {}, {} probes held out of the training split, shadow {}-{:?}-{} \
-         for {} epochs at lr {}{}, k = {}, decision {}. Victim: MLP {:?}, {} epochs, lr {}, \
+         for {} epochs at lr {}{}{}, k = {}, decision {}. Victim: MLP {:?}, {} epochs, lr {}, \
          momentum {}. Loss-value baseline: {} shadow epochs at lr {}.\n",
         s.dataset,
         s.stream_samples,
@@ -139,6 +139,10 @@ fn comparison_section(c: &Comparison, out: &mut String) {
         s.epochs,
         learning_rate_shown(c),
         if s.standardize { ", inputs standardised by the probes" } else { "" },
+        match s.losses.unwrap_or(crate::shadow::LossRecording::AfterEpoch) {
+            crate::shadow::LossRecording::AtStep => ", losses taken at each sample's own step",
+            crate::shadow::LossRecording::AfterEpoch => ", losses evaluated after each epoch",
+        },
         s.k,
         s.decision,
         s.victim.hidden,

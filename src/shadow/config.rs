@@ -58,7 +58,7 @@ impl std::fmt::Display for LearningRate {
 }
 
 /// When a row's loss for an epoch is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LossRecording {
     /// At the row's own train step in that epoch, just before its update: the step computes
