@@ -203,6 +203,44 @@ pub fn seconds_per_call(budget: Duration, mut f: impl FnMut() -> Result<()>) -> 
     Ok(rounds[2])
 }
 
+/// Two workloads timed in alternating rounds, so that a change of the machine's speed (this VM
+/// moves by +-20 % within minutes) hits both alike: seconds per call of each (medians over the
+/// rounds) and the median over rounds of `b`'s time as a share of `a`'s.
+pub fn paired_seconds_per_call(
+    budget: Duration,
+    mut a: impl FnMut() -> Result<()>,
+    mut b: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64, f64)> {
+    const ROUNDS: usize = 11;
+    let calls = |f: &mut dyn FnMut() -> Result<()>| -> Result<usize> {
+        f()?; // warm-up
+        let started = Instant::now();
+        f()?;
+        let once = started.elapsed().max(Duration::from_micros(1)).as_secs_f64();
+        Ok(((budget.as_secs_f64() / (2 * ROUNDS) as f64) / once).ceil().max(1.0) as usize)
+    };
+    let (calls_a, calls_b) = (calls(&mut a)?, calls(&mut b)?);
+    let timed = |f: &mut dyn FnMut() -> Result<()>, calls: usize| -> Result<f64> {
+        let started = Instant::now();
+        for _ in 0..calls {
+            f()?;
+        }
+        Ok(started.elapsed().as_secs_f64() / calls as f64)
+    };
+    let (mut times_a, mut times_b, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (t_a, t_b) = (timed(&mut a, calls_a)?, timed(&mut b, calls_b)?);
+        times_a.push(t_a);
+        times_b.push(t_b);
+        shares.push(t_b / t_a);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(times_a), median(times_b), median(shares)))
+}
+
 /// Measures everything and returns the table `lossgate bench` prints.
 pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
     let budget = Duration::from_secs_f64(if quick { 0.3 } else { 3.0 });
@@ -212,9 +250,8 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
     let mut row = |name: &str, value: String| out.push_str(&format!("{name:<52} {value}\n"));
 
     let mut step = TrainStep::new(runtime, shape.clone(), batch)?;
-    let t_step = seconds_per_call(budget, || step.run())?;
     let mut gemm = GemmCeiling::new(runtime, &shape, batch)?;
-    let t_gemm = seconds_per_call(budget, || gemm.run())?;
+    let (t_step, t_gemm, gemm_share) = paired_seconds_per_call(budget * 2, || step.run(), || gemm.run())?;
     let step_flops = shape.train_flops_per_sample() * batch as f64;
     row(
         "train step 784-256-10, batch 128",
@@ -224,7 +261,10 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
         "same GEMMs alone (ORT graph of the MatMuls)",
         format!("{:>10.0} samples/s  {:>6.1} GFLOP/s", batch as f64 / t_gemm, step_flops / t_gemm / 1e9),
     );
-    row("train step as a share of the GEMM rate", format!("{:>10.1} %", 100.0 * t_gemm / t_step));
+    row(
+        "train step as a share of the GEMM rate",
+        format!("{:>10.1} %  (median of 11 alternating rounds)", 100.0 * gemm_share),
+    );
 
     let eval_batch = 1024;
     let mut eval = TrainStep::new(runtime, shape.clone(), eval_batch)?;

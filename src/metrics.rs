@@ -99,6 +99,8 @@ pub struct Metrics {
     pub quarantined: IntCounter,
     pub quarantined_by_label: IntCounterVec,
     pub flagged_observed: IntCounter,
+    pub out_of_range: IntCounter,
+    pub window_out_of_range_share: Gauge,
     pub dead_lettered: IntCounterVec,
     pub skipped_already_produced: IntCounter,
     pub redelivered: IntCounter,
@@ -146,6 +148,13 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(shadow_learning_rate.clone())).unwrap();
+        let window_out_of_range_share = Gauge::new(
+            "lossgate_window_out_of_range_share",
+            "Share of the last window's records outside the probes' input range (scorer.input_range); \
+             over 0.2 the engine warns that the probes are probably stale",
+        )
+        .unwrap();
+        r.register(Box::new(window_out_of_range_share.clone())).unwrap();
         let window_size = IntGauge::new("lossgate_window_size", "Records in the last window").unwrap();
         r.register(Box::new(window_size.clone())).unwrap();
         let consumer_lag = IntGauge::new(
@@ -187,6 +196,12 @@ impl Metrics {
                 "lossgate_records_flagged_observed_total",
                 "Records above the threshold but forwarded because observe mode is on",
             ),
+            out_of_range: counter(
+                &r,
+                "lossgate_records_out_of_range_total",
+                "Records outside the probes' input range, quarantined by scorer.input_range",
+            ),
+            window_out_of_range_share,
             dead_lettered: counter_vec(
                 &r,
                 "lossgate_records_dead_lettered_total",

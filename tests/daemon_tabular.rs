@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::broker::{free_port, Tansu};
-use common::firewall::{create_topics, kafka_section, read_outputs, Firewall, Setup, PARTITIONS};
+use common::firewall::{create_topics, kafka_section, read_outputs, scrape, Firewall, Setup, PARTITIONS};
 use lossgate::codec::encode_json;
 use lossgate::data::LabelledSamples;
 use lossgate::eval::{DataSource, Dataset};
@@ -140,4 +140,16 @@ async fn optdigits_through_two_instances_quarantines_a_backdoor_with_its_reason(
     let clean: Vec<_> = outputs.iter().filter(|r| r.key.starts_with("sample-")).collect();
     let rejected = clean.iter().filter(|r| r.topic == quarantine).count();
     assert!(rejected * 5 <= clean.len(), "{rejected} of {} clean records quarantined", clean.len());
+    // The dashboards count what the gate took, over both instances.
+    let out_of_range: f64 = metrics
+        .iter()
+        .map(|&port| scrape(port).expect("metrics served")["lossgate_records_out_of_range_total"])
+        .sum();
+    let gated = outputs
+        .iter()
+        .filter(|r| {
+            r.headers.get("lossgate-reason").is_some_and(|x| x.contains("outside the clean probes' range"))
+        })
+        .count();
+    assert_eq!(out_of_range as usize, gated, "lossgate_records_out_of_range_total against the reasons");
 }

@@ -27,8 +27,16 @@ fn reject_fraction_and_observe_policies_on_a_real_window() {
     config.decision.policy = Policy::RejectFraction;
     let mut engine = Engine::new(&runtime, config, probes).unwrap();
     let outcome = engine.process(&window).unwrap();
+    // The paper's rule quarantines the highest-scoring 40 % of the window; the fused scores
+    // are tail shares among 300 probes, so a few samples can tie at the cut, and a tie is
+    // kept whole on the forwarded side (a score must be above the threshold).
+    let forty_per_cent = |outcome: &lossgate::engine::WindowOutcome, count: usize| {
+        let above = outcome.sample_scores.iter().filter(|&&s| s > outcome.threshold.value).count();
+        assert_eq!(count, above, "quarantined exactly the samples above the threshold");
+        assert!((390..=400).contains(&count), "{count} of 1000 quarantined, not 40 %");
+    };
     let quarantined = outcome.decisions.iter().filter(|d| d.action == Action::Quarantine).count();
-    assert_eq!(quarantined, 400, "the paper's rule quarantines 40 % of the window");
+    forty_per_cent(&outcome, quarantined);
     assert_eq!(outcome.losses.dim(), (1300, 4));
     assert!(outcome.decisions.iter().all(|d| d.reason.contains("reject-fraction 0.4")));
 
@@ -37,7 +45,7 @@ fn reject_fraction_and_observe_policies_on_a_real_window() {
     engine.set_decision(observe).unwrap();
     let outcome = engine.process(&window).unwrap();
     assert!(outcome.decisions.iter().all(|d| d.action == Action::Forward));
-    assert_eq!(outcome.decisions.iter().filter(|d| d.flagged).count(), 400);
+    forty_per_cent(&outcome, outcome.decisions.iter().filter(|d| d.flagged).count());
 }
 
 #[test]

@@ -170,6 +170,11 @@ fn record_window_metrics(
             .inc_by(o.decisions.iter().filter(|d| d.flagged && d.action == Action::Forward).count() as u64);
         m.threshold.set(o.threshold.value as f64);
         m.shadow_learning_rate.set(o.learning_rate as f64);
+        if let Some(outside) = &o.out_of_range {
+            let count = outside.iter().filter(|&&o| o).count();
+            m.out_of_range.inc_by(count as u64);
+            m.window_out_of_range_share.set(count as f64 / outside.len().max(1) as f64);
+        }
     }
     m.window_size.set(records.len() as i64);
     m.window_seconds.observe(started.elapsed().as_secs_f64());

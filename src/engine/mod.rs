@@ -90,6 +90,8 @@ pub struct WindowOutcome {
     pub learning_rate: f32,
     /// The views of every row of `losses` beside its trajectory, fused into the scores.
     pub views: OtherViews,
+    /// Which window samples lie outside the probes' input range (`scorer.input_range`).
+    pub out_of_range: Option<Vec<bool>>,
 }
 
 /// What the engine measured of every row of a window (samples, then probes) besides its loss
@@ -116,12 +118,12 @@ impl WindowOutcome {
         self.decisions.len()
     }
 
-    /// Window sample `i`'s loss after every epoch.
+    /// Window sample `i`'s loss in every epoch.
     pub fn trajectory(&self, i: usize) -> Vec<f32> {
         self.losses.row(i).to_vec()
     }
 
-    /// The 10th, 50th and 90th percentile of the probes' losses after each epoch, among the
+    /// The 10th, 50th and 90th percentile of the probes' losses in each epoch, among the
     /// probes labelled `label` (all probes when fewer than two have that label): the clean
     /// band a sample's trajectory is shown against.
     pub fn probe_band(&self, label: i64) -> Vec<[f32; 3]> {
@@ -284,19 +286,16 @@ impl Engine {
         let losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
         // The views of the inputs alone are the same for both passes.
         let inputs = self.input_views(&joined, window.len());
-        // Once per window (scoring runs once per pass).
-        if let Some(exceedance) = &inputs.range_exceedance {
-            let outside = input_range::out_of_range(exceedance, window.len());
-            if let Some(warning) = scoring::stale_probes_warning(&outside[..window.len()]) {
-                tracing::warn!(window_samples = window.len(), "{warning}");
-            }
-        }
         let views = OtherViews {
             representation: self.representation_scores(&joined, window.len())?,
             ..inputs.clone()
         };
         let outcome =
             score_and_decide(&self.config, losses, joined.labels.clone(), window.len(), rate, views);
+        // Once per window: the range is the same in both passes.
+        if let Some(warning) = outcome.out_of_range.as_deref().and_then(scoring::stale_probes_warning) {
+            tracing::warn!(window_samples = window.len(), "{warning}");
+        }
         if !self.config.shadow.second_pass {
             return Ok(outcome);
         }

@@ -51,7 +51,19 @@ pub fn score_and_decide(
             decided
         })
         .collect();
-    WindowOutcome { losses, labels, sample_scores, threshold, decisions, learning_rate, views }
+    WindowOutcome {
+        losses,
+        labels,
+        sample_scores,
+        threshold,
+        decisions,
+        learning_rate,
+        views,
+        out_of_range: outside.map(|mut o| {
+            o.truncate(sample_count);
+            o
+        }),
+    }
 }
 
 /// A clean sample lies out of the probes' range with probability at most 1 / (probes + 1), and

@@ -20,7 +20,7 @@ pub const DECISION: &str = "lossgate-decision";
 /// comma-separated.
 pub const TRAJECTORY: &str = "lossgate-trajectory";
 /// On a quarantined record: the 10th, 50th and 90th percentile of its window's same-label
-/// probe losses after each epoch, `p10/p50/p90` per epoch, comma-separated.
+/// probe losses in each epoch, `p10/p50/p90` per epoch, comma-separated.
 pub const PROBE_BAND: &str = "lossgate-probe-band";
 /// On a dead-letter copy written without its value: the size of the value that was dropped.
 pub const ORIGINAL_SIZE: &str = "lossgate-original-size";
