@@ -1,4 +1,5 @@
-//! Loss trajectories: every sample's loss after every shadow epoch, and the paper's epoch filter.
+//! Loss trajectories: every sample's loss in every shadow epoch (at its own step, or after the
+//! epoch as the paper takes it), and the paper's epoch filter.
 
 use std::borrow::Cow;
 
