@@ -18,7 +18,7 @@ use lossgate::codec::encode_json;
 use lossgate::config::Config;
 use lossgate::daemon::{self, DaemonOptions};
 use lossgate::eval::load_mnist;
-use lossgate::metrics::Metrics;
+use lossgate::metrics::{Ended, Metrics};
 use lossgate::probes;
 use lossgate::shadow::runtime::cache_dir;
 use tansu::{free_port, Tansu};
@@ -27,11 +27,19 @@ struct PipelineRun {
     name: &'static str,
     records: usize,
     seconds: f64,
+    /// Records out and seconds from the end of the first round of windows (one per engine
+    /// worker) to the last record: the steady state, without the first round's wait (its first
+    /// window also chooses the learning rate, once per daemon lifetime).
+    after_first_round: (u64, f64),
 }
 
 impl PipelineRun {
     fn records_per_second(&self) -> f64 {
         self.records as f64 / self.seconds
+    }
+
+    fn steady_records_per_second(&self) -> f64 {
+        self.after_first_round.0 as f64 / self.after_first_round.1
     }
 }
 
@@ -90,6 +98,9 @@ async fn run_once(
     let probes = probes::draw(&test, config.probes.count, 1)?;
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // In pass-through every window is "committed" at once; with the engine, one per worker
+    // runs at a time.
+    let workers = if passthrough { 1 } else { config.engine_pool.workers as u64 };
     let options = DaemonOptions {
         config,
         config_path: None,
@@ -110,16 +121,22 @@ async fn run_once(
     }
     // Timed from the first record read to the last record acknowledged in an output.
     let started = Instant::now();
+    let mut first_round: Option<(u64, Instant)> = None;
     while (out() as usize) < count {
         if Instant::now() > deadline || daemon.is_finished() {
             bail!("{name}: only {} of {count} records came out", out());
         }
+        if first_round.is_none() && metrics.windows.get(Ended::Committed) >= workers {
+            first_round = Some((out(), Instant::now()));
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let (out_at_round, round_at) = first_round.unwrap_or((0, started));
+    let after_first_round = (count as u64 - out_at_round, round_at.elapsed().as_secs_f64());
     let _ = stop.send(());
     daemon.await.context("daemon task")??;
-    Ok(PipelineRun { name, records: count, seconds })
+    Ok(PipelineRun { name, records: count, seconds, after_first_round })
 }
 
 /// Runs pass-through and the engine on `count` records each and returns the table.
@@ -133,10 +150,11 @@ async fn report(config: &Config, mnist: &Path, count: usize) -> Result<String> {
     );
     for run in [&passthrough, &engine] {
         out.push_str(&format!(
-            "{:<12} {:>8.2} s  {:>10.0} records/s\n",
+            "{:<12} {:>8.2} s  {:>10.0} records/s   after the first round of windows: {:>8.0} records/s\n",
             run.name,
             run.seconds,
-            run.records_per_second()
+            run.records_per_second(),
+            run.steady_records_per_second()
         ));
     }
     out.push_str(&format!(
