@@ -148,6 +148,7 @@ mod tests {
         assert_eq!(c.shadow.epochs, 10);
         assert!(c.shadow.second_pass);
         assert_eq!(c.shadow.losses, crate::shadow::LossRecording::AtStep);
+        assert!(c.shadow.recheck_rate);
         assert!(c.scorer.per_label);
         assert_eq!(c.scorer.k, 50);
         assert_eq!(c.probes.count, 250);
@@ -168,6 +169,13 @@ mod tests {
         assert_eq!(after.shadow.losses, crate::shadow::LossRecording::AfterEpoch);
         let err = format!("{:#}", parse("[shadow]\nlosses = \"per-batch\"\n").unwrap_err());
         assert!(err.contains("losses") && err.contains("at-step"), "{err}");
+    }
+
+    #[test]
+    fn the_rate_recheck_is_a_switch() {
+        assert!(!parse("[shadow]\nrecheck_rate = false\n").unwrap().shadow.recheck_rate);
+        let err = format!("{:#}", parse("[shadow]\nrecheck_rate = \"sometimes\"\n").unwrap_err());
+        assert!(err.contains("recheck_rate"), "{err}");
     }
 
     #[test]

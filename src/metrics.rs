@@ -109,6 +109,8 @@ pub struct Metrics {
     pub score: Histogram,
     pub threshold: Gauge,
     pub shadow_learning_rate: Gauge,
+    pub shadow_first_epoch_pace: Gauge,
+    pub windows_rate_rechosen: IntCounter,
     pub window_size: IntGauge,
     pub windows: LabelledCounter<Ended>,
     pub window_seconds: Histogram,
@@ -148,6 +150,14 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(shadow_learning_rate.clone())).unwrap();
+        let shadow_first_epoch_pace = Gauge::new(
+            "lossgate_shadow_first_epoch_pace",
+            "The last window's probes' mean loss after one shadow epoch as a share of chance, at the \
+             chosen learning rate; outside 1/3-5/6 the rate is chosen again for that window \
+             (shadow.recheck_rate)",
+        )
+        .unwrap();
+        r.register(Box::new(shadow_first_epoch_pace.clone())).unwrap();
         let window_out_of_range_share = Gauge::new(
             "lossgate_window_out_of_range_share",
             "Share of the last window's records outside the probes' input range (scorer.input_range); \
@@ -232,6 +242,13 @@ impl Metrics {
             ),
             threshold,
             shadow_learning_rate,
+            shadow_first_epoch_pace,
+            windows_rate_rechosen: counter(
+                &r,
+                "lossgate_windows_rate_rechosen_total",
+                "Windows whose shadow learned outside the pace band at the chosen learning rate and \
+                 got a rate chosen again on themselves (the stream drifted)",
+            ),
             window_size,
             windows: LabelledCounter::register(&r, "lossgate_windows_total", "Windows ended, by result"),
             window_seconds: histogram(

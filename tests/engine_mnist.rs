@@ -143,3 +143,69 @@ fn the_learning_rate_is_chosen_from_the_first_window_or_taken_as_configured() {
     assert!(!fixed.needs_calibration());
     assert_eq!(fixed.process(&window).unwrap().learning_rate, 0.05);
 }
+
+/// A window closed early (`window.max_wait` under light traffic) takes fewer steps per epoch
+/// than the full window the rate was chosen on, so at that rate its shadow hardly learns in
+/// its first epoch: the pace check sees it and chooses a faster rate for that window. A full
+/// window of the same stream stays within the band and keeps the pool's rate.
+#[test]
+fn a_window_closed_early_gets_a_rate_for_its_own_pace() {
+    let runtime = common::runtime();
+    let all = common::mnist_train(8300);
+    let probes = all.slice(8000, 8300);
+    let mut config = small_config();
+    config.window.size = 8000;
+    config.shadow.epochs = 3;
+    let mut engine = Engine::new(&runtime, config, probes).unwrap();
+    let base = engine.calibrate(&all.slice(0, 8000)).unwrap().learning_rate;
+    let full = engine.process(&all.slice(0, 8000)).unwrap();
+    let pace = full.pace.expect("three epochs of at-step losses give a pace");
+    assert!((1.0 / 3.0..=5.0 / 6.0).contains(&pace), "full window: pace {pace}");
+    assert!(full.rate_recheck.is_none() && full.learning_rate == base, "{:?}", full.rate_recheck);
+
+    let short = engine.process(&all.slice(0, 500)).unwrap();
+    let recheck = short.rate_recheck.as_ref().unwrap_or_else(|| panic!("500 samples: pace {:?}", short.pace));
+    assert!(recheck.pace > 5.0 / 6.0, "{recheck:?}");
+    assert!(short.learning_rate > base, "a faster rate for fewer steps: {recheck:?}");
+}
+
+/// `learning_rate = "auto"`: a window that learns far faster or slower than the rate was chosen
+/// for (here: a rate chosen on other data) gets its rate chosen again, for itself alone; the
+/// next window starts from the pool's rate again. A fixed rate, or `recheck_rate = false`,
+/// is used as it is.
+#[test]
+fn a_window_out_of_the_pace_band_gets_its_rate_chosen_again() {
+    use lossgate::engine::calibration::Calibration;
+    let runtime = common::runtime();
+    let (window, probes) = window_and_probes();
+    let mut config = small_config();
+    config.shadow.epochs = 3;
+    let chosen_elsewhere = |rate: f32| Calibration { learning_rate: rate, trials: Vec::new() };
+    // On this window the chosen rate would be about 0.007: the pace at 0.0001 is 0.99, at
+    // 0.05 about 0.22 of chance.
+    for base in [0.0001f32, 0.05] {
+        let mut engine = Engine::new(&runtime, config.clone(), probes.clone()).unwrap();
+        engine.adopt(&chosen_elsewhere(base)).unwrap();
+        let outcome = engine.process(&window).unwrap();
+        let recheck =
+            outcome.rate_recheck.as_ref().unwrap_or_else(|| panic!("base {base}: pace {:?}", outcome.pace));
+        assert_eq!(recheck.base_rate, base);
+        assert!(!(1.0 / 3.0..=5.0 / 6.0).contains(&recheck.pace), "{recheck:?}");
+        assert_eq!(outcome.learning_rate, recheck.calibration.learning_rate);
+        assert_ne!(outcome.learning_rate, base);
+        // The next window is checked against the pool's rate again, not the re-chosen one.
+        let next = engine.process(&window).unwrap();
+        assert_eq!(next.rate_recheck.as_ref().map(|r| r.base_rate), Some(base));
+        assert_eq!(next.learning_rate, outcome.learning_rate, "the same window re-chooses the same rate");
+    }
+    let mut off = config.clone();
+    off.shadow.recheck_rate = false;
+    let mut engine = Engine::new(&runtime, off, probes.clone()).unwrap();
+    engine.adopt(&chosen_elsewhere(0.05)).unwrap();
+    let outcome = engine.process(&window).unwrap();
+    assert!(outcome.rate_recheck.is_none() && outcome.learning_rate == 0.05);
+    let mut fixed = config;
+    fixed.shadow.learning_rate = lossgate::shadow::LearningRate::Fixed(0.05);
+    let outcome = Engine::new(&runtime, fixed, probes).unwrap().process(&window).unwrap();
+    assert!(outcome.rate_recheck.is_none() && outcome.learning_rate == 0.05);
+}

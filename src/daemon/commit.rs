@@ -170,6 +170,12 @@ fn record_window_metrics(
             .inc_by(o.decisions.iter().filter(|d| d.flagged && d.action == Action::Forward).count() as u64);
         m.threshold.set(o.threshold.value as f64);
         m.shadow_learning_rate.set(o.learning_rate as f64);
+        if let Some(pace) = o.pace {
+            m.shadow_first_epoch_pace.set(pace);
+        }
+        if o.rate_recheck.is_some() {
+            m.windows_rate_rechosen.inc();
+        }
         if let Some(outside) = &o.out_of_range {
             let count = outside.iter().filter(|&&o| o).count();
             m.out_of_range.inc_by(count as u64);

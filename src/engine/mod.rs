@@ -92,6 +92,39 @@ pub struct WindowOutcome {
     pub views: OtherViews,
     /// Which window samples lie outside the probes' input range (`scorer.input_range`).
     pub out_of_range: Option<Vec<bool>>,
+    /// The probes' loss after the first epoch as a share of chance, at the pool's rate
+    /// (`calibration::first_epoch_pace`); `None` when the trajectories are too short to say.
+    pub pace: Option<f64>,
+    /// Set when that pace was outside the band and the rate was chosen again on this window.
+    pub rate_recheck: Option<RateRecheck>,
+}
+
+/// A window that learned outside the pace band at the pool's rate, and the rate chosen again
+/// on it for it alone (`shadow.recheck_rate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateRecheck {
+    /// The probes' loss after the first epoch as a share of chance, at `base_rate`.
+    pub pace: f64,
+    /// The pool's rate, chosen on the first window (or fixed).
+    pub base_rate: f32,
+    /// The trials on this window and the rate this window ran at.
+    pub calibration: Calibration,
+}
+
+impl RateRecheck {
+    fn log(&self, window_samples: usize) {
+        let (low, high) = calibration::PACE_BAND;
+        tracing::info!(
+            window_samples,
+            pace = format!("{:.3}", self.pace),
+            band = format!("{low:.3}-{high:.3}"),
+            base_rate = format!("{:.5}", self.base_rate),
+            learning_rate = format!("{:.5}", self.calibration.learning_rate),
+            "the probes' loss after one epoch left the band the learning rate was chosen for (the \
+             stream learns faster or slower than the first window did): rate chosen again for \
+             this window"
+        );
+    }
 }
 
 /// What the engine measured of every row of a window (samples, then probes) besides its loss
@@ -213,6 +246,13 @@ impl Engine {
     /// one epoch on window + probes per candidate rate, slowest first, until the probes' loss
     /// falls below the target.
     pub fn calibrate(&mut self, window: &LabelledSamples) -> Result<Calibration> {
+        let calibration = self.choose_rate(window)?;
+        self.adopt(&calibration)?;
+        Ok(calibration)
+    }
+
+    /// The calibration's trials on `window`; leaves the model at the last rate tried.
+    fn choose_rate(&mut self, window: &LabelledSamples) -> Result<Calibration> {
         window.check_shape(self.config.input.features, self.config.input.classes).context("window")?;
         let joined = self.scaling.applied(window).concat(&self.probes)?;
         let everything: Vec<usize> = (0..joined.len()).collect();
@@ -241,9 +281,7 @@ impl Engine {
                 break;
             }
         }
-        let calibration = Calibration::from_trials(trials);
-        self.adopt(&calibration)?;
-        Ok(calibration)
+        Ok(Calibration::from_trials(trials))
     }
 
     /// Uses a learning rate another engine of the same pool chose.
@@ -276,27 +314,56 @@ impl Engine {
         mut on_epoch: impl FnMut(usize),
     ) -> Result<WindowOutcome> {
         window.check_shape(self.config.input.features, self.config.input.classes).context("window")?;
-        if self.needs_calibration() && Self::can_calibrate_on(window) {
+        let calibrates_now = self.needs_calibration() && Self::can_calibrate_on(window);
+        if calibrates_now {
             let calibration = self.calibrate(window)?;
             log_calibration(&calibration);
         }
-        let rate = self.learning_rate.unwrap_or(FALLBACK_LEARNING_RATE);
+        let base_rate = self.learning_rate.unwrap_or(FALLBACK_LEARNING_RATE);
+        // A window whose rate was chosen again left the model at that rate.
+        if self.model.learning_rate() != base_rate {
+            self.model.set_learning_rate(base_rate)?;
+        }
         let joined = self.scaling.applied(window).concat(&self.probes)?;
         let everything: Vec<usize> = (0..joined.len()).collect();
-        let losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
+        let mut losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
+        let pace = calibration::first_epoch_pace(
+            losses.view(),
+            window.len(),
+            self.config.input.classes,
+            self.config.shadow.losses,
+        );
+        let recheck = match pace {
+            Some(pace)
+                if !calibrates_now
+                    && self.rechecks_rate()
+                    && Self::can_calibrate_on(window)
+                    && !calibration::within_pace_band(pace) =>
+            {
+                let recheck = RateRecheck { pace, base_rate, calibration: self.choose_rate(window)? };
+                recheck.log(window.len());
+                self.model.set_learning_rate(recheck.calibration.learning_rate)?;
+                losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
+                Some(recheck)
+            }
+            _ => None,
+        };
+        let rate = recheck.as_ref().map_or(base_rate, |r| r.calibration.learning_rate);
         // The views of the inputs alone are the same for both passes.
         let inputs = self.input_views(&joined, window.len());
         let views = OtherViews {
             representation: self.representation_scores(&joined, window.len())?,
             ..inputs.clone()
         };
-        let outcome =
+        let mut outcome =
             score_and_decide(&self.config, losses, joined.labels.clone(), window.len(), rate, views);
+        outcome.pace = pace;
         // Once per window: the range is the same in both passes.
         if let Some(warning) = outcome.out_of_range.as_deref().and_then(scoring::stale_probes_warning) {
             tracing::warn!(window_samples = window.len(), "{warning}");
         }
         if !self.config.shadow.second_pass {
+            outcome.rate_recheck = recheck;
             return Ok(outcome);
         }
         // Second pass: a fresh shadow trained without the first pass's suspects, so that the
@@ -306,7 +373,18 @@ impl Engine {
         let losses = self.averaged_losses(&joined, &kept, seed ^ 0x2ba5_5eed, &mut on_epoch)?;
         let views =
             OtherViews { representation: self.representation_scores(&joined, window.len())?, ..inputs };
-        Ok(score_and_decide(&self.config, losses, joined.labels, window.len(), rate, views))
+        let mut outcome = score_and_decide(&self.config, losses, joined.labels, window.len(), rate, views);
+        outcome.pace = pace;
+        outcome.rate_recheck = recheck;
+        Ok(outcome)
+    }
+
+    /// Whether a window out of the pace band gets its rate chosen again: only a rate the
+    /// engine chose (`auto`), and only on a window large enough to choose one on.
+    fn rechecks_rate(&self) -> bool {
+        matches!(self.config.shadow.learning_rate, LearningRate::Auto)
+            && self.config.shadow.recheck_rate
+            && self.learning_rate.is_some()
     }
 
     /// The views of every row of `joined` that need only its inputs (`scorer.input_range`,

@@ -63,6 +63,8 @@ pub fn score_and_decide(
             o.truncate(sample_count);
             o
         }),
+        pace: None,
+        rate_recheck: None,
     }
 }
 

@@ -104,14 +104,33 @@ pub fn run_engine(
     seed: u64,
     on_epoch: &(dyn Fn() + Sync),
 ) -> Result<StreamRun> {
+    run_engine_cut(runtime, config, scenario, seed, config.window.size, on_epoch)
+}
+
+/// Like [`run_engine`], but only the first window is full: the rest are cut at `cut` samples,
+/// as a daemon that starts on a backlog and then keeps up with a slower stream closes them
+/// early at `window.max_wait`.
+pub fn run_engine_cut(
+    runtime: &Runtime,
+    config: &EngineConfig,
+    scenario: &Scenario,
+    seed: u64,
+    cut: usize,
+    on_epoch: &(dyn Fn() + Sync),
+) -> Result<StreamRun> {
     let mut engine = Engine::new(runtime, config.clone(), scenario.probes.clone())?;
     let stream = &scenario.stream;
     let mut windows = Vec::new();
-    for (index, start) in (0..stream.len()).step_by(config.window.size).enumerate() {
-        let end = (start + config.window.size).min(stream.len());
+    let (mut start, mut size) = (0, config.window.size.max(1));
+    for index in 0.. {
+        if start >= stream.len() {
+            break;
+        }
+        let end = (start + size).min(stream.len());
         let window_seed = seed.wrapping_mul(1_000_003).wrapping_add(index as u64);
         let outcome = engine.process_seeded(&stream.slice(start, end), window_seed, |_| on_epoch())?;
         windows.push(WindowRecord { start, outcome });
+        (start, size) = (end, cut.max(1));
     }
     Ok(StreamRun { windows })
 }

@@ -91,6 +91,13 @@ pub struct SeedComparison {
     /// The learning rate lossgate's shadow used on this seed (chosen when `auto`).
     #[serde(default)]
     pub shadow_learning_rate: Option<f32>,
+    /// Each lossgate window's pace (the probes' loss after one epoch as a share of chance, at
+    /// the chosen rate; `engine::calibration`).
+    #[serde(default)]
+    pub window_paces: Vec<f64>,
+    /// How many of those windows learned outside the pace band and had their rate chosen again.
+    #[serde(default)]
+    pub windows_rate_rechosen: usize,
 }
 
 /// The comparison of every defence over seeds.
@@ -237,6 +244,16 @@ impl Harness<'_> {
         let rate = lossgate_flags.iter().filter(|&&f| f).count() as f64 / n.max(1) as f64;
         let shadow_learning_rate =
             lossgate.as_ref().and_then(|l| l.windows.last()).map(|w| w.outcome.learning_rate);
+        let lossgate_windows = lossgate.as_ref().map_or(&[][..], |l| &l.windows[..]);
+        let window_paces: Vec<f64> = lossgate_windows.iter().filter_map(|w| w.outcome.pace).collect();
+        let windows_rate_rechosen =
+            lossgate_windows.iter().filter(|w| w.outcome.rate_recheck.is_some()).count();
+        tracing::info!(
+            seed,
+            paces = %window_paces.iter().map(|p| format!("{p:.3}")).collect::<Vec<_>>().join(" "),
+            windows_rate_rechosen,
+            "lossgate windows: the probes' loss after one epoch as a share of chance"
+        );
         let offline = match wants(Defence::OfflineBadloss) {
             true => {
                 Some(run_offline(self.runtime, &self.config, &scenario, seed, shadow_learning_rate, &tick)?)
@@ -303,6 +320,8 @@ impl Harness<'_> {
             defences,
             seconds: started.elapsed().as_secs_f64(),
             shadow_learning_rate,
+            window_paces,
+            windows_rate_rechosen,
         };
         Ok((result, plots))
     }

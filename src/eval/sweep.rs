@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::defence::run_engine;
+use super::defence::{run_engine, run_engine_cut};
 use super::metrics::Detection;
 use super::victim::VictimResult;
 use super::{parallel, progress_bar, Harness, Summary};
@@ -41,10 +41,14 @@ pub enum SweepParam {
     SecondPass,
     /// 0: every loss evaluated after its epoch (the paper's); 1: at each sample's own train step.
     Losses,
+    /// How full windows are when they close, as a share of `window.size`, after a first full
+    /// one: a daemon that starts on a backlog, then closes windows early at
+    /// `window.max_wait` as records arrive slowly.
+    WindowFill,
 }
 
 impl SweepParam {
-    pub const ALL: [SweepParam; 12] = [
+    pub const ALL: [SweepParam; 13] = [
         SweepParam::Probes,
         SweepParam::K,
         SweepParam::Epochs,
@@ -57,6 +61,7 @@ impl SweepParam {
         SweepParam::ShadowRuns,
         SweepParam::SecondPass,
         SweepParam::Losses,
+        SweepParam::WindowFill,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +78,7 @@ impl SweepParam {
             SweepParam::ShadowRuns => "shadow-runs",
             SweepParam::SecondPass => "second-pass",
             SweepParam::Losses => "losses",
+            SweepParam::WindowFill => "window-fill",
         }
     }
 
@@ -90,6 +96,7 @@ impl SweepParam {
             SweepParam::ShadowRuns => vec![1.0, 2.0],
             SweepParam::SecondPass => vec![0.0, 1.0],
             SweepParam::Losses => vec![0.0, 1.0],
+            SweepParam::WindowFill => vec![0.125, 0.25, 0.5, 1.0],
         }
     }
 
@@ -142,8 +149,19 @@ impl SweepParam {
                 config.shadow.losses =
                     if value != 0.0 { LossRecording::AtStep } else { LossRecording::AfterEpoch }
             }
+            // The engine's config is unchanged: only where the stream is cut changes.
+            SweepParam::WindowFill => {}
         }
         config
+    }
+
+    /// Samples per window after the first as the stream is cut at `value` (`window.size` but
+    /// for the fill).
+    pub fn window_cut(self, config: &EngineConfig, value: f64) -> usize {
+        match self {
+            SweepParam::WindowFill => ((config.window.size as f64 * value).round() as usize).max(1),
+            _ => config.window.size,
+        }
     }
 }
 
@@ -199,14 +217,21 @@ impl Harness<'_> {
                 .validate()
                 .with_context(|| format!("sweep {} = {value}", param.name()))?;
         }
-        let windows = |c: &EngineConfig| {
+        let windows = |c: &EngineConfig, cut: usize| {
             let passes = c.shadow.runs * (1 + c.shadow.second_pass as usize);
-            self.stream_len().div_ceil(c.window.size) * c.shadow.epochs * passes
+            let rest = self.stream_len().saturating_sub(c.window.size);
+            (1 + rest.div_ceil(cut)) * c.shadow.epochs * passes
         };
         let shadow_epochs: usize = if param.rescores(&self.config) {
-            windows(&self.config)
+            windows(&self.config, self.config.window.size)
         } else {
-            values.iter().map(|&v| windows(&param.apply(&self.config, v))).sum()
+            values
+                .iter()
+                .map(|&v| {
+                    let config = param.apply(&self.config, v);
+                    windows(&config, param.window_cut(&config, v))
+                })
+                .sum()
         };
         let victim_epochs = if victims { values.len() * self.victim.epochs } else { 0 };
         let progress = progress_bar(
@@ -270,7 +295,8 @@ impl Harness<'_> {
                 }
                 base_run.as_ref().expect("just set").rescored(&config)
             } else {
-                run_engine(self.runtime, &config, &scenario, seed, tick)?
+                let cut = param.window_cut(&config, value);
+                run_engine_cut(self.runtime, &config, &scenario, seed, cut, tick)?
             };
             let flagged = run.flagged();
             let detection = self.detection(&scenario, &flagged, Some(&run.normalised_scores()));

@@ -12,8 +12,9 @@ use crate::validation::{ensure, ConfigError};
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(try_from = "LearningRateField")]
 pub enum LearningRate {
-    /// Chosen on the stream's first window: the candidate whose shadow best tells synthetic
-    /// canary poisons from the window.
+    /// Chosen on the stream's first window: the rate at which the probes' loss after one epoch
+    /// falls to two thirds of chance (`engine::calibration`), and chosen again for any window
+    /// that learns outside the band around it (`recheck_rate`).
     Auto,
     Fixed(f32),
 }
@@ -82,6 +83,9 @@ pub struct ShadowConfig {
     pub batch_size: usize,
     /// SGD learning rate: a number, or chosen by the engine on the first window (`auto`).
     pub learning_rate: LearningRate,
+    /// Under `auto`: a window whose probes learn outside the pace band at the chosen rate
+    /// (the stream drifted) gets its rate chosen again, for that window alone.
+    pub recheck_rate: bool,
     pub momentum: f32,
     pub weight_decay: f32,
     /// Seed of weight init and shuffling; each window derives its own from it.
@@ -110,6 +114,7 @@ impl Default for ShadowConfig {
             epochs: 10,
             batch_size: 128,
             learning_rate: LearningRate::Auto,
+            recheck_rate: true,
             momentum: 0.9,
             weight_decay: 0.0,
             seed: 1,

@@ -229,6 +229,11 @@ impl ShadowModel {
     }
 
     /// Whether the execution provider computes on a GPU (where the resident path pays).
+    /// The SGD learning rate the next step uses.
+    pub fn learning_rate(&self) -> f32 {
+        self.learning_rate
+    }
+
     pub fn computes_on_gpu(&self) -> bool {
         self.device != AllocationDevice::CPU
     }
