@@ -30,11 +30,21 @@ pub struct DecisionConfig {
     pub threshold: Option<f32>,
     /// Decide and label, but forward everything.
     pub observe: bool,
+    /// Under `calibrated`: forward a sample just above the threshold (not above the one at
+    /// alpha / 5) that the shadow learned as well as its label's probes (`engine::hard_clean`).
+    pub keep_hard_clean: bool,
 }
 
 impl Default for DecisionConfig {
     fn default() -> Self {
-        Self { policy: Policy::Calibrated, alpha: 0.1, reject_fraction: 0.4, threshold: None, observe: false }
+        Self {
+            policy: Policy::Calibrated,
+            alpha: 0.1,
+            reject_fraction: 0.4,
+            threshold: None,
+            observe: false,
+            keep_hard_clean: false,
+        }
     }
 }
 
@@ -133,7 +143,23 @@ impl DecisionConfig {
         if flagged && self.observe {
             reason.push_str("; observe mode: would quarantine, forwarded");
         }
-        Decision { action, flagged, score, threshold: threshold.value, reason }
+        Decision { action, flagged, score, threshold: threshold.value, reason, kept_hard_clean: false }
+    }
+}
+
+impl DecisionConfig {
+    /// A sample above the threshold forwarded as hard clean data: no longer flagged, and the
+    /// reason says why.
+    pub fn keep_as_hard_clean(&self, mut decided: Decision) -> Decision {
+        decided.flagged = false;
+        decided.kept_hard_clean = true;
+        decided.action = Action::Forward;
+        decided.reason = format!(
+            "{}; forwarded as hard clean data: only just above the threshold, and learned as well \
+             as its label's clean probes (decision.keep_hard_clean)",
+            decided.reason.split("; observe mode").next().unwrap_or_default()
+        );
+        decided
     }
 }
 
@@ -152,6 +178,8 @@ pub struct Decision {
     pub score: f32,
     pub threshold: f32,
     pub reason: String,
+    /// Above the threshold, but forwarded as hard clean data (`keep_hard_clean`).
+    pub kept_hard_clean: bool,
 }
 
 #[cfg(test)]

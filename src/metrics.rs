@@ -99,6 +99,7 @@ pub struct Metrics {
     pub quarantined: IntCounter,
     pub quarantined_by_label: IntCounterVec,
     pub flagged_observed: IntCounter,
+    pub kept_hard_clean: IntCounter,
     pub out_of_range: IntCounter,
     pub window_out_of_range_share: Gauge,
     pub dead_lettered: IntCounterVec,
@@ -205,6 +206,11 @@ impl Metrics {
                 &r,
                 "lossgate_records_flagged_observed_total",
                 "Records above the threshold but forwarded because observe mode is on",
+            ),
+            kept_hard_clean: counter(
+                &r,
+                "lossgate_records_kept_hard_clean_total",
+                "Records above the threshold forwarded as hard clean data (decision.keep_hard_clean)",
             ),
             out_of_range: counter(
                 &r,

@@ -209,3 +209,37 @@ fn a_window_out_of_the_pace_band_gets_its_rate_chosen_again() {
     let outcome = Engine::new(&runtime, fixed, probes).unwrap().process(&window).unwrap();
     assert!(outcome.rate_recheck.is_none() && outcome.learning_rate == 0.05);
 }
+
+/// `decision.keep_hard_clean`: on a real window, the rule only ever forwards samples the
+/// threshold alone would quarantine, says so in their reason, and forwards some.
+#[test]
+fn keeping_the_hard_clean_data_only_forwards_samples_from_the_grey_zone() {
+    use lossgate::engine::score_and_decide;
+    let runtime = common::runtime();
+    let (window, probes) = window_and_probes();
+    let mut config = small_config();
+    config.shadow.epochs = 4;
+    let mut engine = Engine::new(&runtime, config.clone(), probes).unwrap();
+    let outcome = engine.process(&window).unwrap();
+    assert!(outcome.decisions.iter().all(|d| !d.reason.contains("keep_hard_clean")), "off by default");
+    config.decision.keep_hard_clean = true;
+    let kept = score_and_decide(
+        &config,
+        outcome.losses.clone(),
+        outcome.labels.clone(),
+        outcome.sample_count(),
+        outcome.learning_rate,
+        outcome.views.clone(),
+    );
+    let mut forwarded = 0;
+    for (off, on) in outcome.decisions.iter().zip(&kept.decisions) {
+        assert_eq!(off.score, on.score);
+        if off.action != on.action {
+            assert!(off.flagged && on.action == Action::Forward && !on.flagged, "{off:?} -> {on:?}");
+            assert!(on.reason.contains("forwarded as hard clean data"), "{}", on.reason);
+            forwarded += 1;
+        }
+    }
+    let quarantined = outcome.decisions.iter().filter(|d| d.action == Action::Quarantine).count();
+    assert!(forwarded > 0 && forwarded < quarantined, "{forwarded} of {quarantined} forwarded");
+}

@@ -168,6 +168,7 @@ fn record_window_metrics(
         }
         m.flagged_observed
             .inc_by(o.decisions.iter().filter(|d| d.flagged && d.action == Action::Forward).count() as u64);
+        m.kept_hard_clean.inc_by(o.decisions.iter().filter(|d| d.kept_hard_clean).count() as u64);
         m.threshold.set(o.threshold.value as f64);
         m.shadow_learning_rate.set(o.learning_rate as f64);
         if let Some(pace) = o.pace {

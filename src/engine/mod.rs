@@ -3,6 +3,7 @@
 //! evaluation harness all drive it.
 
 pub mod calibration;
+mod hard_clean;
 mod input_range;
 mod neighbours;
 pub mod pool;

@@ -3,9 +3,11 @@
 
 use ndarray::{s, Array2, ArrayView2, Axis};
 
+use super::hard_clean::GreyZone;
 use super::input_range::out_of_range;
 use super::trajectory::kept_epochs;
 use super::{EngineConfig, OtherViews, WindowOutcome};
+use crate::decision::Policy;
 use crate::scorer::ProbeScorer;
 
 /// Appended to the reason of a quarantined sample the input-range view caught.
@@ -40,12 +42,19 @@ pub fn score_and_decide(
     let decision = &config.decision;
     let threshold = decision.threshold(&probe_scores, &sample_scores);
     let outside = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
+    let is_outside = |i: usize| outside.as_ref().is_some_and(|o| o[i]);
+    let grey_zone = (decision.keep_hard_clean && decision.policy == Policy::Calibrated)
+        .then(|| GreyZone::new(trajectories.view(), &labels, sample_count, &probe_scores, decision.alpha));
     let decisions = sample_scores
         .iter()
         .enumerate()
         .map(|(i, &s)| {
             let mut decided = decision.decide(s, &threshold);
-            if decided.flagged && outside.as_ref().is_some_and(|o| o[i]) {
+            let hard_clean =
+                |zone: &GreyZone| zone.keeps(trajectories.view(), i, labels[i], s, is_outside(i));
+            if decided.flagged && grey_zone.as_ref().is_some_and(hard_clean) {
+                decided = decision.keep_as_hard_clean(decided);
+            } else if decided.flagged && is_outside(i) {
                 decided.reason.push_str(OUT_OF_RANGE_REASON);
             }
             decided

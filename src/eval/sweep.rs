@@ -45,10 +45,13 @@ pub enum SweepParam {
     /// one: a daemon that starts on a backlog, then closes windows early at
     /// `window.max_wait` as records arrive slowly.
     WindowFill,
+    /// 0: quarantine everything above the threshold; 1: forward the hard clean data of the
+    /// grey zone (`decision.keep_hard_clean`).
+    KeepHardClean,
 }
 
 impl SweepParam {
-    pub const ALL: [SweepParam; 13] = [
+    pub const ALL: [SweepParam; 14] = [
         SweepParam::Probes,
         SweepParam::K,
         SweepParam::Epochs,
@@ -62,6 +65,7 @@ impl SweepParam {
         SweepParam::SecondPass,
         SweepParam::Losses,
         SweepParam::WindowFill,
+        SweepParam::KeepHardClean,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +83,7 @@ impl SweepParam {
             SweepParam::SecondPass => "second-pass",
             SweepParam::Losses => "losses",
             SweepParam::WindowFill => "window-fill",
+            SweepParam::KeepHardClean => "keep-hard-clean",
         }
     }
 
@@ -97,13 +102,21 @@ impl SweepParam {
             SweepParam::SecondPass => vec![0.0, 1.0],
             SweepParam::Losses => vec![0.0, 1.0],
             SweepParam::WindowFill => vec![0.125, 0.25, 0.5, 1.0],
+            SweepParam::KeepHardClean => vec![0.0, 1.0],
         }
     }
 
     /// Settings of the scorer or the decision only: swept on the whole stream (the others
     /// change training and run on a subset).
     pub fn scoring_only(self) -> bool {
-        matches!(self, SweepParam::K | SweepParam::Alpha | SweepParam::RejectFraction | SweepParam::PerLabel)
+        matches!(
+            self,
+            SweepParam::K
+                | SweepParam::Alpha
+                | SweepParam::RejectFraction
+                | SweepParam::PerLabel
+                | SweepParam::KeepHardClean
+        )
     }
 
     /// Whether one training run per seed can be re-scored at every point: only for scoring
@@ -151,6 +164,10 @@ impl SweepParam {
             }
             // The engine's config is unchanged: only where the stream is cut changes.
             SweepParam::WindowFill => {}
+            SweepParam::KeepHardClean => {
+                config.decision.policy = Policy::Calibrated;
+                config.decision.keep_hard_clean = value != 0.0;
+            }
         }
         config
     }
