@@ -149,6 +149,7 @@ mod tests {
         assert!(c.shadow.second_pass);
         assert_eq!(c.shadow.losses, crate::shadow::LossRecording::AtStep);
         assert!(c.shadow.recheck_rate);
+        assert!(c.decision.keep_hard_clean);
         assert!(c.scorer.per_label);
         assert_eq!(c.scorer.k, 50);
         assert_eq!(c.probes.count, 250);

@@ -31,7 +31,8 @@ pub struct DecisionConfig {
     /// Decide and label, but forward everything.
     pub observe: bool,
     /// Under `calibrated`: forward a sample just above the threshold (not above the one at
-    /// alpha / 5) that the shadow learned as well as its label's probes (`engine::hard_clean`).
+    /// alpha / 5) that the shadow learned as well as its label's probes and whose nearest
+    /// same-label samples are mostly below the threshold (`engine::hard_clean`).
     pub keep_hard_clean: bool,
 }
 
@@ -155,8 +156,9 @@ impl DecisionConfig {
         decided.kept_hard_clean = true;
         decided.action = Action::Forward;
         decided.reason = format!(
-            "{}; forwarded as hard clean data: only just above the threshold, and learned as well \
-             as its label's clean probes (decision.keep_hard_clean)",
+            "{}; forwarded as hard clean data: only just above the threshold, learned as well as \
+             its label's clean probes, and most of its nearest samples of its label are below the \
+             threshold (decision.keep_hard_clean)",
             decided.reason.split("; observe mode").next().unwrap_or_default()
         );
         decided

@@ -211,7 +211,7 @@ fn a_window_out_of_the_pace_band_gets_its_rate_chosen_again() {
 }
 
 /// `decision.keep_hard_clean`: on a real window, the rule only ever forwards samples the
-/// threshold alone would quarantine, says so in their reason, and forwards some.
+/// threshold alone would quarantine, says so in their reason, and forwards some, not all.
 #[test]
 fn keeping_the_hard_clean_data_only_forwards_samples_from_the_grey_zone() {
     use lossgate::engine::score_and_decide;
@@ -219,17 +219,27 @@ fn keeping_the_hard_clean_data_only_forwards_samples_from_the_grey_zone() {
     let (window, probes) = window_and_probes();
     let mut config = small_config();
     config.shadow.epochs = 4;
+    config.decision.keep_hard_clean = false;
     let mut engine = Engine::new(&runtime, config.clone(), probes).unwrap();
     let outcome = engine.process(&window).unwrap();
-    assert!(outcome.decisions.iter().all(|d| !d.reason.contains("keep_hard_clean")), "off by default");
+    assert!(outcome.decisions.iter().all(|d| !d.reason.contains("keep_hard_clean")), "switched off");
+    assert!(outcome.views.sample_neighbours.is_none(), "computed only when asked for");
     config.decision.keep_hard_clean = true;
+    let mut views = outcome.views.clone();
+    views.sample_neighbours = Engine::new(&runtime, config.clone(), window_and_probes().1)
+        .unwrap()
+        .process(&window)
+        .unwrap()
+        .views
+        .sample_neighbours;
+    assert!(views.sample_neighbours.is_some());
     let kept = score_and_decide(
         &config,
         outcome.losses.clone(),
         outcome.labels.clone(),
         outcome.sample_count(),
         outcome.learning_rate,
-        outcome.views.clone(),
+        views,
     );
     let mut forwarded = 0;
     for (off, on) in outcome.decisions.iter().zip(&kept.decisions) {

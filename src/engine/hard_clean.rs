@@ -1,28 +1,29 @@
-//! Keeping the hard clean data (`decision.keep_hard_clean`): a sample only just above the
-//! window's threshold is forwarded after all when the shadow learned it as well as it learned
-//! the clean probes of its label.
+//! Keeping the hard clean data (`decision.keep_hard_clean`, on by default): a sample only just
+//! above the window's threshold is forwarded after all when the shadow learned it as well as
+//! the clean probes of its label and it does not sit among other suspects.
 //!
 //! The calibrated threshold quarantines the most unusual alpha of the clean data, and among
 //! them are samples that are merely hard or atypical. The grey zone is the score range above
 //! the threshold at `alpha` and not above the one at `alpha / 5`; a sample there is forwarded
-//! when its loss in the shadow's last kept epoch is within what its label's probes reach at
-//! the same conformal level (a label flip, never learned as well, stays out), and the
-//! input-range gate did not catch it. Forwarding only lowers the quarantine, so the
-//! false-reject bound of alpha still holds; what it costs is the poisons in the grey zone
-//! that the shadow learned well.
+//! when
+//! - its loss in the shadow's last kept epoch is within what its label's probes reach at the
+//!   same conformal level (a label flip, never learned as well, stays out),
+//! - most of its [`NEIGHBOURS`] nearest window samples of its label (input space) are below
+//!   the threshold: the poisons of one attack share a trigger and sit together, while hard
+//!   clean samples each differ in their own way (without this, satimage's in-range clean-label
+//!   poisons, learned like hard clean samples, passed: caught 61 -> 16 %),
+//! - and the input-range gate did not catch it.
 //!
-//! Measured (3 seeds, `lossgate eval --sweep keep-hard-clean`, docs/RESULTS.md): clean
-//! false-reject MNIST 8.9 -> 5.3 %, optdigits 7.9 -> 5.1 %, penbased 7.6 -> 3.0 %, texture
-//! 9.8 -> 4.6 % with every dirty-label backdoor caught as before and the victim closer to the
-//! clean-only one; but on satimage its in-range clean-label poisons are learned like hard clean
-//! samples (correctly labelled, in the grey zone) and go through: caught 61 -> 16 %, mean
-//! success 20.5 -> 28.7 %. Off by default for that: catching comes first.
+//! Forwarding only lowers the quarantine, so the false-reject bound of alpha still holds; what
+//! it costs is the poisons in the grey zone that pass both checks. Measured with
+//! `lossgate eval --sweep keep-hard-clean` (3 seeds, README "Keeping the hard clean data"):
+//! clean false-reject MNIST 8.9 -> 5.6 %, optdigits 7.9 -> 5.1 %, penbased 7.6 -> 4.8 %,
+//! satimage 8.6 -> 6.5 %, texture 9.8 -> 6.1 %, every victim closer to the clean-only one; mean
+//! attack success the same within the seeds' spread (satimage 20.5 -> 23.5 ± 6 %).
 //!
 //! Tried and dropped: also asking that the sample be learned no earlier than its label's
-//! typical probe (against backdoors, learned early), or that no other view put it in the
-//! alpha tail (the hidden-layer view alone, or with the label neighbours): each kept most of
-//! the hard clean samples in quarantine (the other views flag many of them) and still let
-//! satimage's clean-label poisons through.
+//! typical probe (against backdoors, learned early), or that the hidden-layer view (alone, or
+//! with the label neighbours) not flag it: each kept most hard clean samples in quarantine.
 
 use ndarray::ArrayView2;
 
@@ -85,6 +86,17 @@ impl GreyZone {
     }
 }
 
+/// Same-label window neighbours asked about each grey-zone sample.
+pub(crate) const NEIGHBOURS: usize = 10;
+
+/// Whether most of a sample's nearest same-label window samples are above the threshold too:
+/// poisons of one attack share a trigger and sit together, hard clean samples each differ in
+/// their own way.
+pub(crate) fn mostly_flagged(neighbours: &[u32], sample_scores: &[f32], threshold: f32) -> bool {
+    let flagged = neighbours.iter().filter(|&&j| sample_scores[j as usize] > threshold).count();
+    2 * flagged > neighbours.len()
+}
+
 fn last_loss(trajectories: ArrayView2<f32>, row: usize) -> f32 {
     let losses = trajectories.row(row);
     losses[losses.len() - 1]
@@ -115,5 +127,13 @@ mod tests {
         assert!(!zone.keeps(trajectories.view(), 0, 0, 19.5, false), "beyond the strict threshold");
         assert!(!zone.keeps(trajectories.view(), 0, 0, in_grey_zone, true), "out of range");
         assert!(!zone.keeps(trajectories.view(), 0, 7, in_grey_zone, false), "a label the window lacks");
+    }
+
+    #[test]
+    fn a_sample_is_in_a_flagged_cluster_when_most_of_its_neighbours_are_above_the_threshold() {
+        let scores = [5.0f32, 5.0, 1.0, 5.0];
+        assert!(mostly_flagged(&[0, 1, 2], &scores, 2.0), "two of three");
+        assert!(!mostly_flagged(&[0, 2], &scores, 2.0), "one of two is not most");
+        assert!(!mostly_flagged(&[], &scores, 2.0), "a sample alone in its label");
     }
 }

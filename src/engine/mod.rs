@@ -139,6 +139,9 @@ pub struct OtherViews {
     /// How much nearer the probes of other labels are than those of its own
     /// (`scorer.neighbour_labels`, [`neighbours`]).
     pub label_disagreement: Option<Vec<f32>>,
+    /// Not a score: each window sample's nearest window samples of its label in input space,
+    /// which `decision.keep_hard_clean` asks about ([`hard_clean`]).
+    pub sample_neighbours: Option<Vec<Vec<u32>>>,
 }
 
 impl OtherViews {
@@ -399,6 +402,14 @@ impl Engine {
             label_disagreement: scorer
                 .neighbour_labels
                 .then(|| neighbours::label_disagreement(features, &joined.labels, sample_count)),
+            sample_neighbours: self.config.decision.keep_hard_clean.then(|| {
+                neighbours::same_label_neighbours(
+                    features,
+                    &joined.labels,
+                    sample_count,
+                    hard_clean::NEIGHBOURS,
+                )
+            }),
         }
     }
 

@@ -48,6 +48,42 @@ pub(crate) fn label_disagreement(features: ArrayView2<f32>, labels: &[i64], samp
     scores
 }
 
+/// For every window sample (rows `..sample_count`), its `k` nearest other window samples of
+/// the same label in the (already scaled) input space, nearest first; fewer when its label has
+/// fewer. Poisons of one attack share their trigger, so they are each other's neighbours.
+pub(crate) fn same_label_neighbours(
+    features: ArrayView2<f32>,
+    labels: &[i64],
+    sample_count: usize,
+    k: usize,
+) -> Vec<Vec<u32>> {
+    let mut neighbours = vec![Vec::new(); sample_count];
+    let mut distinct: Vec<i64> = labels[..sample_count].to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    for label in distinct {
+        let members: Vec<usize> = (0..sample_count).filter(|&i| labels[i] == label).collect();
+        let rows = features.select(Axis(0), &members);
+        let norms: Vec<f32> = rows.rows().into_iter().map(|r| r.dot(&r)).collect();
+        let products = rows.dot(&rows.t());
+        for (a, &i) in members.iter().enumerate() {
+            let mut by_distance: Vec<(f32, u32)> = (0..members.len())
+                .filter(|&b| b != a)
+                .map(|b| (norms[a] + norms[b] - 2.0 * products[[a, b]], members[b] as u32))
+                .collect();
+            let nearest = k.min(by_distance.len());
+            if nearest == 0 {
+                continue;
+            }
+            by_distance.select_nth_unstable_by(nearest - 1, |x, y| x.0.total_cmp(&y.0));
+            by_distance.truncate(nearest);
+            by_distance.sort_by(|x, y| x.0.total_cmp(&y.0));
+            neighbours[i] = by_distance.into_iter().map(|(_, j)| j).collect();
+        }
+    }
+    neighbours
+}
+
 /// The mean of the [`NEAREST`] smallest distances, or none when there are none.
 fn nearest_mean(distances: &mut [f32]) -> Option<f32> {
     if distances.is_empty() {
@@ -79,5 +115,14 @@ mod tests {
         let scores = label_disagreement(features.view(), &labels, 2);
         assert!(scores[0] < -2.0 && scores[1] > 2.0, "{scores:?}");
         assert!(scores[2..].iter().all(|&s| s < 0.0), "every probe nearer its own: {scores:?}");
+    }
+
+    #[test]
+    fn each_sample_gets_its_nearest_same_label_window_samples_nearest_first() {
+        // Samples (x): 0.0, 0.1, 5.0 labelled 0; 0.05 labelled 1; then one probe at 0.0.
+        let features = Array2::from_shape_vec((5, 1), vec![0.0f32, 0.1, 5.0, 0.05, 0.0]).unwrap();
+        let labels = vec![0i64, 0, 0, 1, 0];
+        let neighbours = same_label_neighbours(features.view(), &labels, 4, 2);
+        assert_eq!(neighbours, vec![vec![1, 2], vec![0, 2], vec![1, 0], vec![]]);
     }
 }

@@ -3,7 +3,7 @@
 
 use ndarray::{s, Array2, ArrayView2, Axis};
 
-use super::hard_clean::GreyZone;
+use super::hard_clean::{self, GreyZone};
 use super::input_range::out_of_range;
 use super::trajectory::kept_epochs;
 use super::{EngineConfig, OtherViews, WindowOutcome};
@@ -50,8 +50,13 @@ pub fn score_and_decide(
         .enumerate()
         .map(|(i, &s)| {
             let mut decided = decision.decide(s, &threshold);
-            let hard_clean =
-                |zone: &GreyZone| zone.keeps(trajectories.view(), i, labels[i], s, is_outside(i));
+            let hard_clean = |zone: &GreyZone| {
+                let in_flagged_cluster = views
+                    .sample_neighbours
+                    .as_ref()
+                    .is_some_and(|n| hard_clean::mostly_flagged(&n[i], &sample_scores, threshold.value));
+                !in_flagged_cluster && zone.keeps(trajectories.view(), i, labels[i], s, is_outside(i))
+            };
             if decided.flagged && grey_zone.as_ref().is_some_and(hard_clean) {
                 decided = decision.keep_as_hard_clean(decided);
             } else if decided.flagged && is_outside(i) {
