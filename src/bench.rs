@@ -296,6 +296,15 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
         format!("{t_after_epoch:>10.2} s  (at-step {:.2}x faster)", t_after_epoch / t_window),
     );
 
+    let mut quarantine_all = config.clone();
+    quarantine_all.decision.keep_hard_clean = false;
+    let mut window = WholeWindow::new(runtime, quarantine_all)?;
+    let t_no_keep = seconds_per_call(Duration::ZERO, || window.run())?;
+    row(
+        "the same, decision.keep_hard_clean off (no neighbour search)",
+        format!("{t_no_keep:>10.2} s  (keeping costs {:+.1} %)", 100.0 * (t_window / t_no_keep - 1.0)),
+    );
+
     // The same windows through pools of 1 and 2 workers, the same number of windows for each
     // (2 per worker of the larger pool), after one warm-up round per pool.
     let windows = if quick { 2 } else { 4 };

@@ -44,7 +44,7 @@ impl Default for DecisionConfig {
             reject_fraction: 0.4,
             threshold: None,
             observe: false,
-            keep_hard_clean: false,
+            keep_hard_clean: true,
         }
     }
 }
