@@ -301,7 +301,7 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
     let mut window = WholeWindow::new(runtime, quarantine_all)?;
     let t_no_keep = seconds_per_call(Duration::ZERO, || window.run())?;
     row(
-        "the same, decision.keep_hard_clean off (no neighbour search)",
+        "the same, hard clean data not kept (no neighbour search)",
         format!("{t_no_keep:>10.2} s  (keeping costs {:+.1} %)", 100.0 * (t_window / t_no_keep - 1.0)),
     );
 
