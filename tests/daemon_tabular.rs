@@ -152,4 +152,24 @@ async fn optdigits_through_two_instances_quarantines_a_backdoor_with_its_reason(
         })
         .count();
     assert_eq!(out_of_range as usize, gated, "lossgate_records_out_of_range_total against the reasons");
+    // Hard clean data kept (on by default): forwarded although above the threshold, and the
+    // headers say so; the metric counts exactly those.
+    let header =
+        |r: &common::firewall::OutputRecord, key: &str| r.headers.get(key).cloned().unwrap_or_default();
+    let above = |r: &&common::firewall::OutputRecord| {
+        let number = |key: &str| header(r, key).parse::<f32>().unwrap_or(f32::NAN);
+        number("lossgate-score") > number("lossgate-threshold")
+    };
+    let output = s.topic("clean");
+    let kept: Vec<_> = outputs.iter().filter(|r| r.topic == output).filter(above).collect();
+    assert!(!kept.is_empty(), "some hard clean records are kept on optdigits");
+    for r in &kept {
+        assert_eq!(header(r, "lossgate-decision"), "kept-hard-clean", "{:?}", r.headers);
+        assert!(header(r, "lossgate-reason").contains("decision.keep_hard_clean"), "{:?}", r.headers);
+    }
+    let counted: f64 = metrics
+        .iter()
+        .map(|&port| scrape(port).expect("metrics served")["lossgate_records_kept_hard_clean_total"])
+        .sum();
+    assert_eq!(counted as usize, kept.len(), "lossgate_records_kept_hard_clean_total against the headers");
 }

@@ -116,6 +116,14 @@ pub(super) fn route<'a>(
                             None,
                         )
                     }
+                    // Above the threshold yet forwarded: the headers say why, so that a reader
+                    // comparing score and threshold is not left guessing.
+                    Action::Forward if d.kept_hard_clean => (
+                        Destination::Forward,
+                        h.insert(Header { key: headers::DECISION, value: Some(headers::KEPT_HARD_CLEAN) })
+                            .insert(Header { key: headers::REASON, value: Some(&d.reason) }),
+                        None,
+                    ),
                     Action::Forward => (
                         Destination::Forward,
                         h.insert(Header {

@@ -12,10 +12,14 @@ pub const SOURCE: &str = "lossgate-source";
 pub const SCORE: &str = "lossgate-score";
 pub const THRESHOLD: &str = "lossgate-threshold";
 pub const WINDOW: &str = "lossgate-window";
-/// Why a record was quarantined or dead-lettered.
+/// Why a record was quarantined, dead-lettered, or forwarded although above the threshold.
 pub const REASON: &str = "lossgate-reason";
-/// `forward`, `quarantine`, or in observe mode `flagged` (forwarded anyway).
+/// `forward`, `quarantine`, [`KEPT_HARD_CLEAN`], or in observe mode `flagged` (forwarded
+/// anyway).
 pub const DECISION: &str = "lossgate-decision";
+/// The decision of a record above the threshold forwarded as hard clean data
+/// (`decision.keep_hard_clean`); its `lossgate-reason` says why.
+pub const KEPT_HARD_CLEAN: &str = "kept-hard-clean";
 /// On a quarantined record: its loss after each shadow epoch (the pass that decided),
 /// comma-separated.
 pub const TRAJECTORY: &str = "lossgate-trajectory";
