@@ -65,20 +65,26 @@ pub(crate) fn same_label_neighbours(
         let members: Vec<usize> = (0..sample_count).filter(|&i| labels[i] == label).collect();
         let rows = features.select(Axis(0), &members);
         let norms: Vec<f32> = rows.rows().into_iter().map(|r| r.dot(&r)).collect();
-        let products = rows.dot(&rows.t());
-        for (a, &i) in members.iter().enumerate() {
-            let mut by_distance: Vec<(f32, u32)> = (0..members.len())
-                .filter(|&b| b != a)
-                .map(|b| (norms[a] + norms[b] - 2.0 * products[[a, b]], members[b] as u32))
-                .collect();
-            let nearest = k.min(by_distance.len());
-            if nearest == 0 {
-                continue;
+        // A chunk of rows against all of the label's at a time: memory grows with the label's
+        // size, not with its square (a window of one label would otherwise need n^2 floats).
+        const CHUNK: usize = 512;
+        for start in (0..members.len()).step_by(CHUNK) {
+            let end = (start + CHUNK).min(members.len());
+            let products = rows.slice(ndarray::s![start..end, ..]).dot(&rows.t());
+            for (a, dots) in (start..end).zip(products.axis_iter(Axis(0))) {
+                let mut by_distance: Vec<(f32, u32)> = (0..members.len())
+                    .filter(|&b| b != a)
+                    .map(|b| (norms[a] + norms[b] - 2.0 * dots[b], members[b] as u32))
+                    .collect();
+                let nearest = k.min(by_distance.len());
+                if nearest == 0 {
+                    continue;
+                }
+                by_distance.select_nth_unstable_by(nearest - 1, |x, y| x.0.total_cmp(&y.0));
+                by_distance.truncate(nearest);
+                by_distance.sort_by(|x, y| x.0.total_cmp(&y.0));
+                neighbours[members[a]] = by_distance.into_iter().map(|(_, j)| j).collect();
             }
-            by_distance.select_nth_unstable_by(nearest - 1, |x, y| x.0.total_cmp(&y.0));
-            by_distance.truncate(nearest);
-            by_distance.sort_by(|x, y| x.0.total_cmp(&y.0));
-            neighbours[i] = by_distance.into_iter().map(|(_, j)| j).collect();
         }
     }
     neighbours
@@ -124,5 +130,20 @@ mod tests {
         let labels = vec![0i64, 0, 0, 1, 0];
         let neighbours = same_label_neighbours(features.view(), &labels, 4, 2);
         assert_eq!(neighbours, vec![vec![1, 2], vec![0, 2], vec![1, 0], vec![]]);
+    }
+
+    #[test]
+    fn neighbours_are_the_same_across_chunk_boundaries() {
+        // 1 200 samples of one label on a line: each one's nearest are its neighbours on the
+        // line, whichever chunk of rows it falls in.
+        let n = 1200;
+        let features = Array2::from_shape_fn((n, 1), |(i, _)| i as f32);
+        let labels = vec![0i64; n];
+        let neighbours = same_label_neighbours(features.view(), &labels, n, 2);
+        for i in 1..n - 1 {
+            let mut got = neighbours[i].clone();
+            got.sort_unstable();
+            assert_eq!(got, vec![i as u32 - 1, i as u32 + 1], "sample {i}");
+        }
     }
 }
