@@ -140,8 +140,8 @@ mod tests {
         let features = Array2::from_shape_fn((n, 1), |(i, _)| i as f32);
         let labels = vec![0i64; n];
         let neighbours = same_label_neighbours(features.view(), &labels, n, 2);
-        for i in 1..n - 1 {
-            let mut got = neighbours[i].clone();
+        for (i, nearest) in neighbours.iter().enumerate().take(n - 1).skip(1) {
+            let mut got = nearest.clone();
             got.sort_unstable();
             assert_eq!(got, vec![i as u32 - 1, i as u32 + 1], "sample {i}");
         }
