@@ -33,23 +33,27 @@ use crate::decision::conformal_quantile;
 /// quarantined whatever its dynamics.
 const STRICT_SHARE_OF_ALPHA: f64 = 0.2;
 
-/// The rule for one window, built from its probes.
-pub(crate) struct GreyZone {
+/// The rule for one window, built from its probes and its samples' neighbours.
+pub(crate) struct GreyZone<'a> {
     strict_threshold: f32,
     /// The labels seen in the window, sorted; `last_loss_limits` follows their order.
     labels: Vec<i64>,
     /// Per label: the last-epoch loss its probes stay within at the conformal level alpha.
     last_loss_limits: Vec<f32>,
+    /// Each window sample's nearest window samples of its label.
+    neighbours: &'a [Vec<u32>],
 }
 
-impl GreyZone {
+impl<'a> GreyZone<'a> {
     /// `trajectories`: the kept epochs of every row (samples, then probes); `probe_scores`:
-    /// the probes' leave-one-out fused scores.
+    /// the probes' leave-one-out fused scores; `neighbours`: each sample's nearest samples of
+    /// its label (`neighbours::same_label_neighbours`).
     pub(crate) fn new(
         trajectories: ArrayView2<f32>,
         labels: &[i64],
         sample_count: usize,
         probe_scores: &[f32],
+        neighbours: &'a [Vec<u32>],
         alpha: f64,
     ) -> Self {
         let strict_threshold = conformal_quantile(probe_scores, alpha * STRICT_SHARE_OF_ALPHA);
@@ -66,11 +70,13 @@ impl GreyZone {
                 conformal_quantile(&last, alpha)
             })
             .collect();
-        Self { strict_threshold, labels: seen, last_loss_limits }
+        Self { strict_threshold, labels: seen, last_loss_limits, neighbours }
     }
 
-    /// Whether sample `row` (label `label`), above the window's threshold with fused `score`,
-    /// is forwarded as hard clean data; `out_of_range`: the input-range gate caught it.
+    /// Whether sample `row` (label `label`), above the window's `threshold` with fused
+    /// `score`, is forwarded as hard clean data; `out_of_range`: the input-range gate caught
+    /// it; `sample_scores`: every window sample's fused score.
+    #[allow(clippy::too_many_arguments)] // one sample's facts, read once each
     pub(crate) fn keeps(
         &self,
         trajectories: ArrayView2<f32>,
@@ -78,11 +84,14 @@ impl GreyZone {
         label: i64,
         score: f32,
         out_of_range: bool,
+        sample_scores: &[f32],
+        threshold: f32,
     ) -> bool {
         let Ok(at) = self.labels.binary_search(&label) else { return false };
         score <= self.strict_threshold
             && !out_of_range
             && last_loss(trajectories, row) <= self.last_loss_limits[at]
+            && !mostly_flagged(&self.neighbours[row], sample_scores, threshold)
     }
 }
 
@@ -92,7 +101,7 @@ pub(crate) const NEIGHBOURS: usize = 10;
 /// Whether most of a sample's nearest same-label window samples are above the threshold too:
 /// poisons of one attack share a trigger and sit together, hard clean samples each differ in
 /// their own way.
-pub(crate) fn mostly_flagged(neighbours: &[u32], sample_scores: &[f32], threshold: f32) -> bool {
+fn mostly_flagged(neighbours: &[u32], sample_scores: &[f32], threshold: f32) -> bool {
     let flagged = neighbours.iter().filter(|&&j| sample_scores[j as usize] > threshold).count();
     2 * flagged > neighbours.len()
 }
@@ -119,14 +128,22 @@ mod tests {
         }
         let labels = vec![0; 22];
         let probe_scores: Vec<f32> = (1..=20).map(|s| s as f32).collect();
-        let zone = GreyZone::new(trajectories.view(), &labels, 2, &probe_scores, 0.5);
+        // Each sample's one neighbour is the other: sample 0 scores in the grey zone and
+        // sample 1 below the threshold.
+        let neighbours = vec![vec![1], vec![0]];
+        let zone = GreyZone::new(trajectories.view(), &labels, 2, &probe_scores, &neighbours, 0.5);
         // At alpha 0.5 the threshold is the 11th probe score, the strict one (alpha 0.1) the 19th.
-        let in_grey_zone = 15.0;
-        assert!(zone.keeps(trajectories.view(), 0, 0, in_grey_zone, false));
-        assert!(!zone.keeps(trajectories.view(), 1, 0, in_grey_zone, false), "never learned");
-        assert!(!zone.keeps(trajectories.view(), 0, 0, 19.5, false), "beyond the strict threshold");
-        assert!(!zone.keeps(trajectories.view(), 0, 0, in_grey_zone, true), "out of range");
-        assert!(!zone.keeps(trajectories.view(), 0, 7, in_grey_zone, false), "a label the window lacks");
+        let (threshold, in_grey_zone) = (11.0, 15.0);
+        let calm = [in_grey_zone, 5.0];
+        let keeps = |row, label, score, outside, scores: &[f32]| {
+            zone.keeps(trajectories.view(), row, label, score, outside, scores, threshold)
+        };
+        assert!(keeps(0, 0, in_grey_zone, false, &calm));
+        assert!(!keeps(1, 0, in_grey_zone, false, &calm), "never learned");
+        assert!(!keeps(0, 0, 19.5, false, &calm), "beyond the strict threshold");
+        assert!(!keeps(0, 0, in_grey_zone, true, &calm), "out of range");
+        assert!(!keeps(0, 7, in_grey_zone, false, &calm), "a label the window lacks");
+        assert!(!keeps(0, 0, in_grey_zone, false, &[in_grey_zone, 12.0]), "its neighbour is flagged too");
     }
 
     #[test]

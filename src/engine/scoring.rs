@@ -3,7 +3,7 @@
 
 use ndarray::{s, Array2, ArrayView2, Axis};
 
-use super::hard_clean::{self, GreyZone};
+use super::hard_clean::GreyZone;
 use super::input_range::out_of_range;
 use super::trajectory::kept_epochs;
 use super::{EngineConfig, OtherViews, WindowOutcome};
@@ -43,19 +43,37 @@ pub fn score_and_decide(
     let threshold = decision.threshold(&probe_scores, &sample_scores);
     let outside = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
     let is_outside = |i: usize| outside.as_ref().is_some_and(|o| o[i]);
-    let grey_zone = (decision.keep_hard_clean && decision.policy == Policy::Calibrated)
-        .then(|| GreyZone::new(trajectories.view(), &labels, sample_count, &probe_scores, decision.alpha));
+    // Without the neighbours (a config that did not ask for them when the window ran) nothing
+    // is kept: the rule is never applied without its cluster check.
+    let grey_zone = views
+        .sample_neighbours
+        .as_deref()
+        .filter(|_| decision.keep_hard_clean && decision.policy == Policy::Calibrated)
+        .map(|neighbours| {
+            GreyZone::new(
+                trajectories.view(),
+                &labels,
+                sample_count,
+                &probe_scores,
+                neighbours,
+                decision.alpha,
+            )
+        });
     let decisions = sample_scores
         .iter()
         .enumerate()
         .map(|(i, &s)| {
             let mut decided = decision.decide(s, &threshold);
             let hard_clean = |zone: &GreyZone| {
-                let in_flagged_cluster = views
-                    .sample_neighbours
-                    .as_ref()
-                    .is_some_and(|n| hard_clean::mostly_flagged(&n[i], &sample_scores, threshold.value));
-                !in_flagged_cluster && zone.keeps(trajectories.view(), i, labels[i], s, is_outside(i))
+                zone.keeps(
+                    trajectories.view(),
+                    i,
+                    labels[i],
+                    s,
+                    is_outside(i),
+                    &sample_scores,
+                    threshold.value,
+                )
             };
             if decided.flagged && grey_zone.as_ref().is_some_and(hard_clean) {
                 decided = decision.keep_as_hard_clean(decided);
