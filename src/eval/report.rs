@@ -68,28 +68,63 @@ fn dirty_label_success(attacks: &[Attack], victim: &VictimResult) -> f64 {
     rates.iter().sum::<f64>() / rates.len().max(1) as f64
 }
 
-/// The target checks of the evaluation issue, on lossgate's numbers.
+/// The worst backdoor's success on one victim, and the mean over every backdoor of its success
+/// above the clean-data-only victim's (a trigger that already moves a clean model's answers
+/// is not something a filter can take away).
+fn worst_success(victim: &VictimResult) -> Option<f64> {
+    victim.attack_success.iter().flatten().copied().reduce(f64::max)
+}
+
+fn mean_success_added(victim: &VictimResult, clean_only: &VictimResult) -> f64 {
+    let added: Vec<f64> = victim
+        .attack_success
+        .iter()
+        .zip(&clean_only.attack_success)
+        .filter_map(|(after, base)| Some((*after)? - base.unwrap_or(0.0)))
+        .collect();
+    added.iter().sum::<f64>() / added.len().max(1) as f64
+}
+
+/// The share of poisons lossgate let through, of the dirty-label backdoor that lost the most.
+fn worst_dirty_label_missed(attacks: &[Attack], caught_per_attack: &[f64]) -> Option<f64> {
+    attacks
+        .iter()
+        .zip(caught_per_attack)
+        .filter(|(a, _)| a.is_backdoor() && !a.is_clean_label())
+        .map(|(_, caught)| 1.0 - caught)
+        .reduce(f64::max)
+}
+
+/// The targets of the detection issue (#10), on lossgate's numbers.
 fn targets(c: &Comparison, out: &mut String) {
-    let asr = over_seeds(&c.seeds, |s| defence(s, Defence::Lossgate).map(|d| d.victim.mean_attack_success()));
-    let dirty = over_seeds(&c.seeds, |s| {
-        defence(s, Defence::Lossgate).map(|d| dirty_label_success(&c.attacks, &d.victim))
+    fn lossgate(s: &SeedComparison) -> Option<&DefenceResult> {
+        defence(s, Defence::Lossgate)
+    }
+    let worst = over_seeds(&c.seeds, |s| worst_success(&lossgate(s)?.victim));
+    let asr = over_seeds(&c.seeds, |s| lossgate(s).map(|d| d.victim.mean_attack_success()));
+    let added = over_seeds(&c.seeds, |s| lossgate(s).map(|d| mean_success_added(&d.victim, &s.clean_only)));
+    let missed = over_seeds(&c.seeds, |s| {
+        worst_dirty_label_missed(&c.attacks, &lossgate(s)?.detection.caught_per_attack)
     });
-    let gap = over_seeds(&c.seeds, |s| {
-        defence(s, Defence::Lossgate).map(|d| s.clean_only.clean_accuracy - d.victim.clean_accuracy)
-    });
-    let frr = over_seeds(&c.seeds, |s| defence(s, Defence::Lossgate).map(|d| d.detection.clean_false_reject));
+    let gap =
+        over_seeds(&c.seeds, |s| lossgate(s).map(|d| s.clean_only.clean_accuracy - d.victim.clean_accuracy));
+    let frr = over_seeds(&c.seeds, |s| lossgate(s).map(|d| d.detection.clean_false_reject));
     let rows = [
-        ("mean attack success after lossgate", "≤ 5 %", asr, 0.05),
-        ("(the same, dirty-label backdoors only: all but the clean-label ones)", "≤ 5 %", dirty, 0.05),
-        ("clean accuracy below the clean-data-only model", "≤ 1.5 points", gap, 0.015),
-        ("clean false-reject rate", "≤ 10 %", frr, 0.10),
+        ("each backdoor's success after lossgate (the worst backdoor)", "≤ 5 %", worst, 0.05),
+        ("mean success over every backdoor, clean-label included", "≤ 2 %", asr, 0.02),
+        ("(the same, above the clean-data-only model's success with the trigger)", "≤ 2 %", added, 0.02),
+        ("dirty-label backdoors: poisons let through (the worst backdoor)", "≤ 1 %", missed, 0.01),
+        ("clean accuracy below the clean-data-only model", "≤ 1 point", gap, 0.01),
+        ("clean false-reject rate", "≤ 5 %", frr, 0.05),
     ];
     out.push_str("| target | bound | measured (mean ± sd) | worst seed | met |\n|---|---|---|---|---|\n");
     for (name, bound, value, limit) in rows {
         let Some(v) = value else { continue };
-        let met = if v.max <= limit {
+        // Rounded as shown, so that a row reading "5.0 %" against "≤ 5 %" is not called a miss.
+        let within = |x: f64| (1000.0 * x).round() <= 1000.0 * limit;
+        let met = if within(v.max) {
             "yes, every seed"
-        } else if v.mean <= limit {
+        } else if within(v.mean) {
             "on average only"
         } else {
             "**no**"
@@ -372,4 +407,58 @@ pub fn render_markdown(results_dir: &Path, figures: &str, preface: &str) -> Resu
         }
     }
     Ok(out.replace("](results/", &format!("]({figures}/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::attack::parse_attacks;
+
+    fn victim(success: &[Option<f64>]) -> VictimResult {
+        VictimResult { trained_on: 100, clean_accuracy: 0.9, attack_success: success.to_vec() }
+    }
+
+    #[test]
+    fn target_rows_take_the_worst_backdoor_and_what_the_poisons_add() {
+        let after = victim(&[Some(0.01), Some(0.20), None]);
+        let clean_only = victim(&[Some(0.0), Some(0.16), None]);
+        assert_eq!(worst_success(&after), Some(0.20));
+        assert_eq!(worst_success(&victim(&[None])), None, "label noise is no backdoor");
+        // (0.01 + 0.04) / 2: the trigger that moves a clean model 16 % counts only what it adds.
+        assert!((mean_success_added(&after, &clean_only) - 0.025).abs() < 1e-12);
+    }
+
+    #[test]
+    fn poisons_let_through_count_dirty_label_backdoors_only() {
+        let attacks = parse_attacks(
+            r#"
+            [[attack]]
+            name = "dirty"
+            kind = "features"
+            target = 1
+            ratio = 0.01
+            features = [0]
+            values = [1.0]
+
+            [[attack]]
+            name = "clean"
+            kind = "features"
+            clean_label = true
+            target = 1
+            ratio = 0.5
+            features = [1]
+            values = [1.0]
+
+            [[attack]]
+            name = "noise"
+            kind = "label-flip"
+            ratio = 0.01
+            "#,
+            4,
+            3,
+        )
+        .unwrap();
+        let missed = worst_dirty_label_missed(&attacks, &[0.97, 0.5, 0.2]).unwrap();
+        assert!((missed - 0.03).abs() < 1e-12, "{missed}");
+    }
 }
