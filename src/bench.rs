@@ -81,7 +81,7 @@ impl GemmCeiling {
     pub fn run(&mut self) -> Result<()> {
         let inputs: Vec<(Cow<str>, SessionInputValue)> =
             self.inputs.iter().map(|(n, v)| (Cow::Borrowed(n.as_str()), v.into())).collect();
-        self.session.run(inputs)?;
+        crate::shadow::flushing_subnormals(|| self.session.run(inputs))?;
         Ok(())
     }
 }

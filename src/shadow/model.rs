@@ -1,5 +1,6 @@
 //! The shadow model: an MLP whose weights live in ONNX Runtime values between steps.
 
+use super::subnormals::flushing_subnormals;
 use std::borrow::Cow;
 
 use anyhow::{anyhow, Context, Result};
@@ -197,7 +198,7 @@ impl ShadowModel {
         for (name, value) in self.velocity_names.iter().zip(&self.velocities) {
             inputs.push((Cow::Borrowed(name.as_str()), value.into()));
         }
-        let mut outputs = self.train.run(inputs).context("running the train step")?;
+        let mut outputs = flushing_subnormals(|| self.train.run(inputs)).context("running the train step")?;
         let loss = outputs["loss"].try_extract_tensor::<f32>()?.1.to_vec();
         let (parameters, velocities) = next_state(&self.parameter_names, &self.velocity_names, &mut outputs)?;
         drop(outputs);
@@ -212,7 +213,8 @@ impl ShadowModel {
         for (name, value) in self.parameter_names.iter().zip(&self.parameters) {
             inputs.push((Cow::Borrowed(name.as_str()), value.into()));
         }
-        let outputs = self.eval.run(inputs).context("running the evaluation graph")?;
+        let outputs =
+            flushing_subnormals(|| self.eval.run(inputs)).context("running the evaluation graph")?;
         Ok(Evaluation {
             loss: outputs["loss"].try_extract_tensor::<f32>()?.1.to_vec(),
             predicted: outputs["pred"].try_extract_tensor::<i64>()?.1.to_vec(),
@@ -276,8 +278,8 @@ impl ShadowModel {
             binding.bind_output_to_device(format!("{name}_next"), &device)?;
         }
         binding.bind_output_to_device("loss", &device)?;
-        let mut outputs =
-            self.train_gathered.run_binding(&binding).context("running the resident train step")?;
+        let mut outputs = flushing_subnormals(|| self.train_gathered.run_binding(&binding))
+            .context("running the resident train step")?;
         let (parameters, velocities) = next_state(&self.parameter_names, &self.velocity_names, &mut outputs)?;
         let losses = outputs.remove("loss").ok_or_else(|| anyhow!("train step lost output loss"))?;
         drop(outputs);
@@ -297,7 +299,8 @@ impl ShadowModel {
             binding.bind_input(name.as_str(), value)?;
         }
         binding.bind_output_to_device("loss", &host)?;
-        let outputs = self.eval.run_binding(&binding).context("evaluating the resident window")?;
+        let outputs = flushing_subnormals(|| self.eval.run_binding(&binding))
+            .context("evaluating the resident window")?;
         Ok(outputs["loss"].try_extract_tensor::<f32>()?.1.to_vec())
     }
 

@@ -134,6 +134,9 @@ impl Runtime {
             .with_intra_op_spinning(false)
             .map_err(ort::Error::<()>::from)?
             .with_inter_op_spinning(false)
+            .map_err(ort::Error::<()>::from)?
+            // Pool threads (intra_threads > 1); the calling thread: `subnormals`.
+            .with_flush_to_zero()
             .map_err(ort::Error::<()>::from)?;
         if self.provider == ExecutionProvider::Cuda {
             builder = with_cuda(builder)?;
