@@ -112,6 +112,28 @@ pub struct Detection {
     /// ROC-AUC of the scores, all poisons against clean (defences that score).
     pub auc: Option<f64>,
     pub auc_per_attack: Vec<Option<f64>>,
+    /// Per attack: the share of its poisons scored above the clean samples' top
+    /// [`TARGET_FALSE_REJECT`] (the score alone, with a threshold set on the truth): what the
+    /// score could catch at the target false-reject rate, against what the decision caught.
+    #[serde(default)]
+    pub caught_at_target_false_reject: Vec<Option<f64>>,
+}
+
+/// The detection issue's bound on the clean false-reject rate.
+pub(crate) const TARGET_FALSE_REJECT: f64 = 0.05;
+
+/// The share of `poison_scores` above the score that all but `false_reject` of `clean_scores`
+/// stay at or below.
+fn caught_at_false_reject(clean_scores: &[f32], poison_scores: &[f32], false_reject: f64) -> Option<f64> {
+    if clean_scores.is_empty() || poison_scores.is_empty() {
+        return None;
+    }
+    let mut clean = clean_scores.to_vec();
+    clean.sort_by(f32::total_cmp);
+    let kept = ((1.0 - false_reject) * clean.len() as f64).ceil() as usize;
+    let threshold = clean[kept.clamp(1, clean.len()) - 1];
+    let caught = poison_scores.iter().filter(|&&s| s > threshold).count();
+    Some(caught as f64 / poison_scores.len() as f64)
 }
 
 impl Detection {
@@ -148,6 +170,15 @@ impl Detection {
                 roc_auc(&s, &p)
             })
         };
+        let caught_at_target_false_reject = (0..attacks)
+            .map(|a| {
+                let scores = scores?;
+                let of = |wanted: Option<usize>| -> Vec<f32> {
+                    (0..origin.len()).filter(|&i| origin[i] == wanted).map(|i| scores[i]).collect()
+                };
+                caught_at_false_reject(&of(None), &of(Some(a)), TARGET_FALSE_REJECT)
+            })
+            .collect();
         Self {
             dropped: share(flagged.iter().filter(|&&f| f).count(), flagged.len()),
             clean_false_reject: all.false_reject_rate(),
@@ -156,6 +187,7 @@ impl Detection {
             false_reject_per_class,
             auc: auc_against(None),
             auc_per_attack: (0..attacks).map(|a| auc_against(Some(a))).collect(),
+            caught_at_target_false_reject,
         }
     }
 }
@@ -163,6 +195,15 @@ impl Detection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caught_at_a_false_reject_rate_counts_poisons_above_the_clean_quantile() {
+        // 20 clean scores 1..=20: at 5 % the threshold is 19 (one clean sample above it).
+        let clean: Vec<f32> = (1..=20).map(|s| s as f32).collect();
+        assert_eq!(caught_at_false_reject(&clean, &[19.5, 25.0, 10.0, 19.0], 0.05), Some(0.5));
+        assert_eq!(caught_at_false_reject(&clean, &[], 0.05), None);
+        assert_eq!(caught_at_false_reject(&[], &[1.0], 0.05), None);
+    }
 
     #[test]
     fn auc_of_perfect_random_and_inverted_scores() {

@@ -115,7 +115,7 @@ fn targets(c: &Comparison, out: &mut String) {
         ("(the same, above the clean-data-only model's success with the trigger)", "≤ 2 %", added, 0.02),
         ("dirty-label backdoors: poisons let through (the worst backdoor)", "≤ 1 %", missed, 0.01),
         ("clean accuracy below the clean-data-only model", "≤ 1 point", gap, 0.01),
-        ("clean false-reject rate", "≤ 5 %", frr, 0.05),
+        ("clean false-reject rate", "≤ 5 %", frr, super::metrics::TARGET_FALSE_REJECT),
     ];
     out.push_str("| target | bound | measured (mean ± sd) | worst seed | met |\n|---|---|---|---|---|\n");
     for (name, bound, value, limit) in rows {
@@ -130,6 +130,44 @@ fn targets(c: &Comparison, out: &mut String) {
             "**no**"
         };
         let _ = writeln!(out, "| {name} | {bound} | {} | {:.1} % | {met} |", pct(&v), 100.0 * v.max);
+    }
+}
+
+/// Per attack, what lossgate's calibrated decision caught against what its score alone would
+/// catch at the target false-reject rate (threshold set on the truth): where the second is
+/// short too, the score falls short; where only the first is, the decision does.
+fn score_or_decision(c: &Comparison, out: &mut String) {
+    fn lossgate(s: &SeedComparison) -> Option<&super::metrics::Detection> {
+        defence(s, Defence::Lossgate).map(|d| &d.detection)
+    }
+    if !c.seeds.iter().filter_map(lossgate).any(|d| !d.caught_at_target_false_reject.is_empty()) {
+        return; // results written before the score-alone figure existed
+    }
+    let target = 100.0 * super::metrics::TARGET_FALSE_REJECT;
+    let _ = write!(
+        out,
+        "\n### The score or the decision\n\nlossgate's decision (calibrated, at the clean \
+         false-reject rate it reached: {}) against its score alone with the threshold that \
+         rejects exactly {target:.0} % of the clean samples (set on the truth, pooled over the \
+         stream's windows): where the score alone misses poisons, the score falls short; where \
+         only the decision does, the decision.\n\n| attack | decision: caught | score alone at \
+         {target:.0} % false-reject: caught | AUC |\n|---|---|---|---|\n",
+        cell(over_seeds(&c.seeds, |s| lossgate(s).map(|d| d.clean_false_reject)), pct),
+    );
+    for (a, attack) in c.attacks.iter().enumerate() {
+        let decided = over_seeds(&c.seeds, |s| lossgate(s).map(|d| d.caught_per_attack[a]));
+        let scored = over_seeds(&c.seeds, |s| {
+            lossgate(s).and_then(|d| d.caught_at_target_false_reject.get(a).copied().flatten())
+        });
+        let auc = over_seeds(&c.seeds, |s| lossgate(s).and_then(|d| d.auc_per_attack[a]));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            attack.name,
+            cell(decided, pct),
+            cell(scored, pct),
+            cell(auc, num)
+        );
     }
 }
 
@@ -264,6 +302,8 @@ fn comparison_section(c: &Comparison, out: &mut String) {
         });
         let _ = writeln!(out, "{} |", cell(auc, num));
     }
+
+    score_or_decision(c, out);
 
     out.push_str("\n### Clean false-reject rate per class\n\n");
     let classes = c
