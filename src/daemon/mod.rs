@@ -35,6 +35,7 @@ use crate::engine::pool::EnginePool;
 use crate::kafka::delivery::Delivery;
 use crate::kafka::headers;
 use crate::metrics::Metrics;
+use crate::probes::{Coverage, STEADY_PER_CLASS};
 use crate::shadow::Runtime;
 use gate::WindowGate;
 use http::Readiness;
@@ -137,6 +138,7 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
         }
     };
     readiness.probes_loaded.store(true, Ordering::Relaxed);
+    log_probe_coverage(&probes, config.input.classes, config.decision.alpha);
     let workers = config.engine_pool.workers;
     let engines = EnginePool::start(&runtime, config.engine(), probes, workers)?;
     tracing::info!(workers, "engine workers started");
@@ -199,6 +201,27 @@ async fn release_clients(pipeline: Arc<Pipeline>) {
 }
 
 /// Reads a trusted probe topic whole; every record must decode and fit `[input]`.
+/// Says at start-up how the probes cover the classes, and what to do when a class has fewer
+/// than the per-class scoring needs to hold steady.
+fn log_probe_coverage(probes: &LabelledSamples, classes: usize, alpha: f64) {
+    let coverage = Coverage::of(probes, classes, alpha);
+    let Some((class, fewest)) = coverage.fewest() else { return };
+    if fewest < STEADY_PER_CLASS {
+        tracing::info!(
+            probes = probes.len(),
+            classes,
+            fewest,
+            class,
+            steady = STEADY_PER_CLASS,
+            "probes loaded; some class has fewer than the probes per class at which detection \
+             was measured steady (README, \"Probes\"): catching weakens below it; for more, \
+             remake the probe file with lossgate make-probes --count and raise probes.count"
+        );
+    } else {
+        tracing::info!(probes = probes.len(), classes, fewest, "probes loaded");
+    }
+}
+
 fn probes_from_topic(config: &Config, topic: &str) -> Result<LabelledSamples> {
     let rules = config.kafka.decode_rules(&config.input);
     let messages = crate::kafka::read_topic(&config.kafka.client_config()?, topic, KAFKA_TIMEOUT)?;
