@@ -112,9 +112,10 @@ fn cross_entropy(g: &mut GraphBuilder, logits: &str, classes: usize, loss_name: 
     (log_probs, one_hot)
 }
 
-/// The train-step graph. Inputs: `x[N,D]`, `y[N]` (int64), `W0, b0, ...`, `lr` (scalar),
-/// `vW0, vb0, ...` (the step buffers, see below). Outputs: `loss[N]`, then `W0_next, b0_next,
-/// ...`, then `vW0_next, vb0_next, ...`.
+/// The train-step graph. Inputs: `x[N,D]`, `y[N]` (int64), `W0, b0, ...`, `step_size` (scalar:
+/// the learning rate over N, the batch's rows), `ones[1,N]` (ones), `vW0, vb0, ...` (the step
+/// buffers, see below). Outputs: `loss[N]`, then `W0_next, b0_next, ...`, then `vW0_next,
+/// vb0_next, ...`.
 ///
 /// The update is PyTorch's SGD (`g += wd * p; v = momentum * v + g; p -= lr * v`) with the
 /// buffer kept as `u = lr * v`, which is the same sequence of weights while `lr` is constant
@@ -124,6 +125,8 @@ fn cross_entropy(g: &mut GraphBuilder, logits: &str, classes: usize, loss_name: 
 /// Gemm adds `momentum * u` itself (its `beta`). The elementwise passes over the weights, which
 /// cost as much as the matrix products at these sizes, drop from six to one. `momentum` and
 /// `weight_decay` are therefore constants of the graph; a zero weight decay adds nothing.
+/// `lr / N` and the row of ones (for the bias steps) come in from the caller, who knows N:
+/// built in the graph they took seven small ops a step.
 pub fn train_step_graph(shape: &MlpShape, momentum: f32, weight_decay: f32) -> Vec<u8> {
     train_step_graph_with(shape, momentum, weight_decay, BatchInput::Given)
 }
@@ -138,7 +141,8 @@ pub fn train_step_graph_with(
     let momentum_value = momentum;
     let mut g = GraphBuilder::new("lossgate_train_step");
     let params = declare_batch_and_params(&mut g, shape, batch);
-    let lr = g.input("lr", Elem::F32, &[]);
+    let step_size = g.input("step_size", Elem::F32, &[]);
+    let ones_row = g.input("ones", Elem::F32, &[Dim::Fixed(1), BATCH]);
     let buffers: Vec<String> = shape
         .parameters()
         .iter()
@@ -151,37 +155,27 @@ pub fn train_step_graph_with(
     // lr * d(mean loss)/d(logits) = (softmax - one_hot) * lr / N
     let probs = g.op("Exp", &[&log_probs], vec![]);
     let diff = g.op("Sub", &[&probs, &one_hot], vec![]);
-    let x_shape = g.op("Shape", &["x"], vec![]);
-    let zero = g.const_i64(&[], vec![0]);
-    let n_i64 = g.op("Gather", &[&x_shape, &zero], vec![Attr::Int("axis", 0)]);
-    let n = g.op("Cast", &[&n_i64], vec![Attr::Int("to", 1)]);
-    let lr_over_n = g.op("Div", &[&lr, &n], vec![]);
-    let mut upstream = g.op("Mul", &[&diff, &lr_over_n], vec![]);
-    // lr * wd, for the decay term (only built when there is one).
+    let mut upstream = g.op("Mul", &[&diff, &step_size], vec![]);
+    // lr * wd = step_size * N * wd, for the decay term (only built when there is one).
     let lr_decay = (weight_decay != 0.0).then(|| {
+        let n = g.reduce_sum(&ones_row, 1);
+        let n = g.op("Squeeze", &[&n], vec![]);
         let wd = g.const_f32(&[], vec![weight_decay]);
+        let lr = g.op("Mul", &[&step_size, &n], vec![]);
         g.op("Mul", &[&lr, &wd], vec![])
     });
 
-    // A row of N ones (N: the batch), and each bias's shape, for the bias steps.
-    let one = g.const_f32(&[], vec![1.0]);
-    let leading_one = g.const_i64(&[1], vec![1]);
-    let n_dim = g.op("Unsqueeze", &[&n_i64, &zero], vec![]);
-    let ones_shape = g.op("Concat", &[&leading_one, &n_dim], vec![Attr::Int("axis", 0)]);
-    let ones_row = g.op("Expand", &[&one, &ones_shape], vec![]);
+    // Each bias's shape, for the bias steps.
     let bias_shapes: Vec<String> =
         shape.layers().iter().map(|&(_, fan_out)| g.const_i64(&[1], vec![fan_out as i64])).collect();
     let zero_f32 = g.const_f32(&[], vec![0.0]);
     // u_next = momentum * u + lr * grad (+ lr * wd * p), named as the graph outputs it.
+    // Without decay a step is already the next buffer.
     let finish_step = |g: &mut GraphBuilder, step: String, param: &str, buffer: &str| -> String {
+        let Some(lr_decay) = &lr_decay else { return step };
         let buffer_next = format!("{buffer}_next");
-        match &lr_decay {
-            Some(lr_decay) => {
-                let decay = g.op("Mul", &[lr_decay, param], vec![]);
-                g.op_named("Add", &[&step, &decay], &buffer_next, vec![]);
-            }
-            None => g.op_named("Identity", &[&step], &buffer_next, vec![]),
-        }
+        let decay = g.op("Mul", &[lr_decay, param], vec![]);
+        g.op_named("Add", &[&step, &decay], &buffer_next, vec![]);
         buffer_next
     };
 
@@ -207,7 +201,14 @@ pub fn train_step_graph_with(
         // The bias step as one small Gemm, ones[1, N] x upstream + momentum * u: cheaper than
         // a ReduceSum over the batch and the two elementwise ops after it.
         let bias_row = g.gemm_with(&ones_row, &upstream, &buffers[b], momentum_value);
-        let bias_step = g.op("Reshape", &[&bias_row, &bias_shapes[layer]], vec![]);
+        let bias_step = match lr_decay {
+            None => {
+                let name = format!("{}_next", buffers[b]);
+                g.op_named("Reshape", &[&bias_row, &bias_shapes[layer]], &name, vec![]);
+                name
+            }
+            Some(_) => g.op("Reshape", &[&bias_row, &bias_shapes[layer]], vec![]),
+        };
         buffers_next[w] = weight_step;
         buffers_next[b] = finish_step(&mut g, bias_step, &params[b], &buffers[b]);
         if layer > 0 {

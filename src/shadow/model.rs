@@ -74,7 +74,26 @@ pub struct ShadowModel {
     parameters: Vec<DynValue>,
     velocities: Vec<DynValue>,
     learning_rate: f32,
-    lr: DynValue,
+    /// The train step's per-batch constants for the last batch size seen.
+    batch_constants: Option<BatchConstants>,
+}
+
+/// What the train step needs besides the batch and the state, for batches of `rows`:
+/// `step_size = lr / rows` and a `[1, rows]` row of ones.
+struct BatchConstants {
+    rows: usize,
+    step_size: DynValue,
+    ones: DynValue,
+}
+
+impl BatchConstants {
+    fn new(learning_rate: f32, rows: usize) -> Result<Self> {
+        Ok(Self {
+            rows,
+            step_size: scalar(learning_rate / rows.max(1) as f32)?,
+            ones: tensor(&[1, rows], vec![1.0; rows])?,
+        })
+    }
 }
 
 fn scalar(v: f32) -> Result<DynValue> {
@@ -143,7 +162,7 @@ impl ShadowModel {
             parameters: Vec::new(),
             velocities: Vec::new(),
             learning_rate: sgd.learning_rate,
-            lr: scalar(sgd.learning_rate)?,
+            batch_constants: None,
         };
         model.reset(seed)?;
         Ok(model)
@@ -184,17 +203,29 @@ impl ShadowModel {
             })
             .collect::<Result<_>>()?;
         self.learning_rate = learning_rate;
-        self.lr = scalar(learning_rate)?;
+        self.batch_constants = None;
         Ok(())
+    }
+
+    /// The per-batch constants for batches of `rows`, made again only when the size changes
+    /// (the last batch of an epoch) or the learning rate does.
+    fn batch_constants(&mut self, rows: usize) -> Result<&BatchConstants> {
+        if self.batch_constants.as_ref().is_none_or(|c| c.rows != rows) {
+            self.batch_constants = Some(BatchConstants::new(self.learning_rate, rows)?);
+        }
+        Ok(self.batch_constants.as_ref().expect("just made"))
     }
 
     /// One SGD step on a batch; returns each sample's loss before the update.
     pub fn train_step(&mut self, x: &[f32], y: &[i64]) -> Result<Vec<f32>> {
+        self.batch_constants(y.len())?;
+        let constants = self.batch_constants.as_ref().expect("made above");
         let mut inputs = batch_inputs(x, y, self.shape.features)?;
         for (name, value) in self.parameter_names.iter().zip(&self.parameters) {
             inputs.push((Cow::Borrowed(name.as_str()), value.into()));
         }
-        inputs.push((Cow::Borrowed("lr"), (&self.lr).into()));
+        inputs.push((Cow::Borrowed("step_size"), (&constants.step_size).into()));
+        inputs.push((Cow::Borrowed("ones"), (&constants.ones).into()));
         for (name, value) in self.velocity_names.iter().zip(&self.velocities) {
             inputs.push((Cow::Borrowed(name.as_str()), value.into()));
         }
@@ -254,19 +285,22 @@ impl ShadowModel {
 
     /// One SGD step on the rows `rows` of `window`, gathered on the device. The weights and
     /// step buffers stay on the device: the step's outputs are bound there and become the next
-    /// step's inputs; only the row indices are copied in. The batch's losses (before the
-    /// update) stay there too.
+    /// step's inputs; only the row indices are copied in (the step size and the row of ones
+    /// are made once per batch size). The batch's losses (before the update) stay there too.
     pub fn train_step_resident(&mut self, window: &ResidentWindow, rows: &[i64]) -> Result<ResidentLosses> {
         if let Some(&bad) = rows.iter().find(|&&r| r < 0 || r as usize >= window.rows) {
             return Err(anyhow!("row {bad} is outside the resident window of {} rows", window.rows));
         }
         let idx = Tensor::from_array((vec![rows.len() as i64], rows.to_vec()))?.into_dyn();
         let device = self.device_memory()?;
+        self.batch_constants(rows.len())?;
+        let constants = self.batch_constants.as_ref().expect("made above");
         let mut binding = self.train_gathered.create_binding()?;
         binding.bind_input("x_all", &window.x)?;
         binding.bind_input("y_all", &window.y)?;
         binding.bind_input("idx", &idx)?;
-        binding.bind_input("lr", &self.lr)?;
+        binding.bind_input("step_size", &constants.step_size)?;
+        binding.bind_input("ones", &constants.ones)?;
         for (name, value) in self.parameter_names.iter().zip(&self.parameters) {
             binding.bind_input(name.as_str(), value)?;
         }
