@@ -227,6 +227,11 @@ struct EvalArgs {
     /// Only re-render the Markdown from the JSON already in --out.
     #[arg(long)]
     render_only: bool,
+    /// Write every lossgate window of the comparison to this folder as CSV, one file per seed
+    /// and window: each sample and probe with its attack (or clean), label, decision, score,
+    /// threshold, views, loss per epoch and features (MNIST: about 20 MB a window).
+    #[arg(long)]
+    dump_windows: Option<PathBuf>,
     /// A few-minute run on a subset (8 192 samples, windows of 2 048, 10 shadow epochs).
     #[arg(long)]
     quick: bool,
@@ -301,6 +306,7 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         max_samples,
         loss_value_epochs: 3,
         defences: args.defences.clone(),
+        dump_windows: args.dump_windows.clone(),
     };
     let dataset_name = match &source {
         DataSource::Mnist(_) => "MNIST".to_string(),

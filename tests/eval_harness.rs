@@ -24,6 +24,7 @@ fn quick_harness(runtime: &lossgate::shadow::Runtime) -> Harness<'_> {
         max_samples: Some(samples),
         loss_value_epochs: 3,
         defences: Defence::ALL.to_vec(),
+        dump_windows: None,
     }
 }
 
@@ -141,6 +142,7 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
         max_samples: None,
         loss_value_epochs: 3,
         defences: vec![Defence::None, Defence::Lossgate],
+        dump_windows: Some(dir.path().join("windows")),
     };
     let (comparison, _) = harness.compare(&[3], "csv").unwrap();
     let seed = &comparison.seeds[0];
@@ -151,6 +153,30 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
     assert!(none.victim.attack_success[0].unwrap() >= 0.8, "the trigger works undefended\n{summary}");
     assert!(lossgate.detection.auc.unwrap() >= 0.9, "{summary}");
     assert!(lossgate.victim.attack_success[0].unwrap() < none.victim.attack_success[0].unwrap(), "{summary}");
+
+    // --dump-windows: three windows (2 750 rows in windows of 1 000), each row a sample or a
+    // probe with its truth and decision, agreeing with what the report counted.
+    let (mut poisons, mut flagged, mut samples) = (0, 0, 0);
+    for window in 0..3 {
+        let text =
+            std::fs::read_to_string(dir.path().join(format!("windows/seed3-window{window}.csv"))).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        assert_eq!(&header[..4], ["row", "origin", "label", "flagged"]);
+        assert_eq!(header.len(), 10 + 10 + 12, "fixed columns, a loss per epoch, the features");
+        for line in lines {
+            let cells: Vec<&str> = line.split(',').collect();
+            assert_eq!(cells.len(), header.len(), "{line}");
+            if cells[1] != "probe" {
+                samples += 1;
+                poisons += (cells[1] == "0") as usize;
+                flagged += (cells[3] == "true") as usize;
+            }
+        }
+    }
+    assert!(!dir.path().join("windows/seed3-window3.csv").exists());
+    assert_eq!((samples, poisons), (2750, 55));
+    assert_eq!(flagged as f64 / 2750.0, lossgate.detection.dropped, "{summary}");
 }
 
 /// A second data set of another kind, with the engine's defaults and only `[input]` changed:
@@ -183,6 +209,7 @@ fn a_second_data_set_optdigits_with_the_defaults() {
         max_samples: None,
         loss_value_epochs: 3,
         defences: vec![Defence::None, Defence::Lossgate],
+        dump_windows: None,
     };
     let (comparison, _) = harness.compare(&[1], "optdigits").unwrap();
     let seed = &comparison.seeds[0];

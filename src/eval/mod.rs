@@ -5,6 +5,7 @@
 
 pub mod attack;
 pub mod defence;
+mod dump;
 pub(crate) mod metrics;
 pub mod plots;
 pub mod report;
@@ -43,6 +44,8 @@ pub struct Harness<'a> {
     pub loss_value_epochs: usize,
     /// The defences the comparison runs (`[None]` alone checks the attacks' strength).
     pub defences: Vec<Defence>,
+    /// Where the comparison writes each lossgate window as CSV (`--dump-windows`; `None`: not).
+    pub dump_windows: Option<std::path::PathBuf>,
 }
 
 /// The quick mode (a few minutes on 2 cores; the test suite runs it): 8 192 samples, windows
@@ -239,6 +242,10 @@ impl Harness<'_> {
             true => Some(run_engine(self.runtime, &self.config, &scenario, seed, &tick)?),
             false => None,
         };
+        if let (Some(dir), Some(run)) = (&self.dump_windows, &lossgate) {
+            let files = dump::write_windows(dir, seed, &scenario, run)?;
+            tracing::info!(seed, windows = files.len(), dir = %dir.display(), "lossgate windows written as CSV");
+        }
         let lossgate_scores = lossgate.as_ref().map(|l| l.normalised_scores());
         let lossgate_flags = lossgate.as_ref().map(|l| l.flagged()).unwrap_or_else(|| vec![false; n]);
         let rate = lossgate_flags.iter().filter(|&&f| f).count() as f64 / n.max(1) as f64;

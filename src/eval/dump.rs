@@ -1,0 +1,83 @@
+//! Every lossgate window of a comparison, written row by row as CSV (`lossgate eval
+//! --dump-windows DIR`), so that the scoring stage can be studied and re-run offline: each
+//! window's samples and probes with what the engine measured of them (loss trajectory, the other
+//! views), what it decided, and the truth the harness knows (which attack poisoned a sample).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::defence::StreamRun;
+use super::scenario::Scenario;
+use crate::engine::WindowOutcome;
+
+/// `DIR/seed{seed}-window{index}.csv` for every window of `run`; returns the files written.
+pub(crate) fn write_windows(
+    dir: &Path,
+    seed: u64,
+    scenario: &Scenario,
+    run: &StreamRun,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = Vec::new();
+    for (index, window) in run.windows.iter().enumerate() {
+        let path = dir.join(format!("seed{seed}-window{index}.csv"));
+        let text = window_csv(scenario, window.start, &window.outcome);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// One row per window sample, then one per probe. `origin`: the attack's index, `clean`, or
+/// `probe`; `flagged` and `kept_hard_clean`: the decision (empty for a probe); `score`: the fused
+/// score (empty for a probe); the views are empty where the config leaves them off; then the
+/// loss in every epoch and the features as the engine saw them before scaling.
+fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> String {
+    let samples = outcome.sample_count();
+    let epochs = outcome.losses.ncols();
+    let features = scenario.stream.features.ncols();
+    let mut text = String::from(
+        "row,origin,label,flagged,kept_hard_clean,score,threshold,representation,label_disagreement,range_exceedance",
+    );
+    (1..=epochs).for_each(|e| {
+        let _ = write!(text, ",loss_epoch{e}");
+    });
+    (0..features).for_each(|f| {
+        let _ = write!(text, ",feature{f}");
+    });
+    text.push('\n');
+    let view = |values: &Option<Vec<f32>>, row: usize| {
+        values.as_ref().map(|v| v[row].to_string()).unwrap_or_default()
+    };
+    for row in 0..outcome.labels.len() {
+        let (origin, decided, x) = match row < samples {
+            true => {
+                let i = start + row;
+                let origin = scenario.origin[i].map_or("clean".to_string(), |a| a.to_string());
+                let d = &outcome.decisions[row];
+                let decided = format!("{},{},{}", d.flagged, d.kept_hard_clean, outcome.sample_scores[row]);
+                (origin, decided, scenario.stream.features.row(i))
+            }
+            false => ("probe".to_string(), ",,".to_string(), scenario.probes.features.row(row - samples)),
+        };
+        let _ = write!(
+            text,
+            "{row},{origin},{},{decided},{},{},{},{}",
+            outcome.labels[row],
+            outcome.threshold.value,
+            view(&outcome.views.representation, row),
+            view(&outcome.views.label_disagreement, row),
+            view(&outcome.views.range_exceedance, row),
+        );
+        outcome.losses.row(row).iter().for_each(|l| {
+            let _ = write!(text, ",{l}");
+        });
+        x.iter().for_each(|v| {
+            let _ = write!(text, ",{v}");
+        });
+        text.push('\n');
+    }
+    text
+}
