@@ -200,7 +200,6 @@ async fn release_clients(pipeline: Arc<Pipeline>) {
     }
 }
 
-/// Reads a trusted probe topic whole; every record must decode and fit `[input]`.
 /// Says at start-up how the probes cover the classes, and what to do when a class has fewer
 /// than the per-class scoring needs to hold steady.
 fn log_probe_coverage(probes: &LabelledSamples, classes: usize, alpha: f64) {
@@ -222,6 +221,7 @@ fn log_probe_coverage(probes: &LabelledSamples, classes: usize, alpha: f64) {
     }
 }
 
+/// Reads a trusted probe topic whole; every record must decode and fit `[input]`.
 fn probes_from_topic(config: &Config, topic: &str) -> Result<LabelledSamples> {
     let rules = config.kafka.decode_rules(&config.input);
     let messages = crate::kafka::read_topic(&config.kafka.client_config()?, topic, KAFKA_TIMEOUT)?;
