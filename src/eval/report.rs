@@ -53,6 +53,10 @@ fn defence(seed: &SeedComparison, which: Defence) -> Option<&DefenceResult> {
     seed.defences.iter().find(|d| d.defence == which)
 }
 
+fn lossgate(seed: &SeedComparison) -> Option<&DefenceResult> {
+    defence(seed, Defence::Lossgate)
+}
+
 fn cell(s: Option<Summary>, f: fn(&Summary) -> String) -> String {
     s.map(|s| f(&s)).unwrap_or_else(|| "–".into())
 }
@@ -97,9 +101,6 @@ fn worst_dirty_label_missed(attacks: &[Attack], caught_per_attack: &[f64]) -> Op
 
 /// The targets of the detection issue (#10), on lossgate's numbers.
 fn targets(c: &Comparison, out: &mut String) {
-    fn lossgate(s: &SeedComparison) -> Option<&DefenceResult> {
-        defence(s, Defence::Lossgate)
-    }
     let worst = over_seeds(&c.seeds, |s| worst_success(&lossgate(s)?.victim));
     let asr = over_seeds(&c.seeds, |s| lossgate(s).map(|d| d.victim.mean_attack_success()));
     let added = over_seeds(&c.seeds, |s| lossgate(s).map(|d| mean_success_added(&d.victim, &s.clean_only)));
@@ -137,10 +138,7 @@ fn targets(c: &Comparison, out: &mut String) {
 /// catch at the target false-reject rate (threshold set on the truth): where the second is
 /// short too, the score falls short; where only the first is, the decision does.
 fn score_or_decision(c: &Comparison, out: &mut String) {
-    fn lossgate(s: &SeedComparison) -> Option<&super::metrics::Detection> {
-        defence(s, Defence::Lossgate).map(|d| &d.detection)
-    }
-    if !c.seeds.iter().filter_map(lossgate).any(|d| !d.caught_at_target_false_reject.is_empty()) {
+    if !c.seeds.iter().filter_map(lossgate).any(|d| !d.detection.caught_at_target_false_reject.is_empty()) {
         return; // results written before the score-alone figure existed
     }
     let target = 100.0 * super::metrics::TARGET_FALSE_REJECT;
@@ -152,14 +150,14 @@ fn score_or_decision(c: &Comparison, out: &mut String) {
          stream's windows): where the score alone misses poisons, the score falls short; where \
          only the decision does, the decision.\n\n| attack | decision: caught | score alone at \
          {target:.0} % false-reject: caught | AUC |\n|---|---|---|---|\n",
-        cell(over_seeds(&c.seeds, |s| lossgate(s).map(|d| d.clean_false_reject)), pct),
+        cell(over_seeds(&c.seeds, |s| lossgate(s).map(|d| d.detection.clean_false_reject)), pct),
     );
     for (a, attack) in c.attacks.iter().enumerate() {
-        let decided = over_seeds(&c.seeds, |s| lossgate(s).map(|d| d.caught_per_attack[a]));
+        let decided = over_seeds(&c.seeds, |s| lossgate(s).map(|d| d.detection.caught_per_attack[a]));
         let scored = over_seeds(&c.seeds, |s| {
-            lossgate(s).and_then(|d| d.caught_at_target_false_reject.get(a).copied().flatten())
+            lossgate(s).and_then(|d| d.detection.caught_at_target_false_reject.get(a).copied().flatten())
         });
-        let auc = over_seeds(&c.seeds, |s| lossgate(s).and_then(|d| d.auc_per_attack[a]));
+        let auc = over_seeds(&c.seeds, |s| lossgate(s).and_then(|d| d.detection.auc_per_attack[a]));
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} |",
@@ -297,9 +295,7 @@ fn comparison_section(c: &Comparison, out: &mut String) {
         for which in &Defence::ALL[1..] {
             let _ = write!(out, "{} / {} | ", cell(caught(*which), pct), cell(success(Some(*which)), pct));
         }
-        let auc = over_seeds(&c.seeds, |s| {
-            defence(s, Defence::Lossgate).and_then(|d| d.detection.auc_per_attack[a])
-        });
+        let auc = over_seeds(&c.seeds, |s| lossgate(s).and_then(|d| d.detection.auc_per_attack[a]));
         let _ = writeln!(out, "{} |", cell(auc, num));
     }
 

@@ -1,6 +1,5 @@
 //! The shadow model: an MLP whose weights live in ONNX Runtime values between steps.
 
-use super::subnormals::flushing_subnormals;
 use std::borrow::Cow;
 
 use anyhow::{anyhow, Context, Result};
@@ -13,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use super::graphs::{eval_graph, train_step_graph, train_step_graph_with, BatchInput, MlpShape};
 use super::runtime::ExecutionProvider;
 use super::runtime::Runtime;
+use super::subnormals::flushing_subnormals;
 
 /// SGD with momentum and weight decay, as PyTorch applies it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -87,12 +87,17 @@ struct BatchConstants {
 }
 
 impl BatchConstants {
-    fn new(learning_rate: f32, rows: usize) -> Result<Self> {
-        Ok(Self {
-            rows,
-            step_size: scalar(learning_rate / rows.max(1) as f32)?,
-            ones: tensor(&[1, rows], vec![1.0; rows])?,
-        })
+    /// The constants in `cached` for batches of `rows`, made again only when the size changes
+    /// (the last batch of an epoch) or the learning rate did (which empties the cache).
+    fn for_rows(cached: &mut Option<Self>, learning_rate: f32, rows: usize) -> Result<&Self> {
+        if cached.as_ref().is_none_or(|c| c.rows != rows) {
+            *cached = Some(Self {
+                rows,
+                step_size: scalar(learning_rate / rows.max(1) as f32)?,
+                ones: tensor(&[1, rows], vec![1.0; rows])?,
+            });
+        }
+        Ok(cached.as_ref().expect("filled above"))
     }
 }
 
@@ -207,19 +212,9 @@ impl ShadowModel {
         Ok(())
     }
 
-    /// The per-batch constants for batches of `rows`, made again only when the size changes
-    /// (the last batch of an epoch) or the learning rate does.
-    fn batch_constants(&mut self, rows: usize) -> Result<&BatchConstants> {
-        if self.batch_constants.as_ref().is_none_or(|c| c.rows != rows) {
-            self.batch_constants = Some(BatchConstants::new(self.learning_rate, rows)?);
-        }
-        Ok(self.batch_constants.as_ref().expect("just made"))
-    }
-
     /// One SGD step on a batch; returns each sample's loss before the update.
     pub fn train_step(&mut self, x: &[f32], y: &[i64]) -> Result<Vec<f32>> {
-        self.batch_constants(y.len())?;
-        let constants = self.batch_constants.as_ref().expect("made above");
+        let constants = BatchConstants::for_rows(&mut self.batch_constants, self.learning_rate, y.len())?;
         let mut inputs = batch_inputs(x, y, self.shape.features)?;
         for (name, value) in self.parameter_names.iter().zip(&self.parameters) {
             inputs.push((Cow::Borrowed(name.as_str()), value.into()));
@@ -293,8 +288,7 @@ impl ShadowModel {
         }
         let idx = Tensor::from_array((vec![rows.len() as i64], rows.to_vec()))?.into_dyn();
         let device = self.device_memory()?;
-        self.batch_constants(rows.len())?;
-        let constants = self.batch_constants.as_ref().expect("made above");
+        let constants = BatchConstants::for_rows(&mut self.batch_constants, self.learning_rate, rows.len())?;
         let mut binding = self.train_gathered.create_binding()?;
         binding.bind_input("x_all", &window.x)?;
         binding.bind_input("y_all", &window.y)?;
