@@ -214,7 +214,7 @@ fn a_window_out_of_the_pace_band_gets_its_rate_chosen_again() {
 /// threshold alone would quarantine, says so in their reason, and forwards some, not all.
 #[test]
 fn keeping_the_hard_clean_data_only_forwards_samples_from_the_grey_zone() {
-    use lossgate::engine::score_and_decide;
+    use lossgate::engine::{rescore, WindowOutcome};
     let runtime = common::runtime();
     let (window, probes) = window_and_probes();
     let mut config = small_config();
@@ -223,6 +223,12 @@ fn keeping_the_hard_clean_data_only_forwards_samples_from_the_grey_zone() {
     let mut engine = Engine::new(&runtime, config.clone(), probes).unwrap();
     let outcome = engine.process(&window).unwrap();
     assert!(outcome.decisions.iter().all(|d| !d.reason.contains("keep_hard_clean")), "switched off");
+    // Scored again as recorded (both shadows' losses, the first one's suspects), the same
+    // decisions: what the evaluation's re-scoring sweeps rely on.
+    assert!(outcome.first_pass.is_some(), "two shadows by default");
+    let again = rescore(&config, &outcome);
+    assert_eq!(again.decisions, outcome.decisions);
+    assert_eq!(again.threshold, outcome.threshold);
     assert!(outcome.views.sample_neighbours.is_none(), "computed only when asked for");
     config.decision.keep_hard_clean = true;
     let mut views = outcome.views.clone();
@@ -233,14 +239,7 @@ fn keeping_the_hard_clean_data_only_forwards_samples_from_the_grey_zone() {
         .views
         .sample_neighbours;
     assert!(views.sample_neighbours.is_some());
-    let kept = score_and_decide(
-        &config,
-        outcome.losses.clone(),
-        outcome.labels.clone(),
-        outcome.sample_count(),
-        outcome.learning_rate,
-        views,
-    );
+    let kept = rescore(&config, &WindowOutcome { views, ..outcome.clone() });
     let mut forwarded = 0;
     for (off, on) in outcome.decisions.iter().zip(&kept.decisions) {
         assert_eq!(off.score, on.score);

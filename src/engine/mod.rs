@@ -76,7 +76,7 @@ impl EngineConfig {
 }
 
 /// Everything one window produced, for the sinks, the metrics and the evaluation plots.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WindowOutcome {
     /// `[samples + probes, epochs]` losses; the probes are the last rows.
     pub losses: Array2<f32>,
@@ -98,6 +98,20 @@ pub struct WindowOutcome {
     pub pace: Option<f64>,
     /// Set when that pace was outside the band and the rate was chosen again on this window.
     pub rate_recheck: Option<RateRecheck>,
+    /// The first shadow's record when a second one ran (`shadow.second_pass`); `losses` and
+    /// the hidden-layer view are then the second shadow's.
+    pub first_pass: Option<FirstPass>,
+}
+
+/// What the first of a window's two shadows recorded, for the decision and to score again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstPass {
+    /// `[samples + probes, epochs]` losses, like [`WindowOutcome::losses`].
+    pub losses: Array2<f32>,
+    /// Its hidden-layer score of every row (`scorer.representation`).
+    pub representation: Option<Vec<f32>>,
+    /// The samples it flagged: held out of the second shadow and judged by the first.
+    pub held_out: Vec<bool>,
 }
 
 /// A window that learned outside the pace band at the pool's rate, and the rate chosen again
@@ -359,25 +373,33 @@ impl Engine {
             representation: self.representation_scores(&joined, window.len())?,
             ..inputs.clone()
         };
-        let mut outcome =
-            score_and_decide(&self.config, losses, joined.labels.clone(), window.len(), rate, views);
-        outcome.pace = pace;
+        let sample_count = window.len();
+        let first = scoring::score(&self.config, losses, &joined.labels, sample_count, views);
+        let first_judged = scoring::judge(&self.config, &first, &joined.labels, sample_count);
         // Once per window: the range is the same in both passes.
-        if let Some(warning) = outcome.out_of_range.as_deref().and_then(scoring::stale_probes_warning) {
-            tracing::warn!(window_samples = window.len(), "{warning}");
+        if let Some(warning) = first_judged
+            .out_of_range
+            .as_deref()
+            .and_then(|o| scoring::stale_probes_warning(&o[..sample_count]))
+        {
+            tracing::warn!(window_samples = sample_count, "{warning}");
         }
-        if !self.config.shadow.second_pass {
-            outcome.rate_recheck = recheck;
-            return Ok(outcome);
-        }
-        // Second pass: a fresh shadow trained without the first pass's suspects, so that the
-        // poisons left in the window are fewer and their backdoor is learned less.
-        let kept: Vec<usize> =
-            everything.into_iter().filter(|&i| i >= window.len() || !outcome.decisions[i].flagged).collect();
-        let losses = self.averaged_losses(&joined, &kept, seed ^ 0x2ba5_5eed, &mut on_epoch)?;
-        let views =
-            OtherViews { representation: self.representation_scores(&joined, window.len())?, ..inputs };
-        let mut outcome = score_and_decide(&self.config, losses, joined.labels, window.len(), rate, views);
+        let mut outcome = if self.config.shadow.second_pass {
+            // Second pass: a fresh shadow trained without the first pass's suspects, so that
+            // the poisons left in the window are fewer and their backdoor is learned less.
+            let kept: Vec<usize> = everything
+                .into_iter()
+                .filter(|&i| i >= sample_count || !first_judged.decisions[i].flagged)
+                .collect();
+            let losses = self.averaged_losses(&joined, &kept, seed ^ 0x2ba5_5eed, &mut on_epoch)?;
+            let views =
+                OtherViews { representation: self.representation_scores(&joined, sample_count)?, ..inputs };
+            let second = scoring::score(&self.config, losses, &joined.labels, sample_count, views);
+            let held_out = first_judged.decisions.iter().map(|d| d.flagged).collect();
+            scoring::two_pass_outcome(&self.config, first, held_out, second, joined.labels, rate)
+        } else {
+            scoring::outcome(first, first_judged, joined.labels, rate)
+        };
         outcome.pace = pace;
         outcome.rate_recheck = recheck;
         Ok(outcome)
@@ -490,4 +512,4 @@ pub(crate) fn log_calibration(calibration: &Calibration) {
     );
 }
 
-pub use scoring::score_and_decide;
+pub use scoring::{rescore, score_and_decide};

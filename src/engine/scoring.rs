@@ -6,8 +6,8 @@ use ndarray::{s, Array2, ArrayView2, Axis};
 use super::hard_clean::GreyZone;
 use super::input_range::out_of_range;
 use super::trajectory::kept_epochs;
-use super::{EngineConfig, OtherViews, WindowOutcome};
-use crate::decision::Policy;
+use super::{EngineConfig, FirstPass, OtherViews, WindowOutcome};
+use crate::decision::{Decision, Policy, Threshold};
 use crate::scorer::ProbeScorer;
 
 /// Appended to the reason of a quarantined sample the input-range view caught.
@@ -25,10 +25,39 @@ pub fn score_and_decide(
     learning_rate: f32,
     views: OtherViews,
 ) -> WindowOutcome {
-    let kept = kept_epochs(losses.view());
-    let trajectories = losses.select(Axis(1), &kept).as_standard_layout().into_owned();
+    let scored = score(config, losses, &labels, sample_count, views);
+    let judged = judge(config, &scored, &labels, sample_count);
+    outcome(scored, judged, labels, learning_rate)
+}
+
+/// One shadow's scores of a window: every row's recorded losses (samples, then probes), the
+/// samples' fused scores, the probes' leave-one-out fused scores, and the views behind them.
+pub(crate) struct Scored {
+    pub(crate) losses: Array2<f32>,
+    pub(crate) sample_scores: Vec<f32>,
+    pub(crate) probe_scores: Vec<f32>,
+    pub(crate) views: OtherViews,
+}
+
+/// A window's threshold and its decisions on the samples of one [`Scored`].
+pub(crate) struct Judged {
+    pub(crate) threshold: Threshold,
+    pub(crate) decisions: Vec<Decision>,
+    /// Which rows (samples, then probes) lie outside the probes' input range.
+    pub(crate) out_of_range: Option<Vec<bool>>,
+}
+
+/// Scores every row of a recorded loss matrix and fuses the `views`.
+pub(crate) fn score(
+    config: &EngineConfig,
+    losses: Array2<f32>,
+    labels: &[i64],
+    sample_count: usize,
+    views: OtherViews,
+) -> Scored {
+    let trajectories = kept_trajectories(losses.view());
     let (samples, probes) = if config.scorer.per_label {
-        score_per_label(config, trajectories.view(), &labels, sample_count)
+        score_per_label(config, trajectories.view(), labels, sample_count)
     } else {
         let samples = trajectories.slice(s![..sample_count, ..]);
         let probes = trajectories.slice(s![sample_count.., ..]);
@@ -37,10 +66,22 @@ pub fn score_and_decide(
     };
     let (sample_scores, probe_scores) = match views.is_empty() {
         true => (samples, probes),
-        false => fuse(&samples, &probes, &views, &labels),
+        false => fuse(&samples, &probes, &views, labels),
     };
+    Scored { losses, sample_scores, probe_scores, views }
+}
+
+/// The loss matrix's kept epochs ([`kept_epochs`]), row-major.
+fn kept_trajectories(losses: ArrayView2<f32>) -> Array2<f32> {
+    losses.select(Axis(1), &kept_epochs(losses)).as_standard_layout().into_owned()
+}
+
+/// The calibrated threshold from the probes' scores, and each sample's decision under it.
+pub(crate) fn judge(config: &EngineConfig, scored: &Scored, labels: &[i64], sample_count: usize) -> Judged {
+    let Scored { losses, sample_scores, probe_scores, views } = scored;
+    let trajectories = kept_trajectories(losses.view());
     let decision = &config.decision;
-    let threshold = decision.threshold(&probe_scores, &sample_scores);
+    let threshold = decision.threshold(probe_scores, sample_scores);
     let outside = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
     let is_outside = |i: usize| outside.as_ref().is_some_and(|o| o[i]);
     // Without the neighbours (a config that did not ask for them when the window ran) nothing
@@ -50,14 +91,7 @@ pub fn score_and_decide(
         .as_deref()
         .filter(|_| decision.keep_hard_clean && decision.policy == Policy::Calibrated)
         .map(|neighbours| {
-            GreyZone::new(
-                trajectories.view(),
-                &labels,
-                sample_count,
-                &probe_scores,
-                neighbours,
-                decision.alpha,
-            )
+            GreyZone::new(trajectories.view(), labels, sample_count, probe_scores, neighbours, decision.alpha)
         });
     let decisions = sample_scores
         .iter()
@@ -71,7 +105,7 @@ pub fn score_and_decide(
                     labels[i],
                     s,
                     is_outside(i),
-                    &sample_scores,
+                    sample_scores,
                     threshold.value,
                 )
             };
@@ -83,21 +117,136 @@ pub fn score_and_decide(
             decided
         })
         .collect();
+    Judged { threshold, decisions, out_of_range: outside }
+}
+
+/// The window's outcome from its scores and decisions.
+pub(crate) fn outcome(scored: Scored, judged: Judged, labels: Vec<i64>, learning_rate: f32) -> WindowOutcome {
+    let sample_count = judged.decisions.len();
     WindowOutcome {
-        losses,
+        losses: scored.losses,
         labels,
-        sample_scores,
-        threshold,
-        decisions,
+        sample_scores: scored.sample_scores,
+        threshold: judged.threshold,
+        decisions: judged.decisions,
         learning_rate,
-        views,
-        out_of_range: outside.map(|mut o| {
+        views: scored.views,
+        out_of_range: judged.out_of_range.map(|mut o| {
             o.truncate(sample_count);
             o
         }),
         pace: None,
         rate_recheck: None,
+        first_pass: None,
     }
+}
+
+/// The decision of a window that ran two shadows (`shadow.second_pass`): each sample judged
+/// by a shadow that trained on it. A first-pass suspect, held out of the second shadow
+/// (`held_out`), keeps its first-pass score; every other sample takes the second pass's. A
+/// held-out sample's second-pass loss is that of a model which never saw it, which no
+/// trained-on probe can be compared with: a clean-label poison held out looks like an
+/// unlearned clean sample there (satimage's in-range clean-label poisons: caught 100 % by the
+/// first pass, 57 % when the second pass judged them). The probes, trained on in both passes,
+/// are mixed the same way (a probe the first pass would have flagged keeps its first-pass
+/// leave-one-out score), and each pass's scores are first put on its own probes' scale
+/// ([`on_probe_scale`]), so one conformal threshold on the mixed probe scores keeps the
+/// false-reject budget of the two passes together at alpha.
+pub(crate) fn two_pass_outcome(
+    config: &EngineConfig,
+    first: Scored,
+    held_out: Vec<bool>,
+    second: Scored,
+    labels: Vec<i64>,
+    learning_rate: f32,
+) -> WindowOutcome {
+    let sample_count = held_out.len();
+    let first_threshold = config.decision.threshold(&first.probe_scores, &first.sample_scores).value;
+    let suspect_probes = first.probe_scores.iter().map(|&s| s > first_threshold);
+    let suspects: Vec<bool> = held_out.iter().copied().chain(suspect_probes).collect();
+    let (first_samples, first_probes) = on_probe_scale(&first.sample_scores, &first.probe_scores);
+    let (second_samples, second_probes) = on_probe_scale(&second.sample_scores, &second.probe_scores);
+    let pick = |a: &[f32], b: &[f32], offset: usize| -> Vec<f32> {
+        let from_first = |i: usize| suspects[offset + i];
+        a.iter().zip(b).enumerate().map(|(i, (&x, &y))| if from_first(i) { x } else { y }).collect()
+    };
+    // The grey zone reads each row's last loss: from the pass that judges it.
+    let mut judged_losses = second.losses.clone();
+    for (row, _) in suspects.iter().enumerate().filter(|(_, &s)| s) {
+        judged_losses.row_mut(row).assign(&first.losses.row(row));
+    }
+    let merged = Scored {
+        losses: judged_losses,
+        sample_scores: pick(&first_samples, &second_samples, 0),
+        probe_scores: pick(&first_probes, &second_probes, sample_count),
+        views: second.views,
+    };
+    let judged = judge(config, &merged, &labels, sample_count);
+    let Scored { sample_scores, probe_scores, views, .. } = merged;
+    let last_shadow = Scored { losses: second.losses, sample_scores, probe_scores, views };
+    let mut outcome = outcome(last_shadow, judged, labels, learning_rate);
+    outcome.first_pass =
+        Some(FirstPass { losses: first.losses, representation: first.views.representation, held_out });
+    outcome
+}
+
+/// A window's recorded views scored and decided again under `config`, as the engine would
+/// have (for sweeps over scoring and decision settings). Which samples the second shadow was
+/// trained without is a fact of the run and stays as recorded.
+pub fn rescore(config: &EngineConfig, recorded: &WindowOutcome) -> WindowOutcome {
+    let sample_count = recorded.sample_count();
+    let labels = recorded.labels.clone();
+    let second = score(config, recorded.losses.clone(), &labels, sample_count, recorded.views.clone());
+    match &recorded.first_pass {
+        None => {
+            let judged = judge(config, &second, &labels, sample_count);
+            outcome(second, judged, labels, recorded.learning_rate)
+        }
+        Some(first) => {
+            let views = OtherViews { representation: first.representation.clone(), ..recorded.views.clone() };
+            let first_scored = score(config, first.losses.clone(), &labels, sample_count, views);
+            two_pass_outcome(
+                config,
+                first_scored,
+                first.held_out.clone(),
+                second,
+                labels,
+                recorded.learning_rate,
+            )
+        }
+    }
+}
+
+/// One pass's scores as -ln(tail share among its probes), the scale on which two passes'
+/// scores can be compared: the passes' fused scores are spread differently (a threshold at
+/// alpha lay one or two share steps apart on penbased), and one threshold on the raw scores
+/// judged the second pass far stricter than the first. A sample's share is (probes at or
+/// above + 1) / (probes + 1), a probe's its leave-one-out share (itself among them); within
+/// one share step the order of the scores is kept (the position between the two probe
+/// scores around it, in less than a step), so that the decision's ranking stays strict.
+fn on_probe_scale(samples: &[f32], probes: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut reference = probes.to_vec();
+    reference.sort_by(f32::total_cmp);
+    let n = reference.len();
+    if n == 0 {
+        return (samples.to_vec(), Vec::new());
+    }
+    let step = 0.25 * ((n as f64 + 1.0) / n as f64).ln();
+    let rescale = |x: f32, is_probe: bool| -> f32 {
+        let below = reference.partition_point(|&r| r < x);
+        let above = n - below;
+        let share = match is_probe {
+            true => above.max(1) as f64 / n as f64,
+            false => (above + 1) as f64 / (n + 1) as f64,
+        };
+        let within = match (below.checked_sub(1).map(|i| reference[i]), reference.get(below)) {
+            (Some(lower), Some(&upper)) if upper > lower => ((x - lower) / (upper - lower)) as f64,
+            (Some(_), None) => 1.0,
+            _ => 0.0,
+        };
+        (-share.ln() + step * within.clamp(0.0, 1.0)) as f32
+    };
+    (samples.iter().map(|&x| rescale(x, false)).collect(), probes.iter().map(|&x| rescale(x, true)).collect())
 }
 
 /// A clean sample lies out of the probes' range with probability at most 1 / (probes + 1), and
@@ -324,6 +473,56 @@ mod tests {
         assert!(samples[1] > samples[0] && samples[0] > samples[2], "{samples:?}");
         let above = probe_scores.iter().filter(|&&p| p >= samples[1]).count();
         assert_eq!(above, 0, "{probe_scores:?}");
+    }
+
+    /// Two samples then three probes, every value of a row set to `base + row`.
+    fn pass(base: f32) -> Scored {
+        let row = |i: usize| base + i as f32;
+        Scored {
+            losses: Array2::from_shape_fn((5, 2), |(i, _)| row(i)),
+            sample_scores: (0..2).map(row).collect(),
+            probe_scores: (2..5).map(row).collect(),
+            views: OtherViews { representation: Some((0..5).map(row).collect()), ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn a_sample_held_out_of_the_second_shadow_is_judged_by_the_first() {
+        // Samples 0-1, probes 2-4; the first pass scores sample 0 and probe 4 (row 4) far
+        // above the rest, the second pass scores every row alike.
+        let config = EngineConfig::default();
+        let mut first =
+            Scored { sample_scores: vec![50.0, 1.0], probe_scores: vec![2.0, 3.0, 60.0], ..pass(0.0) };
+        first.losses[[0, 1]] = 9.0;
+        let second = pass(100.0);
+        let outcome = two_pass_outcome(&config, first, vec![true, false], second, vec![0; 5], 0.01);
+        let (first_samples, _) = on_probe_scale(&[50.0, 1.0], &[2.0, 3.0, 60.0]);
+        let (second_samples, _) = on_probe_scale(&[100.0, 101.0], &[102.0, 103.0, 104.0]);
+        assert_eq!(outcome.sample_scores, vec![first_samples[0], second_samples[1]]);
+        // The recorded losses are the second shadow's; the first one's are kept beside them.
+        assert_eq!(outcome.losses[[0, 1]], 100.0);
+        let recorded = outcome.first_pass.as_ref().expect("two passes");
+        assert_eq!((recorded.losses[[0, 1]], recorded.held_out.clone()), (9.0, vec![true, false]));
+        assert_eq!(recorded.representation.as_deref(), Some(&[0.0, 1.0, 2.0, 3.0, 4.0][..]));
+    }
+
+    #[test]
+    fn on_the_probe_scale_a_score_is_its_tail_share_among_the_probes_in_order() {
+        let probes: Vec<f32> = (1..=9).map(|p| p as f32).collect();
+        // Far above every probe in one pass's units, just above the top probe in another's:
+        // the same share.
+        let (samples, probe_scores) = on_probe_scale(&[0.5, 4.5, 4.6, 9.5], &probes);
+        let (other, _) = on_probe_scale(&[901.0], &probes.iter().map(|p| p * 100.0).collect::<Vec<_>>());
+        assert_eq!(samples[3], other[0]);
+        // A sample below every probe has share 1; one above every probe 1 / (n + 1).
+        assert!(samples[0].abs() < 1e-6, "{samples:?}");
+        let top = -(0.1f64.ln()) as f32;
+        assert!(samples[3] >= top && samples[3] < top + 0.1, "{samples:?}");
+        // Between the same two probes the order is kept, below the next share step.
+        assert!(samples[1] < samples[2] && samples[2] < probe_scores[5], "{samples:?} {probe_scores:?}");
+        // Strictly increasing over the probes, and a probe's share counts itself.
+        assert!(probe_scores.windows(2).all(|w| w[0] < w[1]), "{probe_scores:?}");
+        assert!((probe_scores[8] - (9f32.ln() + 0.25 * (10f32 / 9.0).ln())).abs() < 1e-5, "{probe_scores:?}");
     }
 
     #[test]

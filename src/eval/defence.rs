@@ -13,7 +13,7 @@ use crate::data::FeatureScaling;
 use crate::decision::Policy;
 use crate::engine::trajectory::{record_loss_matrix, TrainingPlan};
 use crate::engine::EngineConfig;
-use crate::engine::{score_and_decide, Engine, WindowOutcome};
+use crate::engine::{rescore, Engine, WindowOutcome};
 use crate::shadow::{LearningRate, LossRecording, MlpShape, Runtime, Sgd, ShadowModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -80,17 +80,7 @@ impl StreamRun {
         let windows = self
             .windows
             .iter()
-            .map(|w| WindowRecord {
-                start: w.start,
-                outcome: score_and_decide(
-                    config,
-                    w.outcome.losses.clone(),
-                    w.outcome.labels.clone(),
-                    w.outcome.sample_count(),
-                    w.outcome.learning_rate,
-                    w.outcome.views.clone(),
-                ),
-            })
+            .map(|w| WindowRecord { start: w.start, outcome: rescore(config, &w.outcome) })
             .collect();
         StreamRun { windows }
     }

@@ -99,7 +99,8 @@ pub struct ShadowConfig {
     pub runs: usize,
     /// When each epoch's loss of a row is taken (see [`LossRecording`]).
     pub losses: LossRecording,
-    /// Train a second shadow without the first pass's suspects and decide on its trajectories.
+    /// Train a second shadow without the first pass's suspects; it judges the samples it
+    /// trained on, the first pass its suspects.
     pub second_pass: bool,
     /// Centre every feature on the probes' mean and divide all by one scale fitted on them
     /// before training (see `FeatureScaling`), so that one learning rate suits data in any
