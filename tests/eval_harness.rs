@@ -163,11 +163,13 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
         assert_eq!(&header[..4], ["row", "origin", "label", "flagged"]);
-        assert_eq!(header.len(), 10 + 10 + 12, "fixed columns, a loss per epoch, the features");
+        assert_eq!(header.len(), 11 + 10 + 12, "fixed columns, a loss per epoch, the features");
         for line in lines {
             let cells: Vec<&str> = line.split(',').collect();
             assert_eq!(cells.len(), header.len(), "{line}");
             if cells[1] != "probe" {
+                // Two shadows by default: every sample says which one judged it.
+                assert!(matches!(cells[5], "true" | "false"), "{line}");
                 samples += 1;
                 poisons += (cells[1] == "0") as usize;
                 flagged += (cells[3] == "true") as usize;

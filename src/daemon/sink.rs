@@ -71,8 +71,9 @@ pub(super) fn route<'a>(
 ) -> Vec<Routed<'a>> {
     let decisions: HashMap<usize, usize> = decided.iter().enumerate().map(|(k, &i)| (i, k)).collect();
     let window = window_id.to_string();
-    // The probe band of each label, computed once per window for its quarantined records.
-    let mut bands: HashMap<i64, String> = HashMap::new();
+    // The probe band of each label under each shadow that judged (the first of two judges
+    // its suspects), computed once per window for its quarantined records.
+    let mut bands: HashMap<(i64, bool), String> = HashMap::new();
     let mut routed = Vec::with_capacity(records.len());
     for (i, record) in records.iter().enumerate() {
         if record.already_produced {
@@ -104,8 +105,8 @@ pub(super) fn route<'a>(
                         // What `lossgate quarantine show` draws: this record's trajectory
                         // against its window's clean band.
                         let band = bands
-                            .entry(sample.label)
-                            .or_insert_with(|| headers::encode_band(&outcome.probe_band(sample.label)));
+                            .entry((sample.label, outcome.judged_by_first_pass(k)))
+                            .or_insert_with(|| headers::encode_band(&outcome.probe_band(k)));
                         let trajectory = headers::encode_trajectory(&outcome.trajectory(k));
                         (
                             Destination::Quarantine,

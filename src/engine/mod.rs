@@ -169,21 +169,36 @@ impl WindowOutcome {
         self.decisions.len()
     }
 
-    /// Window sample `i`'s loss in every epoch.
-    pub fn trajectory(&self, i: usize) -> Vec<f32> {
-        self.losses.row(i).to_vec()
+    /// Whether window sample `i` was judged by the first of two shadows (held out of the
+    /// second as a first-pass suspect).
+    pub fn judged_by_first_pass(&self, i: usize) -> bool {
+        self.first_pass.as_ref().is_some_and(|f| f.held_out[i])
     }
 
-    /// The 10th, 50th and 90th percentile of the probes' losses in each epoch, among the
-    /// probes labelled `label` (all probes when fewer than two have that label): the clean
-    /// band a sample's trajectory is shown against.
-    pub fn probe_band(&self, label: i64) -> Vec<[f32; 3]> {
+    /// The loss matrix of the shadow that judged window sample `i`.
+    fn judging_losses(&self, i: usize) -> &Array2<f32> {
+        match (&self.first_pass, self.judged_by_first_pass(i)) {
+            (Some(first), true) => &first.losses,
+            _ => &self.losses,
+        }
+    }
+
+    /// Window sample `i`'s loss in every epoch, under the shadow that judged it.
+    pub fn trajectory(&self, i: usize) -> Vec<f32> {
+        self.judging_losses(i).row(i).to_vec()
+    }
+
+    /// The 10th, 50th and 90th percentile of the probes' losses in each epoch under the shadow
+    /// that judged window sample `i`, among the probes of its label (all probes when fewer than
+    /// two have it): the clean band its trajectory is shown against.
+    pub fn probe_band(&self, i: usize) -> Vec<[f32; 3]> {
+        let (losses, label) = (self.judging_losses(i), self.labels[i]);
         let probes: Vec<usize> = (self.sample_count()..self.labels.len()).collect();
         let same: Vec<usize> = probes.iter().copied().filter(|&r| self.labels[r] == label).collect();
         let rows = if same.len() >= 2 { same } else { probes };
-        (0..self.losses.ncols())
+        (0..losses.ncols())
             .map(|epoch| {
-                let mut column: Vec<f32> = rows.iter().map(|&r| self.losses[[r, epoch]]).collect();
+                let mut column: Vec<f32> = rows.iter().map(|&r| losses[[r, epoch]]).collect();
                 column.sort_by(f32::total_cmp);
                 let at = |q: f32| column[((column.len() - 1) as f32 * q).round() as usize];
                 [at(0.1), at(0.5), at(0.9)]
@@ -386,7 +401,8 @@ impl Engine {
         }
         let mut outcome = if self.config.shadow.second_pass {
             // Second pass: a fresh shadow trained without the first pass's suspects, so that
-            // the poisons left in the window are fewer and their backdoor is learned less.
+            // the poisons left in the window are fewer and their backdoor is learned less. It
+            // judges only what it trained on; the suspects keep the first pass's verdict.
             let kept: Vec<usize> = everything
                 .into_iter()
                 .filter(|&i| i >= sample_count || !first_judged.decisions[i].flagged)

@@ -223,7 +223,8 @@ pub fn rescore(config: &EngineConfig, recorded: &WindowOutcome) -> WindowOutcome
 /// judged the second pass far stricter than the first. A sample's share is (probes at or
 /// above + 1) / (probes + 1), a probe's its leave-one-out share (itself among them); within
 /// one share step the order of the scores is kept (the position between the two probe
-/// scores around it, in less than a step), so that the decision's ranking stays strict.
+/// scores around it, in less than a step), so that the decision's ranking stays strict; like
+/// a fused score, every score is above 0.
 fn on_probe_scale(samples: &[f32], probes: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let mut reference = probes.to_vec();
     reference.sort_by(f32::total_cmp);
@@ -244,7 +245,8 @@ fn on_probe_scale(samples: &[f32], probes: &[f32]) -> (Vec<f32>, Vec<f32>) {
             (Some(_), None) => 1.0,
             _ => 0.0,
         };
-        (-share.ln() + step * within.clamp(0.0, 1.0)) as f32
+        // Above 0 like a fused score (an absolute threshold of 0 quarantines everything).
+        (-share.ln() + step * (1.0 + within.clamp(0.0, 1.0))) as f32
     };
     (samples.iter().map(|&x| rescale(x, false)).collect(), probes.iter().map(|&x| rescale(x, true)).collect())
 }
@@ -504,6 +506,12 @@ mod tests {
         let recorded = outcome.first_pass.as_ref().expect("two passes");
         assert_eq!((recorded.losses[[0, 1]], recorded.held_out.clone()), (9.0, vec![true, false]));
         assert_eq!(recorded.representation.as_deref(), Some(&[0.0, 1.0, 2.0, 3.0, 4.0][..]));
+        // What a quarantined record carries: the trajectory and the probes' band of the shadow
+        // that judged it.
+        assert!(outcome.judged_by_first_pass(0) && !outcome.judged_by_first_pass(1));
+        assert_eq!((outcome.trajectory(0), outcome.trajectory(1)), (vec![0.0, 9.0], vec![101.0, 101.0]));
+        assert_eq!(outcome.probe_band(0)[0], [2.0, 3.0, 4.0]);
+        assert_eq!(outcome.probe_band(1)[0], [102.0, 103.0, 104.0]);
     }
 
     #[test]
@@ -514,15 +522,17 @@ mod tests {
         let (samples, probe_scores) = on_probe_scale(&[0.5, 4.5, 4.6, 9.5], &probes);
         let (other, _) = on_probe_scale(&[901.0], &probes.iter().map(|p| p * 100.0).collect::<Vec<_>>());
         assert_eq!(samples[3], other[0]);
-        // A sample below every probe has share 1; one above every probe 1 / (n + 1).
-        assert!(samples[0].abs() < 1e-6, "{samples:?}");
+        // A sample below every probe has share 1 (a score just above 0); one above every
+        // probe 1 / (n + 1).
+        let step = 0.25 * (10f32 / 9.0).ln();
+        assert!((samples[0] - step).abs() < 1e-6, "{samples:?}");
         let top = -(0.1f64.ln()) as f32;
         assert!(samples[3] >= top && samples[3] < top + 0.1, "{samples:?}");
         // Between the same two probes the order is kept, below the next share step.
         assert!(samples[1] < samples[2] && samples[2] < probe_scores[5], "{samples:?} {probe_scores:?}");
         // Strictly increasing over the probes, and a probe's share counts itself.
         assert!(probe_scores.windows(2).all(|w| w[0] < w[1]), "{probe_scores:?}");
-        assert!((probe_scores[8] - (9f32.ln() + 0.25 * (10f32 / 9.0).ln())).abs() < 1e-5, "{probe_scores:?}");
+        assert!((probe_scores[8] - (9f32.ln() + 2.0 * step)).abs() < 1e-5, "{probe_scores:?}");
     }
 
     #[test]

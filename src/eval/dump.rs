@@ -31,15 +31,17 @@ pub(crate) fn write_windows(
 }
 
 /// One row per window sample, then one per probe. `origin`: the attack's index, `clean`, or
-/// `probe`; `flagged` and `kept_hard_clean`: the decision (empty for a probe); `score`: the fused
-/// score (empty for a probe); the views are empty where the config leaves them off; then the
-/// loss in every epoch and the features as the engine saw them before scaling.
+/// `probe`; `flagged` and `kept_hard_clean`: the decision (empty for a probe); `held_out`: a
+/// first-pass suspect, judged by the first shadow (empty with one pass, and for a probe);
+/// `score`: the fused score (empty for a probe); the views are empty where the config leaves
+/// them off; then the loss in every epoch under the shadow that judged the row (the second's
+/// for a probe) and the features as the engine saw them before scaling.
 fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> String {
     let samples = outcome.sample_count();
     let epochs = outcome.losses.ncols();
     let features = scenario.stream.features.ncols();
     let mut text = String::from(
-        "row,origin,label,flagged,kept_hard_clean,score,threshold,representation,label_disagreement,range_exceedance",
+        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,representation,label_disagreement,range_exceedance",
     );
     (1..=epochs).for_each(|e| {
         let _ = write!(text, ",loss_epoch{e}");
@@ -57,10 +59,13 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
                 let i = start + row;
                 let origin = scenario.origin[i].map_or("clean".to_string(), |a| a.to_string());
                 let d = &outcome.decisions[row];
-                let decided = format!("{},{},{}", d.flagged, d.kept_hard_clean, outcome.sample_scores[row]);
+                let held_out =
+                    outcome.first_pass.as_ref().map(|f| f.held_out[row].to_string()).unwrap_or_default();
+                let decided =
+                    format!("{},{},{held_out},{}", d.flagged, d.kept_hard_clean, outcome.sample_scores[row]);
                 (origin, decided, scenario.stream.features.row(i))
             }
-            false => ("probe".to_string(), ",,".to_string(), scenario.probes.features.row(row - samples)),
+            false => ("probe".to_string(), ",,,".to_string(), scenario.probes.features.row(row - samples)),
         };
         let _ = write!(
             text,
@@ -71,7 +76,11 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
             view(&outcome.views.label_disagreement, row),
             view(&outcome.views.range_exceedance, row),
         );
-        outcome.losses.row(row).iter().for_each(|l| {
+        let losses = match row < samples {
+            true => outcome.trajectory(row),
+            false => outcome.losses.row(row).to_vec(),
+        };
+        losses.iter().for_each(|l| {
             let _ = write!(text, ",{l}");
         });
         x.iter().for_each(|v| {

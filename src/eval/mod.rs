@@ -142,7 +142,7 @@ pub struct Settings {
 
 /// Raw arrays of the first seed, for the plots (not written to JSON).
 pub struct PlotData {
-    /// `[samples + probes, epochs]` of lossgate's first window.
+    /// `[samples + probes, epochs]` of lossgate's first window, under its first shadow.
     pub first_window_losses: Array2<f32>,
     pub first_window_origin: Vec<Option<usize>>,
     /// The label of every row of `first_window_losses`.
@@ -311,7 +311,8 @@ impl Harness<'_> {
         let plots = lossgate.as_ref().map(|lossgate| {
             let first = &lossgate.windows[0].outcome;
             PlotData {
-                first_window_losses: first.losses.clone(),
+                // The first shadow saw every row: the picture BaDLoss draws.
+                first_window_losses: first.first_pass.as_ref().map_or(&first.losses, |f| &f.losses).clone(),
                 first_window_origin: scenario.origin[..first.sample_count()].to_vec(),
                 first_window_labels: first.labels.clone(),
                 lossgate_scores: lossgate_scores.clone().unwrap_or_default(),
