@@ -402,7 +402,7 @@ impl Engine {
         let mut outcome = if self.config.shadow.second_pass {
             // Second pass: a fresh shadow trained without the first pass's suspects, so that
             // the poisons left in the window are fewer and their backdoor is learned less. It
-            // judges only what it trained on; the suspects keep the first pass's verdict.
+            // judges only what it trained on; the suspects are judged on their first-pass scores.
             let kept: Vec<usize> = everything
                 .into_iter()
                 .filter(|&i| i >= sample_count || !first_judged.decisions[i].flagged)
