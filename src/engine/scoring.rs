@@ -226,29 +226,37 @@ pub fn rescore(config: &EngineConfig, recorded: &WindowOutcome) -> WindowOutcome
 /// scores around it, in less than a step), so that the decision's ranking stays strict; like
 /// a fused score, every score is above 0.
 fn on_probe_scale(samples: &[f32], probes: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let mut reference = probes.to_vec();
-    reference.sort_by(f32::total_cmp);
-    let n = reference.len();
-    if n == 0 {
+    if probes.is_empty() {
         return (samples.to_vec(), Vec::new());
     }
-    let step = 0.25 * ((n as f64 + 1.0) / n as f64).ln();
-    let rescale = |x: f32, is_probe: bool| -> f32 {
+    let mut reference = probes.to_vec();
+    reference.sort_by(f32::total_cmp);
+    // Where a score lies between the two probe scores around it, in [0, 1].
+    let within = |x: f32| {
         let below = reference.partition_point(|&r| r < x);
-        let above = n - below;
-        let share = match is_probe {
-            true => above.max(1) as f64 / n as f64,
-            false => (above + 1) as f64 / (n + 1) as f64,
-        };
-        let within = match (below.checked_sub(1).map(|i| reference[i]), reference.get(below)) {
-            (Some(lower), Some(&upper)) if upper > lower => ((x - lower) / (upper - lower)) as f64,
+        match (below.checked_sub(1).map(|i| reference[i]), reference.get(below)) {
+            (Some(lower), Some(&upper)) if upper > lower => ((x - lower) / (upper - lower)).clamp(0.0, 1.0),
             (Some(_), None) => 1.0,
             _ => 0.0,
-        };
-        // Above 0 like a fused score (an absolute threshold of 0 quarantines everything).
-        (-share.ln() + step * (1.0 + within.clamp(0.0, 1.0))) as f32
+        }
     };
-    (samples.iter().map(|&x| rescale(x, false)).collect(), probes.iter().map(|&x| rescale(x, true)).collect())
+    let step = quarter_share_step(probes.len());
+    let rows: Vec<f32> = samples.iter().chain(probes).copied().collect();
+    let mut scaled: Vec<f32> = rows
+        .iter()
+        .zip(tail_shares(&rows, samples.len()))
+        // Above 0 like a fused score (an absolute threshold of 0 quarantines everything).
+        .map(|(&x, share)| (-share.ln() + step * (1.0 + within(x) as f64)) as f32)
+        .collect();
+    let probes = scaled.split_off(samples.len());
+    (scaled, probes)
+}
+
+/// A quarter of the smallest step between two tail shares among `probes` probes,
+/// ln((n + 1) / n): what a score may add within its share without passing the next one.
+fn quarter_share_step(probes: usize) -> f64 {
+    let n = probes.max(1) as f64;
+    0.25 * ((n + 1.0) / n).ln()
 }
 
 /// A clean sample lies out of the probes' range with probability at most 1 / (probes + 1), and
@@ -305,8 +313,7 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
     // strict order).
     let first = standardised_per_label(&trajectory, labels, sample_count);
     let probes_n = (labels.len() - sample_count).max(1) as f64;
-    // A quarter of the smallest step between two shares, ln((n + 1) / n).
-    let step = (0.25 * ((probes_n + 1.0) / probes_n).ln()) as f32;
+    let step = quarter_share_step(labels.len() - sample_count) as f32;
     let largest_z = |i: usize| standardised.iter().fold(first[i], |z, view| z.max(view[i]));
     let tie_break = |i: usize| step * largest_z(i).atan() / std::f32::consts::FRAC_PI_2;
     let mut shares = tail_shares(&trajectory, sample_count);
