@@ -232,4 +232,11 @@ fn a_second_data_set_optdigits_with_the_defaults() {
         }
     }
     assert!(lossgate.detection.clean_false_reject <= 0.12, "{summary}");
+    // Where the accuracy goes: some of the clean samples lossgate quarantined came from the
+    // grey zone, and the oracle's victim trained on them as well.
+    let oracle = seed.grey_zone.as_ref().expect("the defaults keep hard clean data");
+    assert!(oracle.clean_rejected > 0.0, "{summary}");
+    assert!(oracle.clean_rejected <= lossgate.detection.clean_false_reject, "{summary}");
+    assert!(oracle.victim.trained_on > lossgate.victim.trained_on, "{summary}");
+    assert_eq!(oracle.poisons_rejected_per_attack.len(), comparison.attacks.len());
 }

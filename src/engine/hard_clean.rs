@@ -73,6 +73,11 @@ impl<'a> GreyZone<'a> {
         Self { strict_threshold, labels: seen, last_loss_limits, neighbours }
     }
 
+    /// The grey zone's upper edge: a score above it is quarantined whatever the dynamics.
+    pub(crate) fn top(&self) -> f32 {
+        self.strict_threshold
+    }
+
     /// Whether sample `row` (label `label`), above the window's `threshold` with fused
     /// `score`, is forwarded as hard clean data; `out_of_range`: the input-range gate caught
     /// it; `sample_scores`: every window sample's fused score.

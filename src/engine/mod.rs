@@ -93,6 +93,9 @@ pub struct WindowOutcome {
     pub views: OtherViews,
     /// Which window samples lie outside the probes' input range (`scorer.input_range`).
     pub out_of_range: Option<Vec<bool>>,
+    /// The grey zone's upper edge (`decision.keep_hard_clean`): a flagged sample scoring at
+    /// most this, in range, was asked whether it is hard clean data; `None` when the rule is off.
+    pub grey_zone_top: Option<f32>,
     /// The probes' loss after the first epoch as a share of chance, at the pool's rate
     /// (`calibration::first_epoch_pace`); `None` when the trajectories are too short to say.
     pub pace: Option<f64>,
@@ -173,6 +176,15 @@ impl WindowOutcome {
     /// second as a first-pass suspect).
     pub fn judged_by_first_pass(&self, i: usize) -> bool {
         self.first_pass.as_ref().is_some_and(|f| f.held_out[i])
+    }
+
+    /// Whether window sample `i` is quarantined from the grey zone: above the threshold, not
+    /// above [`Self::grey_zone_top`], in the probes' input range, and not kept as hard clean
+    /// data (its dynamics or its neighbours kept it out).
+    pub fn rejected_in_grey_zone(&self, i: usize) -> bool {
+        let decision = &self.decisions[i];
+        let in_range = !self.out_of_range.as_ref().is_some_and(|o| o[i]);
+        decision.flagged && in_range && self.grey_zone_top.is_some_and(|top| decision.score <= top)
     }
 
     /// The loss matrix of the shadow that judged window sample `i`.

@@ -45,6 +45,8 @@ pub(crate) struct Judged {
     pub(crate) decisions: Vec<Decision>,
     /// Which rows (samples, then probes) lie outside the probes' input range.
     pub(crate) out_of_range: Option<Vec<bool>>,
+    /// The grey zone's upper edge when hard clean data may be kept ([`GreyZone::top`]).
+    pub(crate) grey_zone_top: Option<f32>,
 }
 
 /// Scores every row of a recorded loss matrix and fuses the `views`.
@@ -117,7 +119,8 @@ pub(crate) fn judge(config: &EngineConfig, scored: &Scored, labels: &[i64], samp
             decided
         })
         .collect();
-    Judged { threshold, decisions, out_of_range: outside }
+    let grey_zone_top = grey_zone.as_ref().map(GreyZone::top);
+    Judged { threshold, decisions, out_of_range: outside, grey_zone_top }
 }
 
 /// The window's outcome from its scores and decisions.
@@ -135,6 +138,7 @@ pub(crate) fn outcome(scored: Scored, judged: Judged, labels: Vec<i64>, learning
             o.truncate(sample_count);
             o
         }),
+        grey_zone_top: judged.grey_zone_top,
         pace: None,
         rate_recheck: None,
         first_pass: None,

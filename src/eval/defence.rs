@@ -63,6 +63,15 @@ impl StreamRun {
         self.windows.iter().flat_map(|w| w.outcome.decisions.iter().map(|d| d.flagged)).collect()
     }
 
+    /// Which samples were quarantined from a window's grey zone
+    /// ([`WindowOutcome::rejected_in_grey_zone`]).
+    pub fn rejected_in_grey_zone(&self) -> Vec<bool> {
+        self.windows
+            .iter()
+            .flat_map(|w| (0..w.outcome.sample_count()).map(|i| w.outcome.rejected_in_grey_zone(i)))
+            .collect()
+    }
+
     /// Each score divided by its window's threshold: comparable across windows (1.0 = the
     /// threshold), which is what the pooled ROC curves and histograms use.
     pub fn normalised_scores(&self) -> Vec<f32> {

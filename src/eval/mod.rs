@@ -21,6 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::Policy;
 use crate::engine::EngineConfig;
 use crate::shadow::Runtime;
 use attack::Attack;
@@ -101,6 +102,24 @@ pub struct SeedComparison {
     /// How many of those windows learned outside the pace band and had their rate chosen again.
     #[serde(default)]
     pub windows_rate_rechosen: usize,
+    /// Where lossgate's accuracy gap lies (`decision.keep_hard_clean` on); absent in results
+    /// written before it was measured.
+    #[serde(default)]
+    pub grey_zone: Option<GreyZoneOracle>,
+}
+
+/// lossgate's decision with the clean samples it quarantined from the grey zone forwarded
+/// after all: an oracle (it reads the truth, which no deployment has) that says how much of
+/// the victim's accuracy gap those samples hold, beside the poisons quarantined from the same
+/// zone, which a rule forwarding the whole zone would let in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GreyZoneOracle {
+    /// Clean samples quarantined from the grey zone, as a share of the stream's clean samples.
+    pub clean_rejected: f64,
+    /// Per attack, the share of its poisons quarantined from the grey zone.
+    pub poisons_rejected_per_attack: Vec<f64>,
+    /// The victim trained on what lossgate forwarded plus those clean samples.
+    pub victim: VictimResult,
 }
 
 /// The comparison of every defence over seeds.
@@ -158,11 +177,11 @@ impl Harness<'_> {
     pub fn settings(&self, dataset: &str) -> Settings {
         let c = &self.config;
         let decision = match c.decision.policy {
-            crate::decision::Policy::Calibrated => format!("calibrated, alpha {}", c.decision.alpha),
-            crate::decision::Policy::RejectFraction => {
+            Policy::Calibrated => format!("calibrated, alpha {}", c.decision.alpha),
+            Policy::RejectFraction => {
                 format!("reject-fraction {}", c.decision.reject_fraction)
             }
-            crate::decision::Policy::Threshold => format!("threshold {:?}", c.decision.threshold),
+            Policy::Threshold => format!("threshold {:?}", c.decision.threshold),
         };
         Settings {
             dataset: dataset.to_string(),
@@ -292,6 +311,12 @@ impl Harness<'_> {
         }
         let victim_seed = seed.wrapping_add(0x51c7);
         let clean_only = self.victim_on(&scenario, &scenario.poison_mask(), victim_seed, &tick)?;
+        let grey_zone = match &lossgate {
+            Some(run) if self.measures_grey_zone() => {
+                Some(self.grey_zone_oracle(&scenario, run, &lossgate_flags, victim_seed, &tick)?)
+            }
+            _ => None,
+        };
         let mut defences = Vec::new();
         for (defence, flagged, scores) in &flagged_by {
             let victim = self.victim_on(&scenario, flagged, victim_seed, &tick)?;
@@ -330,8 +355,50 @@ impl Harness<'_> {
             shadow_learning_rate,
             window_paces,
             windows_rate_rechosen,
+            grey_zone,
         };
         Ok((result, plots))
+    }
+
+    /// Whether a comparison measures lossgate's grey zone: lossgate runs and keeps hard clean
+    /// data (only the calibrated policy has a grey zone).
+    fn measures_grey_zone(&self) -> bool {
+        let decision = &self.config.decision;
+        self.defences.contains(&Defence::Lossgate)
+            && decision.keep_hard_clean
+            && decision.policy == Policy::Calibrated
+    }
+
+    /// The victim on lossgate's forwards plus the clean samples it quarantined from the grey
+    /// zone, and what that zone held ([`GreyZoneOracle`]).
+    fn grey_zone_oracle(
+        &self,
+        scenario: &Scenario,
+        run: &defence::StreamRun,
+        flagged: &[bool],
+        victim_seed: u64,
+        tick: &(dyn Fn() + Sync),
+    ) -> Result<GreyZoneOracle> {
+        let in_grey_zone = run.rejected_in_grey_zone();
+        let is_clean = |i: usize| scenario.origin[i].is_none();
+        let forwarded_too: Vec<bool> = (0..flagged.len()).map(|i| in_grey_zone[i] && is_clean(i)).collect();
+        let oracle_flags: Vec<bool> =
+            flagged.iter().zip(&forwarded_too).map(|(&f, &back)| f && !back).collect();
+        let clean = (0..flagged.len()).filter(|&i| is_clean(i)).count();
+        let poisons = scenario.poisons_per_attack(self.attacks.len());
+        let mut rejected = vec![0usize; self.attacks.len()];
+        for attack in (0..flagged.len()).filter(|&i| in_grey_zone[i]).filter_map(|i| scenario.origin[i]) {
+            rejected[attack] += 1;
+        }
+        Ok(GreyZoneOracle {
+            clean_rejected: forwarded_too.iter().filter(|&&b| b).count() as f64 / clean.max(1) as f64,
+            poisons_rejected_per_attack: rejected
+                .iter()
+                .zip(&poisons)
+                .map(|(&r, &p)| r as f64 / p.max(1) as f64)
+                .collect(),
+            victim: self.victim_on(scenario, &oracle_flags, victim_seed, tick)?,
+        })
     }
 
     /// Shadow and victim epochs one seed of the comparison runs (the progress bar's unit).
@@ -340,7 +407,9 @@ impl Harness<'_> {
         let offline = self.defences.contains(&Defence::OfflineBadloss) as usize;
         let passes = self.config.shadow.runs * (1 + self.config.shadow.second_pass as usize);
         let shadow = (windows * passes + offline) * self.config.shadow.epochs;
-        let victims = (self.defences.len() + 1) * self.victim.epochs;
+        // The clean-only victim, one per defence, and the grey-zone oracle's.
+        let oracle = self.measures_grey_zone() as usize;
+        let victims = (self.defences.len() + 1 + oracle) * self.victim.epochs;
         (shadow + victims) as u64
     }
 

@@ -12,7 +12,7 @@ use super::attack::Attack;
 use super::defence::Defence;
 use super::sweep::{Sweep, SweepParam};
 use super::victim::VictimResult;
-use super::{Comparison, DefenceResult, SeedComparison, Summary};
+use super::{Comparison, DefenceResult, GreyZoneOracle, SeedComparison, Summary};
 
 pub const COMPARISON_FILE: &str = "comparison.json";
 
@@ -169,6 +169,55 @@ fn score_or_decision(c: &Comparison, out: &mut String) {
     }
 }
 
+fn grey_zone_oracle(seed: &SeedComparison) -> &GreyZoneOracle {
+    seed.grey_zone.as_ref().expect("every seed measured it (checked by the caller)")
+}
+
+/// Where lossgate's accuracy gap lies: the victim with the clean samples quarantined from the
+/// grey zone forwarded after all (an oracle), and what else that zone held.
+fn where_accuracy_goes(attacks: &[Attack], seeds: &[SeedComparison], out: &mut String) {
+    if seeds.is_empty() || seeds.iter().any(|s| s.grey_zone.is_none()) {
+        return; // not measured (hard clean data not kept, or results written before)
+    }
+    let lossgate_frr = over_seeds(seeds, |s| lossgate(s).map(|d| d.detection.clean_false_reject));
+    let oracle_frr = over_seeds(seeds, |s| {
+        lossgate(s).map(|d| d.detection.clean_false_reject - grey_zone_oracle(s).clean_rejected)
+    });
+    let gap = |s: &SeedComparison, accuracy: f64| s.clean_only.clean_accuracy - accuracy;
+    let rows = [
+        (
+            "lossgate",
+            lossgate_frr,
+            over_seeds(seeds, |s| lossgate(s).map(|d| gap(s, d.victim.clean_accuracy))),
+        ),
+        (
+            "lossgate, its clean rejects from the grey zone forwarded (oracle)",
+            oracle_frr,
+            over_seeds(seeds, |s| Some(gap(s, grey_zone_oracle(s).victim.clean_accuracy))),
+        ),
+    ];
+    out.push_str(
+        "\n### Where the clean accuracy goes\n\nA flagged sample in the grey zone (above the \
+         threshold at alpha, not above the one at alpha / 5, inside the probes' input range) is \
+         asked whether it is hard clean data; the rule kept these out. Forwarding the clean ones \
+         among them after all, an oracle that reads the truth, shows how much of the victim's \
+         accuracy gap they hold; the poisons quarantined from the same zone are what a rule that \
+         forwarded the whole zone would let in.\n\n| victim trained on | clean false-reject | \
+         accuracy below the clean-data-only model |\n|---|---|---|\n",
+    );
+    for (name, frr, below) in rows {
+        let _ = writeln!(out, "| {name} | {} | {} |", cell(frr, pct), cell(below, pct));
+    }
+    out.push_str(
+        "\n| attack | dirty or clean label | its poisons quarantined from the grey zone |\n|---|---|---|\n",
+    );
+    for (a, attack) in attacks.iter().enumerate() {
+        let share = over_seeds(seeds, |s| grey_zone_oracle(s).poisons_rejected_per_attack.get(a).copied());
+        let label = if attack.is_clean_label() { "clean" } else { "dirty" };
+        let _ = writeln!(out, "| {} | {label} | {} |", attack.name, cell(share, pct));
+    }
+}
+
 /// A width the results recorded, or `?` for results written before it was.
 fn shown(width: usize) -> String {
     if width == 0 {
@@ -300,6 +349,7 @@ fn comparison_section(c: &Comparison, out: &mut String) {
     }
 
     score_or_decision(c, out);
+    where_accuracy_goes(&c.attacks, &c.seeds, out);
 
     out.push_str("\n### Clean false-reject rate per class\n\n");
     let classes = c
@@ -449,6 +499,7 @@ pub fn render_markdown(results_dir: &Path, figures: &str, preface: &str) -> Resu
 mod tests {
     use super::*;
     use crate::eval::attack::parse_attacks;
+    use crate::eval::metrics::Detection;
 
     fn victim(success: &[Option<f64>]) -> VictimResult {
         VictimResult { trained_on: 100, clean_accuracy: 0.9, attack_success: success.to_vec() }
@@ -496,5 +547,52 @@ mod tests {
         .unwrap();
         let missed = worst_dirty_label_missed(&attacks, &[0.97, 0.5, 0.2]).unwrap();
         assert!((missed - 0.03).abs() < 1e-12, "{missed}");
+    }
+
+    #[test]
+    fn the_accuracy_section_sets_the_grey_zone_oracle_beside_lossgate() {
+        let attacks =
+            parse_attacks("[[attack]]\nname = \"flip\"\nkind = \"label-flip\"\nratio = 0.01\n", 4, 3)
+                .unwrap();
+        let detection = Detection {
+            dropped: 0.06,
+            clean_false_reject: 0.05,
+            caught: 0.99,
+            caught_per_attack: vec![0.99],
+            false_reject_per_class: vec![],
+            auc: None,
+            auc_per_attack: vec![None],
+            caught_at_target_false_reject: vec![],
+        };
+        let with_accuracy = |clean_accuracy| VictimResult { clean_accuracy, ..victim(&[None]) };
+        let mut seed = SeedComparison {
+            seed: 1,
+            stream_samples: 100,
+            poisons_per_attack: vec![1],
+            clean_only: with_accuracy(0.92),
+            defences: vec![DefenceResult {
+                defence: Defence::Lossgate,
+                detection,
+                victim: with_accuracy(0.90),
+            }],
+            seconds: 0.0,
+            shadow_learning_rate: None,
+            window_paces: vec![],
+            windows_rate_rechosen: 0,
+            grey_zone: None,
+        };
+        let mut out = String::new();
+        where_accuracy_goes(&attacks, std::slice::from_ref(&seed), &mut out);
+        assert!(out.is_empty(), "nothing to say without the oracle: {out}");
+
+        seed.grey_zone = Some(GreyZoneOracle {
+            clean_rejected: 0.04,
+            poisons_rejected_per_attack: vec![0.25],
+            victim: with_accuracy(0.915),
+        });
+        where_accuracy_goes(&attacks, &[seed], &mut out);
+        assert!(out.contains("| lossgate | 5.0 ± 0.0 % | 2.0 ± 0.0 % |"), "{out}");
+        assert!(out.contains("forwarded (oracle) | 1.0 ± 0.0 % | 0.5 ± 0.0 % |"), "{out}");
+        assert!(out.contains("| flip | dirty | 25.0 ± 0.0 % |"), "{out}");
     }
 }
