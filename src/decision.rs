@@ -150,15 +150,13 @@ impl DecisionConfig {
 
 impl DecisionConfig {
     /// A sample above the threshold forwarded as hard clean data: no longer flagged, and the
-    /// reason says why.
-    pub fn keep_as_hard_clean(&self, mut decided: Decision) -> Decision {
+    /// reason says why (`why`: what the rule saw).
+    pub fn keep_as_hard_clean(&self, mut decided: Decision, why: &str) -> Decision {
         decided.flagged = false;
         decided.kept_hard_clean = true;
         decided.action = Action::Forward;
         decided.reason = format!(
-            "{}; forwarded as hard clean data: only just above the threshold, learned as well as \
-             its label's clean probes, and most of its nearest samples of its label are below the \
-             threshold (decision.keep_hard_clean)",
+            "{}; forwarded as hard clean data: {why} (decision.keep_hard_clean)",
             decided.reason.split("; observe mode").next().unwrap_or_default()
         );
         decided

@@ -85,7 +85,10 @@ fn alpha_sweep_trades_false_rejects_for_catches() {
     let (strict, loose) = (&sweep.points[0], &sweep.points[1]);
     assert!(strict.clean_false_reject.mean < loose.clean_false_reject.mean, "{sweep:#?}");
     assert!(strict.caught.mean <= loose.caught.mean);
-    assert!(loose.clean_false_reject.mean > 0.15 && strict.clean_false_reject.mean < 0.15, "{sweep:#?}");
+    // alpha bounds the false-reject rate (keeping hard clean data only lowers it); the looser
+    // one still rejects a good share more.
+    assert!(strict.clean_false_reject.mean <= 0.05, "{sweep:#?}");
+    assert!(loose.clean_false_reject.mean > 0.1, "{sweep:#?}");
     assert!(strict.mean_attack_success.is_none(), "no victims were asked for");
 }
 
@@ -163,13 +166,15 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
         assert_eq!(&header[..4], ["row", "origin", "label", "flagged"]);
-        assert_eq!(header.len(), 11 + 10 + 12, "fixed columns, a loss per epoch, the features");
+        assert_eq!(header.len(), 12 + 10 + 12, "fixed columns, a loss per epoch, the features");
         for line in lines {
             let cells: Vec<&str> = line.split(',').collect();
             assert_eq!(cells.len(), header.len(), "{line}");
             if cells[1] != "probe" {
                 // Two shadows by default: every sample says which one judged it.
                 assert!(matches!(cells[5], "true" | "false"), "{line}");
+                let agreement: f32 = cells[11].parse().unwrap();
+                assert!((0.0..=1.0).contains(&agreement), "a share of neighbours: {line}");
                 samples += 1;
                 poisons += (cells[1] == "0") as usize;
                 flagged += (cells[3] == "true") as usize;

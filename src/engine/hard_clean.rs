@@ -1,13 +1,21 @@
 //! Keeping the hard clean data (`decision.keep_hard_clean`, on by default): a sample only just
 //! above the window's threshold is forwarded after all when the shadow learned it as well as
-//! the clean probes of its label and it does not sit among other suspects.
+//! the clean probes of its label, or when it sits among samples of its own label, and it does
+//! not sit among other suspects.
 //!
 //! The calibrated threshold quarantines the most unusual alpha of the clean data, and among
 //! them are samples that are merely hard or atypical. The grey zone is the score range above
 //! the threshold at `alpha` and not above the one at `alpha / 5`; a sample there is forwarded
 //! when
 //! - its loss in the shadow's last kept epoch is within what its label's probes reach at the
-//!   same conformal level (a label flip, never learned as well, stays out),
+//!   same conformal level (a label flip, never learned as well, stays out), **or**, in a
+//!   window's final decision, most of its [`NEIGHBOURS`] nearest window samples of any label
+//!   carry its label (`neighbours::label_agreement`): a sample the shadow has not learned yet
+//!   but that lies among its own class is hard, not mislabelled, while a relabelled one lies
+//!   among its true class. Not in the first of two passes: what that pass forwards, the second
+//!   shadow trains on, and a poison forwarded there teaches it its backdoor (penbased, seed 1:
+//!   the three-feature backdoor caught 89 -> 82 % with the vote in both passes, 88 % with it in
+//!   the final decision only);
 //! - most of its [`NEIGHBOURS`] nearest window samples of its label (input space) are below
 //!   the threshold: the poisons of one attack share a trigger and sit together, while hard
 //!   clean samples each differ in their own way (without this, satimage's in-range clean-label
@@ -15,11 +23,9 @@
 //! - and the input-range gate did not catch it.
 //!
 //! Forwarding only lowers the quarantine, so the false-reject bound of alpha still holds; what
-//! it costs is the poisons in the grey zone that pass both checks. Measured with
-//! `lossgate eval --sweep keep-hard-clean` (3 seeds, README "Keeping the hard clean data"):
-//! clean false-reject MNIST 8.9 -> 5.6 %, optdigits 7.9 -> 5.1 %, penbased 7.6 -> 4.8 %,
-//! satimage 8.6 -> 6.5 %, texture 9.8 -> 6.1 %, every victim closer to the clean-only one; mean
-//! attack success the same within the seeds' spread (satimage 20.5 -> 23.5 ± 6 %).
+//! it costs is the poisons in the grey zone that pass the checks. Measured with
+//! `lossgate eval --sweep keep-hard-clean` (3 seeds, README "Keeping the hard clean data") and
+//! for the label vote in the README's "A hard sample among its own label" section.
 //!
 //! Tried and dropped: also asking that the sample be learned no earlier than its label's
 //! typical probe (against backdoors, learned early), or that the hidden-layer view (alone, or
@@ -27,6 +33,7 @@
 
 use ndarray::ArrayView2;
 
+use super::SampleNeighbours;
 use crate::decision::conformal_quantile;
 
 /// The grey zone's upper edge: the threshold at this share of alpha. Above it a sample is
@@ -40,8 +47,44 @@ pub(crate) struct GreyZone<'a> {
     labels: Vec<i64>,
     /// Per label: the last-epoch loss its probes stay within at the conformal level alpha.
     last_loss_limits: Vec<f32>,
-    /// Each window sample's nearest window samples of its label.
-    neighbours: &'a [Vec<u32>],
+    /// Each window sample's neighbourhood.
+    neighbours: &'a SampleNeighbours,
+    evidence: Evidence,
+}
+
+/// What a decision may take as evidence that a grey-zone sample is hard clean data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Evidence {
+    /// Only the shadow's loss: the first of two passes, whose forwards the second shadow trains on.
+    Learned,
+    /// The shadow's loss, or the label vote of its neighbours: a window's final decision.
+    LearnedOrAmongItsLabel,
+}
+
+/// Why a grey-zone sample is forwarded as hard clean data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// The shadow learned it as well as its label's clean probes.
+    Learned,
+    /// Not learned as well yet, but most of its nearest window samples carry its label.
+    AmongItsLabel,
+}
+
+impl Kept {
+    /// The reason a forwarded record carries.
+    pub(crate) fn explained(self) -> &'static str {
+        match self {
+            Kept::Learned => {
+                "only just above the threshold, learned as well as its label's clean probes, and \
+                 most of its nearest samples of its label are below the threshold"
+            }
+            Kept::AmongItsLabel => {
+                "only just above the threshold, most of its nearest window samples carry its label \
+                 (not learned as well as its label's clean probes yet), and most of its nearest \
+                 samples of its label are below the threshold"
+            }
+        }
+    }
 }
 
 impl<'a> GreyZone<'a> {
@@ -53,8 +96,9 @@ impl<'a> GreyZone<'a> {
         labels: &[i64],
         sample_count: usize,
         probe_scores: &[f32],
-        neighbours: &'a [Vec<u32>],
+        neighbours: &'a SampleNeighbours,
         alpha: f64,
+        evidence: Evidence,
     ) -> Self {
         let strict_threshold = conformal_quantile(probe_scores, alpha * STRICT_SHARE_OF_ALPHA);
         let probe_rows: Vec<usize> = (sample_count..labels.len()).collect();
@@ -70,7 +114,7 @@ impl<'a> GreyZone<'a> {
                 conformal_quantile(&last, alpha)
             })
             .collect();
-        Self { strict_threshold, labels: seen, last_loss_limits, neighbours }
+        Self { strict_threshold, labels: seen, last_loss_limits, neighbours, evidence }
     }
 
     /// The grey zone's upper edge: a score above it is quarantined whatever the dynamics.
@@ -79,8 +123,8 @@ impl<'a> GreyZone<'a> {
     }
 
     /// Whether sample `row` (label `label`), above the window's `threshold` with fused
-    /// `score`, is forwarded as hard clean data; `out_of_range`: the input-range gate caught
-    /// it; `sample_scores`: every window sample's fused score.
+    /// `score`, is forwarded as hard clean data, and why; `out_of_range`: the input-range gate
+    /// caught it; `sample_scores`: every window sample's fused score.
     #[allow(clippy::too_many_arguments)] // one sample's facts, read once each
     pub(crate) fn keeps(
         &self,
@@ -91,12 +135,20 @@ impl<'a> GreyZone<'a> {
         out_of_range: bool,
         sample_scores: &[f32],
         threshold: f32,
-    ) -> bool {
-        let Ok(at) = self.labels.binary_search(&label) else { return false };
-        score <= self.strict_threshold
-            && !out_of_range
-            && last_loss(trajectories, row) <= self.last_loss_limits[at]
-            && !mostly_flagged(&self.neighbours[row], sample_scores, threshold)
+    ) -> Option<Kept> {
+        let at = self.labels.binary_search(&label).ok()?;
+        let in_grey_zone = score <= self.strict_threshold && !out_of_range;
+        if !in_grey_zone || mostly_flagged(&self.neighbours.same_label[row], sample_scores, threshold) {
+            return None;
+        }
+        let among_its_label = 2.0 * self.neighbours.label_agreement[row] > 1.0;
+        if last_loss(trajectories, row) <= self.last_loss_limits[at] {
+            Some(Kept::Learned)
+        } else if self.evidence == Evidence::LearnedOrAmongItsLabel && among_its_label {
+            Some(Kept::AmongItsLabel)
+        } else {
+            None
+        }
     }
 }
 
@@ -121,34 +173,85 @@ mod tests {
     use super::*;
     use ndarray::Array2;
 
-    #[test]
-    fn only_a_sample_just_above_the_threshold_and_learned_as_well_as_its_probes_is_kept() {
-        // Rows: samples 0 (learned), 1 (never learned), then 20 probes of label 0 whose last
-        // losses run 0.05..1.0; all trajectories two epochs long.
+    /// Rows: samples 0 (learned) and 1 (never learned), then 20 probes of label 0 whose last
+    /// losses run 0.05..1.0; all trajectories two epochs long. Probe scores 1..20.
+    fn two_samples_and_their_probes() -> (Array2<f32>, Vec<i64>, Vec<f32>) {
         let mut trajectories = Array2::<f32>::zeros((22, 2));
         trajectories[[0, 1]] = 0.1;
         trajectories[[1, 1]] = 3.0;
         for p in 0..20 {
             trajectories[[2 + p, 1]] = 0.05 * (p + 1) as f32;
         }
-        let labels = vec![0; 22];
-        let probe_scores: Vec<f32> = (1..=20).map(|s| s as f32).collect();
+        (trajectories, vec![0; 22], (1..=20).map(|s| s as f32).collect())
+    }
+
+    // At alpha 0.5 the threshold is the 11th probe score, the strict one (alpha 0.1) the 19th.
+    const THRESHOLD: f32 = 11.0;
+    const IN_GREY_ZONE: f32 = 15.0;
+
+    #[test]
+    fn only_a_sample_just_above_the_threshold_and_learned_as_well_as_its_probes_is_kept() {
+        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         // Each sample's one neighbour is the other: sample 0 scores in the grey zone and
-        // sample 1 below the threshold.
-        let neighbours = vec![vec![1], vec![0]];
-        let zone = GreyZone::new(trajectories.view(), &labels, 2, &probe_scores, &neighbours, 0.5);
-        // At alpha 0.5 the threshold is the 11th probe score, the strict one (alpha 0.1) the 19th.
-        let (threshold, in_grey_zone) = (11.0, 15.0);
-        let calm = [in_grey_zone, 5.0];
+        // sample 1 below the threshold. Neither sits among its label (agreement 0).
+        let neighbours =
+            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.0, 0.0] };
+        let zone = GreyZone::new(
+            trajectories.view(),
+            &labels,
+            2,
+            &probe_scores,
+            &neighbours,
+            0.5,
+            Evidence::LearnedOrAmongItsLabel,
+        );
+        let calm = [IN_GREY_ZONE, 5.0];
         let keeps = |row, label, score, outside, scores: &[f32]| {
-            zone.keeps(trajectories.view(), row, label, score, outside, scores, threshold)
+            zone.keeps(trajectories.view(), row, label, score, outside, scores, THRESHOLD)
         };
-        assert!(keeps(0, 0, in_grey_zone, false, &calm));
-        assert!(!keeps(1, 0, in_grey_zone, false, &calm), "never learned");
-        assert!(!keeps(0, 0, 19.5, false, &calm), "beyond the strict threshold");
-        assert!(!keeps(0, 0, in_grey_zone, true, &calm), "out of range");
-        assert!(!keeps(0, 7, in_grey_zone, false, &calm), "a label the window lacks");
-        assert!(!keeps(0, 0, in_grey_zone, false, &[in_grey_zone, 12.0]), "its neighbour is flagged too");
+        assert_eq!(keeps(0, 0, IN_GREY_ZONE, false, &calm), Some(Kept::Learned));
+        assert_eq!(keeps(1, 0, IN_GREY_ZONE, false, &calm), None, "never learned");
+        assert_eq!(keeps(0, 0, 19.5, false, &calm), None, "beyond the strict threshold");
+        assert_eq!(keeps(0, 0, IN_GREY_ZONE, true, &calm), None, "out of range");
+        assert_eq!(keeps(0, 7, IN_GREY_ZONE, false, &calm), None, "a label the window lacks");
+        assert_eq!(
+            keeps(0, 0, IN_GREY_ZONE, false, &[IN_GREY_ZONE, 12.0]),
+            None,
+            "its neighbour is flagged too"
+        );
+    }
+
+    #[test]
+    fn an_unlearned_sample_among_its_own_label_is_kept_in_the_final_decision_only() {
+        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
+        let calm = [5.0, IN_GREY_ZONE];
+        let kept = |agreement: f32, evidence| {
+            let neighbours = SampleNeighbours {
+                same_label: vec![vec![1], vec![0]],
+                label_agreement: vec![1.0, agreement],
+            };
+            let zone =
+                GreyZone::new(trajectories.view(), &labels, 2, &probe_scores, &neighbours, 0.5, evidence);
+            zone.keeps(trajectories.view(), 1, 0, IN_GREY_ZONE, false, &calm, THRESHOLD)
+        };
+        assert_eq!(kept(0.8, Evidence::LearnedOrAmongItsLabel), Some(Kept::AmongItsLabel));
+        assert_eq!(kept(0.5, Evidence::LearnedOrAmongItsLabel), None, "half is not most");
+        assert_eq!(kept(0.8, Evidence::Learned), None, "a first pass asks for the loss alone");
+        let flagged_neighbour = [12.0, IN_GREY_ZONE];
+        let neighbours =
+            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![1.0, 1.0] };
+        let zone = GreyZone::new(
+            trajectories.view(),
+            &labels,
+            2,
+            &probe_scores,
+            &neighbours,
+            0.5,
+            Evidence::LearnedOrAmongItsLabel,
+        );
+        let in_a_cluster =
+            zone.keeps(trajectories.view(), 1, 0, IN_GREY_ZONE, false, &flagged_neighbour, THRESHOLD);
+        assert_eq!(in_a_cluster, None, "the cluster check still applies");
     }
 
     #[test]

@@ -156,9 +156,19 @@ pub struct OtherViews {
     /// How much nearer the probes of other labels are than those of its own
     /// (`scorer.neighbour_labels`, [`neighbours`]).
     pub label_disagreement: Option<Vec<f32>>,
-    /// Not a score: each window sample's nearest window samples of its label in input space,
-    /// which `decision.keep_hard_clean` asks about ([`hard_clean`]).
-    pub sample_neighbours: Option<Vec<Vec<u32>>>,
+    /// Not a score: each window sample's neighbourhood in input space, which
+    /// `decision.keep_hard_clean` asks about ([`hard_clean`]).
+    pub sample_neighbours: Option<SampleNeighbours>,
+}
+
+/// Each window sample's neighbourhood among the window's samples, in the scaled input space.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SampleNeighbours {
+    /// Its nearest window samples of its label, nearest first ([`neighbours::same_label_neighbours`]).
+    pub same_label: Vec<Vec<u32>>,
+    /// The share of its nearest window samples, of any label, that carry its label
+    /// ([`neighbours::label_agreement`]).
+    pub label_agreement: Vec<f32>,
 }
 
 impl OtherViews {
@@ -402,7 +412,13 @@ impl Engine {
         };
         let sample_count = window.len();
         let first = scoring::score(&self.config, losses, &joined.labels, sample_count, views);
-        let first_judged = scoring::judge(&self.config, &first, &joined.labels, sample_count);
+        // With a second pass to come, the first forwards only what its shadow vouches for: the
+        // second shadow trains on it ([`hard_clean`]).
+        let evidence = match self.config.shadow.second_pass {
+            true => scoring::Evidence::Learned,
+            false => scoring::Evidence::LearnedOrAmongItsLabel,
+        };
+        let first_judged = scoring::judge(&self.config, &first, &joined.labels, sample_count, evidence);
         // Once per window: the range is the same in both passes.
         if let Some(warning) = first_judged
             .out_of_range
@@ -452,13 +468,19 @@ impl Engine {
             label_disagreement: scorer
                 .neighbour_labels
                 .then(|| neighbours::label_disagreement(features, &joined.labels, sample_count)),
-            sample_neighbours: self.config.decision.keep_hard_clean.then(|| {
-                neighbours::same_label_neighbours(
+            sample_neighbours: self.config.decision.keep_hard_clean.then(|| SampleNeighbours {
+                same_label: neighbours::same_label_neighbours(
                     features,
                     &joined.labels,
                     sample_count,
                     hard_clean::NEIGHBOURS,
-                )
+                ),
+                label_agreement: neighbours::label_agreement(
+                    features,
+                    &joined.labels,
+                    sample_count,
+                    hard_clean::NEIGHBOURS,
+                ),
             }),
         }
     }

@@ -5,7 +5,7 @@
 //! nearest probes of any other label): below 0 when its own class is nearer, above 0 when
 //! another class is (a mislabelled look). A probe is scored without itself.
 
-use ndarray::{ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2, Axis};
 
 /// Nearest probes averaged on each side (fewer when a side has fewer).
 const NEAREST: usize = 3;
@@ -46,6 +46,63 @@ pub(crate) fn label_disagreement(features: ArrayView2<f32>, labels: &[i64], samp
         }
     }
     scores
+}
+
+/// Inputs wider than this are projected to it before the label vote ([`label_agreement`]): a
+/// vote of ten neighbours needs their order roughly, not every distance exactly, and the vote
+/// compares every window sample with every other, so its cost grows with the width.
+const VOTE_WIDTH: usize = 64;
+
+/// For every window sample (rows `..sample_count`), the share of its `k` nearest other window
+/// samples, of any label, that carry its label, in the (already scaled) input space. A
+/// relabelled sample sits among samples of its true class; a hard clean one, however unusual,
+/// mostly among its own. Inputs wider than [`VOTE_WIDTH`] are first projected to it by a fixed
+/// Gaussian matrix (Johnson-Lindenstrauss: distances kept within a modest factor).
+pub(crate) fn label_agreement(
+    features: ArrayView2<f32>,
+    labels: &[i64],
+    sample_count: usize,
+    k: usize,
+) -> Vec<f32> {
+    let samples = features.slice(ndarray::s![..sample_count, ..]);
+    let rows = match samples.ncols() > VOTE_WIDTH {
+        true => samples.dot(&gaussian_projection(samples.ncols(), VOTE_WIDTH)),
+        false => samples.to_owned(),
+    };
+    let norms: Vec<f32> = rows.rows().into_iter().map(|r| r.dot(&r)).collect();
+    let mut agreement = Vec::with_capacity(sample_count);
+    const CHUNK: usize = 512;
+    for start in (0..sample_count).step_by(CHUNK) {
+        let end = (start + CHUNK).min(sample_count);
+        let products = rows.slice(ndarray::s![start..end, ..]).dot(&rows.t());
+        for (a, dots) in (start..end).zip(products.axis_iter(Axis(0))) {
+            let mut by_distance: Vec<(f32, bool)> = (0..sample_count)
+                .filter(|&b| b != a)
+                .map(|b| (norms[a] + norms[b] - 2.0 * dots[b], labels[b] == labels[a]))
+                .collect();
+            let nearest = k.min(by_distance.len());
+            if nearest == 0 {
+                agreement.push(1.0); // alone in the window: nothing disagrees
+                continue;
+            }
+            by_distance.select_nth_unstable_by(nearest - 1, |x, y| x.0.total_cmp(&y.0));
+            let same = by_distance[..nearest].iter().filter(|(_, same)| *same).count();
+            agreement.push(same as f32 / nearest as f32);
+        }
+    }
+    agreement
+}
+
+/// A fixed `[from, to]` Gaussian projection scaled by 1/sqrt(to), the same for every window.
+fn gaussian_projection(from: usize, to: usize) -> Array2<f32> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x6e65_6967_6862_6f72);
+    let scale = 1.0 / (to as f32).sqrt();
+    Array2::from_shape_simple_fn((from, to), || {
+        let value: f32 = StandardNormal.sample(&mut rng);
+        value * scale
+    })
 }
 
 /// For every window sample (rows `..sample_count`), its `k` nearest other window samples of
@@ -130,6 +187,39 @@ mod tests {
         let labels = vec![0i64, 0, 0, 1, 0];
         let neighbours = same_label_neighbours(features.view(), &labels, 4, 2);
         assert_eq!(neighbours, vec![vec![1, 2], vec![0, 2], vec![1, 0], vec![]]);
+    }
+
+    #[test]
+    fn a_relabelled_sample_disagrees_with_its_neighbours_and_a_lone_clean_one_agrees() {
+        // Label 0 on x = 0..0.9, label 1 on x = 10..10.9; one sample at 0.45 labelled 1, one at
+        // 5.0 labelled 0 (far from both, nearer its own).
+        let mut xs: Vec<f32> =
+            (0..10).map(|i| i as f32 * 0.1).chain((0..10).map(|i| 10.0 + i as f32 * 0.1)).collect();
+        let mut labels: Vec<i64> = [0; 10].into_iter().chain([1; 10]).collect();
+        xs.extend([0.45, 4.0]);
+        labels.extend([1, 0]);
+        let features = Array2::from_shape_vec((xs.len(), 1), xs).unwrap();
+        let agreement = label_agreement(features.view(), &labels, 22, 5);
+        assert_eq!(agreement[20], 0.0, "relabelled: {agreement:?}");
+        assert_eq!(agreement[21], 1.0, "unusual but among its own: {agreement:?}");
+        assert!(agreement[..20].iter().all(|&a| a >= 0.8), "{agreement:?}");
+    }
+
+    #[test]
+    fn wide_inputs_are_voted_on_in_a_projection_that_keeps_the_clusters() {
+        // 300 features: label 0 around +1, label 1 around -1 in every feature (noise 0.5), and
+        // one sample of the +1 cluster labelled 1.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let n = 41;
+        let features = Array2::from_shape_fn((n, 300), |(i, _)| {
+            let centre = if i < 20 || i == 40 { 1.0 } else { -1.0 };
+            centre + rng.random_range(-0.5f32..0.5)
+        });
+        let labels: Vec<i64> = (0..n).map(|i| if i < 20 { 0 } else { 1 }).collect();
+        let agreement = label_agreement(features.view(), &labels, n, 10);
+        assert_eq!(agreement[40], 0.0, "{:?}", &agreement[38..]);
+        assert!(agreement[..40].iter().all(|&a| a >= 0.9), "{agreement:?}");
     }
 
     #[test]

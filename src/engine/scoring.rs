@@ -3,6 +3,7 @@
 
 use ndarray::{s, Array2, ArrayView2, Axis};
 
+pub(crate) use super::hard_clean::Evidence;
 use super::hard_clean::GreyZone;
 use super::input_range::out_of_range;
 use super::trajectory::kept_epochs;
@@ -26,7 +27,7 @@ pub fn score_and_decide(
     views: OtherViews,
 ) -> WindowOutcome {
     let scored = score(config, losses, &labels, sample_count, views);
-    let judged = judge(config, &scored, &labels, sample_count);
+    let judged = judge(config, &scored, &labels, sample_count, Evidence::LearnedOrAmongItsLabel);
     outcome(scored, judged, labels, learning_rate)
 }
 
@@ -79,7 +80,13 @@ fn kept_trajectories(losses: ArrayView2<f32>) -> Array2<f32> {
 }
 
 /// The calibrated threshold from the probes' scores, and each sample's decision under it.
-pub(crate) fn judge(config: &EngineConfig, scored: &Scored, labels: &[i64], sample_count: usize) -> Judged {
+pub(crate) fn judge(
+    config: &EngineConfig,
+    scored: &Scored,
+    labels: &[i64],
+    sample_count: usize,
+    evidence: Evidence,
+) -> Judged {
     let Scored { losses, sample_scores, probe_scores, views } = scored;
     let trajectories = kept_trajectories(losses.view());
     let decision = &config.decision;
@@ -90,17 +97,25 @@ pub(crate) fn judge(config: &EngineConfig, scored: &Scored, labels: &[i64], samp
     // is kept: the rule is never applied without its cluster check.
     let grey_zone = views
         .sample_neighbours
-        .as_deref()
+        .as_ref()
         .filter(|_| decision.keep_hard_clean && decision.policy == Policy::Calibrated)
         .map(|neighbours| {
-            GreyZone::new(trajectories.view(), labels, sample_count, probe_scores, neighbours, decision.alpha)
+            GreyZone::new(
+                trajectories.view(),
+                labels,
+                sample_count,
+                probe_scores,
+                neighbours,
+                decision.alpha,
+                evidence,
+            )
         });
     let decisions = sample_scores
         .iter()
         .enumerate()
         .map(|(i, &s)| {
             let mut decided = decision.decide(s, &threshold);
-            let hard_clean = |zone: &GreyZone| {
+            let kept = grey_zone.as_ref().filter(|_| decided.flagged).and_then(|zone| {
                 zone.keeps(
                     trajectories.view(),
                     i,
@@ -110,9 +125,9 @@ pub(crate) fn judge(config: &EngineConfig, scored: &Scored, labels: &[i64], samp
                     sample_scores,
                     threshold.value,
                 )
-            };
-            if decided.flagged && grey_zone.as_ref().is_some_and(hard_clean) {
-                decided = decision.keep_as_hard_clean(decided);
+            });
+            if let Some(kept) = kept {
+                decided = decision.keep_as_hard_clean(decided, kept.explained());
             } else if decided.flagged && is_outside(i) {
                 decided.reason.push_str(OUT_OF_RANGE_REASON);
             }
@@ -185,7 +200,7 @@ pub(crate) fn two_pass_outcome(
         probe_scores: pick(&first_probes, &second_probes, sample_count),
         views: second.views,
     };
-    let judged = judge(config, &merged, &labels, sample_count);
+    let judged = judge(config, &merged, &labels, sample_count, Evidence::LearnedOrAmongItsLabel);
     let Scored { sample_scores, probe_scores, views, .. } = merged;
     let last_shadow = Scored { losses: second.losses, sample_scores, probe_scores, views };
     let mut outcome = outcome(last_shadow, judged, labels, learning_rate);
@@ -203,7 +218,7 @@ pub fn rescore(config: &EngineConfig, recorded: &WindowOutcome) -> WindowOutcome
     let second = score(config, recorded.losses.clone(), &labels, sample_count, recorded.views.clone());
     match &recorded.first_pass {
         None => {
-            let judged = judge(config, &second, &labels, sample_count);
+            let judged = judge(config, &second, &labels, sample_count, Evidence::LearnedOrAmongItsLabel);
             outcome(second, judged, labels, recorded.learning_rate)
         }
         Some(first) => {

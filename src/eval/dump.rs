@@ -34,14 +34,15 @@ pub(crate) fn write_windows(
 /// `probe`; `flagged` and `kept_hard_clean`: the decision (empty for a probe); `held_out`: a
 /// first-pass suspect, judged by the first shadow (empty with one pass, and for a probe);
 /// `score`: the fused score (empty for a probe); the views are empty where the config leaves
-/// them off; then the loss in every epoch under the shadow that judged the row (the second's
+/// them off; `label_agreement`: the hard-clean rule's label vote (empty for a probe); then
+/// the loss in every epoch under the shadow that judged the row (the second's
 /// for a probe) and the features as the engine saw them before scaling.
 fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> String {
     let samples = outcome.sample_count();
     let epochs = outcome.losses.ncols();
     let features = scenario.stream.features.ncols();
     let mut text = String::from(
-        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,representation,label_disagreement,range_exceedance",
+        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,representation,label_disagreement,range_exceedance,label_agreement",
     );
     (1..=epochs).for_each(|e| {
         let _ = write!(text, ",loss_epoch{e}");
@@ -52,6 +53,11 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
     text.push('\n');
     let view = |values: &Option<Vec<f32>>, row: usize| {
         values.as_ref().map(|v| v[row].to_string()).unwrap_or_default()
+    };
+    // The label vote of the hard-clean rule, for window samples only.
+    let agreement = |row: usize| match (&outcome.views.sample_neighbours, row < samples) {
+        (Some(n), true) => n.label_agreement[row].to_string(),
+        _ => String::new(),
     };
     for row in 0..outcome.labels.len() {
         let (origin, decided, x) = match row < samples {
@@ -69,12 +75,13 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
         };
         let _ = write!(
             text,
-            "{row},{origin},{},{decided},{},{},{},{}",
+            "{row},{origin},{},{decided},{},{},{},{},{}",
             outcome.labels[row],
             outcome.threshold.value,
             view(&outcome.views.representation, row),
             view(&outcome.views.label_disagreement, row),
             view(&outcome.views.range_exceedance, row),
+            agreement(row),
         );
         let losses = match row < samples {
             true => outcome.trajectory(row),
