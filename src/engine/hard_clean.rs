@@ -224,34 +224,23 @@ mod tests {
     #[test]
     fn an_unlearned_sample_among_its_own_label_is_kept_in_the_final_decision_only() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
-        let calm = [5.0, IN_GREY_ZONE];
-        let kept = |agreement: f32, evidence| {
+        // Sample 1 (never learned) in the grey zone; its one same-label neighbour, sample 0,
+        // below the threshold unless `neighbour_score` says otherwise.
+        let kept = |agreement: f32, evidence, neighbour_score: f32| {
             let neighbours = SampleNeighbours {
                 same_label: vec![vec![1], vec![0]],
                 label_agreement: vec![1.0, agreement],
             };
             let zone =
                 GreyZone::new(trajectories.view(), &labels, 2, &probe_scores, &neighbours, 0.5, evidence);
-            zone.keeps(trajectories.view(), 1, 0, IN_GREY_ZONE, false, &calm, THRESHOLD)
+            let scores = [neighbour_score, IN_GREY_ZONE];
+            zone.keeps(trajectories.view(), 1, 0, IN_GREY_ZONE, false, &scores, THRESHOLD)
         };
-        assert_eq!(kept(0.8, Evidence::LearnedOrAmongItsLabel), Some(Kept::AmongItsLabel));
-        assert_eq!(kept(0.5, Evidence::LearnedOrAmongItsLabel), None, "half is not most");
-        assert_eq!(kept(0.8, Evidence::Learned), None, "a first pass asks for the loss alone");
-        let flagged_neighbour = [12.0, IN_GREY_ZONE];
-        let neighbours =
-            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![1.0, 1.0] };
-        let zone = GreyZone::new(
-            trajectories.view(),
-            &labels,
-            2,
-            &probe_scores,
-            &neighbours,
-            0.5,
-            Evidence::LearnedOrAmongItsLabel,
-        );
-        let in_a_cluster =
-            zone.keeps(trajectories.view(), 1, 0, IN_GREY_ZONE, false, &flagged_neighbour, THRESHOLD);
-        assert_eq!(in_a_cluster, None, "the cluster check still applies");
+        let final_decision = Evidence::LearnedOrAmongItsLabel;
+        assert_eq!(kept(0.8, final_decision, 5.0), Some(Kept::AmongItsLabel));
+        assert_eq!(kept(0.5, final_decision, 5.0), None, "half is not most");
+        assert_eq!(kept(0.8, Evidence::Learned, 5.0), None, "a first pass asks for the loss alone");
+        assert_eq!(kept(1.0, final_decision, 12.0), None, "the cluster check still applies");
     }
 
     #[test]
