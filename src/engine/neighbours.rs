@@ -57,7 +57,8 @@ const VOTE_WIDTH: usize = 64;
 /// samples, of any label, that carry its label, in the (already scaled) input space. A
 /// relabelled sample sits among samples of its true class; a hard clean one, however unusual,
 /// mostly among its own. Inputs wider than [`VOTE_WIDTH`] are first projected to it by a fixed
-/// Gaussian matrix (Johnson-Lindenstrauss: distances kept within a modest factor).
+/// Gaussian matrix (Johnson-Lindenstrauss: distances kept within a modest factor). A sample
+/// alone in its window gets 0: no neighbour vouches for its label.
 pub(crate) fn label_agreement(
     features: ArrayView2<f32>,
     labels: &[i64],
@@ -82,7 +83,8 @@ pub(crate) fn label_agreement(
                 .collect();
             let nearest = k.min(by_distance.len());
             if nearest == 0 {
-                agreement.push(1.0); // alone in the window: nothing disagrees
+                // Alone in the window: no neighbour vouches for its label.
+                agreement.push(0.0);
                 continue;
             }
             by_distance.select_nth_unstable_by(nearest - 1, |x, y| x.0.total_cmp(&y.0));
@@ -203,6 +205,8 @@ mod tests {
         assert_eq!(agreement[20], 0.0, "relabelled: {agreement:?}");
         assert_eq!(agreement[21], 1.0, "unusual but among its own: {agreement:?}");
         assert!(agreement[..20].iter().all(|&a| a >= 0.8), "{agreement:?}");
+        let alone = Array2::from_shape_vec((1, 1), vec![0.0f32]).unwrap();
+        assert_eq!(label_agreement(alone.view(), &[0], 1, 5), vec![0.0], "no neighbour, no vote");
     }
 
     #[test]
