@@ -137,8 +137,9 @@ impl<'a> GreyZone<'a> {
         threshold: f32,
     ) -> Option<Kept> {
         let at = self.labels.binary_search(&label).ok()?;
-        let in_grey_zone = score <= self.strict_threshold && !out_of_range;
-        if !in_grey_zone || mostly_flagged(&self.neighbours.same_label[row], sample_scores, threshold) {
+        if !in_grey_zone(score, self.strict_threshold, out_of_range)
+            || mostly_flagged(&self.neighbours.same_label[row], sample_scores, threshold)
+        {
             return None;
         }
         let among_its_label = 2.0 * self.neighbours.label_agreement[row] > 1.0;
@@ -150,6 +151,12 @@ impl<'a> GreyZone<'a> {
             None
         }
     }
+}
+
+/// Whether a sample above the threshold with `score` is in the grey zone whose upper edge is
+/// `top`: not above it, and inside the probes' input range.
+pub(crate) fn in_grey_zone(score: f32, top: f32, out_of_range: bool) -> bool {
+    score <= top && !out_of_range
 }
 
 /// Same-label window neighbours asked about each grey-zone sample.

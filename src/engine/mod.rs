@@ -162,7 +162,7 @@ pub struct OtherViews {
 }
 
 /// Each window sample's neighbourhood among the window's samples, in the scaled input space.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SampleNeighbours {
     /// Its nearest window samples of its label, nearest first ([`neighbours::same_label_neighbours`]).
     pub same_label: Vec<Vec<u32>>,
@@ -193,8 +193,11 @@ impl WindowOutcome {
     /// data (its dynamics or its neighbours kept it out).
     pub fn rejected_in_grey_zone(&self, i: usize) -> bool {
         let decision = &self.decisions[i];
-        let in_range = !self.out_of_range.as_ref().is_some_and(|o| o[i]);
-        decision.flagged && in_range && self.grey_zone_top.is_some_and(|top| decision.score <= top)
+        let out_of_range = self.out_of_range.as_ref().is_some_and(|o| o[i]);
+        decision.flagged
+            && self
+                .grey_zone_top
+                .is_some_and(|top| hard_clean::in_grey_zone(decision.score, top, out_of_range))
     }
 
     /// The loss matrix of the shadow that judged window sample `i`.
