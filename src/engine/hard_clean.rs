@@ -143,13 +143,34 @@ impl<'a> GreyZone<'a> {
             return None;
         }
         let among_its_label = 2.0 * self.neighbours.label_agreement[row] > 1.0;
-        if last_loss(trajectories, row) <= self.last_loss_limits[at] {
+        if self.learned(trajectories, row, at) {
             Some(Kept::Learned)
         } else if self.evidence == Evidence::LearnedOrAmongItsLabel && among_its_label {
             Some(Kept::AmongItsLabel)
         } else {
             None
         }
+    }
+
+    /// Whether probe `row` (label `label`, leave-one-out fused `score` above the threshold)
+    /// would be forwarded as learned hard clean data, as a sample would be: in the grey zone
+    /// and learned as well as its label's probes. Its neighbours are not asked (a probe has
+    /// none among the window's samples).
+    pub(crate) fn keeps_probe_as_learned(
+        &self,
+        trajectories: ArrayView2<f32>,
+        row: usize,
+        label: i64,
+        score: f32,
+        out_of_range: bool,
+    ) -> bool {
+        let Ok(at) = self.labels.binary_search(&label) else { return false };
+        in_grey_zone(score, self.strict_threshold, out_of_range) && self.learned(trajectories, row, at)
+    }
+
+    /// Whether row `row`'s last loss is within what the probes of the label at `at` reach.
+    fn learned(&self, trajectories: ArrayView2<f32>, row: usize, at: usize) -> bool {
+        last_loss(trajectories, row) <= self.last_loss_limits[at]
     }
 }
 

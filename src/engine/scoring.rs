@@ -93,23 +93,8 @@ pub(crate) fn judge(
     let threshold = decision.threshold(probe_scores, sample_scores);
     let outside = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
     let is_outside = |i: usize| outside.as_ref().is_some_and(|o| o[i]);
-    // Without the neighbours (a config that did not ask for them when the window ran) nothing
-    // is kept: the rule is never applied without its cluster check.
-    let grey_zone = views
-        .sample_neighbours
-        .as_ref()
-        .filter(|_| decision.keep_hard_clean && decision.policy == Policy::Calibrated)
-        .map(|neighbours| {
-            GreyZone::new(
-                trajectories.view(),
-                labels,
-                sample_count,
-                probe_scores,
-                neighbours,
-                decision.alpha,
-                evidence,
-            )
-        });
+    let grey_zone =
+        grey_zone(config, trajectories.view(), labels, sample_count, probe_scores, views, evidence);
     let decisions = sample_scores
         .iter()
         .enumerate()
@@ -139,6 +124,25 @@ pub(crate) fn judge(
 }
 
 /// The window's outcome from its scores and decisions.
+/// The hard-clean rule of a window, when the config keeps hard clean data. Without the
+/// neighbours (a config that did not ask for them when the window ran) nothing is kept: the
+/// rule is never applied without its cluster check.
+fn grey_zone<'a>(
+    config: &EngineConfig,
+    trajectories: ArrayView2<f32>,
+    labels: &[i64],
+    sample_count: usize,
+    probe_scores: &[f32],
+    views: &'a OtherViews,
+    evidence: Evidence,
+) -> Option<GreyZone<'a>> {
+    let decision = &config.decision;
+    let neighbours = views.sample_neighbours.as_ref()?;
+    (decision.keep_hard_clean && decision.policy == Policy::Calibrated).then(|| {
+        GreyZone::new(trajectories, labels, sample_count, probe_scores, neighbours, decision.alpha, evidence)
+    })
+}
+
 pub(crate) fn outcome(scored: Scored, judged: Judged, labels: Vec<i64>, learning_rate: f32) -> WindowOutcome {
     let sample_count = judged.decisions.len();
     WindowOutcome {
@@ -181,7 +185,28 @@ pub(crate) fn two_pass_outcome(
 ) -> WindowOutcome {
     let sample_count = held_out.len();
     let first_threshold = config.decision.threshold(&first.probe_scores, &first.sample_scores).value;
-    let suspect_probes = first.probe_scores.iter().map(|&s| s > first_threshold);
+    // A probe is a suspect as a sample is: above the first threshold and not forwarded by
+    // the first pass's hard-clean rule as learned (its neighbours aside: a probe has none
+    // among the samples).
+    let first_trajectories = kept_trajectories(first.losses.view());
+    let first_outside = first.views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
+    let first_zone = grey_zone(
+        config,
+        first_trajectories.view(),
+        &labels,
+        sample_count,
+        &first.probe_scores,
+        &first.views,
+        Evidence::Learned,
+    );
+    let suspect_probes = first.probe_scores.iter().enumerate().map(|(p, &score)| {
+        let row = sample_count + p;
+        let outside = first_outside.as_ref().is_some_and(|o| o[row]);
+        score > first_threshold
+            && !first_zone.as_ref().is_some_and(|zone| {
+                zone.keeps_probe_as_learned(first_trajectories.view(), row, labels[row], score, outside)
+            })
+    });
     let suspects: Vec<bool> = held_out.iter().copied().chain(suspect_probes).collect();
     let (first_samples, first_probes) = on_probe_scale(&first.sample_scores, &first.probe_scores);
     let (second_samples, second_probes) = on_probe_scale(&second.sample_scores, &second.probe_scores);
