@@ -242,24 +242,40 @@ struct EvalArgs {
     #[arg(long)]
     jobs: Option<usize>,
     /// Folder for the JSON files and PNGs.
-    #[arg(long, default_value = "docs/results")]
+    #[arg(long, default_value = DEFAULT_RESULTS)]
     out: PathBuf,
-    /// The Markdown report; its figure links point into --out.
-    #[arg(long, default_value = "docs/RESULTS.md")]
-    markdown: PathBuf,
+    /// The Markdown report; its figure links point into --out [default: docs/RESULTS.md with
+    /// the default --out, else OUT/RESULTS.md, so a run of your own leaves the project's alone]
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
+
+impl EvalArgs {
+    /// Where the Markdown report goes (`--markdown`, or beside the results of an own `--out`).
+    fn markdown_path(&self) -> PathBuf {
+        match &self.markdown {
+            Some(path) => path.clone(),
+            None if self.out == std::path::Path::new(DEFAULT_RESULTS) => PathBuf::from("docs/RESULTS.md"),
+            None => self.out.join("RESULTS.md"),
+        }
+    }
+}
+
+/// `lossgate eval --out`'s default: the project's published results.
+const DEFAULT_RESULTS: &str = "docs/results";
 
 fn eval_command(args: EvalArgs) -> Result<()> {
     use crate::eval::{self, report, sweep::SweepParam, DataSource, Dataset, Harness};
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let render = |args: &EvalArgs| -> Result<()> {
-        let figures = pathdiff(&args.out, args.markdown.parent().unwrap_or(std::path::Path::new(".")));
+        let markdown_path = args.markdown_path();
+        let figures = pathdiff(&args.out, markdown_path.parent().unwrap_or(std::path::Path::new(".")));
         let preface = "Regenerate everything with `make results` (= `lossgate eval --all`). Numbers are \
                        mean ± sample standard deviation over the seeds named in each section.\n";
         let markdown = report::render_markdown(&args.out, &figures, preface)?;
-        std::fs::write(&args.markdown, markdown)
-            .with_context(|| format!("writing {}", args.markdown.display()))?;
-        tracing::info!(markdown = %args.markdown.display(), "report written");
+        std::fs::write(&markdown_path, markdown)
+            .with_context(|| format!("writing {}", markdown_path.display()))?;
+        tracing::info!(markdown = %markdown_path.display(), "report written");
         Ok(())
     };
     if args.render_only {
@@ -339,7 +355,7 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         eval::plots::sweep(&args.out.join(format!("sweep-{}.png", param.name())), &sweep)?;
     }
     render(&args)?;
-    println!("{}", std::fs::read_to_string(&args.markdown)?);
+    println!("{}", std::fs::read_to_string(args.markdown_path())?);
     Ok(())
 }
 
