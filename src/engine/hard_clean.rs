@@ -22,8 +22,11 @@
 //!   poisons, learned like hard clean samples, passed: caught 61 -> 16 %),
 //! - and the input-range gate did not catch it.
 //!
-//! Forwarding only lowers the quarantine, so the false-reject bound of alpha still holds; what
-//! it costs is the poisons in the grey zone that pass the checks. Measured with
+//! Within a window's final decision forwarding only lowers the quarantine, so the false-reject
+//! bound of alpha still holds. With two passes the rule also shapes the threshold: a probe the
+//! first pass's rule would forward as learned is no first-pass suspect, as a sample is not
+//! ([`GreyZone::keeps_probe_as_learned`]). What the rule costs is the poisons in the grey zone
+//! that pass the checks. Measured with
 //! `lossgate eval --sweep keep-hard-clean` (3 seeds, README "Keeping the hard clean data") and
 //! for the label vote in the README's "A hard sample among its own label" section.
 //!
@@ -87,6 +90,18 @@ impl Kept {
     }
 }
 
+/// A row above the window's threshold, as the rule reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Flagged {
+    /// Its row among the window's samples, then probes.
+    pub(crate) row: usize,
+    pub(crate) label: i64,
+    /// Its fused score.
+    pub(crate) score: f32,
+    /// Whether the input-range gate caught it.
+    pub(crate) out_of_range: bool,
+}
+
 impl<'a> GreyZone<'a> {
     /// `trajectories`: the kept epochs of every row (samples, then probes); `probe_scores`:
     /// the probes' leave-one-out fused scores; `neighbours`: each sample's nearest samples of
@@ -122,28 +137,21 @@ impl<'a> GreyZone<'a> {
         self.strict_threshold
     }
 
-    /// Whether sample `row` (label `label`), above the window's `threshold` with fused
-    /// `score`, is forwarded as hard clean data, and why; `out_of_range`: the input-range gate
-    /// caught it; `sample_scores`: every window sample's fused score.
-    #[allow(clippy::too_many_arguments)] // one sample's facts, read once each
+    /// Whether a flagged sample is forwarded as hard clean data, and why; `sample_scores`:
+    /// every window sample's fused score, `threshold`: the window's.
     pub(crate) fn keeps(
         &self,
         trajectories: ArrayView2<f32>,
-        row: usize,
-        label: i64,
-        score: f32,
-        out_of_range: bool,
+        sample: Flagged,
         sample_scores: &[f32],
         threshold: f32,
     ) -> Option<Kept> {
-        let at = self.labels.binary_search(&label).ok()?;
-        if !in_grey_zone(score, self.strict_threshold, out_of_range)
-            || mostly_flagged(&self.neighbours.same_label[row], sample_scores, threshold)
-        {
+        let at = self.label_in_zone(sample)?;
+        if mostly_flagged(&self.neighbours.same_label[sample.row], sample_scores, threshold) {
             return None;
         }
-        let among_its_label = 2.0 * self.neighbours.label_agreement[row] > 1.0;
-        if self.learned(trajectories, row, at) {
+        let among_its_label = 2.0 * self.neighbours.label_agreement[sample.row] > 1.0;
+        if self.learned(trajectories, sample.row, at) {
             Some(Kept::Learned)
         } else if self.evidence == Evidence::LearnedOrAmongItsLabel && among_its_label {
             Some(Kept::AmongItsLabel)
@@ -152,20 +160,17 @@ impl<'a> GreyZone<'a> {
         }
     }
 
-    /// Whether probe `row` (label `label`, leave-one-out fused `score` above the threshold)
-    /// would be forwarded as learned hard clean data, as a sample would be: in the grey zone
-    /// and learned as well as its label's probes. Its neighbours are not asked (a probe has
-    /// none among the window's samples).
-    pub(crate) fn keeps_probe_as_learned(
-        &self,
-        trajectories: ArrayView2<f32>,
-        row: usize,
-        label: i64,
-        score: f32,
-        out_of_range: bool,
-    ) -> bool {
-        let Ok(at) = self.labels.binary_search(&label) else { return false };
-        in_grey_zone(score, self.strict_threshold, out_of_range) && self.learned(trajectories, row, at)
+    /// Whether a flagged probe (its leave-one-out score) would be forwarded as learned hard
+    /// clean data, as a sample would be. Its neighbours are not asked (a probe has none among
+    /// the window's samples).
+    pub(crate) fn keeps_probe_as_learned(&self, trajectories: ArrayView2<f32>, probe: Flagged) -> bool {
+        self.label_in_zone(probe).is_some_and(|at| self.learned(trajectories, probe.row, at))
+    }
+
+    /// The index of the row's label among the window's, when the row lies in the grey zone.
+    fn label_in_zone(&self, flagged: Flagged) -> Option<usize> {
+        let at = self.labels.binary_search(&flagged.label).ok()?;
+        in_grey_zone(flagged.score, self.strict_threshold, flagged.out_of_range).then_some(at)
     }
 
     /// Whether row `row`'s last loss is within what the probes of the label at `at` reach.
@@ -234,8 +239,8 @@ mod tests {
             Evidence::LearnedOrAmongItsLabel,
         );
         let calm = [IN_GREY_ZONE, 5.0];
-        let keeps = |row, label, score, outside, scores: &[f32]| {
-            zone.keeps(trajectories.view(), row, label, score, outside, scores, THRESHOLD)
+        let keeps = |row, label, score, out_of_range, scores: &[f32]| {
+            zone.keeps(trajectories.view(), Flagged { row, label, score, out_of_range }, scores, THRESHOLD)
         };
         assert_eq!(keeps(0, 0, IN_GREY_ZONE, false, &calm), Some(Kept::Learned));
         assert_eq!(keeps(1, 0, IN_GREY_ZONE, false, &calm), None, "never learned");
@@ -262,7 +267,8 @@ mod tests {
             let zone =
                 GreyZone::new(trajectories.view(), &labels, 2, &probe_scores, &neighbours, 0.5, evidence);
             let scores = [neighbour_score, IN_GREY_ZONE];
-            zone.keeps(trajectories.view(), 1, 0, IN_GREY_ZONE, false, &scores, THRESHOLD)
+            let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+            zone.keeps(trajectories.view(), sample, &scores, THRESHOLD)
         };
         let final_decision = Evidence::LearnedOrAmongItsLabel;
         assert_eq!(kept(0.8, final_decision, 5.0), Some(Kept::AmongItsLabel));

@@ -4,7 +4,7 @@
 use ndarray::{s, Array2, ArrayView2, Axis};
 
 pub(crate) use super::hard_clean::Evidence;
-use super::hard_clean::GreyZone;
+use super::hard_clean::{Flagged, GreyZone};
 use super::input_range::out_of_range;
 use super::trajectory::kept_epochs;
 use super::{EngineConfig, FirstPass, OtherViews, WindowOutcome};
@@ -101,15 +101,8 @@ pub(crate) fn judge(
         .map(|(i, &s)| {
             let mut decided = decision.decide(s, &threshold);
             let kept = grey_zone.as_ref().filter(|_| decided.flagged).and_then(|zone| {
-                zone.keeps(
-                    trajectories.view(),
-                    i,
-                    labels[i],
-                    s,
-                    is_outside(i),
-                    sample_scores,
-                    threshold.value,
-                )
+                let sample = Flagged { row: i, label: labels[i], score: s, out_of_range: is_outside(i) };
+                zone.keeps(trajectories.view(), sample, sample_scores, threshold.value)
             });
             if let Some(kept) = kept {
                 decided = decision.keep_as_hard_clean(decided, kept.explained());
@@ -201,11 +194,12 @@ pub(crate) fn two_pass_outcome(
     );
     let suspect_probes = first.probe_scores.iter().enumerate().map(|(p, &score)| {
         let row = sample_count + p;
-        let outside = first_outside.as_ref().is_some_and(|o| o[row]);
+        let out_of_range = first_outside.as_ref().is_some_and(|o| o[row]);
+        let probe = Flagged { row, label: labels[row], score, out_of_range };
         score > first_threshold
-            && !first_zone.as_ref().is_some_and(|zone| {
-                zone.keeps_probe_as_learned(first_trajectories.view(), row, labels[row], score, outside)
-            })
+            && !first_zone
+                .as_ref()
+                .is_some_and(|zone| zone.keeps_probe_as_learned(first_trajectories.view(), probe))
     });
     let suspects: Vec<bool> = held_out.iter().copied().chain(suspect_probes).collect();
     let (first_samples, first_probes) = on_probe_scale(&first.sample_scores, &first.probe_scores);
