@@ -116,7 +116,6 @@ pub(crate) fn judge(
     Judged { threshold, decisions, out_of_range: outside, grey_zone_top }
 }
 
-/// The window's outcome from its scores and decisions.
 /// The hard-clean rule of a window, when the config keeps hard clean data. Without the
 /// neighbours (a config that did not ask for them when the window ran) nothing is kept: the
 /// rule is never applied without its cluster check.
@@ -136,6 +135,7 @@ fn grey_zone<'a>(
     })
 }
 
+/// The window's outcome from its scores and decisions.
 pub(crate) fn outcome(scored: Scored, judged: Judged, labels: Vec<i64>, learning_rate: f32) -> WindowOutcome {
     let sample_count = judged.decisions.len();
     WindowOutcome {
@@ -164,8 +164,8 @@ pub(crate) fn outcome(scored: Scored, judged: Judged, labels: Vec<i64>, learning
 /// trained-on probe can be compared with: a clean-label poison held out looks like an
 /// unlearned clean sample there (satimage's in-range clean-label poisons: caught 100 % by the
 /// first pass, 57 % when the second pass judged them). The probes, trained on in both passes,
-/// are mixed the same way (a probe the first pass would have flagged keeps its first-pass
-/// leave-one-out score), and each pass's scores are first put on its own probes' scale
+/// are mixed the same way (a probe the first pass would have held out, flagged and not kept as
+/// learned hard clean data, keeps its first-pass leave-one-out score), and each pass's scores are first put on its own probes' scale
 /// ([`on_probe_scale`]), so one conformal threshold on the mixed probe scores keeps the
 /// false-reject budget of the two passes together at alpha.
 pub(crate) fn two_pass_outcome(
