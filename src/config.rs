@@ -151,6 +151,7 @@ mod tests {
         assert!(c.shadow.recheck_rate);
         assert!(c.decision.keep_hard_clean);
         assert!(c.scorer.per_label);
+        assert!(c.scorer.label_vote && c.scorer.neighbour_labels);
         assert_eq!(c.scorer.k, 50);
         assert_eq!(c.probes.count, 250);
     }

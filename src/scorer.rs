@@ -53,6 +53,11 @@ pub struct ScorerConfig {
     /// A third score from the inputs alone (`engine::neighbours`): how much nearer the probes
     /// of other labels are than those of the sample's own, for mislabelled-looking samples.
     pub neighbour_labels: bool,
+    /// A fourth, from the window (`engine::neighbours::label_votes`): the share of a sample's
+    /// nearest window samples that carry another label, calibrated on the same share for each
+    /// probe. It needs no probe of the sample's label nearby, so it holds with few probes a
+    /// class.
+    pub label_vote: bool,
 }
 
 impl Default for ScorerConfig {
@@ -67,6 +72,7 @@ impl Default for ScorerConfig {
             representation: true,
             input_range: true,
             neighbour_labels: true,
+            label_vote: true,
         }
     }
 }

@@ -156,6 +156,9 @@ pub struct OtherViews {
     /// How much nearer the probes of other labels are than those of its own
     /// (`scorer.neighbour_labels`, [`neighbours`]).
     pub label_disagreement: Option<Vec<f32>>,
+    /// The share of each row's nearest window samples that carry another label
+    /// (`scorer.label_vote`, [`neighbours::label_votes`]).
+    pub label_vote: Option<Vec<f32>>,
     /// Not a score: each window sample's neighbourhood in input space, which
     /// `decision.keep_hard_clean` asks about ([`hard_clean`]).
     pub sample_neighbours: Option<SampleNeighbours>,
@@ -173,7 +176,10 @@ pub struct SampleNeighbours {
 
 impl OtherViews {
     pub fn is_empty(&self) -> bool {
-        self.representation.is_none() && self.range_exceedance.is_none() && self.label_disagreement.is_none()
+        self.representation.is_none()
+            && self.range_exceedance.is_none()
+            && self.label_disagreement.is_none()
+            && self.label_vote.is_none()
     }
 }
 
@@ -461,29 +467,34 @@ impl Engine {
     }
 
     /// The views of every row of `joined` that need only its inputs (`scorer.input_range`,
-    /// `scorer.neighbour_labels`).
+    /// `scorer.neighbour_labels`, `scorer.label_vote`) and the samples' neighbourhoods.
     fn input_views(&self, joined: &LabelledSamples, sample_count: usize) -> OtherViews {
         let scorer = &self.config.scorer;
+        let keeps_hard_clean = self.config.decision.keep_hard_clean;
         let features = joined.features.view();
+        // One vote per row, for the view (every row) and the hard-clean rule (the samples).
+        let votes = (scorer.label_vote || keeps_hard_clean).then(|| {
+            let rows = if scorer.label_vote { joined.len() } else { sample_count };
+            neighbours::label_votes(features, &joined.labels, sample_count, rows, hard_clean::NEIGHBOURS)
+        });
         OtherViews {
             representation: None,
             range_exceedance: scorer.input_range.then(|| input_range::exceedances(features, sample_count)),
             label_disagreement: scorer
                 .neighbour_labels
                 .then(|| neighbours::label_disagreement(features, &joined.labels, sample_count)),
-            sample_neighbours: self.config.decision.keep_hard_clean.then(|| SampleNeighbours {
+            label_vote: votes
+                .as_ref()
+                .filter(|_| scorer.label_vote)
+                .map(|votes| votes.iter().map(|agreement| 1.0 - agreement).collect()),
+            sample_neighbours: keeps_hard_clean.then(|| SampleNeighbours {
                 same_label: neighbours::same_label_neighbours(
                     features,
                     &joined.labels,
                     sample_count,
                     hard_clean::NEIGHBOURS,
                 ),
-                label_agreement: neighbours::label_agreement(
-                    features,
-                    &joined.labels,
-                    sample_count,
-                    hard_clean::NEIGHBOURS,
-                ),
+                label_agreement: votes.as_ref().map(|v| v[..sample_count].to_vec()).unwrap_or_default(),
             }),
         }
     }

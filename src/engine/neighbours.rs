@@ -48,34 +48,39 @@ pub(crate) fn label_disagreement(features: ArrayView2<f32>, labels: &[i64], samp
     scores
 }
 
-/// Inputs wider than this are projected to it before the label vote ([`label_agreement`]): a
+/// Inputs wider than this are projected to it before the label vote ([`label_votes`]): a
 /// vote of ten neighbours needs their order roughly, not every distance exactly, and the vote
 /// compares every window sample with every other, so its cost grows with the width.
 const VOTE_WIDTH: usize = 64;
 
-/// For every window sample (rows `..sample_count`), the share of its `k` nearest other window
-/// samples, of any label, that carry its label, in the (already scaled) input space. A
-/// relabelled sample sits among samples of its true class; a hard clean one, however unusual,
-/// mostly among its own. Inputs wider than [`VOTE_WIDTH`] are first projected to it by a fixed
-/// Gaussian matrix (Johnson-Lindenstrauss: distances kept within a modest factor). A sample
-/// alone in its window gets 0: no neighbour vouches for its label.
-pub(crate) fn label_agreement(
+/// For rows `..rows` of `features` (the window samples, rows `..sample_count`, then the probes
+/// when asked for), the share of its `k` nearest window samples, of any label and itself
+/// excluded, that carry its label, in the (already scaled) input space. A relabelled sample
+/// sits among samples of its true class; a hard clean one, however unusual, mostly among its
+/// own. A probe is voted on as a clean sample would be, so the probes can calibrate the vote as
+/// a view (`scorer.label_vote`): it asks no probe of the sample's label to be near, and so
+/// holds with few probes a class. Inputs wider than [`VOTE_WIDTH`] are first projected to it by
+/// a fixed Gaussian matrix (Johnson-Lindenstrauss: distances kept within a modest factor). A
+/// sample alone in its window gets 0: no neighbour vouches for its label.
+pub(crate) fn label_votes(
     features: ArrayView2<f32>,
     labels: &[i64],
     sample_count: usize,
+    rows: usize,
     k: usize,
 ) -> Vec<f32> {
-    let samples = features.slice(ndarray::s![..sample_count, ..]);
-    let rows = match samples.ncols() > VOTE_WIDTH {
-        true => samples.dot(&gaussian_projection(samples.ncols(), VOTE_WIDTH)),
-        false => samples.to_owned(),
+    let all = features.slice(ndarray::s![..rows, ..]);
+    let projected = match all.ncols() > VOTE_WIDTH {
+        true => all.dot(&gaussian_projection(all.ncols(), VOTE_WIDTH)),
+        false => all.to_owned(),
     };
-    let norms: Vec<f32> = rows.rows().into_iter().map(|r| r.dot(&r)).collect();
-    let mut agreement = Vec::with_capacity(sample_count);
+    let samples = projected.slice(ndarray::s![..sample_count, ..]);
+    let norms: Vec<f32> = projected.rows().into_iter().map(|r| r.dot(&r)).collect();
+    let mut agreement = Vec::with_capacity(rows);
     const CHUNK: usize = 512;
-    for start in (0..sample_count).step_by(CHUNK) {
-        let end = (start + CHUNK).min(sample_count);
-        let products = rows.slice(ndarray::s![start..end, ..]).dot(&rows.t());
+    for start in (0..rows).step_by(CHUNK) {
+        let end = (start + CHUNK).min(rows);
+        let products = projected.slice(ndarray::s![start..end, ..]).dot(&samples.t());
         for (a, dots) in (start..end).zip(products.axis_iter(Axis(0))) {
             let mut by_distance: Vec<(f32, bool)> = (0..sample_count)
                 .filter(|&b| b != a)
@@ -201,12 +206,28 @@ mod tests {
         xs.extend([0.45, 4.0]);
         labels.extend([1, 0]);
         let features = Array2::from_shape_vec((xs.len(), 1), xs).unwrap();
-        let agreement = label_agreement(features.view(), &labels, 22, 5);
+        let agreement = label_votes(features.view(), &labels, 22, 22, 5);
         assert_eq!(agreement[20], 0.0, "relabelled: {agreement:?}");
         assert_eq!(agreement[21], 1.0, "unusual but among its own: {agreement:?}");
         assert!(agreement[..20].iter().all(|&a| a >= 0.8), "{agreement:?}");
         let alone = Array2::from_shape_vec((1, 1), vec![0.0f32]).unwrap();
-        assert_eq!(label_agreement(alone.view(), &[0], 1, 5), vec![0.0], "no neighbour, no vote");
+        assert_eq!(label_votes(alone.view(), &[0], 1, 1, 5), vec![0.0], "no neighbour, no vote");
+    }
+
+    #[test]
+    fn a_probe_is_voted_on_by_the_window_samples_as_a_sample_would_be() {
+        // Samples: label 0 on x = 0..0.4, label 1 on x = 10..10.4; probes: one at 0.2 labelled
+        // 0, one at 10.2 labelled 0 (among the other label), one at 0.2 labelled 1.
+        let xs: Vec<f32> = (0..5)
+            .map(|i| i as f32 * 0.1)
+            .chain((0..5).map(|i| 10.0 + i as f32 * 0.1))
+            .chain([0.2, 10.2, 0.2])
+            .collect();
+        let labels: Vec<i64> = [0; 5].into_iter().chain([1; 5]).chain([0, 0, 1]).collect();
+        let features = Array2::from_shape_vec((xs.len(), 1), xs).unwrap();
+        let votes = label_votes(features.view(), &labels, 10, 13, 4);
+        assert_eq!(votes[10..], [1.0, 0.0, 0.0], "{votes:?}");
+        assert_eq!(votes[..10], label_votes(features.view(), &labels, 10, 10, 4)[..], "samples alike");
     }
 
     #[test]
@@ -221,7 +242,7 @@ mod tests {
             centre + rng.random_range(-0.5f32..0.5)
         });
         let labels: Vec<i64> = (0..n).map(|i| if i < 20 { 0 } else { 1 }).collect();
-        let agreement = label_agreement(features.view(), &labels, n, 10);
+        let agreement = label_votes(features.view(), &labels, n, n, 10);
         assert_eq!(agreement[40], 0.0, "{:?}", &agreement[38..]);
         assert!(agreement[..40].iter().all(|&a| a >= 0.9), "{agreement:?}");
     }

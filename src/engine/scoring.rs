@@ -324,8 +324,9 @@ pub(crate) fn stale_probes_warning(out_of_range: &[bool]) -> Option<String> {
 /// (leave-one-out for a probe), and the smaller share decides, so a sample is as suspect as
 /// its most unusual view. The trajectory scores are taken as they are (already within each
 /// label, and pooled across labels as the calibrated threshold pools them); the
-/// representation scores are first standardised against the probes of the row's label, whose
-/// spreads differ from class to class. Both views are put on the same footing this way:
+/// representation and label-neighbour scores are first standardised against the probes of the
+/// row's label, whose spreads differ from class to class; the label vote (a share of ten
+/// neighbours: eleven values, mostly 0 for a clean row) is taken as it is. Both views are put on the same footing this way:
 /// the larger of two z-scores let the heavier-tailed trajectory view decide alone (SIG caught
 /// 2 % on MNIST), and standardising the trajectory scores by 25 probes a label as well made
 /// their calibration noisy (the frequency backdoor 10 % -> 59 % success). A row out of the
@@ -355,7 +356,7 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
     let largest_z = |i: usize| standardised.iter().fold(first[i], |z, view| z.max(view[i]));
     let tie_break = |i: usize| step * largest_z(i).atan() / std::f32::consts::FRAC_PI_2;
     let mut shares = tail_shares(&trajectory, sample_count);
-    for view in &standardised {
+    for view in standardised.iter().chain(views.label_vote.as_ref()) {
         for (share, other) in shares.iter_mut().zip(tail_shares(view, sample_count)) {
             *share = share.min(other);
         }
@@ -559,6 +560,20 @@ mod tests {
         }
         let share = above as f64 / total as f64;
         assert!(share <= alpha + 0.01, "{share:.3} of clean samples over the threshold at alpha {alpha}");
+    }
+
+    #[test]
+    fn a_sample_among_another_label_is_fused_above_the_probes_by_the_vote() {
+        // Rows: samples 0 (its neighbours carry its label) and 1 (none do), then 20 probes of
+        // one label with ordinary trajectories, one of them with a split vote.
+        let probes: Vec<f32> = (0..20).map(|i| i as f32 / 20.0).collect();
+        let mut vote = vec![0.0, 1.0];
+        vote.extend((0..20).map(|i| if i == 3 { 0.5 } else { 0.0 }));
+        let labels = vec![0i64; 22];
+        let views = OtherViews { label_vote: Some(vote), ..Default::default() };
+        let (samples, probe_scores) = fuse(&[0.5, 0.5], &probes, &views, &labels);
+        let highest_probe = probe_scores.iter().copied().fold(f32::MIN, f32::max);
+        assert!(samples[1] > highest_probe && samples[0] < highest_probe, "{samples:?} {probe_scores:?}");
     }
 
     #[test]
