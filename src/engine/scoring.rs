@@ -326,9 +326,9 @@ pub(crate) fn stale_probes_warning(out_of_range: &[bool]) -> Option<String> {
 /// label, and pooled across labels as the calibrated threshold pools them); the
 /// representation and label-neighbour scores are first standardised against the probes of the
 /// row's label, whose spreads differ from class to class; the label vote (a share of ten
-/// neighbours: eleven values, mostly 0 for a clean row) is taken as it is. Both views are put on the same footing this way:
-/// the larger of two z-scores let the heavier-tailed trajectory view decide alone (SIG caught
-/// 2 % on MNIST), and standardising the trajectory scores by 25 probes a label as well made
+/// neighbours: eleven values, mostly 0 for a clean row) is taken as it is. Tail shares put the
+/// views on one footing: the larger of two z-scores let the heavier-tailed trajectory view
+/// decide alone (SIG caught 2 % on MNIST), and standardising the trajectory scores by 25 probes a label as well made
 /// their calibration noisy (the frequency backdoor 10 % -> 59 % success). A row out of the
 /// probes' input range (`input_range`) gets a share below any other, so it ranks above every
 /// row that is not. The fused score is -ln(share), plus less than two share steps so that it
