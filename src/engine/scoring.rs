@@ -165,8 +165,8 @@ pub(crate) fn outcome(scored: Scored, judged: Judged, labels: Vec<i64>, learning
 /// unlearned clean sample there (satimage's in-range clean-label poisons: caught 100 % by the
 /// first pass, 57 % when the second pass judged them). The probes, trained on in both passes,
 /// are mixed the same way (a probe the first pass would have held out, flagged and not kept as
-/// learned hard clean data, keeps its first-pass leave-one-out score), and each pass's scores are first put on its own probes' scale
-/// ([`on_probe_scale`]), so one conformal threshold on the mixed probe scores keeps the
+/// learned hard clean data, keeps its first-pass leave-one-out score), and each pass's scores
+/// are first put on its own probes' scale ([`on_probe_scale`]), so one conformal threshold on the mixed probe scores keeps the
 /// false-reject budget of the two passes together at alpha.
 pub(crate) fn two_pass_outcome(
     config: &EngineConfig,
