@@ -473,10 +473,8 @@ impl Engine {
         let keeps_hard_clean = self.config.decision.keep_hard_clean;
         let features = joined.features.view();
         // One vote per row, for the view (every row) and the hard-clean rule (the samples).
-        let votes = (scorer.label_vote || keeps_hard_clean).then(|| {
-            let rows = if scorer.label_vote { joined.len() } else { sample_count };
-            neighbours::label_votes(features, &joined.labels, sample_count, rows, hard_clean::NEIGHBOURS)
-        });
+        let votes = (scorer.label_vote || keeps_hard_clean)
+            .then(|| neighbours::label_votes(features, &joined.labels, sample_count, hard_clean::NEIGHBOURS));
         OtherViews {
             representation: None,
             range_exceedance: scorer.input_range.then(|| input_range::exceedances(features, sample_count)),

@@ -53,8 +53,8 @@ pub(crate) fn label_disagreement(features: ArrayView2<f32>, labels: &[i64], samp
 /// compares every window sample with every other, so its cost grows with the width.
 const VOTE_WIDTH: usize = 64;
 
-/// For rows `..rows` of `features` (the window samples, rows `..sample_count`, then the probes
-/// when asked for), the share of its `k` nearest window samples, of any label and itself
+/// For every row of `features` (the window samples, rows `..sample_count`, then the probes),
+/// the share of its `k` nearest window samples, of any label and itself
 /// excluded, that carry its label, in the (already scaled) input space. A relabelled sample
 /// sits among samples of its true class; a hard clean one, however unusual, mostly among its
 /// own. A probe is voted on as a clean sample would be, so the probes can calibrate the vote as
@@ -66,13 +66,12 @@ pub(crate) fn label_votes(
     features: ArrayView2<f32>,
     labels: &[i64],
     sample_count: usize,
-    rows: usize,
     k: usize,
 ) -> Vec<f32> {
-    let all = features.slice(ndarray::s![..rows, ..]);
-    let projected = match all.ncols() > VOTE_WIDTH {
-        true => all.dot(&gaussian_projection(all.ncols(), VOTE_WIDTH)),
-        false => all.to_owned(),
+    let rows = features.nrows();
+    let projected = match features.ncols() > VOTE_WIDTH {
+        true => features.dot(&gaussian_projection(features.ncols(), VOTE_WIDTH)),
+        false => features.to_owned(),
     };
     let samples = projected.slice(ndarray::s![..sample_count, ..]);
     let norms: Vec<f32> = projected.rows().into_iter().map(|r| r.dot(&r)).collect();
@@ -206,12 +205,12 @@ mod tests {
         xs.extend([0.45, 4.0]);
         labels.extend([1, 0]);
         let features = Array2::from_shape_vec((xs.len(), 1), xs).unwrap();
-        let agreement = label_votes(features.view(), &labels, 22, 22, 5);
+        let agreement = label_votes(features.view(), &labels, 22, 5);
         assert_eq!(agreement[20], 0.0, "relabelled: {agreement:?}");
         assert_eq!(agreement[21], 1.0, "unusual but among its own: {agreement:?}");
         assert!(agreement[..20].iter().all(|&a| a >= 0.8), "{agreement:?}");
         let alone = Array2::from_shape_vec((1, 1), vec![0.0f32]).unwrap();
-        assert_eq!(label_votes(alone.view(), &[0], 1, 1, 5), vec![0.0], "no neighbour, no vote");
+        assert_eq!(label_votes(alone.view(), &[0], 1, 5), vec![0.0], "no neighbour, no vote");
     }
 
     #[test]
@@ -225,9 +224,10 @@ mod tests {
             .collect();
         let labels: Vec<i64> = [0; 5].into_iter().chain([1; 5]).chain([0, 0, 1]).collect();
         let features = Array2::from_shape_vec((xs.len(), 1), xs).unwrap();
-        let votes = label_votes(features.view(), &labels, 10, 13, 4);
+        let votes = label_votes(features.view(), &labels, 10, 4);
         assert_eq!(votes[10..], [1.0, 0.0, 0.0], "{votes:?}");
-        assert_eq!(votes[..10], label_votes(features.view(), &labels, 10, 10, 4)[..], "samples alike");
+        let without_probes = label_votes(features.slice(ndarray::s![..10, ..]), &labels[..10], 10, 4);
+        assert_eq!(votes[..10], without_probes[..], "the probes do not vote on the samples");
     }
 
     #[test]
@@ -242,7 +242,7 @@ mod tests {
             centre + rng.random_range(-0.5f32..0.5)
         });
         let labels: Vec<i64> = (0..n).map(|i| if i < 20 { 0 } else { 1 }).collect();
-        let agreement = label_votes(features.view(), &labels, n, n, 10);
+        let agreement = label_votes(features.view(), &labels, n, 10);
         assert_eq!(agreement[40], 0.0, "{:?}", &agreement[38..]);
         assert!(agreement[..40].iter().all(|&a| a >= 0.9), "{agreement:?}");
     }

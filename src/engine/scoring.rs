@@ -166,8 +166,8 @@ pub(crate) fn outcome(scored: Scored, judged: Judged, labels: Vec<i64>, learning
 /// first pass, 57 % when the second pass judged them). The probes, trained on in both passes,
 /// are mixed the same way (a probe the first pass would have held out, flagged and not kept as
 /// learned hard clean data, keeps its first-pass leave-one-out score), and each pass's scores
-/// are first put on its own probes' scale ([`on_probe_scale`]), so one conformal threshold on the mixed probe scores keeps the
-/// false-reject budget of the two passes together at alpha.
+/// are first put on its own probes' scale ([`on_probe_scale`]), so one conformal threshold on
+/// the mixed probe scores keeps the false-reject budget of the two passes together at alpha.
 pub(crate) fn two_pass_outcome(
     config: &EngineConfig,
     first: Scored,
@@ -328,10 +328,10 @@ pub(crate) fn stale_probes_warning(out_of_range: &[bool]) -> Option<String> {
 /// row's label, whose spreads differ from class to class; the label vote (a share of ten
 /// neighbours: eleven values, mostly 0 for a clean row) is taken as it is. Tail shares put the
 /// views on one footing: the larger of two z-scores let the heavier-tailed trajectory view
-/// decide alone (SIG caught 2 % on MNIST), and standardising the trajectory scores by 25 probes a label as well made
-/// their calibration noisy (the frequency backdoor 10 % -> 59 % success). A row out of the
-/// probes' input range (`input_range`) gets a share below any other, so it ranks above every
-/// row that is not. The fused score is -ln(share), plus less than two share steps so that it
+/// decide alone (SIG caught 2 % on MNIST), and standardising the trajectory scores by 25
+/// probes a label as well made their calibration noisy (the frequency backdoor 10 % -> 59 %
+/// success). A row out of the probes' input range (`input_range`) gets a share below any
+/// other, so it ranks above every row that is not. The fused score is -ln(share), plus less than two share steps so that it
 /// is always above 0 (an absolute threshold of 0 quarantines everything); the probes' fused
 /// scores go to the same conformal calibration, so the false-reject budget covers every view
 /// together.
@@ -390,15 +390,11 @@ fn standardised_per_label(scores: &[f32], labels: &[i64], sample_count: usize) -
     let everyone = &scores[sample_count..];
     for label in distinct {
         let own: Vec<usize> = (0..probe_labels.len()).filter(|&i| probe_labels[i] == label).collect();
-        let values = |skip: Option<usize>| -> Vec<f32> {
-            own.iter().filter(|&&i| Some(i) != skip).map(|&i| scores[sample_count + i]).collect()
-        };
+        // The label's probes but `skip`; all probes when fewer than two are left.
         let reference = |skip: Option<usize>| {
-            let own_values = values(skip);
-            match own_values.len() >= 2 {
-                true => robust_centre_and_spread(&own_values),
-                false => robust_centre_and_spread(everyone),
-            }
+            let values: Vec<f32> =
+                own.iter().filter(|&&i| Some(i) != skip).map(|&i| scores[sample_count + i]).collect();
+            robust_centre_and_spread(if values.len() >= 2 { &values } else { everyone })
         };
         let (centre, spread) = reference(None);
         for (i, _) in labels.iter().enumerate().filter(|(_, &l)| l == label) {
