@@ -144,9 +144,10 @@ pub(crate) fn same_label_neighbours(
                     continue;
                 }
                 by_distance.select_nth_unstable_by(nearest - 1, |x, y| x.0.total_cmp(&y.0));
-                by_distance.truncate(nearest);
-                by_distance.sort_by(|x, y| x.0.total_cmp(&y.0));
-                neighbours[members[a]] = by_distance.into_iter().map(|(_, j)| j).collect();
+                let kept = &mut by_distance[..nearest];
+                kept.sort_by(|x, y| x.0.total_cmp(&y.0));
+                // From the slice: collected in place, the list would keep the whole buffer.
+                neighbours[members[a]] = kept.iter().map(|&(_, j)| j).collect();
             }
         }
     }

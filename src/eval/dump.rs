@@ -33,8 +33,10 @@ pub(crate) fn write_windows(
 /// One row per window sample, then one per probe. `origin`: the attack's index, `clean`, or
 /// `probe`; `flagged` and `kept_hard_clean`: the decision (empty for a probe); `held_out`: a
 /// first-pass suspect, judged by the first shadow (empty with one pass, and for a probe);
-/// `score`: the fused score (empty for a probe); the views are empty where the config leaves
-/// them off; `label_agreement`: the hard-clean rule's label vote (empty for a probe); then
+/// `score`: the fused score (empty for a probe); `grey_zone_top`: the grey zone's upper edge
+/// (empty when `decision.keep_hard_clean` is off); the views are empty where the config leaves
+/// them off (`label_vote`: the view's share of other labels, the suspects set aside);
+/// `label_agreement`: the hard-clean rule's label vote (empty for a probe); then
 /// the loss in every epoch under the shadow that judged the row (the second's
 /// for a probe) and the features as the engine saw them before scaling.
 fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> String {
@@ -42,7 +44,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
     let epochs = outcome.losses.ncols();
     let features = scenario.stream.features.ncols();
     let mut text = String::from(
-        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,representation,label_disagreement,range_exceedance,label_agreement",
+        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,grey_zone_top,representation,label_disagreement,range_exceedance,label_vote,label_agreement",
     );
     (1..=epochs).for_each(|e| {
         let _ = write!(text, ",loss_epoch{e}");
@@ -54,10 +56,10 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
     let view = |values: &Option<Vec<f32>>, row: usize| {
         values.as_ref().map(|v| v[row].to_string()).unwrap_or_default()
     };
-    // The label vote of the hard-clean rule, for window samples only.
-    let agreement = |row: usize| match (&outcome.views.sample_neighbours, row < samples) {
-        (Some(n), true) => n.label_agreement[row].to_string(),
-        _ => String::new(),
+    // The label vote of the hard-clean rule.
+    let agreement = |row: usize| {
+        let neighbours = outcome.views.sample_neighbours.as_ref();
+        neighbours.and_then(|n| n.label_agreement.get(row)).map(f32::to_string).unwrap_or_default()
     };
     for row in 0..outcome.labels.len() {
         let (origin, decided, x) = match row < samples {
@@ -75,12 +77,14 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
         };
         let _ = write!(
             text,
-            "{row},{origin},{},{decided},{},{},{},{},{}",
+            "{row},{origin},{},{decided},{},{},{},{},{},{},{}",
             outcome.labels[row],
             outcome.threshold.value,
+            outcome.grey_zone_top.map(|top| top.to_string()).unwrap_or_default(),
             view(&outcome.views.representation, row),
             view(&outcome.views.label_disagreement, row),
             view(&outcome.views.range_exceedance, row),
+            view(&outcome.views.label_vote, row),
             agreement(row),
         );
         let losses = match row < samples {
