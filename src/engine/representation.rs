@@ -5,8 +5,12 @@
 //! class the poisons share a direction in the hidden layer that clean samples do not (spectral
 //! signatures, Tran et al. 2018). The window's hidden activations are whitened by their pooled
 //! within-class covariance (as SPECTRE does), then per label: the top principal direction, and
-//! each row's distance from the class mean along it, cross-fitted between two halves of the
-//! class. The probes get the same score; they are the clean reference the scores are
+//! each row's distance from the class centre along it, cross-fitted between two halves of the
+//! class. The centre is the class's coordinate-wise median, not its mean: poisons that are
+//! many in their class pull the mean towards themselves, until clean samples and poisons sit
+//! at comparable distances on either side (with 4 % poison per attack, penbased's two- and
+//! three-feature backdoors were caught 95 and 73 % centred on the mean, 99 and 85 % on the
+//! median; at 1 % no change beyond the seeds' spread). The probes get the same score; they are the clean reference the scores are
 //! standardised against. Measured, it finds MNIST's clean-label SIG poisons (AUC 0.85 with an
 //! in-sample direction, 0.72 cross-fitted), and half of satimage's, but few of the clean-label
 //! feature triggers of optdigits and penbased, whose shadow never needs the trigger to fit a
@@ -42,7 +46,7 @@ pub(crate) fn last_hidden_layer(
 }
 
 /// Each row's |projection| on the top principal direction of its label's window samples
-/// (rows `..sample_count`), centred on their mean, after whitening by the window's pooled
+/// (rows `..sample_count`), centred on their coordinate-wise median, after whitening by the window's pooled
 /// within-class covariance (as SPECTRE does): a direction every class varies along is not
 /// what a poison adds, so whitening leaves the direction in which one class varies more than
 /// the others. Labels with fewer than [`MIN_ROWS`] window samples score 0.
@@ -57,9 +61,9 @@ pub(crate) fn spectral_scores(hidden: ArrayView2<f32>, labels: &[i64], sample_co
         .collect();
     let mut centred = Array2::<f64>::zeros((labels.len(), hidden.ncols()));
     for (label, rows) in &members {
-        let mean = hidden.select(Axis(0), rows).mapv(f64::from).mean_axis(Axis(0)).expect("rows");
+        let centre = coordinate_median(hidden.select(Axis(0), rows).mapv(f64::from).view());
         for (i, _) in labels.iter().enumerate().filter(|(_, l)| *l == label) {
-            centred.row_mut(i).assign(&(&hidden.row(i).mapv(f64::from) - &mean));
+            centred.row_mut(i).assign(&(&hidden.row(i).mapv(f64::from) - &centre));
         }
     }
     let window_rows: Vec<usize> = members.iter().flat_map(|(_, rows)| rows.iter().copied()).collect();
@@ -89,6 +93,25 @@ pub(crate) fn spectral_scores(hidden: ArrayView2<f32>, labels: &[i64], sample_co
         }
     }
     scores
+}
+
+/// Each column's median: a class's centre that a cluster of poisons, a minority of its
+/// samples, hardly moves (its mean moves by their share of their offset, and then the poisons
+/// and the clean samples sit on either side of it at comparable distances).
+fn coordinate_median(rows: ArrayView2<f64>) -> Array1<f64> {
+    rows.axis_iter(Axis(1))
+        .map(|column| {
+            let mut values = column.to_vec();
+            let middle = values.len() / 2;
+            let (_, &mut upper, _) = values.select_nth_unstable_by(middle, f64::total_cmp);
+            if values.len() % 2 == 1 {
+                upper
+            } else {
+                let lower = values[..middle].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                0.5 * (lower + upper)
+            }
+        })
+        .collect()
 }
 
 /// `rows` times the inverse Cholesky factor of `covariance` (ridged by a thousandth of its
@@ -184,6 +207,38 @@ mod tests {
         let clean_max = clean.iter().map(|&i| scores[i]).fold(0.0, f32::max);
         let poison_min = poisoned.iter().map(|&i| scores[i]).fold(f32::INFINITY, f32::min);
         assert!(poison_min > 2.0 * clean_max, "{clean_max} vs {poison_min}");
+    }
+
+    #[test]
+    fn a_class_that_is_two_fifths_poison_is_centred_on_its_clean_samples() {
+        // As above, but 40 of label 0's 100 rows pushed along axis 1. Centred on the class
+        // mean, the clean probes would sit 2 from the centre and the poisons 3; on the
+        // median, the probes sit at the centre.
+        let per_label = 100;
+        let rows = 3 * per_label;
+        let value = |i: usize, j: usize| -> f32 {
+            let (label, k) = (i % 3, i / 3);
+            match j {
+                0 => ((k % 3) as f32 - 1.0) * 0.5,
+                1 if label == 0 && k >= 60 && i < rows => 5.0,
+                1 => (k % 2) as f32 * 0.1,
+                _ => ((k % 5) as f32 - 2.0) * 0.2,
+            }
+        };
+        let hidden = Array2::from_shape_fn((rows + 6, 3), |(i, j)| value(i, j));
+        let labels: Vec<i64> = (0..rows + 6).map(|i| (i % 3) as i64).collect();
+        let scores = spectral_scores(hidden.view(), &labels, rows);
+        let poison_min = (0..rows).filter(|i| i % 3 == 0 && i / 3 >= 60).map(|i| scores[i]).fold(f32::INFINITY, f32::min);
+        let probes_max = [rows, rows + 3].iter().map(|&i| scores[i]).fold(0.0, f32::max);
+        assert!(probes_max < 0.25 * poison_min, "probes {probes_max} vs poisons {poison_min}");
+    }
+
+    #[test]
+    fn a_column_median_is_its_middle_value_or_the_mean_of_the_two() {
+        let odd = Array2::from_shape_vec((3, 2), vec![1.0, 9.0, 5.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(coordinate_median(odd.view()).to_vec(), vec![3.0, 4.0]);
+        let even = Array2::from_shape_vec((4, 1), vec![4.0, 1.0, 3.0, 2.0]).unwrap();
+        assert_eq!(coordinate_median(even.view()).to_vec(), vec![2.5]);
     }
 
     #[test]
