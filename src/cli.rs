@@ -187,6 +187,11 @@ struct EvalArgs {
     /// Attacks file (TOML); default: the seven attacks of config/attacks.toml, built in.
     #[arg(long)]
     attacks: Option<PathBuf>,
+    /// Every attack whose poisons carry a wrong label (dirty-label backdoors, label flips)
+    /// poisons this share of the training data instead of its own `ratio`: how detection holds
+    /// as poisons grow many. Clean-label attacks keep theirs (a share of their class).
+    #[arg(long, value_parser = share_strictly_between_0_and_1)]
+    dirty_ratio: Option<f64>,
     /// Folder with MNIST's IDX files (default: $LOSSGATE_MNIST or the setup cache).
     #[arg(long)]
     mnist: Option<PathBuf>,
@@ -307,10 +312,13 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         .train
         .check_shape(config.input.features, config.input.classes)
         .context("the training split against [input]")?;
-    let attacks = match &args.attacks {
+    let mut attacks = match &args.attacks {
         Some(path) => eval::attack::load_attacks(path, dataset.train.feature_count(), dataset.classes)?,
         None => eval::attack::default_attacks(),
     };
+    if let Some(ratio) = args.dirty_ratio {
+        attacks.iter_mut().filter(|a| !a.is_clean_label()).for_each(|a| a.ratio = ratio);
+    }
     let runtime = Runtime::load(&config.shadow.runtime_options())?;
     let mut harness = Harness {
         runtime: &runtime,
@@ -602,4 +610,26 @@ fn make_probes(config: &std::path::Path, source: ProbeSource, out: &std::path::P
         );
     }
     Ok(())
+}
+
+/// `--dirty-ratio`: a share of the training data, strictly between 0 and 1.
+fn share_strictly_between_0_and_1(text: &str) -> std::result::Result<f64, String> {
+    let share: f64 = text.parse().map_err(|e| format!("`{text}` is not a number: {e}"))?;
+    match share > 0.0 && share < 1.0 {
+        true => Ok(share),
+        false => Err(format!("{share} is not a share strictly between 0 and 1 (0.04 is 4 %)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dirty_ratio_is_a_share_strictly_between_0_and_1() {
+        assert_eq!(share_strictly_between_0_and_1("0.04"), Ok(0.04));
+        for refused in ["0", "1", "4", "-0.1", "four"] {
+            assert!(share_strictly_between_0_and_1(refused).is_err(), "{refused}");
+        }
+    }
 }
