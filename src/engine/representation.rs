@@ -184,52 +184,48 @@ fn top_direction(centred: ArrayView2<f64>) -> Array1<f64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rows_that_share_a_direction_their_class_alone_varies_along_score_highest() {
-        // Three labels of 100 rows, all spread along axes 0 and 2; in label 0, rows 90..100
-        // are pushed 5 along axis 1, which no other class varies along. Two probes per label.
-        let per_label = 100;
-        let rows = 3 * per_label;
+    /// Three labels of 100 window rows, all spread along axes 0 and 2, then two probes per
+    /// label; label 0's rows from `first_poison` on are pushed 5 along axis 1, which no other
+    /// class varies along. Every row's spectral score.
+    fn scores_with_label_zero_poisoned_from(first_poison: usize) -> Vec<f32> {
+        let rows = 300;
         let value = |i: usize, j: usize| -> f32 {
             let (label, k) = (i % 3, i / 3);
             match j {
                 0 => ((k % 3) as f32 - 1.0) * 0.5,
-                1 if label == 0 && k >= 90 && i < rows => 5.0,
+                1 if label == 0 && k >= first_poison && i < rows => 5.0,
                 1 => (k % 2) as f32 * 0.1,
                 _ => ((k % 5) as f32 - 2.0) * 0.2,
             }
         };
         let hidden = Array2::from_shape_fn((rows + 6, 3), |(i, j)| value(i, j));
         let labels: Vec<i64> = (0..rows + 6).map(|i| (i % 3) as i64).collect();
-        let scores = spectral_scores(hidden.view(), &labels, rows);
-        let label_zero: Vec<usize> = (0..rows).filter(|i| i % 3 == 0).collect();
-        let (clean, poisoned): (Vec<usize>, Vec<usize>) = label_zero.iter().partition(|&&i| i / 3 < 90);
-        let clean_max = clean.iter().map(|&i| scores[i]).fold(0.0, f32::max);
-        let poison_min = poisoned.iter().map(|&i| scores[i]).fold(f32::INFINITY, f32::min);
+        spectral_scores(hidden.view(), &labels, rows)
+    }
+
+    /// The smallest score among label 0's poisons (window rows from `first_poison` on).
+    fn lowest_poison_score(scores: &[f32], first_poison: usize) -> f32 {
+        (0..300)
+            .filter(|i| i % 3 == 0 && i / 3 >= first_poison)
+            .map(|i| scores[i])
+            .fold(f32::INFINITY, f32::min)
+    }
+
+    #[test]
+    fn rows_that_share_a_direction_their_class_alone_varies_along_score_highest() {
+        let scores = scores_with_label_zero_poisoned_from(90);
+        let clean_max = (0..300).filter(|i| i % 3 == 0 && i / 3 < 90).map(|i| scores[i]).fold(0.0, f32::max);
+        let poison_min = lowest_poison_score(&scores, 90);
         assert!(poison_min > 2.0 * clean_max, "{clean_max} vs {poison_min}");
     }
 
     #[test]
     fn a_class_that_is_two_fifths_poison_is_centred_on_its_clean_samples() {
-        // As above, but 40 of label 0's 100 rows pushed along axis 1. Centred on the class
-        // mean, the clean probes would sit 2 from the centre and the poisons 3; on the
-        // median, the probes sit at the centre.
-        let per_label = 100;
-        let rows = 3 * per_label;
-        let value = |i: usize, j: usize| -> f32 {
-            let (label, k) = (i % 3, i / 3);
-            match j {
-                0 => ((k % 3) as f32 - 1.0) * 0.5,
-                1 if label == 0 && k >= 60 && i < rows => 5.0,
-                1 => (k % 2) as f32 * 0.1,
-                _ => ((k % 5) as f32 - 2.0) * 0.2,
-            }
-        };
-        let hidden = Array2::from_shape_fn((rows + 6, 3), |(i, j)| value(i, j));
-        let labels: Vec<i64> = (0..rows + 6).map(|i| (i % 3) as i64).collect();
-        let scores = spectral_scores(hidden.view(), &labels, rows);
-        let poison_min = (0..rows).filter(|i| i % 3 == 0 && i / 3 >= 60).map(|i| scores[i]).fold(f32::INFINITY, f32::min);
-        let probes_max = [rows, rows + 3].iter().map(|&i| scores[i]).fold(0.0, f32::max);
+        // Centred on the class mean, label 0's clean probes would sit 2 from the centre and
+        // its 40 poisons 3; on the median, the probes sit at the centre.
+        let scores = scores_with_label_zero_poisoned_from(60);
+        let probes_max = [300, 303].iter().map(|&i| scores[i]).fold(0.0, f32::max);
+        let poison_min = lowest_poison_score(&scores, 60);
         assert!(probes_max < 0.25 * poison_min, "probes {probes_max} vs poisons {poison_min}");
     }
 
