@@ -166,15 +166,21 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
         assert_eq!(&header[..4], ["row", "origin", "label", "flagged"]);
-        assert_eq!(header.len(), 12 + 10 + 12, "fixed columns, a loss per epoch, the features");
+        assert_eq!(header.len(), 14 + 10 + 12, "fixed columns, a loss per epoch, the features");
+        assert_eq!(&header[7..9], ["threshold", "grey_zone_top"]);
+        assert_eq!(&header[12..14], ["label_vote", "label_agreement"]);
         for line in lines {
             let cells: Vec<&str> = line.split(',').collect();
             assert_eq!(cells.len(), header.len(), "{line}");
             if cells[1] != "probe" {
                 // Two shadows by default: every sample says which one judged it.
                 assert!(matches!(cells[5], "true" | "false"), "{line}");
-                let agreement: f32 = cells[11].parse().unwrap();
+                let agreement: f32 = cells[13].parse().unwrap();
                 assert!((0.0..=1.0).contains(&agreement), "a share of neighbours: {line}");
+                let vote: f32 = cells[12].parse().unwrap();
+                assert!((0.0..=1.0).contains(&vote), "a share of neighbours: {line}");
+                let (threshold, top): (f32, f32) = (cells[7].parse().unwrap(), cells[8].parse().unwrap());
+                assert!(top >= threshold, "the grey zone lies above the threshold: {line}");
                 samples += 1;
                 poisons += (cells[1] == "0") as usize;
                 flagged += (cells[3] == "true") as usize;

@@ -10,11 +10,11 @@
 //! many in their class pull the mean towards themselves, until clean samples and poisons sit
 //! at comparable distances on either side (with 4 % poison per attack, penbased's two- and
 //! three-feature backdoors were caught 95 and 73 % centred on the mean, 99 and 85 % on the
-//! median; at 1 % no change beyond the seeds' spread). The probes get the same score; they are the clean reference the scores are
-//! standardised against. Measured, it finds MNIST's clean-label SIG poisons (AUC 0.85 with an
-//! in-sample direction, 0.72 cross-fitted), and half of satimage's, but few of the clean-label
-//! feature triggers of optdigits and penbased, whose shadow never needs the trigger to fit a
-//! label it can read from the clean features.
+//! median; at 1 % no change beyond the seeds' spread). The probes get the same score; they are
+//! the clean reference the scores are standardised against. Measured, it finds MNIST's
+//! clean-label SIG poisons (AUC 0.85 with an in-sample direction, 0.72 cross-fitted), and half
+//! of satimage's, but few of the clean-label feature triggers of optdigits and penbased, whose
+//! shadow never needs the trigger to fit a label it can read from the clean features.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
@@ -46,10 +46,10 @@ pub(crate) fn last_hidden_layer(
 }
 
 /// Each row's |projection| on the top principal direction of its label's window samples
-/// (rows `..sample_count`), centred on their coordinate-wise median, after whitening by the window's pooled
-/// within-class covariance (as SPECTRE does): a direction every class varies along is not
-/// what a poison adds, so whitening leaves the direction in which one class varies more than
-/// the others. Labels with fewer than [`MIN_ROWS`] window samples score 0.
+/// (rows `..sample_count`), centred on their coordinate-wise median, after whitening by the
+/// window's pooled within-class covariance (as SPECTRE does): a direction every class varies
+/// along is not what a poison adds, so whitening leaves the direction in which one class
+/// varies more than the others. Labels with fewer than [`MIN_ROWS`] window samples score 0.
 pub(crate) fn spectral_scores(hidden: ArrayView2<f32>, labels: &[i64], sample_count: usize) -> Vec<f32> {
     let mut distinct = labels[..sample_count].to_vec();
     distinct.sort_unstable();
