@@ -59,9 +59,9 @@ const VOTE_WIDTH: usize = 64;
 /// sits among samples of its true class; a hard clean one, however unusual, mostly among its
 /// own. A probe is voted on as a clean sample would be, so the probes can calibrate the vote as
 /// a view (`scorer.label_vote`): it asks no probe of the sample's label to be near, and so
-/// holds with few probes a class. Inputs wider than [`VOTE_WIDTH`] are first projected to it by
-/// a fixed Gaussian matrix (Johnson-Lindenstrauss: distances kept within a modest factor). A
-/// sample alone in its window gets 0: no neighbour vouches for its label.
+/// holds with few probes a class. Inputs wider than [`VOTE_WIDTH`] are first projected onto the
+/// probes' principal directions ([`probe_principal_directions`]). A sample alone in its window
+/// gets 0: no neighbour vouches for its label.
 pub(crate) fn label_votes(
     features: ArrayView2<f32>,
     labels: &[i64],
@@ -69,9 +69,13 @@ pub(crate) fn label_votes(
     k: usize,
 ) -> Vec<f32> {
     let rows = features.nrows();
-    let projected = match features.ncols() > VOTE_WIDTH {
-        true => features.dot(&gaussian_projection(features.ncols(), VOTE_WIDTH)),
-        false => features.to_owned(),
+    let directions = match features.ncols() > VOTE_WIDTH {
+        true => probe_principal_directions(features, sample_count, VOTE_WIDTH),
+        false => None,
+    };
+    let projected = match directions {
+        Some(directions) => features.dot(&directions),
+        None => features.to_owned(),
     };
     let samples = projected.slice(ndarray::s![..sample_count, ..]);
     let norms: Vec<f32> = projected.rows().into_iter().map(|r| r.dot(&r)).collect();
@@ -99,16 +103,67 @@ pub(crate) fn label_votes(
     agreement
 }
 
-/// A fixed `[from, to]` Gaussian projection scaled by 1/sqrt(to), the same for every window.
-fn gaussian_projection(from: usize, to: usize) -> Array2<f32> {
+/// Orthogonal-iteration steps for [`probe_principal_directions`]: the vote needs the span of
+/// the leading directions roughly, not each direction exactly.
+const PRINCIPAL_STEPS: usize = 30;
+
+/// The (at most) `width` directions along which the probes (rows `sample_count..`) vary most,
+/// as the unit columns of a `[features, width]` matrix; none with fewer than two probes.
+///
+/// Why not a random projection (used until session 15): it keeps every distance within a
+/// modest factor, the trigger's too, so poisons that share a trigger on features clean data
+/// leaves alone stay each other's nearest and vouch for each other's label; and on MNIST it
+/// blurred the clean classes (a clean sample's 10 nearest mostly of its label: 80 % in a
+/// Gaussian projection to 64, 88 % in the probes' leading 64 directions, 86 % in all 784).
+/// Computed from the probes' Gram matrix (probes x probes), so the cost grows with the number
+/// of probes, not with the width squared.
+fn probe_principal_directions(
+    features: ArrayView2<f32>,
+    sample_count: usize,
+    width: usize,
+) -> Option<Array2<f32>> {
+    let probes = features.slice(ndarray::s![sample_count.., ..]).mapv(f64::from);
+    let width = width.min(probes.nrows().saturating_sub(1));
+    let centre = probes.mean_axis(Axis(0)).filter(|_| width > 0)?;
+    let centred = probes - centre;
+    let gram = centred.dot(&centred.t());
+    let mut basis = fixed_gaussian_start(gram.nrows(), width);
+    orthonormalise_columns(&mut basis);
+    for _ in 0..PRINCIPAL_STEPS {
+        basis = gram.dot(&basis);
+        orthonormalise_columns(&mut basis);
+    }
+    // A unit eigenvector q of the Gram matrix gives the direction centred^T q (norm sqrt(eigenvalue)).
+    let mut directions = centred.t().dot(&basis);
+    for mut column in directions.columns_mut() {
+        let norm = column.dot(&column).sqrt();
+        column.mapv_inplace(|v| if norm > 1e-9 { v / norm } else { 0.0 });
+    }
+    Some(directions.mapv(|v| v as f32))
+}
+
+/// A `[rows, columns]` matrix of standard normal draws from a fixed seed: the same start, so
+/// the same directions, for the same probes.
+fn fixed_gaussian_start(rows: usize, columns: usize) -> Array2<f64> {
     use rand::SeedableRng;
     use rand_distr::{Distribution, StandardNormal};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x6e65_6967_6862_6f72);
-    let scale = 1.0 / (to as f32).sqrt();
-    Array2::from_shape_simple_fn((from, to), || {
-        let value: f32 = StandardNormal.sample(&mut rng);
-        value * scale
-    })
+    Array2::from_shape_simple_fn((rows, columns), || StandardNormal.sample(&mut rng))
+}
+
+/// Modified Gram-Schmidt on the columns; a column that is (numerically) in the span of those
+/// before it becomes zero and stays so.
+fn orthonormalise_columns(matrix: &mut Array2<f64>) {
+    for j in 0..matrix.ncols() {
+        for i in 0..j {
+            let overlap = matrix.column(i).dot(&matrix.column(j));
+            let earlier = matrix.column(i).to_owned();
+            matrix.column_mut(j).scaled_add(-overlap, &earlier);
+        }
+        let norm = matrix.column(j).dot(&matrix.column(j)).sqrt();
+        let scale = if norm > 1e-12 { 1.0 / norm } else { 0.0 };
+        matrix.column_mut(j).mapv_inplace(|v| v * scale);
+    }
 }
 
 /// For every window sample (rows `..sample_count`), its `k` nearest other window samples of
@@ -234,18 +289,72 @@ mod tests {
     #[test]
     fn wide_inputs_are_voted_on_in_a_projection_that_keeps_the_clusters() {
         // 300 features: label 0 around +1, label 1 around -1 in every feature (noise 0.5), and
-        // one sample of the +1 cluster labelled 1.
+        // one sample of the +1 cluster labelled 1; then 10 probes of each label.
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let n = 41;
-        let features = Array2::from_shape_fn((n, 300), |(i, _)| {
-            let centre = if i < 20 || i == 40 { 1.0 } else { -1.0 };
+        let plus = |i: usize| i < 20 || i == 40 || (n..n + 10).contains(&i);
+        let features = Array2::from_shape_fn((n + 20, 300), |(i, _)| {
+            let centre = if plus(i) { 1.0 } else { -1.0 };
             centre + rng.random_range(-0.5f32..0.5)
         });
-        let labels: Vec<i64> = (0..n).map(|i| if i < 20 { 0 } else { 1 }).collect();
+        let labels: Vec<i64> = (0..n + 20).map(|i| if plus(i) && i != 40 { 0 } else { 1 }).collect();
         let agreement = label_votes(features.view(), &labels, n, 10);
         assert_eq!(agreement[40], 0.0, "{:?}", &agreement[38..]);
         assert!(agreement[..40].iter().all(|&a| a >= 0.9), "{agreement:?}");
+    }
+
+    #[test]
+    fn poisons_sharing_a_trigger_the_probes_never_vary_along_do_not_vouch_for_each_other() {
+        // 300 features. Clean: label 0 at +1 on feature 0, label 1 at -1, noise on features
+        // 1..100, nothing on 100..300. Twelve poisons look like label 0 but carry label 1 and
+        // a trigger of 5 on features 100..300. Samples: 120 of label 0, 40 of label 1, then the
+        // poisons; probes: 20 clean a label. Across all 300 features the trigger makes the
+        // poisons each other's nearest (each would get 1.0); along the probes' directions it is
+        // gone and they sit among the 0s.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let kinds: Vec<(i64, f32, bool)> = [(0, 1.0, false); 120]
+            .into_iter()
+            .chain([(1, -1.0, false); 40])
+            .chain([(1, 1.0, true); 12])
+            .chain([(0, 1.0, false); 20])
+            .chain([(1, -1.0, false); 20])
+            .collect();
+        let features = Array2::from_shape_fn((kinds.len(), 300), |(i, j)| {
+            let (_, side, triggered) = kinds[i];
+            match j {
+                0 => side + rng.random_range(-0.2f32..0.2),
+                1..100 => rng.random_range(-0.5f32..0.5),
+                _ if triggered => 5.0,
+                _ => 0.0,
+            }
+        });
+        let labels: Vec<i64> = kinds.iter().map(|k| k.0).collect();
+        let agreement = label_votes(features.view(), &labels, 172, 10);
+        assert!(agreement[160..172].iter().all(|&a| a <= 0.4), "poisons: {:?}", &agreement[160..172]);
+        assert!(agreement[..160].iter().all(|&a| a >= 0.6), "clean: {:?}", &agreement[..160]);
+    }
+
+    #[test]
+    fn the_probes_principal_directions_are_orthonormal_and_span_their_variation() {
+        // Probes spread along features 0 and 3 only (of 80): two directions carry everything.
+        let probes = Array2::from_shape_fn((30, 80), |(i, j)| match j {
+            0 => i as f32,
+            3 => ((i * 7) % 11) as f32,
+            _ => 0.0,
+        });
+        let directions = probe_principal_directions(probes.view(), 0, 5).unwrap();
+        assert_eq!(directions.dim(), (80, 5));
+        let gram = directions.t().dot(&directions);
+        let spanned = (0..5).filter(|&j| gram[[j, j]] > 0.5).count();
+        assert_eq!(spanned, 2, "two non-zero directions: {gram:?}");
+        for j in 0..5 {
+            let off_support: f32 =
+                (0..80).filter(|&f| f != 0 && f != 3).map(|f| directions[[f, j]].abs()).sum();
+            assert!(off_support < 1e-4, "direction {j} leaves features 0 and 3: {off_support}");
+        }
+        assert!(probe_principal_directions(probes.slice(ndarray::s![..1, ..]), 0, 5).is_none(), "one probe");
     }
 
     #[test]
