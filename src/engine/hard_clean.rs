@@ -8,9 +8,10 @@
 //! the threshold at `alpha` and not above the one at `alpha / 5`; a sample there is forwarded
 //! when
 //! - its loss in the shadow's last kept epoch is within what its label's probes reach at the
-//!   same conformal level (a label flip, never learned as well, stays out), **or**, in a
+//!   same conformal level (a label flip, never learned as well, stays out) and at least one of
+//!   its [`NEIGHBOURS`] nearest window samples carries its label, **or**, in a
 //!   window's final decision, most of its [`NEIGHBOURS`] nearest window samples of any label
-//!   carry its label (`neighbours::label_agreement`): a sample the shadow has not learned yet
+//!   carry its label (`neighbours::label_votes`): a sample the shadow has not learned yet
 //!   but that lies among its own class is hard, not mislabelled, while a relabelled one lies
 //!   among its true class. Not in the first of two passes: what that pass forwards, the second
 //!   shadow trains on, and a poison forwarded there teaches it its backdoor (penbased, seed 1:
@@ -29,6 +30,14 @@
 //! that pass the checks. Measured with
 //! `lossgate eval --sweep keep-hard-clean` (3 seeds, README "Keeping the hard clean data") and
 //! for the label vote in the README's "A hard sample among its own label" section.
+//!
+//! Why a learned sample needs a neighbour of its label (session 15): the shadow learns a
+//! trigger it sees often enough, and then a backdoor's poisons are "learned" too. Where the
+//! trigger is small beside the input (a 3x3 patch on Animal-MNIST's 28x28 silhouettes, ink at
+//! the border in 98 % of images) neither the range gate nor the cluster check sees it, and the
+//! rule forwarded 9 % of the patch backdoor's poisons; none of their nearest samples carried
+//! their label, which only 0.02-0.6 % of the clean data shows across the six data sets
+//! measured.
 //!
 //! Tried and dropped: also asking that the sample be learned no earlier than its label's
 //! typical probe (against backdoors, learned early), or that the hidden-layer view (alone, or
@@ -150,8 +159,8 @@ impl<'a> GreyZone<'a> {
         if mostly_flagged(&self.neighbours.same_label[sample.row], sample_scores, threshold) {
             return None;
         }
-        let among_its_label = 2.0 * self.neighbours.label_agreement[sample.row] > 1.0;
-        if self.learned(trajectories, sample.row, at) {
+        let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
+        if self.learned_beside_its_label(trajectories, sample.row, at) {
             Some(Kept::Learned)
         } else if self.evidence == Evidence::LearnedOrAmongItsLabel && among_its_label {
             Some(Kept::AmongItsLabel)
@@ -161,10 +170,22 @@ impl<'a> GreyZone<'a> {
     }
 
     /// Whether a flagged probe (its leave-one-out score) would be forwarded as learned hard
-    /// clean data, as a sample would be. Its neighbours are not asked (a probe has none among
-    /// the window's samples).
+    /// clean data, as a sample would be. Its same-label neighbours are not asked (a probe has
+    /// none among the window's samples); its label vote is, as a sample's.
     pub(crate) fn keeps_probe_as_learned(&self, trajectories: ArrayView2<f32>, probe: Flagged) -> bool {
-        self.label_in_zone(probe).is_some_and(|at| self.learned(trajectories, probe.row, at))
+        self.label_in_zone(probe).is_some_and(|at| self.learned_beside_its_label(trajectories, probe.row, at))
+    }
+
+    /// Whether row `row` was learned as well as its label's probes and at least one of its
+    /// nearest window samples carries its label: a learned backdoor makes its poisons look
+    /// learned, but does not move them among samples of their label.
+    fn learned_beside_its_label(&self, trajectories: ArrayView2<f32>, row: usize, at: usize) -> bool {
+        self.learned(trajectories, row, at) && self.agreement(row) > 0.0
+    }
+
+    /// The share of row `row`'s nearest window samples that carry its label (0 when unknown).
+    fn agreement(&self, row: usize) -> f32 {
+        self.neighbours.label_agreement.get(row).copied().unwrap_or(0.0)
     }
 
     /// The index of the row's label among the window's, when the row lies in the grey zone.
@@ -226,9 +247,10 @@ mod tests {
     fn only_a_sample_just_above_the_threshold_and_learned_as_well_as_its_probes_is_kept() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         // Each sample's one neighbour is the other: sample 0 scores in the grey zone and
-        // sample 1 below the threshold. Neither sits among its label (agreement 0).
+        // sample 1 below the threshold. Neither sits among its label (a fifth of their nearest
+        // carry it).
         let neighbours =
-            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.0, 0.0] };
+            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
         let zone = GreyZone::new(
             trajectories.view(),
             &labels,
@@ -252,6 +274,30 @@ mod tests {
             None,
             "its neighbour is flagged too"
         );
+    }
+
+    #[test]
+    fn a_learned_sample_none_of_whose_nearest_samples_carries_its_label_is_not_kept() {
+        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
+        // Sample 0 learned and in the grey zone, but all its nearest window samples carry
+        // another label; probe 0 (row 2, learned) likewise, probe 1 (row 3) has one of its label.
+        let mut label_agreement = vec![0.0; 22];
+        label_agreement[3] = 0.1;
+        let neighbours = SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement };
+        let zone = GreyZone::new(
+            trajectories.view(),
+            &labels,
+            2,
+            &probe_scores,
+            &neighbours,
+            0.5,
+            Evidence::LearnedOrAmongItsLabel,
+        );
+        let flagged = |row| Flagged { row, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+        let calm = [IN_GREY_ZONE, 5.0];
+        assert_eq!(zone.keeps(trajectories.view(), flagged(0), &calm, THRESHOLD), None);
+        assert!(!zone.keeps_probe_as_learned(trajectories.view(), flagged(2)), "a probe is asked the same");
+        assert!(zone.keeps_probe_as_learned(trajectories.view(), flagged(3)), "one neighbour of its label");
     }
 
     #[test]

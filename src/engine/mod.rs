@@ -169,8 +169,8 @@ pub struct OtherViews {
 pub struct SampleNeighbours {
     /// Its nearest window samples of its label, nearest first ([`neighbours::same_label_neighbours`]).
     pub same_label: Vec<Vec<u32>>,
-    /// The share of its nearest window samples, of any label, that carry its label
-    /// ([`neighbours::label_agreement`]).
+    /// For every row (the window's samples, then its probes), the share of its nearest window
+    /// samples, of any label, that carry its label ([`neighbours::label_votes`]).
     pub label_agreement: Vec<f32>,
 }
 
@@ -492,7 +492,7 @@ impl Engine {
                     sample_count,
                     hard_clean::NEIGHBOURS,
                 ),
-                label_agreement: votes.as_ref().map(|v| v[..sample_count].to_vec()).unwrap_or_default(),
+                label_agreement: votes.unwrap_or_default(),
             }),
         }
     }
