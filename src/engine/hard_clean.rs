@@ -239,6 +239,17 @@ mod tests {
         (trajectories, vec![0; 22], (1..=20).map(|s| s as f32).collect())
     }
 
+    /// The final decision's rule over the fixture, at alpha 0.5.
+    fn final_zone<'a>(
+        trajectories: &Array2<f32>,
+        labels: &[i64],
+        probe_scores: &[f32],
+        neighbours: &'a SampleNeighbours,
+    ) -> GreyZone<'a> {
+        let evidence = Evidence::LearnedOrAmongItsLabel;
+        GreyZone::new(trajectories.view(), labels, 2, probe_scores, neighbours, 0.5, evidence)
+    }
+
     // At alpha 0.5 the threshold is the 11th probe score, the strict one (alpha 0.1) the 19th.
     const THRESHOLD: f32 = 11.0;
     const IN_GREY_ZONE: f32 = 15.0;
@@ -251,15 +262,7 @@ mod tests {
         // carry it).
         let neighbours =
             SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
-        let zone = GreyZone::new(
-            trajectories.view(),
-            &labels,
-            2,
-            &probe_scores,
-            &neighbours,
-            0.5,
-            Evidence::LearnedOrAmongItsLabel,
-        );
+        let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours);
         let calm = [IN_GREY_ZONE, 5.0];
         let keeps = |row, label, score, out_of_range, scores: &[f32]| {
             zone.keeps(trajectories.view(), Flagged { row, label, score, out_of_range }, scores, THRESHOLD)
@@ -284,15 +287,7 @@ mod tests {
         let mut label_agreement = vec![0.0; 22];
         label_agreement[3] = 0.1;
         let neighbours = SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement };
-        let zone = GreyZone::new(
-            trajectories.view(),
-            &labels,
-            2,
-            &probe_scores,
-            &neighbours,
-            0.5,
-            Evidence::LearnedOrAmongItsLabel,
-        );
+        let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours);
         let flagged = |row| Flagged { row, label: 0, score: IN_GREY_ZONE, out_of_range: false };
         let calm = [IN_GREY_ZONE, 5.0];
         assert_eq!(zone.keeps(trajectories.view(), flagged(0), &calm, THRESHOLD), None);
