@@ -127,14 +127,17 @@ fn probe_principal_directions(
     let centre = probes.mean_axis(Axis(0)).filter(|_| width > 0)?;
     let centred = probes - centre;
     let gram = centred.dot(&centred.t());
-    let mut basis = fixed_gaussian_start(gram.nrows(), width);
-    orthonormalise_columns(&mut basis);
+    // The basis as rows (one vector a row), so that orthonormalising reads contiguous memory;
+    // drawn probes x width and turned, the draw the README's measured runs used.
+    let mut basis =
+        fixed_gaussian_start(gram.nrows(), width).reversed_axes().as_standard_layout().into_owned();
+    orthonormalise_rows(&mut basis);
     for _ in 0..PRINCIPAL_STEPS {
-        basis = gram.dot(&basis);
-        orthonormalise_columns(&mut basis);
+        basis = basis.dot(&gram);
+        orthonormalise_rows(&mut basis);
     }
     // A unit eigenvector q of the Gram matrix gives the direction centred^T q (norm sqrt(eigenvalue)).
-    let mut directions = centred.t().dot(&basis);
+    let mut directions = centred.t().dot(&basis.t());
     for mut column in directions.columns_mut() {
         let norm = column.dot(&column).sqrt();
         column.mapv_inplace(|v| if norm > 1e-9 { v / norm } else { 0.0 });
@@ -151,18 +154,19 @@ fn fixed_gaussian_start(rows: usize, columns: usize) -> Array2<f64> {
     Array2::from_shape_simple_fn((rows, columns), || StandardNormal.sample(&mut rng))
 }
 
-/// Modified Gram-Schmidt on the columns; a column that is (numerically) in the span of those
-/// before it becomes zero and stays so.
-fn orthonormalise_columns(matrix: &mut Array2<f64>) {
-    for j in 0..matrix.ncols() {
-        for i in 0..j {
-            let overlap = matrix.column(i).dot(&matrix.column(j));
-            let earlier = matrix.column(i).to_owned();
-            matrix.column_mut(j).scaled_add(-overlap, &earlier);
+/// Modified Gram-Schmidt on the rows; a row that is (numerically) in the span of those before
+/// it becomes zero and stays so.
+fn orthonormalise_rows(matrix: &mut Array2<f64>) {
+    for j in 0..matrix.nrows() {
+        let (done, mut rest) = matrix.view_mut().split_at(Axis(0), j);
+        let mut row = rest.row_mut(0);
+        for earlier in done.rows() {
+            let overlap = earlier.dot(&row);
+            row.scaled_add(-overlap, &earlier);
         }
-        let norm = matrix.column(j).dot(&matrix.column(j)).sqrt();
+        let norm = row.dot(&row).sqrt();
         let scale = if norm > 1e-12 { 1.0 / norm } else { 0.0 };
-        matrix.column_mut(j).mapv_inplace(|v| v * scale);
+        row.mapv_inplace(|v| v * scale);
     }
 }
 
