@@ -36,8 +36,8 @@
 //! trigger is small beside the input (a 3x3 patch on Animal-MNIST's 28x28 silhouettes, ink at
 //! the border in 98 % of images) neither the range gate nor the cluster check sees it, and the
 //! rule forwarded 9 % of the patch backdoor's poisons; none of their nearest samples carried
-//! their label, which only 0.02-0.6 % of the clean data shows across the six data sets
-//! measured.
+//! their label. The learned grey-zone samples of which that holds were at most 0.6 % of the
+//! clean data on each of the six data sets measured.
 //!
 //! Tried and dropped: also asking that the sample be learned no earlier than its label's
 //! typical probe (against backdoors, learned early), or that the hidden-layer view (alone, or
