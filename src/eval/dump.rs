@@ -36,7 +36,7 @@ pub(crate) fn write_windows(
 /// `score`: the fused score (empty for a probe); `grey_zone_top`: the grey zone's upper edge
 /// (empty when `decision.keep_hard_clean` is off); the views are empty where the config leaves
 /// them off (`label_vote`: the share of its nearest window samples that carry another
-/// label); `label_agreement`: the hard-clean rule's label vote (empty for a probe); then
+/// label); `label_agreement`: the hard-clean rule's label vote; then
 /// the loss in every epoch under the shadow that judged the row (the second's
 /// for a probe) and the features as the engine saw them before scaling.
 fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> String {
@@ -56,10 +56,10 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
     let view = |values: &Option<Vec<f32>>, row: usize| {
         values.as_ref().map(|v| v[row].to_string()).unwrap_or_default()
     };
-    // The label vote of the hard-clean rule, for window samples only.
-    let agreement = |row: usize| match (&outcome.views.sample_neighbours, row < samples) {
-        (Some(n), true) => n.label_agreement[row].to_string(),
-        _ => String::new(),
+    // The label vote of the hard-clean rule, which asks it of samples and probes alike.
+    let agreement = |row: usize| {
+        let neighbours = outcome.views.sample_neighbours.as_ref();
+        neighbours.and_then(|n| n.label_agreement.get(row)).map(f32::to_string).unwrap_or_default()
     };
     for row in 0..outcome.labels.len() {
         let (origin, decided, x) = match row < samples {
