@@ -58,6 +58,11 @@ pub struct ScorerConfig {
     /// probe. It needs no probe of the sample's label nearby, so it holds with few probes a
     /// class.
     pub label_vote: bool,
+    /// A fifth, from the inputs alone (`engine::input_signature`): within each label, how far
+    /// a sample lies along the direction the class's samples share off the probes' principal
+    /// subspace, for clean-label triggers added to a class (SIG, blends) that no view of the
+    /// shadow sees.
+    pub input_signature: bool,
 }
 
 impl Default for ScorerConfig {
@@ -73,6 +78,7 @@ impl Default for ScorerConfig {
             input_range: true,
             neighbour_labels: true,
             label_vote: true,
+            input_signature: true,
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod calibration;
 mod hard_clean;
 mod input_range;
+mod input_signature;
 mod neighbours;
 pub mod pool;
 mod representation;
@@ -159,6 +160,10 @@ pub struct OtherViews {
     /// The share of each row's nearest window samples that carry another label
     /// (`scorer.label_vote`, [`neighbours::label_votes`]).
     pub label_vote: Option<Vec<f32>>,
+    /// How far each row lies along the direction its label's window samples share off the
+    /// probes' principal subspace, standardised per label (`scorer.input_signature`,
+    /// [`input_signature`]).
+    pub input_signature: Option<Vec<f32>>,
     /// Not a score: each window sample's neighbourhood in input space, which
     /// `decision.keep_hard_clean` asks about ([`hard_clean`]).
     pub sample_neighbours: Option<SampleNeighbours>,
@@ -180,6 +185,7 @@ impl OtherViews {
             && self.range_exceedance.is_none()
             && self.label_disagreement.is_none()
             && self.label_vote.is_none()
+            && self.input_signature.is_none()
     }
 }
 
@@ -248,6 +254,9 @@ pub struct Engine {
     windows_done: u64,
     /// Set once the learning rate is known: from the config, or by calibration.
     learning_rate: Option<f32>,
+    /// The probes' principal subspaces (`scorer.input_signature`), fitted once: the probes
+    /// are fixed for the engine's life.
+    probe_subspaces: Option<input_signature::ProbeSubspaces>,
 }
 
 impl Engine {
@@ -282,7 +291,12 @@ impl Engine {
             FeatureScaling::identity(config.input.features)
         };
         let probes = scaling.applied(&probes);
-        Ok(Self { config, model, probes, scaling, windows_done: 0, learning_rate })
+        let probe_subspaces = config
+            .scorer
+            .input_signature
+            .then(|| input_signature::ProbeSubspaces::fit(probes.features.view()))
+            .flatten();
+        Ok(Self { config, model, probes, scaling, windows_done: 0, learning_rate, probe_subspaces })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -467,7 +481,8 @@ impl Engine {
     }
 
     /// The views of every row of `joined` that need only its inputs (`scorer.input_range`,
-    /// `scorer.neighbour_labels`, `scorer.label_vote`) and the samples' neighbourhoods.
+    /// `scorer.neighbour_labels`, `scorer.label_vote`, `scorer.input_signature`) and the
+    /// samples' neighbourhoods.
     fn input_views(&self, joined: &LabelledSamples, sample_count: usize) -> OtherViews {
         let scorer = &self.config.scorer;
         let keeps_hard_clean = self.config.decision.keep_hard_clean;
@@ -485,6 +500,10 @@ impl Engine {
                 .as_ref()
                 .filter(|_| scorer.label_vote)
                 .map(|votes| votes.iter().map(|agreement| 1.0 - agreement).collect()),
+            input_signature: self
+                .probe_subspaces
+                .as_ref()
+                .map(|subspaces| input_signature::scores(subspaces, features, &joined.labels, sample_count)),
             sample_neighbours: keeps_hard_clean.then(|| SampleNeighbours {
                 same_label: neighbours::same_label_neighbours(
                     features,

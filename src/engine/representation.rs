@@ -98,7 +98,7 @@ pub(crate) fn spectral_scores(hidden: ArrayView2<f32>, labels: &[i64], sample_co
 /// Each column's median: a class's centre that a cluster of poisons, a minority of its
 /// samples, hardly moves (its mean moves by their share of their offset, and then the poisons
 /// and the clean samples sit on either side of it at comparable distances).
-fn coordinate_median(rows: ArrayView2<f64>) -> Array1<f64> {
+pub(super) fn coordinate_median(rows: ArrayView2<f64>) -> Array1<f64> {
     rows.axis_iter(Axis(1))
         .map(|column| {
             let mut values = column.to_vec();

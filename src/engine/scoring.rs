@@ -326,7 +326,8 @@ pub(crate) fn stale_probes_warning(out_of_range: &[bool]) -> Option<String> {
 /// label, and pooled across labels as the calibrated threshold pools them); the
 /// representation and label-neighbour scores are first standardised against the probes of the
 /// row's label, whose spreads differ from class to class; the label vote (a share of ten
-/// neighbours: eleven values, mostly 0 for a clean row) is taken as it is. Tail shares put the
+/// neighbours: eleven values, mostly 0 for a clean row) and the input signature (standardised
+/// per label already, on the window's samples) are taken as they are. Tail shares put the
 /// views on one footing: the larger of two z-scores let the heavier-tailed trajectory view
 /// decide alone (SIG caught 2 % on MNIST), and standardising the trajectory scores by 25
 /// probes a label as well made their calibration noisy (the frequency backdoor 10 % -> 59 %
@@ -353,11 +354,13 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
     let first = standardised_per_label(&trajectory, labels, sample_count);
     let probes_n = (labels.len() - sample_count).max(1) as f64;
     let step = quarter_share_step(labels.len() - sample_count) as f32;
-    let largest_z = |i: usize| standardised.iter().fold(first[i], |z, view| z.max(view[i]));
+    let largest_z = |i: usize| {
+        standardised.iter().chain(views.input_signature.as_ref()).fold(first[i], |z, view| z.max(view[i]))
+    };
     let tie_break = |i: usize| step * largest_z(i).atan() / std::f32::consts::FRAC_PI_2;
-    let mut shares = tail_shares(&trajectory, sample_count);
-    for view in standardised.iter().chain(views.label_vote.as_ref()) {
-        for (share, other) in shares.iter_mut().zip(tail_shares(view, sample_count)) {
+    let mut shares = extrapolated_tail_shares(&trajectory, sample_count);
+    for view in standardised.iter().chain(views.label_vote.as_ref()).chain(views.input_signature.as_ref()) {
+        for (share, other) in shares.iter_mut().zip(extrapolated_tail_shares(view, sample_count)) {
             *share = share.min(other);
         }
     }
@@ -427,9 +430,67 @@ fn tail_shares(scores: &[f32], sample_count: usize) -> Vec<f64> {
         .collect()
 }
 
+/// The share of the probes' upper tail a view's tail shares are extrapolated within: beyond
+/// the probes' score at this share, a share is read from an exponential tail fitted to the
+/// probes there.
+const EXTRAPOLATED_TAIL: f64 = 0.04;
+
+/// Fewer probes in that tail than this: no extrapolation.
+const MIN_TAIL_PROBES: usize = 5;
+
+/// Like [`tail_shares`], but a row beyond the probes' top [`EXTRAPOLATED_TAIL`] gets its share
+/// from an exponential tail fitted to those probes (peaks over a threshold), so a row far
+/// beyond every probe no longer shares the smallest share, 1 / (n + 1), with a row just beyond
+/// the highest. Why: fused by the smallest share, every probe that is the most unusual in one
+/// of the views ties at that floor, a few in every window; a poison far out in one view tied
+/// with them, and the grey zone's top (alpha / 5) lay among them, so the hard-clean rule, not
+/// the scores, decided such poisons (Animal-MNIST's SIG poisons: 80-100 % beyond every probe
+/// along the input signature, 0-11 % above the grey zone). A probe's share is computed from
+/// the other probes, as a sample's is from all of them, so the two stay exchangeable and the
+/// calibration holds.
+fn extrapolated_tail_shares(scores: &[f32], sample_count: usize) -> Vec<f64> {
+    let mut reference: Vec<f32> = scores[sample_count..].to_vec();
+    reference.sort_by(f32::total_cmp);
+    scores
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| match i < sample_count {
+            true => extrapolated_share(&reference, x),
+            false => {
+                let mut others = reference.clone();
+                let own = others.partition_point(|&r| r < x);
+                others.remove(own);
+                extrapolated_share(&others, x)
+            }
+        })
+        .collect()
+}
+
+/// `x`'s share among `reference` (ascending), (above + 1) / (n + 1), read from an exponential
+/// fitted to the reference's top [`EXTRAPOLATED_TAIL`] when `x` lies above the lowest of them.
+fn extrapolated_share(reference: &[f32], x: f32) -> f64 {
+    let n = reference.len();
+    let above = n - reference.partition_point(|&r| r < x);
+    let empirical = (above + 1) as f64 / (n + 1) as f64;
+    let tail = (EXTRAPOLATED_TAIL * (n + 1) as f64).round() as usize;
+    if tail < MIN_TAIL_PROBES || tail > n {
+        return empirical;
+    }
+    let floor = reference[n - tail];
+    if x <= floor {
+        return empirical;
+    }
+    // The mean excess over the floor: the exponential's scale (its maximum likelihood fit).
+    let scale = reference[n - tail + 1..].iter().map(|&r| f64::from(r - floor)).sum::<f64>() / (tail - 1) as f64;
+    if scale <= 0.0 {
+        return empirical;
+    }
+    tail as f64 / (n + 1) as f64 * (-f64::from(x - floor) / scale).exp()
+}
+
 /// Median and MAD (scaled to a normal's standard deviation), the MAD floored so that a label
 /// whose probes score alike does not divide by zero.
-fn robust_centre_and_spread(values: &[f32]) -> (f32, f32) {
+pub(super) fn robust_centre_and_spread(values: &[f32]) -> (f32, f32) {
     let median = |v: &mut Vec<f32>| {
         v.sort_by(f32::total_cmp);
         let n = v.len();
