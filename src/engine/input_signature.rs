@@ -25,7 +25,7 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
-use super::representation::coordinate_median;
+use super::representation::{coordinate_median, whitening};
 use super::scoring::robust_centre_and_spread;
 
 /// The share of a probe half's variance its principal subspace keeps (the rest is the residual
@@ -141,20 +141,81 @@ pub(crate) fn scores(
     let mut distinct = labels[..sample_count].to_vec();
     distinct.sort_unstable();
     distinct.dedup();
+    let classes: Vec<(Vec<usize>, Vec<usize>)> = distinct
+        .into_iter()
+        .map(|label| {
+            let rows = (0..sample_count).filter(|&i| labels[i] == label).collect();
+            let probes = (sample_count..labels.len()).filter(|&i| labels[i] == label).collect();
+            (rows, probes)
+        })
+        .collect();
+    let whitened = whitened_within_classes(residuals, &classes);
     let mut scores = vec![0.0; labels.len()];
-    for label in distinct {
-        let rows: Vec<usize> = (0..sample_count).filter(|&i| labels[i] == label).collect();
+    for (rows, probes) in &classes {
         if rows.len() < MIN_ROWS {
             continue;
         }
-        let probes: Vec<usize> = (sample_count..labels.len()).filter(|&i| labels[i] == label).collect();
-        let raw = class_scores(residuals.view(), &rows, &probes);
+        let raw = class_scores(whitened.view(), rows, probes);
         let (centre, spread) = robust_centre_and_spread(&raw[..rows.len()]);
-        for (&row, value) in rows.iter().chain(&probes).zip(raw) {
+        for (&row, value) in rows.iter().chain(probes).zip(raw) {
             scores[row] = (value - centre) / spread;
         }
     }
     scores
+}
+
+/// `residuals` whitened by the pooled within-class covariance of the window samples and the
+/// probes of their labels (each class centred on its window samples' median), shrunk towards a multiple of the identity by the Ledoit-Wolf
+/// estimate: a direction along which every class varies is not what one class's trigger adds,
+/// and a direction clean data hardly varies along is where an added pattern stands out (as
+/// SPECTRE whitens). Shrinkage, because the residuals are as wide as the input (784 pixels) and
+/// a window has a few thousand samples; its amount is estimated from the window, not set.
+/// Measured on window dumps (3 seeds): Animal-MNIST's SIG poisons beyond every probe 30 -> 91 %,
+/// its corner patch 0 -> 90 %, its blend 0 -> 90 %; MNIST's pixel backdoor 0 -> 99 %.
+fn whitened_within_classes(
+    residuals: Array2<f32>,
+    classes: &[(Vec<usize>, Vec<usize>)],
+) -> Array2<f32> {
+    // The probes count too, each as much as a sample: fitted on the window samples alone, the
+    // whitening would shrink their extremes and not the probes', and the probes would no
+    // longer calibrate the score (a toy window: 3 % of the samples beyond z = 2, 8 % of the probes).
+    let members: Vec<usize> = classes.iter().flat_map(|(rows, probes)| rows.iter().chain(probes)).copied().collect();
+    let mut centred = Array2::<f32>::zeros((members.len(), residuals.ncols()));
+    let mut at = 0;
+    for (rows, probes) in classes {
+        let centre = coordinate_median(residuals.select(Axis(0), rows).mapv(f64::from).view()).mapv(|v| v as f32);
+        for &row in rows.iter().chain(probes) {
+            centred.row_mut(at).assign(&(&residuals.row(row) - &centre));
+            at += 1;
+        }
+    }
+    let covariance = centred.t().dot(&centred) / members.len().max(1) as f32;
+    let ridge = ledoit_wolf_ridge(centred.view(), covariance.view());
+    let transform = whitening(covariance.mapv(f64::from), ridge).mapv(|v| v as f32);
+    residuals.dot(&transform.t())
+}
+
+/// The ridge r that makes `covariance + r I` proportional to the Ledoit-Wolf (2004) shrinkage
+/// of the sample covariance of `rows` (centred) towards a multiple of the identity: with
+/// intensity rho, (1 - rho) S + rho mu I = (1 - rho) (S + rho / (1 - rho) mu I).
+fn ledoit_wolf_ridge(rows: ArrayView2<f32>, covariance: ArrayView2<f32>) -> f64 {
+    let (n, width) = (rows.nrows().max(1) as f64, covariance.nrows().max(1) as f64);
+    let mean_variance = covariance.diag().iter().map(|&v| f64::from(v)).sum::<f64>() / width;
+    let squared_norm: f64 = covariance.iter().map(|&v| f64::from(v).powi(2)).sum();
+    // ||S - mu I||^2 and the estimated variance of S's entries summed (Ledoit and Wolf's d^2, b^2).
+    let dispersion = squared_norm - width * mean_variance.powi(2);
+    let fourth: f64 = rows.rows().into_iter().map(|r| f64::from(r.dot(&r)).powi(2)).sum::<f64>() / n;
+    let noise = ((fourth - squared_norm) / n).max(0.0);
+    let floor = 1e-9 * mean_variance.max(f64::MIN_POSITIVE);
+    if dispersion <= floor {
+        return mean_variance.max(floor);
+    }
+    let rho = (noise / dispersion).min(1.0);
+    if rho >= 1.0 - 1e-6 {
+        // All shrinkage: a large ridge makes the whitening a plain rescaling.
+        return 1e6 * mean_variance.max(floor);
+    }
+    (rho / (1.0 - rho) * mean_variance).max(floor)
 }
 
 /// The class's rows' (`rows`, then `probes`) |projection| on the top direction of the other
@@ -252,11 +313,11 @@ fn symmetric_eigen(mut a: Array2<f64>) -> (Vec<f64>, Array2<f64>) {
 mod tests {
     use super::*;
 
-    /// A deterministic pseudo-random value in [-0.5, 0.5).
-    fn noise(i: usize, j: usize) -> f32 {
-        let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (j as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-        let h = h ^ (h >> 29);
-        (h.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    /// A `[rows, columns]` matrix of uniform draws in [-0.5, 0.5) from a fixed seed.
+    fn uniform(rows: usize, columns: usize) -> Array2<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        Array2::from_shape_simple_fn((rows, columns), || rng.random::<f32>() - 0.5)
     }
 
     #[test]
@@ -276,10 +337,11 @@ mod tests {
     #[test]
     fn the_probe_subspace_keeps_the_directions_the_probes_vary_along() {
         // Probes spread widely along features 0 and 1, barely along the other six.
+        let draws = uniform(60, 8);
         let probes = Array2::from_shape_fn((60, 8), |(i, j)| match j {
-            0 => 10.0 * noise(i, 0),
-            1 => 6.0 * noise(i, 1),
-            _ => 0.1 * noise(i, j),
+            0 => 10.0 * draws[[i, 0]],
+            1 => 6.0 * draws[[i, 1]],
+            _ => 0.1 * draws[[i, j]],
         });
         let subspaces = ProbeSubspaces::fit(probes.view()).unwrap();
         assert_eq!(subspaces.widths(), [2, 2]);
@@ -289,16 +351,18 @@ mod tests {
         assert!((residual[[0, 7]] - 1.0).abs() < 0.1, "{residual}");
     }
 
-    /// A window of three labels, 100 samples each, then 30 probes (10 a label): every row
+    /// A window of three labels, 100 samples each, then 150 probes (50 a label): every row
     /// varies widely along features 0-3 (more for each label in turn) and a little along the
     /// rest; label 0's samples from `first_poison` on carry the same small pattern on features
     /// 4-11, smaller than the clean spread along 0-3 but along directions no probe varies
     /// along. Every row's score.
     fn window_with_a_shared_pattern(first_poison: usize) -> (Vec<f32>, Vec<i64>) {
-        let (samples, probes, width) = (300, 30, 16);
+        let (samples, probes, width) = (300, 150, 16);
         let labels: Vec<i64> = (0..samples + probes).map(|i| (i % 3) as i64).collect();
+        let draws = uniform(samples + probes, width);
         let features = Array2::from_shape_fn((samples + probes, width), |(i, j)| {
             let label = i % 3;
+            let noise = |i: usize, j: usize| draws[[i, j]];
             let poisoned = i < samples && label == 0 && i / 3 >= first_poison;
             let base = if j < 4 { (4.0 + label as f32) * noise(i, j) } else { 0.3 * noise(i, j) };
             let pattern = if poisoned && (4..12).contains(&j) { if j % 2 == 0 { 0.8 } else { -0.8 } } else { 0.0 };
@@ -323,12 +387,13 @@ mod tests {
         let (scores, _) = window_with_a_shared_pattern(usize::MAX);
         let above = |rows: &[f32]| rows.iter().filter(|s| **s > 2.0).count() as f32 / rows.len() as f32;
         let (samples, probes) = (above(&scores[..300]), above(&scores[300..]));
-        assert!(samples < 0.15 && probes < 0.25, "samples {samples}, probes {probes}");
+        // Six seeds of this fixture: 3-9 % of the samples, 3-12 % of the probes (150).
+        assert!(samples < 0.15 && (probes - samples).abs() < 0.08, "samples {samples}, probes {probes}");
     }
 
     #[test]
     fn a_label_with_too_few_window_samples_scores_zero() {
-        let features = Array2::from_shape_fn((14, 4), |(i, j)| noise(i, j));
+        let features = uniform(14, 4);
         let labels: Vec<i64> = (0..14).map(|i| (i % 2) as i64).collect();
         let subspaces = ProbeSubspaces::fit(features.slice(ndarray::s![10.., ..])).unwrap();
         assert!(scores(&subspaces, features.view(), &labels, 10).iter().all(|s| *s == 0.0));

@@ -116,13 +116,17 @@ pub(super) fn coordinate_median(rows: ArrayView2<f64>) -> Array1<f64> {
 
 /// `rows` times the inverse Cholesky factor of `covariance` (ridged by a thousandth of its
 /// mean variance, for units that never fire): rows with identity covariance.
-fn whiten(rows: &Array2<f64>, mut covariance: Array2<f64>) -> Array2<f64> {
-    let width = covariance.nrows();
-    let ridge = 1e-3 * covariance.diag().sum() / width.max(1) as f64 + 1e-9;
-    covariance.diag_mut().mapv_inplace(|v| v + ridge);
-    let inverse = lower_triangular_inverse(&cholesky(&covariance));
+fn whiten(rows: &Array2<f64>, covariance: Array2<f64>) -> Array2<f64> {
+    let ridge = 1e-3 * covariance.diag().sum() / covariance.nrows().max(1) as f64 + 1e-9;
     // z = L^-1 x for every row, as one matrix product.
-    rows.dot(&inverse.t())
+    rows.dot(&whitening(covariance, ridge).t())
+}
+
+/// The inverse Cholesky factor L^-1 of `covariance + ridge * I`: a row x becomes L^-1 x, and
+/// rows of that covariance become rows of identity covariance.
+pub(super) fn whitening(mut covariance: Array2<f64>, ridge: f64) -> Array2<f64> {
+    covariance.diag_mut().mapv_inplace(|v| v + ridge);
+    lower_triangular_inverse(&cholesky(&covariance))
 }
 
 /// The inverse of a lower triangular matrix with a positive diagonal (forward substitution
