@@ -225,12 +225,14 @@ fn class_scores(residuals: ArrayView2<f32>, rows: &[usize], probes: &[usize]) ->
     let centred = |indices: &[usize]| residuals.select(Axis(0), indices) - &centre;
     let samples = centred(rows);
     let gram = samples.dot(&samples.t());
-    let directions: Vec<Array1<f32>> = (0..FOLDS)
-        .map(|fold| {
-            let others: Vec<usize> = (0..rows.len()).filter(|&i| i % FOLDS != fold).collect();
-            let sub_gram = gram.select(Axis(0), &others).select(Axis(1), &others);
-            let weights = top_eigenvector(sub_gram.view());
-            let direction = samples.select(Axis(0), &others).t().dot(&weights);
+    // Each fold's weights over the class's rows: the top eigenvector of the Gram matrix of the
+    // other folds' rows, zero on its own; the direction is those rows so weighted.
+    let weights = fold_eigenvectors(gram.view());
+    let directions: Vec<Array1<f32>> = weights
+        .columns()
+        .into_iter()
+        .map(|w| {
+            let direction = samples.t().dot(&w);
             let norm = direction.dot(&direction).sqrt();
             if norm > 1e-12 {
                 direction / norm
@@ -245,20 +247,28 @@ fn class_scores(residuals: ArrayView2<f32>, rows: &[usize], probes: &[usize]) ->
     sample_scores.chain(probe_scores).collect()
 }
 
-/// The unit eigenvector of the largest eigenvalue of a symmetric positive semi-definite matrix,
-/// by power iteration from a fixed start.
-fn top_eigenvector(matrix: ArrayView2<f32>) -> Array1<f32> {
-    let n = matrix.nrows();
-    let mut v = Array1::from_shape_fn(n, |j| 1.0 + (j % 7) as f32 / 7.0);
+/// For each fold (row i belongs to fold i % [`FOLDS`]), the unit eigenvector of the largest
+/// eigenvalue of `gram` restricted to the other folds' rows, as a column that is zero on the
+/// fold's own rows: power iteration from a fixed start, all folds at once (one matrix product
+/// a step, not four matrix-vector products).
+fn fold_eigenvectors(gram: ArrayView2<f32>) -> Array2<f32> {
+    let n = gram.nrows();
+    let outside_fold = |i: usize, fold: usize| i % FOLDS != fold;
+    let mut vectors = Array2::from_shape_fn((n, FOLDS), |(i, fold)| match outside_fold(i, fold) {
+        true => 1.0 + (i % 7) as f32 / 7.0,
+        false => 0.0,
+    });
     for _ in 0..POWER_STEPS {
-        let next = matrix.dot(&v);
-        let norm = next.dot(&next).sqrt();
-        if norm <= f32::EPSILON {
-            return Array1::zeros(n);
+        let mut next = gram.dot(&vectors);
+        for (fold, mut column) in next.columns_mut().into_iter().enumerate() {
+            column.indexed_iter_mut().filter(|(i, _)| !outside_fold(*i, fold)).for_each(|(_, v)| *v = 0.0);
+            let norm = column.dot(&column).sqrt();
+            let scale = if norm > f32::EPSILON { 1.0 / norm } else { 0.0 };
+            column.mapv_inplace(|v| v * scale);
         }
-        v = next / norm;
+        vectors = next;
     }
-    v
+    vectors
 }
 
 /// Eigenvalues (largest first) and unit eigenvectors (the matching columns) of a symmetric
@@ -332,6 +342,23 @@ mod tests {
             assert!((v.dot(&v) - 1.0).abs() < 1e-9);
         }
         assert!((values.iter().sum::<f64>() - 9.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn each_folds_weights_are_the_top_eigenvector_of_the_other_folds_gram_matrix() {
+        let rows = uniform(24, 5) + &Array2::from_shape_fn((24, 5), |(i, j)| if j == 0 { (i % 5) as f32 } else { 0.0 });
+        let gram = rows.dot(&rows.t());
+        let weights = fold_eigenvectors(gram.view());
+        for fold in 0..FOLDS {
+            let others: Vec<usize> = (0..24).filter(|i| i % FOLDS != fold).collect();
+            let sub_gram = gram.select(Axis(0), &others).select(Axis(1), &others).mapv(f64::from);
+            let (_, vectors) = symmetric_eigen(sub_gram);
+            let expected = vectors.column(0);
+            let got: Vec<f64> = others.iter().map(|&i| f64::from(weights[[i, fold]])).collect();
+            let alignment: f64 = got.iter().zip(expected).map(|(a, b)| a * b).sum();
+            assert!(alignment.abs() > 0.999, "fold {fold}: {alignment}");
+            assert!((0..24).filter(|i| i % FOLDS == fold).all(|i| weights[[i, fold]] == 0.0));
+        }
     }
 
     #[test]

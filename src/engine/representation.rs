@@ -16,7 +16,7 @@
 //! of satimage's, but few of the clean-label feature triggers of optdigits and penbased, whose
 //! shadow never needs the trigger to fit a label it can read from the clean features.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 
 /// Power-iteration steps: the top direction of a few hundred rows converges well within it.
 const POWER_STEPS: usize = 30;
@@ -129,40 +129,41 @@ pub(super) fn whitening(mut covariance: Array2<f64>, ridge: f64) -> Array2<f64> 
     lower_triangular_inverse(&cholesky(&covariance))
 }
 
-/// The inverse of a lower triangular matrix with a positive diagonal (forward substitution
-/// on the identity's columns); lower triangular too.
+/// The inverse of a lower triangular matrix with a positive diagonal; lower triangular too.
+/// Row by row (row i of the inverse is e_i less the earlier rows weighted by row i of the
+/// matrix, over its diagonal), so every step runs over contiguous memory: for the 784 x 784
+/// covariance of the input signature, column by column took about 60 ms.
 fn lower_triangular_inverse(lower: &Array2<f64>) -> Array2<f64> {
     let n = lower.nrows();
     let mut inverse = Array2::<f64>::zeros((n, n));
-    for column in 0..n {
-        for row in column..n {
-            let mut v = if row == column { 1.0 } else { 0.0 };
-            for k in column..row {
-                v -= lower[[row, k]] * inverse[[k, column]];
+    for i in 0..n {
+        let (done, mut rest) = inverse.view_mut().split_at(Axis(0), i);
+        let mut row = rest.row_mut(0);
+        row[i] = 1.0;
+        for (k, earlier) in done.rows().into_iter().enumerate() {
+            let weight = lower[[i, k]];
+            if weight != 0.0 {
+                row.slice_mut(s![..=k]).scaled_add(-weight, &earlier.slice(s![..=k]));
             }
-            inverse[[row, column]] = v / lower[[row, row]];
         }
+        row.mapv_inplace(|v| v / lower[[i, i]]);
     }
     inverse
 }
 
-/// The lower Cholesky factor of a symmetric positive definite matrix.
+/// The lower Cholesky factor of a symmetric positive definite matrix, row by row (each entry
+/// a dot product of two contiguous row prefixes).
 fn cholesky(a: &Array2<f64>) -> Array2<f64> {
     let n = a.nrows();
     let mut l = Array2::<f64>::zeros((n, n));
-    for j in 0..n {
-        let mut diagonal = a[[j, j]];
-        for k in 0..j {
-            diagonal -= l[[j, k]] * l[[j, k]];
-        }
-        let pivot = diagonal.max(1e-12).sqrt();
-        l[[j, j]] = pivot;
-        for i in j + 1..n {
-            let mut v = a[[i, j]];
-            for k in 0..j {
-                v -= l[[i, k]] * l[[j, k]];
-            }
-            l[[i, j]] = v / pivot;
+    for i in 0..n {
+        for j in 0..=i {
+            let overlap = l.slice(s![i, ..j]).dot(&l.slice(s![j, ..j]));
+            let v = a[[i, j]] - overlap;
+            l[[i, j]] = match i == j {
+                true => v.max(1e-12).sqrt(),
+                false => v / l[[j, j]],
+            };
         }
     }
     l
@@ -253,6 +254,23 @@ mod tests {
         for ((i, j), v) in identity.indexed_iter() {
             let expected = if i == j { 1.0 } else { 0.0 };
             assert!((v - expected).abs() < 0.01, "{identity:?}");
+        }
+    }
+
+    #[test]
+    fn the_cholesky_factor_and_its_inverse_reproduce_the_matrix_and_the_identity() {
+        let n = 20;
+        let b = Array2::from_shape_fn((n, n), |(i, j)| ((i * 7 + j * 13) % 11) as f64 - 5.0);
+        let a = b.t().dot(&b) + Array2::<f64>::eye(n);
+        let lower = cholesky(&a);
+        let inverse = lower_triangular_inverse(&lower);
+        for ((i, j), v) in lower.dot(&lower.t()).indexed_iter() {
+            assert!((v - a[[i, j]]).abs() < 1e-8 * a[[i, j]].abs().max(1.0), "L L^T at {i},{j}");
+        }
+        for ((i, j), v) in inverse.dot(&lower).indexed_iter() {
+            let expected = if i == j { 1.0 } else { 0.0 };
+            assert!((v - expected).abs() < 1e-9, "L^-1 L at {i},{j}: {v}");
+            assert!(j <= i || lower[[i, j]] == 0.0 && inverse[[i, j]] == 0.0);
         }
     }
 
