@@ -8,20 +8,22 @@
 //! what separates one clean image from another is larger. So each row is first stripped of the
 //! directions along which the probes vary most (the leading principal directions holding 95 % of
 //! their variance); what is left is small for clean data and, for the poisons, mostly the
-//! trigger. Within each label the window samples' residuals are centred on their coordinate-wise
-//! median, and each row scores its |projection| on the top principal direction of the class's
-//! other residuals (spectral signatures, Tran et al. 2018, in the residual space).
+//! trigger. The residuals are whitened by their pooled within-class covariance
+//! ([`whitened_within_classes`]); within each label they are centred on the window samples'
+//! coordinate-wise median, and each row scores its |projection| on the top principal direction
+//! of the class's other residuals (spectral signatures, Tran et al. 2018; SPECTRE's whitening).
 //!
-//! Both fits are cross-fitted, because a direction fitted on a row scores it higher than a row
-//! it never saw, and the probes, which calibrate every view, are never in the window: the
-//! subspace is fitted on one half of the probes and strips the other half and every other
-//! window sample; a class's direction is fitted on three quarters of its window samples and
-//! scores the fourth (and every fourth probe of the label). The scores are standardised per
-//! label on the class's window samples (median and MAD), which are hundreds where the probes
-//! of a label are tens: the same transform for the class's probes and samples, so the probes
-//! still calibrate it, without the noise of a spread measured on 25 probes. Measured on window
-//! dumps (3 seeds, the 2 % tail of the probes): Animal-MNIST's SIG poisons 85 % in that tail,
-//! MNIST's 100 %, satimage's two in-range dirty-label backdoors 100 %; clean samples 1.0-2.7 %.
+//! Every fit is arranged so that the probes, which calibrate every view and are never in the
+//! window, stay exchangeable with the window's clean samples: the subspace is fitted on one half
+//! of the probes and strips the other half and every other window sample; the whitening counts
+//! each sample and each probe once; a class's direction is fitted on three quarters of its
+//! window samples and scores the fourth (and every fourth probe of the label). The scores are
+//! standardised per label on the class's window samples (median and MAD), hundreds where the
+//! probes of a label are tens: the same transform for the class's probes and samples, without
+//! the noise of a spread measured on 25 probes. Measured on window dumps (3 seeds, Python
+//! replica): beyond every probe lie 91 % of Animal-MNIST's SIG poisons, 90 % of its corner
+//! patch's and its blend's, 99 % of MNIST's pixel backdoor's, and 0.2-0.6 % of the clean
+//! samples. README, session 16.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
@@ -165,25 +167,24 @@ pub(crate) fn scores(
 }
 
 /// `residuals` whitened by the pooled within-class covariance of the window samples and the
-/// probes of their labels (each class centred on its window samples' median), shrunk towards a multiple of the identity by the Ledoit-Wolf
-/// estimate: a direction along which every class varies is not what one class's trigger adds,
+/// probes of their labels (each class centred on its window samples' median), shrunk towards a
+/// multiple of the identity by the Ledoit-Wolf estimate: a direction along which every class varies is not what one class's trigger adds,
 /// and a direction clean data hardly varies along is where an added pattern stands out (as
 /// SPECTRE whitens). Shrinkage, because the residuals are as wide as the input (784 pixels) and
 /// a window has a few thousand samples; its amount is estimated from the window, not set.
 /// Measured on window dumps (3 seeds): Animal-MNIST's SIG poisons beyond every probe 30 -> 91 %,
 /// its corner patch 0 -> 90 %, its blend 0 -> 90 %; MNIST's pixel backdoor 0 -> 99 %.
-fn whitened_within_classes(
-    residuals: Array2<f32>,
-    classes: &[(Vec<usize>, Vec<usize>)],
-) -> Array2<f32> {
-    // The probes count too, each as much as a sample: fitted on the window samples alone, the
-    // whitening would shrink their extremes and not the probes', and the probes would no
-    // longer calibrate the score (a toy window: 3 % of the samples beyond z = 2, 8 % of the probes).
-    let members: Vec<usize> = classes.iter().flat_map(|(rows, probes)| rows.iter().chain(probes)).copied().collect();
+fn whitened_within_classes(residuals: Array2<f32>, classes: &[(Vec<usize>, Vec<usize>)]) -> Array2<f32> {
+    // The probes count too, each as much as a sample: fitted on the window samples alone, every
+    // sample's extremes would be shrunk a little by its own weight in the covariance and no
+    // probe's, and the probes calibrate the score.
+    let members: Vec<usize> =
+        classes.iter().flat_map(|(rows, probes)| rows.iter().chain(probes)).copied().collect();
     let mut centred = Array2::<f32>::zeros((members.len(), residuals.ncols()));
     let mut at = 0;
     for (rows, probes) in classes {
-        let centre = coordinate_median(residuals.select(Axis(0), rows).mapv(f64::from).view()).mapv(|v| v as f32);
+        let centre =
+            coordinate_median(residuals.select(Axis(0), rows).mapv(f64::from).view()).mapv(|v| v as f32);
         for &row in rows.iter().chain(probes) {
             centred.row_mut(at).assign(&(&residuals.row(row) - &centre));
             at += 1;
@@ -242,8 +243,10 @@ fn class_scores(residuals: ArrayView2<f32>, rows: &[usize], probes: &[usize]) ->
         })
         .collect();
     let probe_rows = centred(probes);
-    let sample_scores = samples.rows().into_iter().enumerate().map(|(i, r)| r.dot(&directions[i % FOLDS]).abs());
-    let probe_scores = probe_rows.rows().into_iter().enumerate().map(|(j, r)| r.dot(&directions[j % FOLDS]).abs());
+    let sample_scores =
+        samples.rows().into_iter().enumerate().map(|(i, r)| r.dot(&directions[i % FOLDS]).abs());
+    let probe_scores =
+        probe_rows.rows().into_iter().enumerate().map(|(j, r)| r.dot(&directions[j % FOLDS]).abs());
     sample_scores.chain(probe_scores).collect()
 }
 
@@ -279,7 +282,10 @@ fn symmetric_eigen(mut a: Array2<f64>) -> (Vec<f64>, Array2<f64>) {
     let mut vectors = Array2::<f64>::eye(n);
     let scale: f64 = a.iter().map(|v| v * v).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
     for _sweep in 0..50 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[[i, j]].powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[[i, j]].powi(2))
+            .sum();
         if off.sqrt() <= 1e-12 * scale {
             break;
         }
@@ -346,7 +352,8 @@ mod tests {
 
     #[test]
     fn each_folds_weights_are_the_top_eigenvector_of_the_other_folds_gram_matrix() {
-        let rows = uniform(24, 5) + &Array2::from_shape_fn((24, 5), |(i, j)| if j == 0 { (i % 5) as f32 } else { 0.0 });
+        let rows = uniform(24, 5)
+            + &Array2::from_shape_fn((24, 5), |(i, j)| if j == 0 { (i % 5) as f32 } else { 0.0 });
         let gram = rows.dot(&rows.t());
         let weights = fold_eigenvectors(gram.view());
         for fold in 0..FOLDS {
@@ -392,7 +399,15 @@ mod tests {
             let noise = |i: usize, j: usize| draws[[i, j]];
             let poisoned = i < samples && label == 0 && i / 3 >= first_poison;
             let base = if j < 4 { (4.0 + label as f32) * noise(i, j) } else { 0.3 * noise(i, j) };
-            let pattern = if poisoned && (4..12).contains(&j) { if j % 2 == 0 { 0.8 } else { -0.8 } } else { 0.0 };
+            let pattern = if poisoned && (4..12).contains(&j) {
+                if j % 2 == 0 {
+                    0.8
+                } else {
+                    -0.8
+                }
+            } else {
+                0.0
+            };
             base + pattern
         });
         let subspaces = ProbeSubspaces::fit(features.slice(ndarray::s![samples.., ..])).unwrap();
@@ -403,7 +418,8 @@ mod tests {
     fn samples_sharing_a_pattern_the_probes_never_vary_along_score_above_every_clean_row() {
         let (scores, _) = window_with_a_shared_pattern(80);
         let poisons: Vec<f32> = (0..300).filter(|i| i % 3 == 0 && i / 3 >= 80).map(|i| scores[i]).collect();
-        let clean_max = (0..300).filter(|i| i % 3 != 0 || i / 3 < 80).map(|i| scores[i]).fold(f32::MIN, f32::max);
+        let clean_max =
+            (0..300).filter(|i| i % 3 != 0 || i / 3 < 80).map(|i| scores[i]).fold(f32::MIN, f32::max);
         let probe_max = scores[300..].iter().copied().fold(f32::MIN, f32::max);
         let poison_min = poisons.iter().copied().fold(f32::MAX, f32::min);
         assert!(poison_min > clean_max && poison_min > probe_max, "{poison_min} vs {clean_max}, {probe_max}");

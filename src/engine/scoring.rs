@@ -481,7 +481,8 @@ fn extrapolated_share(reference: &[f32], x: f32) -> f64 {
         return empirical;
     }
     // The mean excess over the floor: the exponential's scale (its maximum likelihood fit).
-    let scale = reference[n - tail + 1..].iter().map(|&r| f64::from(r - floor)).sum::<f64>() / (tail - 1) as f64;
+    let scale =
+        reference[n - tail + 1..].iter().map(|&r| f64::from(r - floor)).sum::<f64>() / (tail - 1) as f64;
     if scale <= 0.0 {
         return empirical;
     }
