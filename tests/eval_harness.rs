@@ -166,7 +166,7 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
         assert_eq!(&header[..4], ["row", "origin", "label", "flagged"]);
-        assert_eq!(header.len(), 14 + 10 + 12, "fixed columns, a loss per epoch, the features");
+        assert_eq!(header.len(), 15 + 10 + 12, "fixed columns, a loss per epoch, the features");
         assert_eq!(&header[7..9], ["threshold", "grey_zone_top"]);
         assert_eq!(&header[12..15], ["label_vote", "label_agreement", "input_signature"]);
         for line in lines {

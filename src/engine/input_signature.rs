@@ -35,11 +35,20 @@ use super::scoring::robust_centre_and_spread;
 /// keeps the most of each trigger in the residual; none of the three was fitted to one set.
 const VARIANCE_KEPT: f64 = 0.95;
 
+/// Each half's subspace is fitted on at most this many of its probes: the eigendecomposition
+/// costs their number cubed (125 a half with the default 250 probes: milliseconds, once an
+/// engine), and a few hundred clean rows find the directions that hold 95 % of the variance.
+const MAX_SUBSPACE_PROBES: usize = 256;
+
 /// Folds a class's window samples are split into for its directions.
 const FOLDS: usize = 4;
 
 /// A class with fewer window samples than this gets no direction: its rows score 0.
 const MIN_ROWS: usize = 20;
+
+/// Residuals wider than this are scored unwhitened: the whitening's factor and inverse cost the
+/// width cubed (784 pixels: 65 ms a window; 3 072 would take seconds).
+pub(crate) const MAX_WHITENED_WIDTH: usize = 1024;
 
 /// Power-iteration steps on a class's Gram matrix.
 const POWER_STEPS: usize = 30;
@@ -60,13 +69,14 @@ struct Subspace {
 }
 
 impl ProbeSubspaces {
-    /// `None` with fewer than four probes (two a half).
+    /// `None` with fewer than four probes (two a half). Probes beyond [`MAX_SUBSPACE_PROBES`] a
+    /// half fit neither subspace; they are stripped like the others, by the other half's.
     pub(crate) fn fit(probes: ArrayView2<f32>) -> Option<Self> {
         if probes.nrows() < 4 {
             return None;
         }
         let half = |parity: usize| {
-            let rows: Vec<usize> = (parity..probes.nrows()).step_by(2).collect();
+            let rows: Vec<usize> = (parity..probes.nrows()).step_by(2).take(MAX_SUBSPACE_PROBES).collect();
             Subspace::fit(probes.select(Axis(0), &rows).view())
         };
         Some(Self { halves: [half(0), half(1)] })
@@ -175,6 +185,9 @@ pub(crate) fn scores(
 /// Measured on window dumps (3 seeds): Animal-MNIST's SIG poisons beyond every probe 30 -> 91 %,
 /// its corner patch 0 -> 90 %, its blend 0 -> 90 %; MNIST's pixel backdoor 0 -> 99 %.
 fn whitened_within_classes(residuals: Array2<f32>, classes: &[(Vec<usize>, Vec<usize>)]) -> Array2<f32> {
+    if residuals.ncols() > MAX_WHITENED_WIDTH {
+        return residuals;
+    }
     // The probes count too, each as much as a sample: fitted on the window samples alone, every
     // sample's extremes would be shrunk a little by its own weight in the covariance and no
     // probe's, and the probes calibrate the score.

@@ -296,6 +296,14 @@ impl Engine {
             .input_signature
             .then(|| input_signature::ProbeSubspaces::fit(probes.features.view()))
             .flatten();
+        if probe_subspaces.is_some() && config.input.features > input_signature::MAX_WHITENED_WIDTH {
+            tracing::info!(
+                features = config.input.features,
+                whitened_up_to = input_signature::MAX_WHITENED_WIDTH,
+                "scorer.input_signature: inputs this wide are scored unwhitened (whitening costs \
+                 the width cubed); small triggers stand out less"
+            );
+        }
         Ok(Self { config, model, probes, scaling, windows_done: 0, learning_rate, probe_subspaces })
     }
 
