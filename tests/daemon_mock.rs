@@ -259,7 +259,12 @@ async fn a_second_crash_after_a_partial_commit_writes_nothing_twice() {
     let _ = stop.send(());
     daemon.await.unwrap().unwrap();
     eprintln!("run 2 stopped at {:?}", started.elapsed());
-    assert_eq!(metrics.skipped_already_produced.get(), 300, "run 2 found crash 1's outputs");
+    // How many of crash 1's 300 outputs run 2 reaches before it dies depends on how its fetches
+    // interleave the three partitions (its first window closes at 100 new records; one CI run
+    // of session 16 found 242): what run 2 does not reach, run 3 finds, and the count of
+    // outputs at the end checks that none is written twice.
+    let found = metrics.skipped_already_produced.get();
+    assert!((1..=300).contains(&found), "run 2 found crash 1's outputs: {found}");
 
     // Run 3 (once the remaining commit errors are spent): finds what run 2 left uncommitted.
     let (metrics, stop, daemon) = run(config.clone());

@@ -53,6 +53,10 @@ pub(crate) const MAX_WHITENED_WIDTH: usize = 1024;
 /// Power-iteration steps on a class's Gram matrix.
 const POWER_STEPS: usize = 30;
 
+/// At most this many Jacobi sweeps (each rotates every off-diagonal pair to zero once); the
+/// loop stops as soon as the off-diagonal part is negligible.
+const JACOBI_SWEEPS: usize = 50;
+
 /// The probes' principal subspaces, one fitted on each half (even and odd probes): fitted once,
 /// since the probes are fixed for an engine's life.
 #[derive(Debug, Clone)]
@@ -294,7 +298,7 @@ fn symmetric_eigen(mut a: Array2<f64>) -> (Vec<f64>, Array2<f64>) {
     let n = a.nrows();
     let mut vectors = Array2::<f64>::eye(n);
     let scale: f64 = a.iter().map(|v| v * v).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
-    for _sweep in 0..50 {
+    for _sweep in 0..JACOBI_SWEEPS {
         let off: f64 = (0..n)
             .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
             .map(|(i, j)| a[[i, j]].powi(2))
