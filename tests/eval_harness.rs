@@ -197,6 +197,59 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
 /// it in the cache) with the attacks of `config/attacks/optdigits.toml`: a corner patch, a
 /// trigger on the right edge, label noise and a clean-label stripe. The values are not rescaled here: the engine has
 /// to cope with the data's own units.
+/// A second 28x28 image set whose images ink the border (Animal-MNIST, PyPI `animal-mnist`), so
+/// the input-range gate takes almost none of its poisons: the six attacks of
+/// `config/attacks/animal.toml`, clean-label SIG among them, with the defaults and only
+/// `[input]` set (`config/datasets/animal.toml`), one seed. Before session 16's input
+/// signature, SIG was caught 5 % and succeeded 100 %, the hole in the middle 69 % / 32 %.
+#[test]
+fn a_second_image_set_animal_mnist_with_the_defaults() {
+    let folder = lossgate::shadow::runtime::cache_dir().join("datasets").join("animal");
+    let source = DataSource::Csv {
+        train: folder.join("train.csv"),
+        test: folder.join("test.csv"),
+        label_column: "label".into(),
+    };
+    let dataset =
+        Dataset::load(&source).expect("Animal-MNIST: run `LOSSGATE_NEED_DATASETS=1 scripts/setup.sh`");
+    assert_eq!((dataset.train.feature_count(), dataset.classes), (784, 10));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config =
+        lossgate::config::Config::from_file(&root.join("config/datasets/animal.toml")).unwrap().engine();
+    let runtime = common::runtime();
+    let harness = Harness {
+        runtime: &runtime,
+        config,
+        attacks: lossgate::eval::attack::load_attacks(&root.join("config/attacks/animal.toml"), 784, 10)
+            .unwrap(),
+        dataset,
+        victim: VictimConfig::default(),
+        jobs: 2,
+        max_samples: None,
+        loss_value_epochs: 3,
+        defences: vec![Defence::None, Defence::Lossgate],
+        dump_windows: None,
+    };
+    let (comparison, _) = harness.compare(&[1], "animal").unwrap();
+    let seed = &comparison.seeds[0];
+    let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
+    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
+    for (a, attack) in comparison.attacks.iter().enumerate() {
+        let caught = lossgate.detection.caught_per_attack[a];
+        match none.victim.attack_success[a] {
+            Some(undefended) => {
+                assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
+                assert!(caught >= 0.95, "{}: caught {caught}\n{summary}", attack.name);
+                let after = lossgate.victim.attack_success[a].unwrap();
+                assert!(after <= 0.05, "{}: {after} success after lossgate\n{summary}", attack.name);
+            }
+            // Label noise: no backdoor to measure.
+            None => assert!(caught >= 0.85, "{}: caught {caught}\n{summary}", attack.name),
+        }
+    }
+    assert!(lossgate.detection.clean_false_reject <= 0.1, "{summary}");
+}
+
 #[test]
 fn a_second_data_set_optdigits_with_the_defaults() {
     let folder = lossgate::shadow::runtime::cache_dir().join("datasets").join("optdigits");
