@@ -688,6 +688,25 @@ mod tests {
     }
 
     #[test]
+    fn past_the_probes_top_a_views_share_keeps_falling_and_a_probe_is_judged_by_the_others() {
+        // Samples: one in the bulk, one just above the highest probe, one far above; then
+        // 250 probes valued 0..250.
+        let mut scores = vec![100.0, 250.0, 400.0];
+        scores.extend((0..250).map(|v| v as f32));
+        let shares = extrapolated_tail_shares(&scores, 3);
+        // In the bulk: the empirical share, (above + 1) / (n + 1).
+        assert!((shares[0] - 151.0 / 251.0).abs() < 1e-12, "{}", shares[0]);
+        // Beyond every probe the share still orders the two (the empirical share gives both
+        // 1 / (n + 1)); far beyond, it falls under that floor.
+        assert!(shares[2] < shares[1] && shares[2] < 1.0 / 251.0, "{} {}", shares[1], shares[2]);
+        // The highest probe, 249, is judged by the 249 others, as a sample of 249 would be.
+        let others: Vec<f32> = (0..249).map(|v| v as f32).collect();
+        assert!((shares[3 + 249] - extrapolated_share(&others, 249.0)).abs() < 1e-15);
+        // In the bulk a probe's share is its leave-one-out share, above / n.
+        assert!((shares[3 + 100] - 150.0 / 250.0).abs() < 1e-12, "{}", shares[3 + 100]);
+    }
+
+    #[test]
     fn on_the_probe_scale_a_score_is_its_tail_share_among_the_probes_in_order() {
         let probes: Vec<f32> = (1..=9).map(|p| p as f32).collect();
         // Far above every probe in one pass's units, just above the top probe in another's:
