@@ -344,8 +344,16 @@ mod tests {
                 same_label: vec![vec![1], vec![0]],
                 label_agreement: vec![1.0, agreement],
             };
-            let zone =
-                GreyZone::new(trajectories.view(), &labels, 2, &probe_scores, &neighbours, None, 0.5, evidence);
+            let zone = GreyZone::new(
+                trajectories.view(),
+                &labels,
+                2,
+                &probe_scores,
+                &neighbours,
+                None,
+                0.5,
+                evidence,
+            );
             let scores = [neighbour_score, IN_GREY_ZONE];
             let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &scores, THRESHOLD)
