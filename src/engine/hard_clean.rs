@@ -80,8 +80,9 @@ pub(crate) struct GreyZone<'a> {
 pub(crate) enum Evidence {
     /// Only the shadow's loss: the first of two passes, whose forwards the second shadow trains on.
     Learned,
-    /// The shadow's loss, or the label vote of its neighbours: a window's final decision.
-    LearnedOrAmongItsLabel,
+    /// Any of [`Kept`]'s kinds (the shadow's loss, its neighbours' label vote, its loss still
+    /// falling with plain inputs): a window's final decision.
+    AnyKind,
 }
 
 /// Why a grey-zone sample is forwarded as hard clean data.
@@ -185,7 +186,7 @@ impl<'a> GreyZone<'a> {
             return None;
         }
         let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
-        let final_decision = self.evidence == Evidence::LearnedOrAmongItsLabel;
+        let final_decision = self.evidence == Evidence::AnyKind;
         if self.learned_beside_its_label(trajectories, sample.row, at) {
             Some(Kept::Learned)
         } else if final_decision && among_its_label {
@@ -287,7 +288,7 @@ mod tests {
         probe_scores: &[f32],
         neighbours: &'a SampleNeighbours,
     ) -> GreyZone<'a> {
-        let evidence = Evidence::LearnedOrAmongItsLabel;
+        let evidence = Evidence::AnyKind;
         GreyZone::new(trajectories.view(), labels, 2, probe_scores, neighbours, None, 0.5, evidence)
     }
 
@@ -360,7 +361,7 @@ mod tests {
             let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &scores, THRESHOLD)
         };
-        let final_decision = Evidence::LearnedOrAmongItsLabel;
+        let final_decision = Evidence::AnyKind;
         assert_eq!(kept(0.8, final_decision, 5.0), Some(Kept::AmongItsLabel));
         assert_eq!(kept(0.5, final_decision, 5.0), None, "half is not most");
         assert_eq!(kept(0.8, Evidence::Learned, 5.0), None, "a first pass asks for the loss alone");
@@ -398,7 +399,7 @@ mod tests {
             let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &[5.0, IN_GREY_ZONE], THRESHOLD)
         };
-        let final_decision = Evidence::LearnedOrAmongItsLabel;
+        let final_decision = Evidence::AnyKind;
         assert_eq!(kept(4.0, 0.2, 0.5, final_decision), Some(Kept::StillLearning));
         assert_eq!(kept(2.0, 0.2, 0.5, final_decision), None, "its loss rose: relabelled, not hard");
         assert_eq!(kept(4.0, 0.0, 0.5, final_decision), None, "none of its nearest carry its label");

@@ -447,7 +447,7 @@ impl Engine {
         // second shadow trains on it ([`hard_clean`]).
         let evidence = match self.config.shadow.second_pass {
             true => scoring::Evidence::Learned,
-            false => scoring::Evidence::LearnedOrAmongItsLabel,
+            false => scoring::Evidence::AnyKind,
         };
         let first_judged = scoring::judge(&self.config, &first, &joined.labels, sample_count, evidence);
         // Once per window: the range is the same in both passes.

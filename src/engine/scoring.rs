@@ -27,7 +27,7 @@ pub fn score_and_decide(
     views: OtherViews,
 ) -> WindowOutcome {
     let scored = score(config, losses, &labels, sample_count, views);
-    let judged = judge(config, &scored, &labels, sample_count, Evidence::LearnedOrAmongItsLabel);
+    let judged = judge(config, &scored, &labels, sample_count, Evidence::AnyKind);
     outcome(scored, judged, labels, learning_rate)
 }
 
@@ -229,7 +229,7 @@ pub(crate) fn two_pass_outcome(
         probe_scores: pick(&first_probes, &second_probes, sample_count),
         views: second.views,
     };
-    let judged = judge(config, &merged, &labels, sample_count, Evidence::LearnedOrAmongItsLabel);
+    let judged = judge(config, &merged, &labels, sample_count, Evidence::AnyKind);
     let Scored { sample_scores, probe_scores, views, .. } = merged;
     let last_shadow = Scored { losses: second.losses, sample_scores, probe_scores, views };
     let mut outcome = outcome(last_shadow, judged, labels, learning_rate);
@@ -247,7 +247,7 @@ pub fn rescore(config: &EngineConfig, recorded: &WindowOutcome) -> WindowOutcome
     let second = score(config, recorded.losses.clone(), &labels, sample_count, recorded.views.clone());
     match &recorded.first_pass {
         None => {
-            let judged = judge(config, &second, &labels, sample_count, Evidence::LearnedOrAmongItsLabel);
+            let judged = judge(config, &second, &labels, sample_count, Evidence::AnyKind);
             outcome(second, judged, labels, recorded.learning_rate)
         }
         Some(first) => {
