@@ -205,10 +205,17 @@ impl<'a> GreyZone<'a> {
     /// a backdoor's poison, learned too, carries its trigger in its inputs. Without the input
     /// signature nothing is kept this way.
     fn still_learning_plain_input(&self, trajectories: ArrayView2<f32>, row: usize) -> bool {
-        let Some((signature, limit)) = self.input_signature else { return false };
         let losses = trajectories.row(row);
         let halfway = losses[losses.len() / 2];
-        losses[losses.len() - 1] <= halfway && self.agreement(row) > 0.0 && signature[row] <= limit
+        losses[losses.len() - 1] <= halfway
+            && self.agreement(row) > 0.0
+            && self.input_signature_within_probes(row) == Some(true)
+    }
+
+    /// Whether row `row`'s input signature is within what the probes reach at alpha; `None`
+    /// when the view is off.
+    fn input_signature_within_probes(&self, row: usize) -> Option<bool> {
+        self.input_signature.map(|(signature, limit)| signature[row] <= limit)
     }
 
     /// Whether a flagged probe (its leave-one-out score) would be forwarded as learned hard
@@ -218,11 +225,14 @@ impl<'a> GreyZone<'a> {
         self.label_in_zone(probe).is_some_and(|at| self.learned_beside_its_label(trajectories, probe.row, at))
     }
 
-    /// Whether row `row` was learned as well as its label's probes and at least one of its
-    /// nearest window samples carries its label: a learned backdoor makes its poisons look
-    /// learned, but does not move them among samples of their label.
+    /// Whether row `row` was learned as well as its label's probes, at least one of its
+    /// nearest window samples carries its label, and its input signature (when the view is on)
+    /// is within the probes': a learned backdoor makes its poisons look learned, but does not
+    /// move them among samples of their label, nor take its trigger out of their inputs.
     fn learned_beside_its_label(&self, trajectories: ArrayView2<f32>, row: usize, at: usize) -> bool {
-        self.learned(trajectories, row, at) && self.agreement(row) > 0.0
+        self.learned(trajectories, row, at)
+            && self.agreement(row) > 0.0
+            && self.input_signature_within_probes(row) != Some(false)
     }
 
     /// The share of row `row`'s nearest window samples that carry its label (0 when unknown).
@@ -335,6 +345,36 @@ mod tests {
         assert_eq!(zone.keeps(trajectories.view(), flagged(0), &calm, THRESHOLD), None);
         assert!(!zone.keeps_probe_as_learned(trajectories.view(), flagged(2)), "a probe is asked the same");
         assert!(zone.keeps_probe_as_learned(trajectories.view(), flagged(3)), "one neighbour of its label");
+    }
+
+    #[test]
+    fn a_learned_sample_whose_inputs_carry_its_classs_signature_is_not_kept() {
+        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
+        let neighbours =
+            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
+        // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
+        let kept = |signature: Option<f32>| {
+            let rows: Option<Vec<f32>> = signature.map(|s| {
+                let mut rows = vec![s, 0.0];
+                rows.extend((0..20).map(|p| p as f32 / 10.0));
+                rows
+            });
+            let zone = GreyZone::new(
+                trajectories.view(),
+                &labels,
+                2,
+                &probe_scores,
+                &neighbours,
+                rows.as_deref(),
+                0.5,
+                Evidence::AnyKind,
+            );
+            let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+            zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, 5.0], THRESHOLD)
+        };
+        assert_eq!(kept(Some(0.5)), Some(Kept::Learned));
+        assert_eq!(kept(Some(1.5)), None, "learned, but its inputs stand out as a trigger's would");
+        assert_eq!(kept(None), Some(Kept::Learned), "without the view the loss decides");
     }
 
     #[test]
