@@ -31,8 +31,9 @@ pub struct DecisionConfig {
     /// Decide and label, but forward everything.
     pub observe: bool,
     /// Under `calibrated`: forward a sample just above the threshold (not above the one at
-    /// alpha / 5) that the shadow learned as well as its label's probes and whose nearest
-    /// same-label samples are mostly below the threshold (`engine::hard_clean`).
+    /// alpha / 5) that looks like hard clean data (learned as well as its label's probes, among
+    /// its own label, or still being learned with plain inputs) and whose nearest same-label
+    /// samples are mostly below the threshold (`engine::hard_clean`).
     pub keep_hard_clean: bool,
 }
 
