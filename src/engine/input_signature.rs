@@ -17,8 +17,9 @@
 //! window, stay exchangeable with the window's clean samples: each half of the probes fits a
 //! subspace that strips the other half and every window sample, and each half's world (those
 //! rows) is whitened and scored on its own (a window sample takes its parity's world's score);
-//! the whitening counts each sample and each probe of the world once; a class's direction is fitted on three quarters of its
-//! window samples and scores the fourth (and every fourth probe of the label). The scores are
+//! the whitening counts each sample and each probe of the world once; a class's direction is
+//! fitted on three quarters of its window samples and scores the fourth (and every fourth probe
+//! of the label). The scores are
 //! standardised per label on the class's window samples (median and MAD), hundreds where the
 //! probes of a label are tens: the same transform for the class's probes and samples, without
 //! the noise of a spread measured on 25 probes. Measured on window dumps (3 seeds, Python
@@ -133,8 +134,8 @@ impl Subspace {
 /// the window samples of its parity and those probes. One world a half, not one for all rows
 /// stripped by either half: whitened together, rows stripped by two different subspaces left
 /// the probes more ordinary than the window's clean samples (Animal-MNIST, 250 probes: 14-18 %
-/// of its clean samples in the probes' top 10 %, 13-28 % with 100 probes; a world a half: 10-11 %
-/// in a replica; README, session 17).
+/// of its clean samples in the probes' top 10 %, 13-28 % with 100 probes; a world a half:
+/// 9.5-10.7 % in a replica, 7.6-11.8 % a window in the engine; README, session 17).
 pub(crate) fn scores(
     subspaces: &ProbeSubspaces,
     features: ArrayView2<f32>,
