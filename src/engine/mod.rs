@@ -412,7 +412,26 @@ impl Engine {
         }
         let joined = self.scaling.applied(window).concat(&self.probes)?;
         let everything: Vec<usize> = (0..joined.len()).collect();
-        let mut losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
+        // The views of the inputs alone need no shadow and are the same for both passes: they
+        // are computed on a second thread while the first shadow trains (ONNX Runtime runs on
+        // one thread by default), which takes them off the window's time, not its CPU time.
+        let (inputs, losses) = std::thread::scope(|scope| {
+            let (scorer, decision) = (&self.config.scorer, &self.config.decision);
+            let (subspaces, rows, sample_count) = (self.probe_subspaces.as_ref(), &joined, window.len());
+            let inputs = scope
+                .spawn(move || input_views(scorer, decision.keep_hard_clean, subspaces, rows, sample_count));
+            let losses = averaged_losses(
+                &mut self.model,
+                &self.config.shadow,
+                &joined,
+                &everything,
+                seed,
+                &mut on_epoch,
+            );
+            (inputs.join(), losses)
+        });
+        let inputs = inputs.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let mut losses = losses?;
         let pace = calibration::first_epoch_pace(
             losses.view(),
             window.len(),
@@ -429,14 +448,19 @@ impl Engine {
                 let recheck = RateRecheck { pace, base_rate, calibration: self.choose_rate(window)? };
                 recheck.log(window.len());
                 self.model.set_learning_rate(recheck.calibration.learning_rate)?;
-                losses = self.averaged_losses(&joined, &everything, seed, &mut on_epoch)?;
+                losses = averaged_losses(
+                    &mut self.model,
+                    &self.config.shadow,
+                    &joined,
+                    &everything,
+                    seed,
+                    &mut on_epoch,
+                )?;
                 Some(recheck)
             }
             _ => None,
         };
         let rate = recheck.as_ref().map_or(base_rate, |r| r.calibration.learning_rate);
-        // The views of the inputs alone are the same for both passes.
-        let inputs = self.input_views(&joined, window.len());
         let views = OtherViews {
             representation: self.representation_scores(&joined, window.len())?,
             ..inputs.clone()
@@ -466,7 +490,14 @@ impl Engine {
                 .into_iter()
                 .filter(|&i| i >= sample_count || !first_judged.decisions[i].flagged)
                 .collect();
-            let losses = self.averaged_losses(&joined, &kept, seed ^ 0x2ba5_5eed, &mut on_epoch)?;
+            let losses = averaged_losses(
+                &mut self.model,
+                &self.config.shadow,
+                &joined,
+                &kept,
+                seed ^ 0x2ba5_5eed,
+                &mut on_epoch,
+            )?;
             let views =
                 OtherViews { representation: self.representation_scores(&joined, sample_count)?, ..inputs };
             let second = scoring::score(&self.config, losses, &joined.labels, sample_count, views);
@@ -488,42 +519,6 @@ impl Engine {
             && self.learning_rate.is_some()
     }
 
-    /// The views of every row of `joined` that need only its inputs (`scorer.input_range`,
-    /// `scorer.neighbour_labels`, `scorer.label_vote`, `scorer.input_signature`) and the
-    /// samples' neighbourhoods.
-    fn input_views(&self, joined: &LabelledSamples, sample_count: usize) -> OtherViews {
-        let scorer = &self.config.scorer;
-        let keeps_hard_clean = self.config.decision.keep_hard_clean;
-        let features = joined.features.view();
-        // One vote per row, for the view (every row) and the hard-clean rule (the samples).
-        let votes = (scorer.label_vote || keeps_hard_clean)
-            .then(|| neighbours::label_votes(features, &joined.labels, sample_count, hard_clean::NEIGHBOURS));
-        OtherViews {
-            representation: None,
-            range_exceedance: scorer.input_range.then(|| input_range::exceedances(features, sample_count)),
-            label_disagreement: scorer
-                .neighbour_labels
-                .then(|| neighbours::label_disagreement(features, &joined.labels, sample_count)),
-            label_vote: votes
-                .as_ref()
-                .filter(|_| scorer.label_vote)
-                .map(|votes| votes.iter().map(|agreement| 1.0 - agreement).collect()),
-            input_signature: self
-                .probe_subspaces
-                .as_ref()
-                .map(|subspaces| input_signature::scores(subspaces, features, &joined.labels, sample_count)),
-            sample_neighbours: keeps_hard_clean.then(|| SampleNeighbours {
-                same_label: neighbours::same_label_neighbours(
-                    features,
-                    &joined.labels,
-                    sample_count,
-                    hard_clean::NEIGHBOURS,
-                ),
-                label_agreement: votes.unwrap_or_default(),
-            }),
-        }
-    }
-
     /// The spectral score of every row of `joined` in the hidden layer of the shadow just
     /// trained, when `scorer.representation` is on.
     fn representation_scores(
@@ -542,48 +537,80 @@ impl Engine {
         );
         Ok(Some(representation::spectral_scores(hidden.view(), &joined.labels, sample_count)))
     }
+}
 
-    /// The loss matrix of `shadow.runs` independently seeded shadows trained on `train_rows`,
-    /// averaged (one run: the matrix itself).
-    fn averaged_losses(
-        &mut self,
-        joined: &LabelledSamples,
-        train_rows: &[usize],
-        seed: u64,
-        on_epoch: &mut impl FnMut(usize),
-    ) -> Result<Array2<f32>> {
-        let runs = self.config.shadow.runs;
-        let mut total: Option<Array2<f32>> = None;
-        for run in 0..runs {
-            let plan = TrainingPlan {
-                epochs: self.config.shadow.epochs,
-                batch_size: self.config.shadow.batch_size,
-                seed: seed.wrapping_add((run as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-                recording: self.config.shadow.losses,
-            };
-            // On a GPU the window stays on the device; on the CPU both paths give the same
-            // matrix (tests/shadow_model.rs) and the host one is cheaper (it evaluates in
-            // cache-sized chunks).
-            let record = if self.model.computes_on_gpu() {
-                record_loss_matrix_resident
-            } else {
-                record_loss_matrix_training_on
-            };
-            let losses = record(
-                &mut self.model,
-                joined.features.view(),
+/// The views of every row of `joined` that need only its inputs (`scorer.input_range`,
+/// `scorer.neighbour_labels`, `scorer.label_vote`, `scorer.input_signature`) and the
+/// samples' neighbourhoods.
+fn input_views(
+    scorer: &ScorerConfig,
+    keeps_hard_clean: bool,
+    probe_subspaces: Option<&input_signature::ProbeSubspaces>,
+    joined: &LabelledSamples,
+    sample_count: usize,
+) -> OtherViews {
+    let features = joined.features.view();
+    // One vote per row, for the view (every row) and the hard-clean rule (the samples).
+    let votes = (scorer.label_vote || keeps_hard_clean)
+        .then(|| neighbours::label_votes(features, &joined.labels, sample_count, hard_clean::NEIGHBOURS));
+    OtherViews {
+        representation: None,
+        range_exceedance: scorer.input_range.then(|| input_range::exceedances(features, sample_count)),
+        label_disagreement: scorer
+            .neighbour_labels
+            .then(|| neighbours::label_disagreement(features, &joined.labels, sample_count)),
+        label_vote: votes
+            .as_ref()
+            .filter(|_| scorer.label_vote)
+            .map(|votes| votes.iter().map(|agreement| 1.0 - agreement).collect()),
+        input_signature: probe_subspaces
+            .map(|subspaces| input_signature::scores(subspaces, features, &joined.labels, sample_count)),
+        sample_neighbours: keeps_hard_clean.then(|| SampleNeighbours {
+            same_label: neighbours::same_label_neighbours(
+                features,
                 &joined.labels,
-                train_rows,
-                plan,
-                &mut *on_epoch,
-            )?;
-            total = Some(match total {
-                Some(sum) => sum + losses,
-                None => losses,
-            });
-        }
-        Ok(total.expect("shadow.runs >= 1") / runs as f32)
+                sample_count,
+                hard_clean::NEIGHBOURS,
+            ),
+            label_agreement: votes.unwrap_or_default(),
+        }),
     }
+}
+
+/// The loss matrix of `shadow.runs` independently seeded shadows trained on `train_rows`,
+/// averaged (one run: the matrix itself).
+fn averaged_losses(
+    model: &mut ShadowModel,
+    shadow: &ShadowConfig,
+    joined: &LabelledSamples,
+    train_rows: &[usize],
+    seed: u64,
+    on_epoch: &mut impl FnMut(usize),
+) -> Result<Array2<f32>> {
+    let runs = shadow.runs;
+    let mut total: Option<Array2<f32>> = None;
+    for run in 0..runs {
+        let plan = TrainingPlan {
+            epochs: shadow.epochs,
+            batch_size: shadow.batch_size,
+            seed: seed.wrapping_add((run as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            recording: shadow.losses,
+        };
+        // On a GPU the window stays on the device; on the CPU both paths give the same
+        // matrix (tests/shadow_model.rs) and the host one is cheaper (it evaluates in
+        // cache-sized chunks).
+        let record = if model.computes_on_gpu() {
+            record_loss_matrix_resident
+        } else {
+            record_loss_matrix_training_on
+        };
+        let losses = record(model, joined.features.view(), &joined.labels, train_rows, plan, &mut *on_epoch)?;
+        total = Some(match total {
+            Some(sum) => sum + losses,
+            None => losses,
+        });
+    }
+    Ok(total.expect("shadow.runs >= 1") / runs as f32)
 }
 
 /// One line per calibration: what was tried and what was chosen.
