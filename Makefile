@@ -44,7 +44,7 @@ eval-datasets: setup
 
 ## The same comparisons (MNIST and the five CSV sets, 3 seeds) with every dirty-label attack
 ## and the label noise at 4 % of the data each instead of 1 % (--dirty-ratio 0.04; clean-label
-## attacks as they are): docs/results-heavy/SET/RESULTS.md; about 7 minutes, MNIST most of it.
+## attacks as they are): docs/results-heavy/SET/RESULTS.md; about 12 minutes, MNIST most of it.
 eval-heavy: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
 	$(CARGO) run --release -- eval --seeds 1,2,3 --dirty-ratio 0.04 \

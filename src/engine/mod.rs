@@ -448,14 +448,7 @@ impl Engine {
                 let recheck = RateRecheck { pace, base_rate, calibration: self.choose_rate(window)? };
                 recheck.log(window.len());
                 self.model.set_learning_rate(recheck.calibration.learning_rate)?;
-                losses = averaged_losses(
-                    &mut self.model,
-                    &self.config.shadow,
-                    &joined,
-                    &everything,
-                    seed,
-                    &mut on_epoch,
-                )?;
+                losses = self.shadow_losses(&joined, &everything, seed, &mut on_epoch)?;
                 Some(recheck)
             }
             _ => None,
@@ -490,14 +483,7 @@ impl Engine {
                 .into_iter()
                 .filter(|&i| i >= sample_count || !first_judged.decisions[i].flagged)
                 .collect();
-            let losses = averaged_losses(
-                &mut self.model,
-                &self.config.shadow,
-                &joined,
-                &kept,
-                seed ^ 0x2ba5_5eed,
-                &mut on_epoch,
-            )?;
+            let losses = self.shadow_losses(&joined, &kept, seed ^ 0x2ba5_5eed, &mut on_epoch)?;
             let views =
                 OtherViews { representation: self.representation_scores(&joined, sample_count)?, ..inputs };
             let second = scoring::score(&self.config, losses, &joined.labels, sample_count, views);
@@ -517,6 +503,17 @@ impl Engine {
         matches!(self.config.shadow.learning_rate, LearningRate::Auto)
             && self.config.shadow.recheck_rate
             && self.learning_rate.is_some()
+    }
+
+    /// [`averaged_losses`] of this engine's shadow, as configured.
+    fn shadow_losses(
+        &mut self,
+        joined: &LabelledSamples,
+        train_rows: &[usize],
+        seed: u64,
+        on_epoch: &mut impl FnMut(usize),
+    ) -> Result<Array2<f32>> {
+        averaged_losses(&mut self.model, &self.config.shadow, joined, train_rows, seed, on_epoch)
     }
 
     /// The spectral score of every row of `joined` in the hidden layer of the shadow just
