@@ -621,10 +621,10 @@ mod tests {
     #[test]
     fn a_sample_out_in_several_views_but_far_out_in_none_is_fused_above_the_threshold() {
         // 100 probes of one label with independent scores in three views; sample 0 lies
-        // beyond 93 % of the probes in every view and beyond 97 % in none, sample 1 is
-        // ordinary. Fused by the smallest share alone, a sample needs to pass nearly every
-        // probe in one view: in three independent views about 3.5 % of the probes have a
-        // share under 7 / 101 in one of them.
+        // beyond 94 of the 100 probes in every view (a share of 7 / 101 in each), sample 1 is
+        // ordinary. Fused by the smallest share alone, sample 0 would not pass the threshold
+        // at alpha 0.1: the 6 probes above it in each view, 18 in all, have a share as small
+        // in one view. Out in all three at once, it is rarer than any probe.
         use rand::{seq::SliceRandom, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let mut view = || {
