@@ -63,6 +63,11 @@ pub struct ScorerConfig {
     /// subspace, for clean-label triggers added to a class (SIG, blends) that no view of the
     /// shadow sees.
     pub input_signature: bool,
+    /// A sixth, from the inputs alone (`engine::input_distance`): the squared Mahalanobis
+    /// distance from the probes' mean under their (shrunk) covariance, for trigger values that
+    /// are each possible but break how the features vary together. Off by itself when each
+    /// half of the probes does not outnumber the features (images, with a few hundred probes).
+    pub input_distance: bool,
 }
 
 impl Default for ScorerConfig {
@@ -79,6 +84,7 @@ impl Default for ScorerConfig {
             neighbour_labels: true,
             label_vote: true,
             input_signature: true,
+            input_distance: true,
         }
     }
 }

@@ -224,7 +224,7 @@ fn whitened_within_classes(residuals: Array2<f32>, classes: &[(Vec<usize>, Vec<u
 /// The ridge r that makes `covariance + r I` proportional to the Ledoit-Wolf (2004) shrinkage
 /// of the sample covariance of `rows` (centred) towards a multiple of the identity: with
 /// intensity rho, (1 - rho) S + rho mu I = (1 - rho) (S + rho / (1 - rho) mu I).
-fn ledoit_wolf_ridge(rows: ArrayView2<f32>, covariance: ArrayView2<f32>) -> f64 {
+pub(super) fn ledoit_wolf_ridge(rows: ArrayView2<f32>, covariance: ArrayView2<f32>) -> f64 {
     let (n, width) = (rows.nrows().max(1) as f64, covariance.nrows().max(1) as f64);
     let mean_variance = covariance.diag().iter().map(|&v| f64::from(v)).sum::<f64>() / width;
     let squared_norm: f64 = covariance.iter().map(|&v| f64::from(v).powi(2)).sum();

@@ -4,6 +4,7 @@
 
 pub mod calibration;
 mod hard_clean;
+mod input_distance;
 mod input_range;
 mod input_signature;
 mod neighbours;
@@ -13,7 +14,7 @@ mod scoring;
 pub mod trajectory;
 
 use anyhow::{Context, Result};
-use ndarray::{s, Array2};
+use ndarray::{s, Array2, ArrayView2};
 
 use std::time::Duration;
 
@@ -164,6 +165,9 @@ pub struct OtherViews {
     /// probes' principal subspace, standardised per label (`scorer.input_signature`,
     /// [`input_signature`]).
     pub input_signature: Option<Vec<f32>>,
+    /// Each row's squared Mahalanobis distance from the probes' mean (`scorer.input_distance`,
+    /// [`input_distance`]); `None` also when the probes are too few for the input's width.
+    pub input_distance: Option<Vec<f32>>,
     /// Not a score: each window sample's neighbourhood in input space, which
     /// `decision.keep_hard_clean` asks about ([`hard_clean`]).
     pub sample_neighbours: Option<SampleNeighbours>,
@@ -186,6 +190,7 @@ impl OtherViews {
             && self.label_disagreement.is_none()
             && self.label_vote.is_none()
             && self.input_signature.is_none()
+            && self.input_distance.is_none()
     }
 }
 
@@ -254,9 +259,43 @@ pub struct Engine {
     windows_done: u64,
     /// Set once the learning rate is known: from the config, or by calibration.
     learning_rate: Option<f32>,
-    /// The probes' principal subspaces (`scorer.input_signature`), fitted once: the probes
-    /// are fixed for the engine's life.
-    probe_subspaces: Option<input_signature::ProbeSubspaces>,
+    /// What the input views fit on the probes, once: the probes are fixed for the engine's life.
+    fitted_on_probes: FittedOnProbes,
+}
+
+/// The input views' models of the probes, fitted when the engine starts.
+#[derive(Debug, Clone, Default)]
+struct FittedOnProbes {
+    /// The probes' principal subspaces (`scorer.input_signature`).
+    subspaces: Option<input_signature::ProbeSubspaces>,
+    /// The probes' means and covariances (`scorer.input_distance`), when they are enough.
+    spread: Option<input_distance::ProbeSpread>,
+}
+
+impl FittedOnProbes {
+    fn fit(scorer: &ScorerConfig, probes: ArrayView2<f32>) -> Self {
+        let subspaces =
+            scorer.input_signature.then(|| input_signature::ProbeSubspaces::fit(probes)).flatten();
+        if subspaces.is_some() && probes.ncols() > input_signature::MAX_WHITENED_WIDTH {
+            tracing::info!(
+                features = probes.ncols(),
+                whitened_up_to = input_signature::MAX_WHITENED_WIDTH,
+                "scorer.input_signature: inputs this wide are scored unwhitened (whitening costs \
+                 the width cubed); small triggers stand out less"
+            );
+        }
+        let spread = scorer.input_distance.then(|| input_distance::ProbeSpread::fit(probes)).flatten();
+        if scorer.input_distance && spread.is_none() {
+            tracing::info!(
+                features = probes.ncols(),
+                probes = probes.nrows(),
+                probes_needed = input_distance::ProbeSpread::probes_needed(probes.ncols()),
+                "scorer.input_distance: off, the probes are too few to measure how this many \
+                 features vary together (each half of them must outnumber the features)"
+            );
+        }
+        Self { subspaces, spread }
+    }
 }
 
 impl Engine {
@@ -291,20 +330,8 @@ impl Engine {
             FeatureScaling::identity(config.input.features)
         };
         let probes = scaling.applied(&probes);
-        let probe_subspaces = config
-            .scorer
-            .input_signature
-            .then(|| input_signature::ProbeSubspaces::fit(probes.features.view()))
-            .flatten();
-        if probe_subspaces.is_some() && config.input.features > input_signature::MAX_WHITENED_WIDTH {
-            tracing::info!(
-                features = config.input.features,
-                whitened_up_to = input_signature::MAX_WHITENED_WIDTH,
-                "scorer.input_signature: inputs this wide are scored unwhitened (whitening costs \
-                 the width cubed); small triggers stand out less"
-            );
-        }
-        Ok(Self { config, model, probes, scaling, windows_done: 0, learning_rate, probe_subspaces })
+        let fitted_on_probes = FittedOnProbes::fit(&config.scorer, probes.features.view());
+        Ok(Self { config, model, probes, scaling, windows_done: 0, learning_rate, fitted_on_probes })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -417,9 +444,9 @@ impl Engine {
         // one thread by default), which takes them off the window's time, not its CPU time.
         let (inputs, losses) = std::thread::scope(|scope| {
             let (scorer, decision) = (&self.config.scorer, &self.config.decision);
-            let (subspaces, rows, sample_count) = (self.probe_subspaces.as_ref(), &joined, window.len());
+            let (fitted, rows, sample_count) = (&self.fitted_on_probes, &joined, window.len());
             let inputs = scope
-                .spawn(move || input_views(scorer, decision.keep_hard_clean, subspaces, rows, sample_count));
+                .spawn(move || input_views(scorer, decision.keep_hard_clean, fitted, rows, sample_count));
             let losses = averaged_losses(
                 &mut self.model,
                 &self.config.shadow,
@@ -537,12 +564,12 @@ impl Engine {
 }
 
 /// The views of every row of `joined` that need only its inputs (`scorer.input_range`,
-/// `scorer.neighbour_labels`, `scorer.label_vote`, `scorer.input_signature`) and the
-/// samples' neighbourhoods.
+/// `scorer.neighbour_labels`, `scorer.label_vote`, `scorer.input_signature`,
+/// `scorer.input_distance`) and the samples' neighbourhoods.
 fn input_views(
     scorer: &ScorerConfig,
     keeps_hard_clean: bool,
-    probe_subspaces: Option<&input_signature::ProbeSubspaces>,
+    fitted: &FittedOnProbes,
     joined: &LabelledSamples,
     sample_count: usize,
 ) -> OtherViews {
@@ -560,8 +587,10 @@ fn input_views(
             .as_ref()
             .filter(|_| scorer.label_vote)
             .map(|votes| votes.iter().map(|agreement| 1.0 - agreement).collect()),
-        input_signature: probe_subspaces
+        input_signature: (fitted.subspaces.as_ref())
             .map(|subspaces| input_signature::scores(subspaces, features, &joined.labels, sample_count)),
+        input_distance: (fitted.spread.as_ref())
+            .map(|spread| input_distance::distances(spread, features, sample_count)),
         sample_neighbours: keeps_hard_clean.then(|| SampleNeighbours {
             same_label: neighbours::same_label_neighbours(
                 features,

@@ -373,6 +373,7 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
         .chain(standardised.iter())
         .chain(views.label_vote.as_ref())
         .chain(views.input_signature.as_ref())
+        .chain(views.input_distance.as_ref())
         .map(|view| extrapolated_tail_shares(view, sample_count))
         .collect();
     let shares = far_out_in_one_or_out_in_several(&view_shares, sample_count);

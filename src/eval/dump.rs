@@ -37,7 +37,8 @@ pub(crate) fn write_windows(
 /// (empty when `decision.keep_hard_clean` is off); the views are empty where the config leaves
 /// them off (`label_vote`: the share of its nearest window samples that carry another
 /// label); `label_agreement`: the hard-clean rule's label vote; `input_signature`: the score
-/// along the class's shared direction off the probes' principal subspace; then
+/// along the class's shared direction off the probes' principal subspace; `input_distance`:
+/// the squared Mahalanobis distance from the probes' mean; then
 /// the loss in every epoch under the shadow that judged the row (the second's
 /// for a probe) and the features as the engine saw them before scaling.
 fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> String {
@@ -45,7 +46,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
     let epochs = outcome.losses.ncols();
     let features = scenario.stream.features.ncols();
     let mut text = String::from(
-        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,grey_zone_top,representation,label_disagreement,range_exceedance,label_vote,label_agreement,input_signature",
+        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,grey_zone_top,representation,label_disagreement,range_exceedance,label_vote,label_agreement,input_signature,input_distance",
     );
     (1..=epochs).for_each(|e| {
         let _ = write!(text, ",loss_epoch{e}");
@@ -78,7 +79,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
         };
         let _ = write!(
             text,
-            "{row},{origin},{},{decided},{},{},{},{},{},{},{},{}",
+            "{row},{origin},{},{decided},{},{},{},{},{},{},{},{},{}",
             outcome.labels[row],
             outcome.threshold.value,
             outcome.grey_zone_top.map(|top| top.to_string()).unwrap_or_default(),
@@ -88,6 +89,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
             view(&outcome.views.label_vote, row),
             agreement(row),
             view(&outcome.views.input_signature, row),
+            view(&outcome.views.input_distance, row),
         );
         let losses = match row < samples {
             true => outcome.trajectory(row),
