@@ -352,7 +352,7 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
     let trajectory: Vec<f32> = samples.iter().chain(probes).copied().collect();
     let gate = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
     // The scored views besides the trajectory, each standardised against its label's probes.
-    let standardised: Vec<Vec<f32>> = [&views.representation, &views.label_disagreement]
+    let standardised: Vec<Vec<f32>> = [&views.representation, &views.label_disagreement, &views.input_distance]
         .into_iter()
         .flatten()
         .map(|scores| standardised_per_label(scores, labels, sample_count))
@@ -373,7 +373,6 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
         .chain(standardised.iter())
         .chain(views.label_vote.as_ref())
         .chain(views.input_signature.as_ref())
-        .chain(views.input_distance.as_ref())
         .map(|view| extrapolated_tail_shares(view, sample_count))
         .collect();
     let shares = far_out_in_one_or_out_in_several(&view_shares, sample_count);
