@@ -69,6 +69,9 @@ pub(crate) struct GreyZone<'a> {
     strict_threshold: f32,
     /// Every row's input signature and the probes' level at alpha, when the view is on.
     input_signature: Option<(&'a [f32], f32)>,
+    /// Per window sample: whether its input distance is within what all but the strict share
+    /// of the probes reach, when the view is on.
+    plain_by_distance: Option<Vec<bool>>,
     /// The labels seen in the window, sorted; `last_loss_limits` follows their order.
     labels: Vec<i64>,
     /// Per label: the last-epoch loss its probes stay within at the conformal level alpha.
@@ -76,6 +79,16 @@ pub(crate) struct GreyZone<'a> {
     /// Each window sample's neighbourhood.
     neighbours: &'a SampleNeighbours,
     evidence: Evidence,
+}
+
+/// What the hard-clean rule asks of a row's inputs, from the views that measured them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InputEvidence<'a> {
+    /// Every row's input signature (`scorer.input_signature`).
+    pub(crate) signature: Option<&'a [f32]>,
+    /// Every row's input distance, standardised per label as the fusion takes it
+    /// (`scorer.input_distance`).
+    pub(crate) distance: Option<Vec<f32>>,
 }
 
 /// What a decision may take as evidence that a grey-zone sample is hard clean data.
@@ -139,8 +152,8 @@ pub(crate) struct Flagged {
 impl<'a> GreyZone<'a> {
     /// `trajectories`: the kept epochs of every row (samples, then probes); `probe_scores`:
     /// the probes' leave-one-out fused scores; `neighbours`: each sample's nearest samples of
-    /// its label (`neighbours::same_label_neighbours`); `input_signature`: every row's, when the
-    /// view is on.
+    /// its label (`neighbours::same_label_neighbours`); `inputs`: every row's input views that
+    /// are on.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         trajectories: ArrayView2<f32>,
@@ -148,13 +161,18 @@ impl<'a> GreyZone<'a> {
         sample_count: usize,
         probe_scores: &[f32],
         neighbours: &'a SampleNeighbours,
-        input_signature: Option<&'a [f32]>,
+        inputs: InputEvidence<'a>,
         alpha: f64,
         evidence: Evidence,
     ) -> Self {
-        let strict_threshold = conformal_quantile(probe_scores, alpha * STRICT_SHARE_OF_ALPHA);
+        let strict_share = alpha * STRICT_SHARE_OF_ALPHA;
+        let strict_threshold = conformal_quantile(probe_scores, strict_share);
         let input_signature =
-            input_signature.map(|rows| (rows, conformal_quantile(&rows[sample_count..], alpha)));
+            inputs.signature.map(|rows| (rows, conformal_quantile(&rows[sample_count..], alpha)));
+        let plain_by_distance = inputs.distance.map(|rows| {
+            let level = conformal_quantile(&rows[sample_count..], strict_share);
+            rows[..sample_count].iter().map(|&d| d <= level).collect()
+        });
         let probe_rows: Vec<usize> = (sample_count..labels.len()).collect();
         let mut seen: Vec<i64> = labels.to_vec();
         seen.sort_unstable();
@@ -168,7 +186,15 @@ impl<'a> GreyZone<'a> {
                 conformal_quantile(&last, alpha)
             })
             .collect();
-        Self { strict_threshold, input_signature, labels: seen, last_loss_limits, neighbours, evidence }
+        Self {
+            strict_threshold,
+            input_signature,
+            plain_by_distance,
+            labels: seen,
+            last_loss_limits,
+            neighbours,
+            evidence,
+        }
     }
 
     /// The grey zone's upper edge: a score above it is quarantined whatever the dynamics.
@@ -186,7 +212,9 @@ impl<'a> GreyZone<'a> {
         threshold: f32,
     ) -> Option<Kept> {
         let at = self.label_in_zone(sample)?;
-        if mostly_flagged(&self.neighbours.same_label[sample.row], sample_scores, threshold) {
+        if mostly_flagged(&self.neighbours.same_label[sample.row], sample_scores, threshold)
+            && !self.plain_by_distance(sample.row)
+        {
             return None;
         }
         let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
@@ -214,6 +242,13 @@ impl<'a> GreyZone<'a> {
         losses[losses.len() - 1] <= halfway
             && self.agreement(row) > 0.0
             && self.input_signature_within_probes(row) == Some(true)
+    }
+
+    /// Whether window sample `row`'s input distance is within what all but the strict share of
+    /// the probes reach (false when the view is off): its features vary together as clean
+    /// data's do, so a crowd of flagged samples around it is no trigger they share.
+    fn plain_by_distance(&self, row: usize) -> bool {
+        self.plain_by_distance.as_ref().is_some_and(|plain| plain[row])
     }
 
     /// Whether row `row`'s input signature is within what the probes reach at alpha; `None`
@@ -303,7 +338,7 @@ mod tests {
         neighbours: &'a SampleNeighbours,
     ) -> GreyZone<'a> {
         let evidence = Evidence::AnyKind;
-        GreyZone::new(trajectories.view(), labels, 2, probe_scores, neighbours, None, 0.5, evidence)
+        GreyZone::new(trajectories.view(), labels, 2, probe_scores, neighbours, InputEvidence::default(), 0.5, evidence)
     }
 
     // At alpha 0.5 the threshold is the 11th probe score, the strict one (alpha 0.1) the 19th.
@@ -369,7 +404,7 @@ mod tests {
                 2,
                 &probe_scores,
                 &neighbours,
-                rows.as_deref(),
+                InputEvidence { signature: rows.as_deref(), distance: None },
                 0.5,
                 Evidence::AnyKind,
             );
@@ -397,7 +432,7 @@ mod tests {
                 2,
                 &probe_scores,
                 &neighbours,
-                None,
+                InputEvidence::default(),
                 0.5,
                 evidence,
             );
@@ -436,7 +471,7 @@ mod tests {
                 2,
                 &probe_scores,
                 &neighbours,
-                Some(&rows),
+                InputEvidence { signature: Some(&rows), distance: None },
                 0.5,
                 evidence,
             );

@@ -4,7 +4,7 @@
 use ndarray::{s, Array2, ArrayView2, Axis};
 
 pub(crate) use super::hard_clean::Evidence;
-use super::hard_clean::{Flagged, GreyZone};
+use super::hard_clean::{Flagged, GreyZone, InputEvidence};
 use super::input_range::out_of_range;
 use super::trajectory::kept_epochs;
 use super::{EngineConfig, FirstPass, OtherViews, WindowOutcome};
@@ -131,14 +131,18 @@ fn grey_zone<'a>(
     let decision = &config.decision;
     let neighbours = views.sample_neighbours.as_ref()?;
     (decision.keep_hard_clean && decision.policy == Policy::Calibrated).then(|| {
-        let input_signature = views.input_signature.as_deref();
+        let inputs = InputEvidence {
+            signature: views.input_signature.as_deref(),
+            distance: (views.input_distance.as_ref())
+                .map(|distances| standardised_per_label(distances, labels, sample_count)),
+        };
         GreyZone::new(
             trajectories,
             labels,
             sample_count,
             probe_scores,
             neighbours,
-            input_signature,
+            inputs,
             decision.alpha,
             evidence,
         )
