@@ -32,7 +32,13 @@
 //! - most of its [`NEIGHBOURS`] nearest window samples of its label (input space) are below
 //!   the threshold: the poisons of one attack share a trigger and sit together, while hard
 //!   clean samples each differ in their own way (without this, satimage's in-range clean-label
-//!   poisons, learned like hard clean samples, passed: caught 61 -> 16 %),
+//!   poisons, learned like hard clean samples, passed: caught 61 -> 16 %), unless (session 19)
+//!   its input distance (`input_distance`, tabular inputs) is within what all but alpha / 5 of
+//!   the probes reach: a trigger on a few features breaks how they vary together, and where
+//!   the features say nothing of the kind a crowd of flagged neighbours is a hard region of the
+//!   class (satimage's damp grey soil beside grey soil), not a shared trigger. 3 seeds:
+//!   false-reject optdigits 3.1 -> 2.4 %, penbased 2.8 -> 1.6 %, satimage 5.8 -> 4.3 %, texture
+//!   3.8 -> 2.2 %, every backdoor caught as before,
 //! - and the input-range gate did not catch it.
 //!
 //! Within a window's final decision forwarding only lowers the quarantine, so the false-reject
@@ -338,7 +344,16 @@ mod tests {
         neighbours: &'a SampleNeighbours,
     ) -> GreyZone<'a> {
         let evidence = Evidence::AnyKind;
-        GreyZone::new(trajectories.view(), labels, 2, probe_scores, neighbours, InputEvidence::default(), 0.5, evidence)
+        GreyZone::new(
+            trajectories.view(),
+            labels,
+            2,
+            probe_scores,
+            neighbours,
+            InputEvidence::default(),
+            0.5,
+            evidence,
+        )
     }
 
     // At alpha 0.5 the threshold is the 11th probe score, the strict one (alpha 0.1) the 19th.
@@ -414,6 +429,38 @@ mod tests {
         assert_eq!(kept(Some(0.5)), Some(Kept::Learned));
         assert_eq!(kept(Some(1.5)), None, "learned, but its inputs stand out as a trigger's would");
         assert_eq!(kept(None), Some(Kept::Learned), "without the view the loss decides");
+    }
+
+    #[test]
+    fn a_sample_among_flagged_neighbours_is_kept_when_its_input_distance_is_plain() {
+        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
+        // Sample 0 learned and in the grey zone; its one same-label neighbour, sample 1, is
+        // flagged too (the cluster check).
+        let neighbours =
+            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
+        // The probes' input distances 0..1.9: at the strict share (alpha 0.5 / 5) the level is 1.8.
+        let kept = |distance: Option<f32>| {
+            let rows: Option<Vec<f32>> = distance.map(|d| {
+                let mut rows = vec![d, 0.0];
+                rows.extend((0..20).map(|p| p as f32 / 10.0));
+                rows
+            });
+            let zone = GreyZone::new(
+                trajectories.view(),
+                &labels,
+                2,
+                &probe_scores,
+                &neighbours,
+                InputEvidence { signature: None, distance: rows },
+                0.5,
+                Evidence::AnyKind,
+            );
+            let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+            zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, 12.0], THRESHOLD)
+        };
+        assert_eq!(kept(Some(1.0)), Some(Kept::Learned), "its features vary together as the probes' do");
+        assert_eq!(kept(Some(1.85)), None, "beyond all but a tenth of the probes: the cluster check holds");
+        assert_eq!(kept(None), None, "without the view the cluster check holds");
     }
 
     #[test]

@@ -356,11 +356,12 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
     let trajectory: Vec<f32> = samples.iter().chain(probes).copied().collect();
     let gate = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
     // The scored views besides the trajectory, each standardised against its label's probes.
-    let standardised: Vec<Vec<f32>> = [&views.representation, &views.label_disagreement, &views.input_distance]
-        .into_iter()
-        .flatten()
-        .map(|scores| standardised_per_label(scores, labels, sample_count))
-        .collect();
+    let standardised: Vec<Vec<f32>> =
+        [&views.representation, &views.label_disagreement, &views.input_distance]
+            .into_iter()
+            .flatten()
+            .map(|scores| standardised_per_label(scores, labels, sample_count))
+            .collect();
     // Shares are steps of 1/(probes + 1): every sample beyond all probes in a view shares the
     // top score. Ties are broken by the largest standardised score of the scored views,
     // squashed into less than the smallest step between two shares, so that no two samples
