@@ -33,7 +33,8 @@ pub struct DecisionConfig {
     /// Under `calibrated`: forward a sample just above the threshold (not above the one at
     /// alpha / 5) that looks like hard clean data (learned as well as its label's probes, among
     /// its own label, or still being learned with plain inputs) and whose nearest same-label
-    /// samples are mostly below the threshold (`engine::hard_clean`).
+    /// samples are mostly below the threshold, or whose input distance is plain
+    /// (`engine::hard_clean`).
     pub keep_hard_clean: bool,
 }
 

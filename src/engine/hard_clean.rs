@@ -121,26 +121,41 @@ pub(crate) enum Kept {
 }
 
 impl Kept {
-    /// The reason a forwarded record carries.
-    pub(crate) fn explained(self) -> &'static str {
-        match self {
+    /// The reason a forwarded record carries; `crowd`: how it passed the cluster check.
+    pub(crate) fn explained(self, crowd: Crowd) -> String {
+        let evidence = match self {
             Kept::Learned => {
-                "only just above the threshold, learned as well as its label's clean probes, its \
-                 input signature within the probes', and most of its nearest samples of its label \
-                 are below the threshold"
+                "learned as well as its label's clean probes, its input signature within the probes'"
             }
             Kept::AmongItsLabel => {
-                "only just above the threshold, most of its nearest window samples carry its label \
-                 (not learned as well as its label's clean probes yet), and most of its nearest \
-                 samples of its label are below the threshold"
+                "most of its nearest window samples carry its label (not learned as well as its \
+                 label's clean probes yet)"
             }
             Kept::StillLearning => {
-                "only just above the threshold, its loss still falling in the window's second half, \
-                 some of its nearest window samples carry its label, its input signature is within \
-                 the probes', and most of its nearest samples of its label are below the threshold"
+                "its loss still falling in the window's second half, some of its nearest window \
+                 samples carry its label, its input signature is within the probes'"
             }
-        }
+        };
+        let crowd = match crowd {
+            Crowd::MostlyBelow => "most of its nearest samples of its label are below the threshold",
+            Crowd::FlaggedButPlainInputs => {
+                "most of its nearest samples of its label are above the threshold too, but not above \
+                 the grey zone, and its input distance is within the probes' (no trigger in its \
+                 features)"
+            }
+        };
+        format!("only just above the threshold, {evidence}, and {crowd}")
     }
+}
+
+/// How a forwarded sample passed the cluster check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Crowd {
+    /// Most of its nearest samples of its label are below the threshold.
+    MostlyBelow,
+    /// Most are above it too but not above the grey zone, and its input distance is plain,
+    /// which waives the check.
+    FlaggedButPlainInputs,
 }
 
 /// A row above the window's threshold, as the rule reads it.
@@ -218,9 +233,7 @@ impl<'a> GreyZone<'a> {
         threshold: f32,
     ) -> Option<Kept> {
         let at = self.label_in_zone(sample)?;
-        if mostly_flagged(&self.neighbours.same_label[sample.row], sample_scores, threshold)
-            && !self.plain_by_distance(sample.row)
-        {
+        if self.crowd(sample.row, sample_scores, threshold).is_none() {
             return None;
         }
         let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
@@ -248,6 +261,24 @@ impl<'a> GreyZone<'a> {
         losses[losses.len() - 1] <= halfway
             && self.agreement(row) > 0.0
             && self.input_signature_within_probes(row) == Some(true)
+    }
+
+    /// How window sample `row` passes the cluster check, or `None` when it does not: most of
+    /// its nearest samples of its label are above the threshold too, and either most are above
+    /// the grey zone (a crowd that far out is a trigger's, whatever the inputs: penbased's
+    /// two-feature backdoor at 4 % of the data, 28 of its poisons forwarded without this, 11
+    /// with it, over three seeds' window dumps) or its inputs give no reason to waive that.
+    pub(crate) fn crowd(&self, row: usize, sample_scores: &[f32], threshold: f32) -> Option<Crowd> {
+        let neighbours = &self.neighbours.same_label[row];
+        if !mostly_flagged(neighbours, sample_scores, threshold) {
+            Some(Crowd::MostlyBelow)
+        } else if self.plain_by_distance(row)
+            && !mostly_flagged(neighbours, sample_scores, self.strict_threshold)
+        {
+            Some(Crowd::FlaggedButPlainInputs)
+        } else {
+            None
+        }
     }
 
     /// Whether window sample `row`'s input distance is within what all but the strict share of
@@ -435,11 +466,11 @@ mod tests {
     fn a_sample_among_flagged_neighbours_is_kept_when_its_input_distance_is_plain() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         // Sample 0 learned and in the grey zone; its one same-label neighbour, sample 1, is
-        // flagged too (the cluster check).
+        // flagged too (the cluster check), in the grey zone or above it.
         let neighbours =
             SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
         // The probes' input distances 0..1.9: at the strict share (alpha 0.5 / 5) the level is 1.8.
-        let kept = |distance: Option<f32>| {
+        let kept = |distance: Option<f32>, neighbour_score: f32| {
             let rows: Option<Vec<f32>> = distance.map(|d| {
                 let mut rows = vec![d, 0.0];
                 rows.extend((0..20).map(|p| p as f32 / 10.0));
@@ -456,11 +487,16 @@ mod tests {
                 Evidence::AnyKind,
             );
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
-            zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, 12.0], THRESHOLD)
+            let scores = [IN_GREY_ZONE, neighbour_score];
+            let kept = zone.keeps(trajectories.view(), sample, &scores, THRESHOLD)?;
+            Some((kept, zone.crowd(0, &scores, THRESHOLD)?))
         };
-        assert_eq!(kept(Some(1.0)), Some(Kept::Learned), "its features vary together as the probes' do");
-        assert_eq!(kept(Some(1.85)), None, "beyond all but a tenth of the probes: the cluster check holds");
-        assert_eq!(kept(None), None, "without the view the cluster check holds");
+        let waived = Some((Kept::Learned, Crowd::FlaggedButPlainInputs));
+        assert_eq!(kept(Some(1.0), 12.0), waived, "its features vary together as the probes' do");
+        assert_eq!(kept(Some(1.85), 12.0), None, "beyond all but a tenth of the probes: the check holds");
+        assert_eq!(kept(None, 12.0), None, "without the view the cluster check holds");
+        assert_eq!(kept(Some(1.0), 19.5), None, "a crowd above the grey zone is a trigger's");
+        assert!(Kept::Learned.explained(Crowd::FlaggedButPlainInputs).contains("input distance is within"));
     }
 
     #[test]

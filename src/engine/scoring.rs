@@ -102,10 +102,11 @@ pub(crate) fn judge(
             let mut decided = decision.decide(s, &threshold);
             let kept = grey_zone.as_ref().filter(|_| decided.flagged).and_then(|zone| {
                 let sample = Flagged { row: i, label: labels[i], score: s, out_of_range: is_outside(i) };
-                zone.keeps(trajectories.view(), sample, sample_scores, threshold.value)
+                let kept = zone.keeps(trajectories.view(), sample, sample_scores, threshold.value)?;
+                Some(kept.explained(zone.crowd(i, sample_scores, threshold.value)?))
             });
-            if let Some(kept) = kept {
-                decided = decision.keep_as_hard_clean(decided, kept.explained());
+            if let Some(why) = kept {
+                decided = decision.keep_as_hard_clean(decided, &why);
             } else if decided.flagged && is_outside(i) {
                 decided.reason.push_str(OUT_OF_RANGE_REASON);
             }
