@@ -34,9 +34,10 @@
 //!   clean samples each differ in their own way (without this, satimage's in-range clean-label
 //!   poisons, learned like hard clean samples, passed: caught 61 -> 16 %), unless (session 19)
 //!   its input distance (`input_distance`, tabular inputs) is within what all but alpha / 5 of
-//!   the probes reach: a trigger on a few features breaks how they vary together, and where
-//!   the features say nothing of the kind a crowd of flagged neighbours is a hard region of the
-//!   class (satimage's damp grey soil beside grey soil), not a shared trigger. 3 seeds:
+//!   the probes reach and most of that crowd is in the grey zone, not above it: a trigger on a
+//!   few features breaks how they vary together, and where the features say nothing of the
+//!   kind a crowd of slightly flagged neighbours is a hard region of the class (satimage's damp
+//!   grey soil beside grey soil), not a shared trigger. 3 seeds:
 //!   false-reject optdigits 3.1 -> 2.4 %, penbased 2.8 -> 1.6 %, satimage 5.8 -> 4.3 %, texture
 //!   3.8 -> 2.2 %, every backdoor caught as before,
 //! - and the input-range gate did not catch it.
