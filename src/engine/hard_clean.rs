@@ -234,9 +234,7 @@ impl<'a> GreyZone<'a> {
         threshold: f32,
     ) -> Option<Kept> {
         let at = self.label_in_zone(sample)?;
-        if self.crowd(sample.row, sample_scores, threshold).is_none() {
-            return None;
-        }
+        self.crowd(sample.row, sample_scores, threshold)?;
         let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
         let final_decision = self.evidence == Evidence::AnyKind;
         if self.learned_beside_its_label(trajectories, sample.row, at) {
