@@ -372,18 +372,18 @@ mod tests {
         labels: &[i64],
         probe_scores: &[f32],
         neighbours: &'a SampleNeighbours,
+        inputs: InputEvidence<'a>,
     ) -> GreyZone<'a> {
         let evidence = Evidence::AnyKind;
-        GreyZone::new(
-            trajectories.view(),
-            labels,
-            2,
-            probe_scores,
-            neighbours,
-            InputEvidence::default(),
-            0.5,
-            evidence,
-        )
+        GreyZone::new(trajectories.view(), labels, 2, probe_scores, neighbours, inputs, 0.5, evidence)
+    }
+
+    /// An input view's values for the fixture's rows: `sample` for sample 0, 0 for sample 1,
+    /// and 0.0, 0.1, ..., 1.9 for the probes.
+    fn view_rows(sample: f32) -> Vec<f32> {
+        let mut rows = vec![sample, 0.0];
+        rows.extend((0..20).map(|p| p as f32 / 10.0));
+        rows
     }
 
     // At alpha 0.5 the threshold is the 11th probe score, the strict one (alpha 0.1) the 19th.
@@ -398,7 +398,7 @@ mod tests {
         // carry it).
         let neighbours =
             SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
-        let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours);
+        let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
         let calm = [IN_GREY_ZONE, 5.0];
         let keeps = |row, label, score, out_of_range, scores: &[f32]| {
             zone.keeps(trajectories.view(), Flagged { row, label, score, out_of_range }, scores, THRESHOLD)
@@ -423,7 +423,7 @@ mod tests {
         let mut label_agreement = vec![0.0; 22];
         label_agreement[3] = 0.1;
         let neighbours = SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement };
-        let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours);
+        let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
         let flagged = |row| Flagged { row, label: 0, score: IN_GREY_ZONE, out_of_range: false };
         let calm = [IN_GREY_ZONE, 5.0];
         assert_eq!(zone.keeps(trajectories.view(), flagged(0), &calm, THRESHOLD), None);
@@ -438,21 +438,9 @@ mod tests {
             SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
         // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
         let kept = |signature: Option<f32>| {
-            let rows: Option<Vec<f32>> = signature.map(|s| {
-                let mut rows = vec![s, 0.0];
-                rows.extend((0..20).map(|p| p as f32 / 10.0));
-                rows
-            });
-            let zone = GreyZone::new(
-                trajectories.view(),
-                &labels,
-                2,
-                &probe_scores,
-                &neighbours,
-                InputEvidence { signature: rows.as_deref(), distance: None },
-                0.5,
-                Evidence::AnyKind,
-            );
+            let rows = signature.map(view_rows);
+            let inputs = InputEvidence { signature: rows.as_deref(), distance: None };
+            let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, 5.0], THRESHOLD)
         };
@@ -470,21 +458,8 @@ mod tests {
             SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
         // The probes' input distances 0..1.9: at the strict share (alpha 0.5 / 5) the level is 1.8.
         let kept = |distance: Option<f32>, neighbour_score: f32| {
-            let rows: Option<Vec<f32>> = distance.map(|d| {
-                let mut rows = vec![d, 0.0];
-                rows.extend((0..20).map(|p| p as f32 / 10.0));
-                rows
-            });
-            let zone = GreyZone::new(
-                trajectories.view(),
-                &labels,
-                2,
-                &probe_scores,
-                &neighbours,
-                InputEvidence { signature: None, distance: rows },
-                0.5,
-                Evidence::AnyKind,
-            );
+            let inputs = InputEvidence { signature: None, distance: distance.map(view_rows) };
+            let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             let scores = [IN_GREY_ZONE, neighbour_score];
             let kept = zone.keeps(trajectories.view(), sample, &scores, THRESHOLD)?;

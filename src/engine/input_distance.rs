@@ -129,17 +129,22 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_row_whose_features_are_each_in_range_but_not_together_lies_beyond_every_probe() {
-        let probes = probes_on_a_line(200);
-        let spread = ProbeSpread::fit(probes.view()).expect("100 probes a half, 2 features");
-        // Sample 0 lies on the line; sample 1 sets feature 1 to the opposite end of its range.
-        let samples = ndarray::arr2(&[[0.5, 0.5], [0.5, -0.5]]);
+    /// The two samples' distances and the farthest probe's, the view fitted on `probes`.
+    fn two_samples_and_the_farthest_probe(probes: &Array2<f32>, samples: Array2<f32>) -> (f32, f32, f32) {
+        let spread = ProbeSpread::fit(probes.view()).expect("100 probes a half, a few features");
         let rows = ndarray::concatenate(Axis(0), &[samples.view(), probes.view()]).unwrap();
         let distances = distances(&spread, rows.view(), 2);
         let farthest_probe = distances[2..].iter().copied().fold(0.0, f32::max);
-        assert!(distances[0] < farthest_probe, "on the line: {} vs {farthest_probe}", distances[0]);
-        assert!(distances[1] > 10.0 * farthest_probe, "off the line: {} vs {farthest_probe}", distances[1]);
+        (distances[0], distances[1], farthest_probe)
+    }
+
+    #[test]
+    fn a_row_whose_features_are_each_in_range_but_not_together_lies_beyond_every_probe() {
+        // Sample 0 lies on the line; sample 1 sets feature 1 to the opposite end of its range.
+        let samples = ndarray::arr2(&[[0.5, 0.5], [0.5, -0.5]]);
+        let (on, off, farthest) = two_samples_and_the_farthest_probe(&probes_on_a_line(200), samples);
+        assert!(on < farthest, "on the line: {on} vs {farthest}");
+        assert!(off > 10.0 * farthest, "off the line: {off} vs {farthest}");
     }
 
     #[test]
@@ -165,13 +170,10 @@ mod tests {
             1 => line[[i, 1]],
             _ => ((i * 37) % 17) as f32 / 17.0 - 0.5,
         });
-        let spread = ProbeSpread::fit(probes.view()).unwrap();
         let samples = ndarray::arr2(&[[500.0, 0.5, 0.0], [500.0, -0.5, 0.0]]);
-        let rows = ndarray::concatenate(Axis(0), &[samples.view(), probes.view()]).unwrap();
-        let distances = distances(&spread, rows.view(), 2);
-        let farthest_probe = distances[2..].iter().copied().fold(0.0, f32::max);
-        assert!(distances[0] < farthest_probe, "on the line: {} vs {farthest_probe}", distances[0]);
-        assert!(distances[1] > 2.0 * farthest_probe, "off the line: {} vs {farthest_probe}", distances[1]);
+        let (on, off, farthest) = two_samples_and_the_farthest_probe(&probes, samples);
+        assert!(on < farthest, "on the line: {on} vs {farthest}");
+        assert!(off > 2.0 * farthest, "off the line: {off} vs {farthest}");
     }
 
     #[test]

@@ -340,8 +340,9 @@ pub(crate) fn stale_probes_warning(out_of_range: &[bool]) -> Option<String> {
 /// views together, whichever the probes find rarer ([`far_out_in_one_or_out_in_several`]).
 /// The trajectory scores are taken as they are (already within each label, and pooled across
 /// labels as the calibrated threshold pools them); the
-/// representation and label-neighbour scores are first standardised against the probes of the
-/// row's label, whose spreads differ from class to class; the label vote (a share of ten
+/// representation, label-neighbour and input-distance scores are first standardised against
+/// the probes of the row's label, whose spreads differ from class to class (a class far from
+/// the others' mean would otherwise take the input distance's false rejects); the label vote (a share of ten
 /// neighbours: eleven values, mostly 0 for a clean row) and the input signature (standardised
 /// per label already, on the window's samples) are taken as they are. Tail shares put the
 /// views on one footing: the larger of two z-scores let the heavier-tailed trajectory view
