@@ -39,7 +39,8 @@
 //!   kind a crowd of slightly flagged neighbours is a hard region of the class (satimage's damp
 //!   grey soil beside grey soil), not a shared trigger. 3 seeds:
 //!   false-reject optdigits 3.1 -> 2.4 %, penbased 2.8 -> 1.6 %, satimage 5.8 -> 4.3 %, texture
-//!   3.8 -> 2.2 %, every backdoor caught as before,
+//!   3.8 -> 2.2 %, every backdoor caught as before at 1 % (at 4 %, penbased's two-feature
+//!   backdoor 99.9 -> 98.6 %: its poisons' inputs are plain),
 //! - and the input-range gate did not catch it.
 //!
 //! Within a window's final decision forwarding only lowers the quarantine, so the false-reject
