@@ -4,8 +4,10 @@
 # engine benchmark twice, on the CPU and on `execution_provider = "cuda"` with no CPU fallback
 # (a CUDA that cannot load fails the run and names what is missing): whole default windows,
 # through the device-resident path on the GPU (window uploaded once, batches gathered there,
-# weights never copied back between steps). Prints both tables and the speed-up; then one
-# window of the MNIST detection check on CUDA.
+# weights never copied back between steps). Prints both tables and the speed-up; then the
+# ignored GPU test of tests/shadow_model.rs (the resident path on CUDA against the host path
+# on the CPU, and the device-held state read back) and one window of the MNIST detection
+# check on CUDA.
 #
 #   ORT_GPU_DIR   folder holding libonnxruntime.so.1.31.1, libonnxruntime_providers_cuda.so and
 #                 libonnxruntime_providers_shared.so (from the onnxruntime-gpu==1.31.1 wheel's
@@ -14,6 +16,8 @@
 #   MNIST dir     $LOSSGATE_MNIST or the setup cache.
 #   LOSSGATE_BIN  a lossgate binary built here with `cargo build --release --features cuda`
 #                 and carried to the GPU host (it reaches no crate registry); default: build.
+#   LOSSGATE_TEST_BIN  the shadow_model test binary built the same way (`cargo test --release
+#                 --features cuda --test shadow_model --no-run` prints its path); default: build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${ORT_GPU_DIR:?set ORT_GPU_DIR to the onnxruntime-gpu capi folder}"
@@ -41,7 +45,10 @@ if [ -z "$bin" ]; then
   cargo build --release --features cuda
   bin=./target/release/lossgate
 fi
+gpu_test=(cargo test --release --features cuda --test shadow_model --)
+[ -n "${LOSSGATE_TEST_BIN:-}" ] && gpu_test=("$LOSSGATE_TEST_BIN")
 nvidia-smi --query-gpu=name,memory.used --format=csv || true
+"${gpu_test[@]}" --ignored --exact on_a_gpu_the_resident_path_trains_like_the_cpu_and_its_state_reads_back
 rate() { awk '/whole windows, 1 engine worker/ {print $(NF-3)}' "$1"; }
 "$bin" bench | tee /tmp/gpu-check-cpu.txt
 "$bin" bench --config "$cfg" | tee /tmp/gpu-check-cuda.txt

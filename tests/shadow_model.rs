@@ -291,3 +291,58 @@ fn cuda_that_cannot_load_is_refused_or_falls_back_to_cpu_when_allowed() {
     let runtime = Runtime::load(&lenient).unwrap();
     assert_eq!(runtime.provider(), ExecutionProvider::Cpu);
 }
+
+/// On a GPU host (`scripts/gpu-check.sh` runs it with `--ignored`; this machine has no GPU):
+/// the resident path on CUDA trains like the host path on the CPU, and the weights and step
+/// buffers it leaves on the device can be read back and rescaled by a learning-rate change
+/// (the calibration's re-check does that between windows). CUDA's matrix products round
+/// differently (TF32 by default), so the two agree to a tolerance, not exactly.
+#[test]
+#[ignore = "needs a GPU and the onnxruntime-gpu library: scripts/gpu-check.sh runs it"]
+fn on_a_gpu_the_resident_path_trains_like_the_cpu_and_its_state_reads_back() {
+    use lossgate::shadow::{ExecutionProvider, Runtime, RuntimeOptions};
+    let cuda =
+        Runtime::load(&RuntimeOptions { execution_provider: ExecutionProvider::Cuda, ..Default::default() })
+            .expect("CUDA must load on the GPU host");
+    let cpu = common::runtime();
+    let data = common::mnist_train(1500);
+    let shape = MlpShape { features: 784, hidden: vec![64], classes: 10 };
+    let sgd = Sgd { learning_rate: 0.05, momentum: 0.9, weight_decay: 5e-4 };
+    let rows: Vec<usize> = (0..data.len()).collect();
+    for recording in both_recordings() {
+        let plan = TrainingPlan { epochs: 4, batch_size: 100, seed: 7, recording };
+        let mut on_gpu = ShadowModel::new(&cuda, shape.clone(), sgd, 1).unwrap();
+        assert!(on_gpu.computes_on_gpu());
+        let mut on_cpu = ShadowModel::new(&cpu, shape.clone(), sgd, 1).unwrap();
+        let gpu =
+            record_loss_matrix_resident(&mut on_gpu, data.features.view(), &data.labels, &rows, plan, |_| {})
+                .unwrap();
+        let host = record_loss_matrix_training_on(
+            &mut on_cpu,
+            data.features.view(),
+            &data.labels,
+            &rows,
+            plan,
+            |_| {},
+        )
+        .unwrap();
+        let mean_gap = (&gpu - &host).mapv(f32::abs).mean().unwrap();
+        let mean_loss = host.mean().unwrap();
+        assert!(
+            mean_gap < 0.02 * mean_loss,
+            "{recording:?}: mean |GPU - CPU| loss {mean_gap} against mean {mean_loss}"
+        );
+        let last = gpu.ncols() - 1;
+        assert!(
+            gpu.column(last).mean().unwrap() < 0.5 * gpu.column(0).mean().unwrap(),
+            "the GPU shadow learns"
+        );
+        // The state the resident steps left on the device reads back and survives a rate change.
+        on_gpu.set_learning_rate(0.01).unwrap();
+        let weights = on_gpu.parameters().unwrap().concat();
+        assert!(weights.iter().all(|w| w.is_finite()));
+        let after =
+            record_loss_matrix_resident(&mut on_gpu, data.features.view(), &data.labels, &rows, plan, |_| {});
+        assert!(after.unwrap().iter().all(|l| l.is_finite()));
+    }
+}

@@ -40,21 +40,23 @@ pub struct ResidentWindow {
 /// epoch ends ([`Self::to_host`]), so that a GPU step never waits on a copy.
 pub struct ResidentLosses {
     losses: DynValue,
-    on_host: bool,
 }
 
 impl ResidentLosses {
     pub fn to_host(self) -> Result<Vec<f32>> {
-        host_values(&self.losses, self.on_host)
+        host_values(&self.losses)
     }
 }
 
-/// A tensor's values on the host, copied from the device unless `on_host`.
-fn host_values(value: &DynValue, on_host: bool) -> Result<Vec<f32>> {
-    if on_host {
-        return Ok(value.view().try_extract_tensor::<f32>()?.1.to_vec());
+/// A tensor's values on the host, copied there when a device holds them. The weights and step
+/// buffers move between the two (a fresh model and the host path's outputs are on the host, the
+/// resident path's on the device), so each value is asked where it is.
+fn host_values(value: &DynValue) -> Result<Vec<f32>> {
+    let tensor = value.view().downcast::<ort::value::DynTensorValueType>()?;
+    if tensor.memory_info().is_cpu_accessible() {
+        return Ok(tensor.try_extract_tensor::<f32>()?.1.to_vec());
     }
-    let copy = value.view().downcast::<ort::value::DynTensorValueType>()?.to(AllocationDevice::CPU, 0)?;
+    let copy = tensor.to(AllocationDevice::CPU, 0).context("copying a tensor from the device")?;
     Ok(copy.try_extract_tensor::<f32>()?.1.to_vec())
 }
 
@@ -203,7 +205,7 @@ impl ShadowModel {
             .iter()
             .zip(&shapes)
             .map(|(v, (_, shape))| {
-                let values = v.try_extract_tensor::<f32>()?.1.iter().map(|x| x * ratio).collect();
+                let values = host_values(v)?.into_iter().map(|x| x * ratio).collect();
                 tensor(shape, values)
             })
             .collect::<Result<_>>()?;
@@ -313,7 +315,7 @@ impl ShadowModel {
         drop(outputs);
         self.parameters = parameters;
         self.velocities = velocities;
-        Ok(ResidentLosses { losses, on_host: !self.computes_on_gpu() })
+        Ok(ResidentLosses { losses })
     }
 
     /// Every row's loss on the resident window, in one run: the losses are the only thing
@@ -335,7 +337,7 @@ impl ShadowModel {
     /// Copies the weights out of ORT (W0, b0, W1, b1, ... flattened row-major), from the
     /// device where the resident path left them.
     pub fn parameters(&self) -> Result<Vec<Vec<f32>>> {
-        self.parameters.iter().map(|v| host_values(v, !self.computes_on_gpu())).collect()
+        self.parameters.iter().map(host_values).collect()
     }
 
     /// Replaces the weights (same order and sizes as [`Self::parameters`]); momentum is kept.
