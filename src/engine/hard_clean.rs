@@ -84,6 +84,9 @@ pub(crate) struct GreyZone<'a> {
     labels: Vec<i64>,
     /// Per label: the last-epoch loss its probes stay within at the conformal level alpha.
     last_loss_limits: Vec<f32>,
+    /// Whether having no nearest window sample of one's label is plain for the probes (more
+    /// than alpha of them have none), so that asking a sample for one is no evidence.
+    alone_is_plain: bool,
     /// Each window sample's neighbourhood.
     neighbours: &'a SampleNeighbours,
     evidence: Evidence,
@@ -209,12 +212,14 @@ impl<'a> GreyZone<'a> {
                 conformal_quantile(&last, alpha)
             })
             .collect();
+        let alone_is_plain = alone_is_plain(&neighbours.label_agreement, &probe_rows, alpha);
         Self {
             strict_threshold,
             input_signature,
             plain_by_distance,
             labels: seen,
             last_loss_limits,
+            alone_is_plain,
             neighbours,
             evidence,
         }
@@ -259,7 +264,7 @@ impl<'a> GreyZone<'a> {
         let losses = trajectories.row(row);
         let halfway = losses[losses.len() / 2];
         losses[losses.len() - 1] <= halfway
-            && self.agreement(row) > 0.0
+            && self.has_label_company(row)
             && self.input_signature_within_probes(row) == Some(true)
     }
 
@@ -307,8 +312,17 @@ impl<'a> GreyZone<'a> {
     /// move them among samples of their label, nor take its trigger out of their inputs.
     fn learned_beside_its_label(&self, trajectories: ArrayView2<f32>, row: usize, at: usize) -> bool {
         self.learned(trajectories, row, at)
-            && self.agreement(row) > 0.0
+            && self.has_label_company(row)
             && self.input_signature_within_probes(row) != Some(false)
+    }
+
+    /// Whether at least one of row `row`'s nearest window samples carries its label, or the
+    /// label's probes show that having none is plain for the label (the label at `at`). Where
+    /// classes overlap (a hard data set, a hard class) many clean samples have no neighbour of
+    /// their label, and asking for one quarantines them for being hard; where classes stand
+    /// apart, a learned sample with none is a relabelled one or a learned trigger.
+    fn has_label_company(&self, row: usize) -> bool {
+        self.alone_is_plain || self.agreement(row) > 0.0
     }
 
     /// The share of row `row`'s nearest window samples that carry its label (0 when unknown).
@@ -326,6 +340,16 @@ impl<'a> GreyZone<'a> {
     fn learned(&self, trajectories: ArrayView2<f32>, row: usize, at: usize) -> bool {
         last_loss(trajectories, row) <= self.last_loss_limits[at]
     }
+}
+
+/// Whether a sample with no nearest window sample of its label is as plain as that among the
+/// clean probes (rows `probe_rows` of `agreement`): its conformal p-value, how many probes are
+/// as alone, above `alpha`. Pooled over the labels: a label has a few dozen probes or fewer
+/// (about ten on 26 classes), too few to tell a share of a tenth apart from none. Without the
+/// label vote (no agreement measured) no probe counts as alone, and no sample has company.
+fn alone_is_plain(agreement: &[f32], probe_rows: &[usize], alpha: f64) -> bool {
+    let alone = probe_rows.iter().filter(|&&r| agreement.get(r).is_some_and(|&a| a <= 0.0)).count();
+    (alone + 1) as f64 / (probe_rows.len() + 1) as f64 > alpha
 }
 
 /// Whether a sample above the threshold with `score` is in the grey zone whose upper edge is
@@ -420,9 +444,11 @@ mod tests {
     fn a_learned_sample_none_of_whose_nearest_samples_carries_its_label_is_not_kept() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         // Sample 0 learned and in the grey zone, but all its nearest window samples carry
-        // another label; probe 0 (row 2, learned) likewise, probe 1 (row 3) has one of its label.
-        let mut label_agreement = vec![0.0; 22];
-        label_agreement[3] = 0.1;
+        // another label; probe 0 (row 2, learned) likewise, the other probes have one of their
+        // label each.
+        let mut label_agreement = vec![0.1; 22];
+        label_agreement[0] = 0.0;
+        label_agreement[2] = 0.0;
         let neighbours = SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement };
         let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
         let flagged = |row| Flagged { row, label: 0, score: IN_GREY_ZONE, out_of_range: false };
@@ -430,6 +456,25 @@ mod tests {
         assert_eq!(zone.keeps(trajectories.view(), flagged(0), &calm, THRESHOLD), None);
         assert!(!zone.keeps_probe_as_learned(trajectories.view(), flagged(2)), "a probe is asked the same");
         assert!(zone.keeps_probe_as_learned(trajectories.view(), flagged(3)), "one neighbour of its label");
+    }
+
+    #[test]
+    fn where_most_clean_probes_have_no_neighbour_of_their_label_a_learned_sample_needs_none() {
+        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
+        // Classes that overlap: sample 0 and `alone` of the 20 probes have no nearest window
+        // sample of their label. At alpha 0.5 lacking one is plain once (alone + 1) / 21 > 0.5.
+        let kept = |alone: usize| {
+            let mut label_agreement = vec![0.1; 22];
+            label_agreement[0] = 0.0;
+            label_agreement[2..2 + alone].fill(0.0);
+            let neighbours = SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement };
+            let zone =
+                final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
+            let flagged = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+            zone.keeps(trajectories.view(), flagged, &[IN_GREY_ZONE, 5.0], THRESHOLD)
+        };
+        assert_eq!(kept(9), None, "10 of 21: lacking a neighbour of its label is still unusual");
+        assert_eq!(kept(10), Some(Kept::Learned), "11 of 21: as plain as among the clean probes");
     }
 
     #[test]
