@@ -31,6 +31,10 @@ pub enum AttackKind {
     LabelFlip,
     /// For tabular data: `features[i]` set to `values[i]`.
     Features,
+    /// Every pixel moved along one fixed, smooth random field of at most `strength` pixels
+    /// (`grid` random control points a side, interpolated; `pattern_seed`), as WaNet warps:
+    /// every value stays in range and nothing is added to the image, only moved.
+    Warp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -68,6 +72,10 @@ pub struct Attack {
     pub frequency: Option<f32>,
     pub coefficients: Option<Vec<[usize; 2]>>,
     pub magnitude: Option<f32>,
+    /// For `warp`: the largest displacement, in pixels.
+    pub strength: Option<f32>,
+    /// For `warp`: random control points per image side (at least 2).
+    pub grid: Option<usize>,
     pub features: Option<Vec<usize>>,
     pub values: Option<Vec<f32>>,
     /// For `features`: poison samples of the target class and keep their labels (`ratio` is
@@ -132,6 +140,8 @@ impl Attack {
             ("frequency", self.frequency.is_some()),
             ("coefficients", self.coefficients.is_some()),
             ("magnitude", self.magnitude.is_some()),
+            ("strength", self.strength.is_some()),
+            ("grid", self.grid.is_some()),
             ("features", self.features.is_some()),
             ("values", self.values.is_some()),
             ("clean_label", self.clean_label.is_some()),
@@ -147,6 +157,7 @@ impl Attack {
             Frequency => (&["coefficients", "magnitude"], &[]),
             LabelFlip => (&[], &[]),
             Features => (&["features", "values"], &["clean_label"]),
+            Warp => (&["strength"], &["grid", "pattern_seed"]),
         };
         for field in required {
             if !given.contains(field) {
@@ -171,7 +182,7 @@ impl Attack {
             (_, Some(t)) if t < 0 || t >= classes as i64 => bail!("`target` = {t} is outside 0..{classes}"),
             _ => {}
         }
-        let image_kinds = [Patch, Pixel, Sig, Frequency];
+        let image_kinds = [Patch, Pixel, Sig, Frequency, Warp];
         let side = Self::side(features);
         if image_kinds.contains(&self.kind) && side.is_none() {
             bail!("kind {:?} needs square images; {features} features are not a square", self.kind);
@@ -181,6 +192,12 @@ impl Attack {
             if size == 0 || size + margin > side {
                 bail!("`size` {size} + `margin` {margin} must fit in the {side}-pixel image");
             }
+        }
+        if let Some(strength) = self.strength.filter(|&s| !(s > 0.0 && s < side as f32)) {
+            bail!("`strength` = {strength} must be a displacement between 0 and the image side {side}");
+        }
+        if self.grid.is_some_and(|g| g < 2) {
+            bail!("`grid` must be at least 2 control points a side");
         }
         if self.row.is_some_and(|r| r >= side) || self.col.is_some_and(|c| c >= side) {
             bail!("`row`/`col` must be below the image side {side}");
@@ -245,6 +262,10 @@ impl Attack {
                 }
             }
             AttackKind::LabelFlip => {}
+            AttackKind::Warp => {
+                let warped = self.warped(x, side);
+                x.copy_from_slice(&warped);
+            }
             AttackKind::Features => {
                 for (&i, &value) in self.features.iter().flatten().zip(self.values.iter().flatten()) {
                     x[i] = value;
@@ -259,6 +280,31 @@ impl Attack {
             Some(alpha) => Attack { alpha: Some(alpha), ..self.clone() }.stamp(x),
             None => self.stamp(x),
         }
+    }
+
+    /// The `side * side` image `x` resampled along the attack's displacement field: each output
+    /// pixel reads the input at its own position plus the field there (bilinear, the border
+    /// repeated beyond the edge).
+    fn warped(&self, x: &[f32], side: usize) -> Vec<f32> {
+        let grid = self.grid.unwrap_or(4);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.pattern_seed.unwrap_or(99));
+        // Control points of the row and the column displacement, scaled so that the largest
+        // is `strength` pixels.
+        let mut control: Vec<f32> = (0..2 * grid * grid).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let largest = control.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::EPSILON);
+        let scale = self.strength.unwrap_or(1.0) / largest;
+        control.iter_mut().for_each(|v| *v *= scale);
+        let (rows, cols) = control.split_at(grid * grid);
+        let to_grid = (grid - 1) as f32 / (side - 1).max(1) as f32;
+        let mut out = vec![0.0; side * side];
+        for row in 0..side {
+            for col in 0..side {
+                let (r, c) = (row as f32 * to_grid, col as f32 * to_grid);
+                let (dy, dx) = (bilinear(rows, grid, r, c), bilinear(cols, grid, r, c));
+                out[row * side + col] = bilinear(x, side, row as f32 + dy, col as f32 + dx);
+            }
+        }
+        out
     }
 
     fn blend_pattern(&self, len: usize) -> Vec<f32> {
@@ -320,6 +366,24 @@ impl Attack {
         }
         candidates
     }
+}
+
+/// The corners of the cell of a `side`-wide grid around (`r`, `c`), clamped into the grid, and
+/// the weights of the lower and right ones.
+fn cell(side: usize, r: f32, c: f32) -> ([usize; 4], f32, f32) {
+    let last = (side - 1) as f32;
+    let (r, c) = (r.clamp(0.0, last), c.clamp(0.0, last));
+    let (r0, c0) = (r.floor() as usize, c.floor() as usize);
+    let (r1, c1) = ((r0 + 1).min(side - 1), (c0 + 1).min(side - 1));
+    ([r0 * side + c0, r0 * side + c1, r1 * side + c0, r1 * side + c1], r - r0 as f32, c - c0 as f32)
+}
+
+/// `image` (`side * side`) read at (`r`, `c`) by bilinear interpolation.
+fn bilinear(image: &[f32], side: usize, r: f32, c: f32) -> f32 {
+    let ([a, b, d, e], wr, wc) = cell(side, r, c);
+    let top = image[a] * (1.0 - wc) + image[b] * wc;
+    let bottom = image[d] * (1.0 - wc) + image[e] * wc;
+    top * (1.0 - wr) + bottom * wr
 }
 
 /// Orthonormal 2-D DCT-II of a `side * side` image (separable; O(side^3), fine for 28x28).
@@ -406,6 +470,59 @@ mod tests {
         let mut triggered = vec![0.5; 784];
         attack.stamp(&mut triggered);
         assert!(triggered.iter().any(|&v| (v - 0.5).abs() > 0.05));
+    }
+
+    #[test]
+    fn a_warp_moves_the_image_within_its_range_the_same_way_every_time() {
+        let warp = |strength: f32| {
+            let text = format!(
+                "[[attack]]\nname = \"w\"\nkind = \"warp\"\ntarget = 1\nratio = 0.01\nstrength = {strength}\n"
+            );
+            parse_attacks(&text, 784, 10).unwrap().remove(0)
+        };
+        // A vertical bar two pixels wide: a warp moves its edges, it adds no new values.
+        let image: Vec<f32> = (0..784).map(|i| ((12..14).contains(&(i % 28)) as u8) as f32).collect();
+        let moved = |strength| {
+            let mut x = image.clone();
+            warp(strength).stamp(&mut x);
+            x
+        };
+        let changed = |x: &[f32]| x.iter().zip(&image).map(|(a, b)| (a - b).abs()).sum::<f32>();
+        let (small, large) = (moved(0.5), moved(2.0));
+        assert!(large.iter().all(|&v| (0.0..=1.0).contains(&v)), "in range");
+        assert!(
+            changed(&small) > 0.5 && changed(&large) > changed(&small),
+            "{} {}",
+            changed(&small),
+            changed(&large)
+        );
+        assert_eq!(moved(2.0), large, "one fixed field");
+        let flat = "[[attack]]\nname = \"w\"\nkind = \"warp\"\ntarget = 1\nratio = 0.01\nstrength = 30.0\n";
+        assert!(format!("{:#}", parse_attacks(flat, 784, 10).unwrap_err()).contains("`strength`"));
+        assert!(parse_attacks(flat, 5, 10).is_err(), "a warp needs square images");
+    }
+
+    #[test]
+    fn every_shipped_attacks_file_is_valid_for_its_data_set() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = 0;
+        for entry in std::fs::read_dir(root.join("config/attacks")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            // A data set's config names its shape; the MNIST variants have none (784, 10).
+            let (features, classes) =
+                match std::fs::read_to_string(root.join(format!("config/datasets/{name}.toml"))) {
+                    Ok(text) => {
+                        let input: toml::Value = toml::from_str(&text).unwrap();
+                        let field = |key: &str| input["input"][key].as_integer().unwrap() as usize;
+                        (field("features"), field("classes"))
+                    }
+                    Err(_) => (784, 10),
+                };
+            load_attacks(&path, features, classes).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            checked += 1;
+        }
+        assert!(checked >= 7, "{checked} attacks files");
     }
 
     #[test]
