@@ -380,9 +380,9 @@ fn cell(side: usize, r: f32, c: f32) -> ([usize; 4], f32, f32) {
 
 /// `image` (`side * side`) read at (`r`, `c`) by bilinear interpolation.
 fn bilinear(image: &[f32], side: usize, r: f32, c: f32) -> f32 {
-    let ([a, b, d, e], wr, wc) = cell(side, r, c);
-    let top = image[a] * (1.0 - wc) + image[b] * wc;
-    let bottom = image[d] * (1.0 - wc) + image[e] * wc;
+    let ([top_left, top_right, bottom_left, bottom_right], wr, wc) = cell(side, r, c);
+    let top = image[top_left] * (1.0 - wc) + image[top_right] * wc;
+    let bottom = image[bottom_left] * (1.0 - wc) + image[bottom_right] * wc;
     top * (1.0 - wr) + bottom * wr
 }
 
