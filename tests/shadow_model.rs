@@ -295,8 +295,9 @@ fn cuda_that_cannot_load_is_refused_or_falls_back_to_cpu_when_allowed() {
 /// On a GPU host (`scripts/gpu-check.sh` runs it with `--ignored`; this machine has no GPU):
 /// the resident path on CUDA trains like the host path on the CPU, and the weights and step
 /// buffers it leaves on the device can be read back and rescaled by a learning-rate change
-/// (the calibration's re-check does that between windows). CUDA's matrix products round
-/// differently (TF32 by default), so the two agree to a tolerance, not exactly.
+/// (the calibration's re-check does that between windows). CUDA's matrix products may round
+/// differently (other summation orders, TF32 where it is on), so the two agree to a
+/// tolerance, not exactly.
 #[test]
 #[ignore = "needs a GPU and the onnxruntime-gpu library: scripts/gpu-check.sh runs it"]
 fn on_a_gpu_the_resident_path_trains_like_the_cpu_and_its_state_reads_back() {
