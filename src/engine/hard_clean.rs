@@ -130,10 +130,18 @@ pub(crate) enum Kept {
     StillLearning,
 }
 
-impl Kept {
-    /// The reason a forwarded record carries; `crowd`: how it passed the cluster check.
-    pub(crate) fn explained(self, crowd: Crowd) -> String {
-        let evidence = match self {
+/// A grey-zone sample forwarded as hard clean data: the evidence that kept it and how it
+/// passed the cluster check, as the rule judged them once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Keeping {
+    pub(crate) kept: Kept,
+    pub(crate) crowd: Crowd,
+}
+
+impl Keeping {
+    /// The reason a forwarded record carries.
+    pub(crate) fn explained(self) -> String {
+        let evidence = match self.kept {
             Kept::Learned => {
                 "learned as well as its label's clean probes, its input signature within the probes'"
             }
@@ -146,7 +154,7 @@ impl Kept {
                  samples carry its label, its input signature is within the probes'"
             }
         };
-        let crowd = match crowd {
+        let crowd = match self.crowd {
             Crowd::MostlyBelow => "most of its nearest samples of its label are below the threshold",
             Crowd::FlaggedButPlainInputs => {
                 "most of its nearest samples of its label are above the threshold too, but not above \
@@ -243,20 +251,21 @@ impl<'a> GreyZone<'a> {
         sample: Flagged,
         sample_scores: &[f32],
         threshold: f32,
-    ) -> Option<Kept> {
+    ) -> Option<Keeping> {
         let at = self.label_in_zone(sample)?;
-        self.crowd(sample.row, sample_scores, threshold)?;
+        let crowd = self.crowd(sample.row, sample_scores, threshold)?;
         let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
         let final_decision = self.evidence == Evidence::AnyKind;
-        if self.learned_beside_its_label(trajectories, sample.row, at) {
-            Some(Kept::Learned)
+        let kept = if self.learned_beside_its_label(trajectories, sample.row, at) {
+            Kept::Learned
         } else if final_decision && among_its_label {
-            Some(Kept::AmongItsLabel)
+            Kept::AmongItsLabel
         } else if final_decision && self.still_learning_plain_input(trajectories, sample.row) {
-            Some(Kept::StillLearning)
+            Kept::StillLearning
         } else {
-            None
-        }
+            return None;
+        };
+        Some(Keeping { kept, crowd })
     }
 
     /// Whether row `row`'s loss is still falling (its last kept epoch no higher than halfway),
@@ -278,7 +287,7 @@ impl<'a> GreyZone<'a> {
     /// the grey zone (a crowd that far out is a trigger's, whatever the inputs: penbased's
     /// two-feature backdoor at 4 % of the data, 28 of its poisons forwarded without this, 11
     /// with it, over three seeds' window dumps) or its inputs give no reason to waive that.
-    pub(crate) fn crowd(&self, row: usize, sample_scores: &[f32], threshold: f32) -> Option<Crowd> {
+    fn crowd(&self, row: usize, sample_scores: &[f32], threshold: f32) -> Option<Crowd> {
         let neighbours = &self.neighbours.same_label[row];
         if !mostly_flagged(neighbours, sample_scores, threshold) {
             Some(Crowd::MostlyBelow)
@@ -432,6 +441,7 @@ mod tests {
         let calm = [IN_GREY_ZONE, 5.0];
         let keeps = |row, label, score, out_of_range, scores: &[f32]| {
             zone.keeps(trajectories.view(), Flagged { row, label, score, out_of_range }, scores, THRESHOLD)
+                .map(|k| k.kept)
         };
         assert_eq!(keeps(0, 0, IN_GREY_ZONE, false, &calm), Some(Kept::Learned));
         assert_eq!(keeps(1, 0, IN_GREY_ZONE, false, &calm), None, "never learned");
@@ -476,7 +486,7 @@ mod tests {
             let zone =
                 final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
             let flagged = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
-            zone.keeps(trajectories.view(), flagged, &[IN_GREY_ZONE, 5.0], THRESHOLD)
+            zone.keeps(trajectories.view(), flagged, &[IN_GREY_ZONE, 5.0], THRESHOLD).map(|k| k.kept)
         };
         assert_eq!(kept(9), None, "10 of 21: lacking a neighbour of its label is still unusual");
         assert_eq!(kept(10), Some(Kept::Learned), "11 of 21: as plain as among the clean probes");
@@ -493,7 +503,7 @@ mod tests {
             let inputs = InputEvidence { signature: rows.as_deref(), distance: None };
             let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
-            zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, 5.0], THRESHOLD)
+            zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, 5.0], THRESHOLD).map(|k| k.kept)
         };
         assert_eq!(kept(Some(0.5)), Some(Kept::Learned));
         assert_eq!(kept(Some(1.5)), None, "learned, but its inputs stand out as a trigger's would");
@@ -512,16 +522,14 @@ mod tests {
             let inputs = InputEvidence { signature: None, distance: distance.map(view_rows) };
             let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
-            let scores = [IN_GREY_ZONE, neighbour_score];
-            let kept = zone.keeps(trajectories.view(), sample, &scores, THRESHOLD)?;
-            Some((kept, zone.crowd(0, &scores, THRESHOLD)?))
+            zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, neighbour_score], THRESHOLD)
         };
-        let waived = Some((Kept::Learned, Crowd::FlaggedButPlainInputs));
-        assert_eq!(kept(Some(1.0), 12.0), waived, "its features vary together as the probes' do");
+        let waived = Keeping { kept: Kept::Learned, crowd: Crowd::FlaggedButPlainInputs };
+        assert_eq!(kept(Some(1.0), 12.0), Some(waived), "its features vary together as the probes' do");
         assert_eq!(kept(Some(1.85), 12.0), None, "beyond all but a tenth of the probes: the check holds");
         assert_eq!(kept(None, 12.0), None, "without the view the cluster check holds");
         assert_eq!(kept(Some(1.0), 19.5), None, "a crowd above the grey zone is a trigger's");
-        assert!(Kept::Learned.explained(Crowd::FlaggedButPlainInputs).contains("input distance is within"));
+        assert!(waived.explained().contains("input distance is within"));
     }
 
     #[test]
@@ -546,7 +554,7 @@ mod tests {
             );
             let scores = [neighbour_score, IN_GREY_ZONE];
             let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
-            zone.keeps(trajectories.view(), sample, &scores, THRESHOLD)
+            zone.keeps(trajectories.view(), sample, &scores, THRESHOLD).map(|k| k.kept)
         };
         let final_decision = Evidence::AnyKind;
         assert_eq!(kept(0.8, final_decision, 5.0), Some(Kept::AmongItsLabel));
@@ -584,7 +592,7 @@ mod tests {
                 evidence,
             );
             let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
-            zone.keeps(trajectories.view(), sample, &[5.0, IN_GREY_ZONE], THRESHOLD)
+            zone.keeps(trajectories.view(), sample, &[5.0, IN_GREY_ZONE], THRESHOLD).map(|k| k.kept)
         };
         let final_decision = Evidence::AnyKind;
         assert_eq!(kept(4.0, 0.2, 0.5, final_decision), Some(Kept::StillLearning));

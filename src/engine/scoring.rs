@@ -4,7 +4,7 @@
 use ndarray::{s, Array2, ArrayView2, Axis};
 
 pub(crate) use super::hard_clean::Evidence;
-use super::hard_clean::{Flagged, GreyZone, InputEvidence};
+use super::hard_clean::{Flagged, GreyZone, InputEvidence, Keeping};
 use super::input_range::out_of_range;
 use super::trajectory::kept_epochs;
 use super::{EngineConfig, FirstPass, OtherViews, WindowOutcome};
@@ -102,8 +102,8 @@ pub(crate) fn judge(
             let mut decided = decision.decide(s, &threshold);
             let kept = grey_zone.as_ref().filter(|_| decided.flagged).and_then(|zone| {
                 let sample = Flagged { row: i, label: labels[i], score: s, out_of_range: is_outside(i) };
-                let kept = zone.keeps(trajectories.view(), sample, sample_scores, threshold.value)?;
-                Some(kept.explained(zone.crowd(i, sample_scores, threshold.value)?))
+                zone.keeps(trajectories.view(), sample, sample_scores, threshold.value)
+                    .map(Keeping::explained)
             });
             if let Some(why) = kept {
                 decided = decision.keep_as_hard_clean(decided, &why);
