@@ -10,7 +10,8 @@
 //! when
 //! - its loss in the shadow's last kept epoch is within what its label's probes reach at the
 //!   same conformal level (a label flip, never learned as well, stays out), at least one of
-//!   its [`NEIGHBOURS`] nearest window samples carries its label, and (session 17, when the
+//!   its [`NEIGHBOURS`] nearest window samples carries its label and is not itself above the
+//!   grey zone (session 21: a backdoor's poisons keep each other company), and (session 17, when the
 //!   view is on) its input signature is within the probes' level at alpha (a learned backdoor
 //!   keeps its trigger: six of the ten Animal-MNIST hole poisons the rule let through had
 //!   signatures of 5-7 against the probes' 1.5-2.2), **or**, in a
@@ -176,6 +177,14 @@ pub(crate) enum Crowd {
     FlaggedButPlainInputs,
 }
 
+/// Who is asked for the company of its label: a window sample, whose company is itself
+/// judged by its score, or a probe, which has no same-label neighbours among the samples.
+#[derive(Debug, Clone, Copy)]
+enum Asking<'s> {
+    Sample { scores: &'s [f32] },
+    Probe,
+}
+
 /// A row above the window's threshold, as the rule reads it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Flagged {
@@ -256,11 +265,12 @@ impl<'a> GreyZone<'a> {
         let crowd = self.crowd(sample.row, sample_scores, threshold)?;
         let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
         let final_decision = self.evidence == Evidence::AnyKind;
-        let kept = if self.learned_beside_its_label(trajectories, sample.row, at) {
+        let asking = Asking::Sample { scores: sample_scores };
+        let kept = if self.learned_beside_its_label(trajectories, sample.row, at, asking) {
             Kept::Learned
         } else if final_decision && among_its_label {
             Kept::AmongItsLabel
-        } else if final_decision && self.still_learning_plain_input(trajectories, sample.row) {
+        } else if final_decision && self.still_learning_plain_input(trajectories, sample.row, asking) {
             Kept::StillLearning
         } else {
             return None;
@@ -274,11 +284,11 @@ impl<'a> GreyZone<'a> {
     /// relabelled one is not (its true class, learned meanwhile, pushes its loss back up), and
     /// a backdoor's poison, learned too, carries its trigger in its inputs. Without the input
     /// signature nothing is kept this way.
-    fn still_learning_plain_input(&self, trajectories: ArrayView2<f32>, row: usize) -> bool {
+    fn still_learning_plain_input(&self, trajectories: ArrayView2<f32>, row: usize, asking: Asking) -> bool {
         let losses = trajectories.row(row);
         let halfway = losses[losses.len() / 2];
         losses[losses.len() - 1] <= halfway
-            && self.has_label_company(row)
+            && self.has_label_company(row, asking)
             && self.input_signature_within_probes(row) == Some(true)
     }
 
@@ -317,16 +327,23 @@ impl<'a> GreyZone<'a> {
     /// clean data, as a sample would be. Its same-label neighbours are not asked (a probe has
     /// none among the window's samples); its label vote is, as a sample's.
     pub(crate) fn keeps_probe_as_learned(&self, trajectories: ArrayView2<f32>, probe: Flagged) -> bool {
-        self.label_in_zone(probe).is_some_and(|at| self.learned_beside_its_label(trajectories, probe.row, at))
+        self.label_in_zone(probe)
+            .is_some_and(|at| self.learned_beside_its_label(trajectories, probe.row, at, Asking::Probe))
     }
 
     /// Whether row `row` was learned as well as its label's probes, at least one of its
     /// nearest window samples carries its label, and its input signature (when the view is on)
     /// is within the probes': a learned backdoor makes its poisons look learned, but does not
     /// move them among samples of their label, nor take its trigger out of their inputs.
-    fn learned_beside_its_label(&self, trajectories: ArrayView2<f32>, row: usize, at: usize) -> bool {
+    fn learned_beside_its_label(
+        &self,
+        trajectories: ArrayView2<f32>,
+        row: usize,
+        at: usize,
+        asking: Asking,
+    ) -> bool {
         self.learned(trajectories, row, at)
-            && self.has_label_company(row)
+            && self.has_label_company(row, asking)
             && self.input_signature_within_probes(row) != Some(false)
     }
 
@@ -335,8 +352,23 @@ impl<'a> GreyZone<'a> {
     /// hard data set) many clean samples have no neighbour of their label, and asking for one
     /// quarantines them for being hard; where classes stand apart, a learned sample with none
     /// is a relabelled one or a learned trigger.
-    fn has_label_company(&self, row: usize) -> bool {
-        self.alone_is_plain || self.agreement(row) > 0.0
+    ///
+    /// A window sample's company counts only when one of it is not above the grey zone
+    /// itself (session 21): the poisons of one backdoor keep each other company (a warp's,
+    /// dirty label, sit among their true class with one or two fellow poisons beside them),
+    /// while a hard clean sample's company is, at worst, hard too. Its company are its nearest
+    /// samples of its label, as many as its nearest samples of any label carry its label.
+    fn has_label_company(&self, row: usize, asking: Asking) -> bool {
+        if self.alone_is_plain {
+            return true;
+        }
+        let company = (self.agreement(row) * NEIGHBOURS as f32).ceil() as usize;
+        match asking {
+            Asking::Probe => company > 0,
+            Asking::Sample { scores } => (self.neighbours.same_label.get(row).into_iter().flatten())
+                .take(company)
+                .any(|&j| scores[j as usize] <= self.strict_threshold),
+        }
     }
 
     /// The share of row `row`'s nearest window samples that carry its label (0 when unknown).
@@ -471,6 +503,46 @@ mod tests {
         assert_eq!(zone.keeps(trajectories.view(), flagged(0), &calm, THRESHOLD), None);
         assert!(!zone.keeps_probe_as_learned(trajectories.view(), flagged(2)), "a probe is asked the same");
         assert!(zone.keeps_probe_as_learned(trajectories.view(), flagged(3)), "one neighbour of its label");
+    }
+
+    #[test]
+    fn a_learned_sample_whose_only_company_of_its_label_is_above_the_grey_zone_is_not_kept() {
+        // Samples 0..4 of label 0 (sample 0 learned, in the grey zone), then the fixture's 20
+        // probes. Sample 0's nearest samples of its label: 1, then 2 and 3 (below the
+        // threshold, so the cluster check passes); as many of them count as its company as its
+        // nearest samples of any label carry its label (`agreement` of ten).
+        let (two, _, probe_scores) = two_samples_and_their_probes();
+        let mut trajectories = Array2::<f32>::zeros((24, 2));
+        trajectories.slice_mut(ndarray::s![2.., ..]).assign(&two);
+        trajectories[[0, 1]] = 0.1;
+        let labels = vec![0; 24];
+        let kept = |agreement: f32, first_company: f32| {
+            let mut label_agreement = vec![0.1; 24];
+            label_agreement[0] = agreement;
+            let same_label = vec![vec![1, 2, 3], vec![0], vec![0], vec![0]];
+            let neighbours = SampleNeighbours { same_label, label_agreement };
+            let inputs = InputEvidence::default();
+            let zone = GreyZone::new(
+                trajectories.view(),
+                &labels,
+                4,
+                &probe_scores,
+                &neighbours,
+                inputs,
+                0.5,
+                Evidence::AnyKind,
+            );
+            let scores = [IN_GREY_ZONE, first_company, 5.0, 5.0];
+            let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+            zone.keeps(trajectories.view(), sample, &scores, THRESHOLD).map(|k| k.kept)
+        };
+        assert_eq!(kept(0.1, 19.5), None, "its one company is far out, as a fellow poison would be");
+        assert_eq!(
+            kept(0.1, IN_GREY_ZONE),
+            Some(Kept::Learned),
+            "company in the grey zone is hard, not far out"
+        );
+        assert_eq!(kept(0.2, 19.5), Some(Kept::Learned), "a second company below the threshold");
     }
 
     #[test]
