@@ -362,7 +362,9 @@ impl<'a> GreyZone<'a> {
         if self.alone_is_plain {
             return true;
         }
-        let company = (self.agreement(row) * NEIGHBOURS as f32).ceil() as usize;
+        // As many of its nearest samples of its label as its nearest samples carry its label
+        // (a share of NEIGHBOURS).
+        let company = (self.agreement(row) * NEIGHBOURS as f32).round() as usize;
         match asking {
             Asking::Probe => company > 0,
             Asking::Sample { scores } => (self.neighbours.same_label.get(row).into_iter().flatten())
