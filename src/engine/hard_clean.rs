@@ -362,8 +362,6 @@ impl<'a> GreyZone<'a> {
         if self.alone_is_plain {
             return true;
         }
-        // As many of its nearest samples of its label as its nearest samples carry its label
-        // (a share of NEIGHBOURS).
         let company = (self.agreement(row) * NEIGHBOURS as f32).round() as usize;
         match asking {
             Asking::Probe => company > 0,
