@@ -18,7 +18,10 @@
 //!   window's final decision, most of its [`NEIGHBOURS`] nearest window samples of any label
 //!   carry its label (`neighbours::label_votes`): a sample the shadow has not learned yet
 //!   but that lies among its own class is hard, not mislabelled, while a relabelled one lies
-//!   among its true class. Not in the first of two passes: what that pass forwards, the second
+//!   among its true class; its input signature (when the view is on) must not lie beyond every
+//!   probe's (session 22: a clean-label poison keeps its true label and sits among its class
+//!   too, but carries its trigger: Animal-MNIST's SIG poisons kept this way had signatures
+//!   1.5-1.8 times the highest probe's). Not in the first of two passes: what that pass forwards, the second
 //!   shadow trains on, and a poison forwarded there teaches it its backdoor (penbased, seed 1:
 //!   the three-feature backdoor caught 89 -> 82 % with the vote in both passes, 88 % with it in
 //!   the final decision only); **or**, in a window's final decision too, its loss is still
@@ -81,8 +84,8 @@ const STRICT_SHARE_OF_ALPHA: f64 = 0.2;
 /// The rule for one window, built from its probes and its samples' neighbours.
 pub(crate) struct GreyZone<'a> {
     strict_threshold: f32,
-    /// Every row's input signature and the probes' level at alpha, when the view is on.
-    input_signature: Option<(&'a [f32], f32)>,
+    /// Every row's input signature and the probes' levels, when the view is on.
+    input_signature: Option<SignatureLevels<'a>>,
     /// Per window sample: whether its input distance is within what all but the strict share
     /// of the probes reach, when the view is on.
     plain_by_distance: Option<Vec<bool>>,
@@ -108,6 +111,27 @@ pub(crate) struct InputEvidence<'a> {
     pub(crate) distance: Option<Vec<f32>>,
 }
 
+/// The input signature of every row and the levels the probes reach in it.
+#[derive(Debug, Clone, Copy)]
+struct SignatureLevels<'a> {
+    rows: &'a [f32],
+    /// What the probes reach at the conformal level alpha.
+    at_alpha: f32,
+    /// The highest probe's signature.
+    highest_probe: f32,
+}
+
+impl<'a> SignatureLevels<'a> {
+    fn of(rows: &'a [f32], sample_count: usize, alpha: f64) -> Self {
+        let probes = &rows[sample_count..];
+        Self {
+            rows,
+            at_alpha: conformal_quantile(probes, alpha),
+            highest_probe: probes.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        }
+    }
+}
+
 /// What a decision may take as evidence that a grey-zone sample is hard clean data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Evidence {
@@ -123,7 +147,9 @@ pub(crate) enum Evidence {
 pub(crate) enum Kept {
     /// The shadow learned it as well as its label's clean probes.
     Learned,
-    /// Not learned as well yet, but most of its nearest window samples carry its label.
+    /// Not learned as well yet, but most of its nearest window samples carry its label, and
+    /// its input signature is not beyond every probe's (a clean-label poison, which keeps its
+    /// true label, sits among its class too, but carries its trigger in its inputs).
     AmongItsLabel,
     /// Not learned as well yet, but its loss still falling, some of its nearest window samples
     /// carrying its label, and nothing in its inputs that its class shares apart from the
@@ -148,7 +174,7 @@ impl Keeping {
             }
             Kept::AmongItsLabel => {
                 "most of its nearest window samples carry its label (not learned as well as its \
-                 label's clean probes yet)"
+                 label's clean probes yet), its input signature not beyond every probe's"
             }
             Kept::StillLearning => {
                 "its loss still falling in the window's second half, some of its nearest window \
@@ -215,8 +241,7 @@ impl<'a> GreyZone<'a> {
     ) -> Self {
         let strict_share = alpha * STRICT_SHARE_OF_ALPHA;
         let strict_threshold = conformal_quantile(probe_scores, strict_share);
-        let input_signature =
-            inputs.signature.map(|rows| (rows, conformal_quantile(&rows[sample_count..], alpha)));
+        let input_signature = inputs.signature.map(|rows| SignatureLevels::of(rows, sample_count, alpha));
         let plain_by_distance = inputs.distance.map(|rows| {
             let level = conformal_quantile(&rows[sample_count..], strict_share);
             rows[..sample_count].iter().map(|&d| d <= level).collect()
@@ -268,7 +293,7 @@ impl<'a> GreyZone<'a> {
         let asking = Asking::Sample { scores: sample_scores };
         let kept = if self.learned_beside_its_label(trajectories, sample.row, at, asking) {
             Kept::Learned
-        } else if final_decision && among_its_label {
+        } else if final_decision && among_its_label && !self.input_signature_beyond_probes(sample.row) {
             Kept::AmongItsLabel
         } else if final_decision && self.still_learning_plain_input(trajectories, sample.row, asking) {
             Kept::StillLearning
@@ -320,7 +345,13 @@ impl<'a> GreyZone<'a> {
     /// Whether row `row`'s input signature is within what the probes reach at alpha; `None`
     /// when the view is off.
     fn input_signature_within_probes(&self, row: usize) -> Option<bool> {
-        self.input_signature.map(|(signature, limit)| signature[row] <= limit)
+        self.input_signature.as_ref().map(|levels| levels.rows[row] <= levels.at_alpha)
+    }
+
+    /// Whether row `row`'s input signature lies beyond every probe's (false when the view is
+    /// off): a clean sample does so with probability at most 1 / (probes + 1).
+    fn input_signature_beyond_probes(&self, row: usize) -> bool {
+        self.input_signature.as_ref().is_some_and(|levels| levels.rows[row] > levels.highest_probe)
     }
 
     /// Whether a flagged probe (its leave-one-out score) would be forwarded as learned hard
@@ -633,6 +664,24 @@ mod tests {
         assert_eq!(kept(0.5, final_decision, 5.0), None, "half is not most");
         assert_eq!(kept(0.8, Evidence::Learned, 5.0), None, "a first pass asks for the loss alone");
         assert_eq!(kept(1.0, final_decision, 12.0), None, "the cluster check still applies");
+    }
+
+    #[test]
+    fn a_sample_among_its_label_whose_input_signature_is_beyond_every_probe_is_not_kept() {
+        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
+        let neighbours =
+            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![1.0, 0.8] };
+        // The probes' input signatures 0..1.9: the highest probe's is 1.9.
+        let kept = |signature: f32| {
+            let mut rows = vec![0.0, signature];
+            rows.extend((0..20).map(|p| p as f32 / 10.0));
+            let inputs = InputEvidence { signature: Some(&rows), distance: None };
+            let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
+            let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+            zone.keeps(trajectories.view(), sample, &[5.0, IN_GREY_ZONE], THRESHOLD).map(|k| k.kept)
+        };
+        assert_eq!(kept(1.5), Some(Kept::AmongItsLabel), "beyond most probes, not beyond all: hard");
+        assert_eq!(kept(2.5), None, "beyond every probe: a clean-label trigger's inputs");
     }
 
     #[test]
