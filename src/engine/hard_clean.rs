@@ -170,15 +170,16 @@ impl Keeping {
     pub(crate) fn explained(self) -> String {
         let evidence = match self.kept {
             Kept::Learned => {
-                "learned as well as its label's clean probes, its input signature within the probes'"
+                "learned as well as its label's clean probes, with company of its label not far out \
+                 where the window asks for it, its input signature within the probes'"
             }
             Kept::AmongItsLabel => {
                 "most of its nearest window samples carry its label (not learned as well as its \
                  label's clean probes yet), its input signature not beyond every probe's"
             }
             Kept::StillLearning => {
-                "its loss still falling in the window's second half, some of its nearest window \
-                 samples carry its label, its input signature is within the probes'"
+                "its loss still falling in the window's second half, with company of its label \
+                 not far out where the window asks for it, its input signature within the probes'"
             }
         };
         let crowd = match self.crowd {
