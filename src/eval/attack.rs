@@ -78,8 +78,8 @@ pub struct Attack {
     pub grid: Option<usize>,
     pub features: Option<Vec<usize>>,
     pub values: Option<Vec<f32>>,
-    /// For `features`: poison samples of the target class and keep their labels (`ratio` is
-    /// then the share of the target class, as for `sig`).
+    /// For every backdoor kind but `sig` (always clean-label): poison samples of the target
+    /// class and keep their labels (`ratio` is then the share of the target class, as for `sig`).
     pub clean_label: Option<bool>,
 }
 
@@ -115,7 +115,7 @@ impl Attack {
         (side * side == features).then_some(side)
     }
 
-    /// Poisons keep their true label: SIG always, `features` when asked.
+    /// Poisons keep their true label: SIG always, the other backdoors when asked.
     pub fn is_clean_label(&self) -> bool {
         self.kind == AttackKind::Sig || self.clean_label == Some(true)
     }
@@ -150,14 +150,14 @@ impl Attack {
         .filter_map(|(name, set)| set.then_some(name))
         .collect();
         let (required, optional): (&[&str], &[&str]) = match self.kind {
-            Patch => (&["size"], &["margin", "value"]),
-            Pixel => (&["row", "col"], &["value"]),
-            Blend => (&["alpha", "pattern"], &["pattern_seed", "grid_step", "test_alpha"]),
+            Patch => (&["size"], &["margin", "value", "clean_label"]),
+            Pixel => (&["row", "col"], &["value", "clean_label"]),
+            Blend => (&["alpha", "pattern"], &["pattern_seed", "grid_step", "test_alpha", "clean_label"]),
             Sig => (&["alpha"], &["frequency", "test_alpha"]),
-            Frequency => (&["coefficients", "magnitude"], &[]),
+            Frequency => (&["coefficients", "magnitude"], &["clean_label"]),
             LabelFlip => (&[], &[]),
             Features => (&["features", "values"], &["clean_label"]),
-            Warp => (&["strength"], &["grid", "pattern_seed"]),
+            Warp => (&["strength"], &["grid", "pattern_seed", "clean_label"]),
         };
         for field in required {
             if !given.contains(field) {
