@@ -21,8 +21,8 @@
 //!   among its true class; its input signature (when the view is on) must not lie beyond every
 //!   probe's (session 22: a clean-label poison keeps its true label and sits among its class
 //!   too, but carries its trigger: Animal-MNIST's SIG poisons kept this way had signatures
-//!   1.5-1.8 times the highest probe's). Not in the first of two passes: what that pass forwards, the second
-//!   shadow trains on, and a poison forwarded there teaches it its backdoor (penbased, seed 1:
+//!   1.5-1.8 times the highest probe's). Not in the first of two passes: what that pass
+//!   forwards, the second shadow trains on, and a poison forwarded there teaches it its backdoor (penbased, seed 1:
 //!   the three-feature backdoor caught 89 -> 82 % with the vote in both passes, 88 % with it in
 //!   the final decision only); **or**, in a window's final decision too, its loss is still
 //!   falling (its last kept epoch no higher than halfway), at least one of its nearest window

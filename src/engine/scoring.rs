@@ -487,7 +487,7 @@ const EXTRAPOLATED_TAIL: f64 = 0.04;
 /// there (until session 22): a sample beyond every probe then took 1 / (n + 1), a probe beyond
 /// every other one 1 / n (it is compared with the n - 1 others), so in the fused statistics
 /// every such sample ranked above every probe, in each view; with 100 probes and six views,
-/// 5-10 % of the clean samples of some windows went above the grey zone (alpha / 5, 2 %).
+/// up to 10 % of the clean samples of a window went above the grey zone (alpha / 5, 2 %).
 const MIN_TAIL_PROBES: usize = 5;
 
 /// Like [`tail_shares`], but a row beyond the probes' top [`EXTRAPOLATED_TAIL`] gets its share
