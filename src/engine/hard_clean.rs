@@ -148,8 +148,9 @@ pub(crate) enum Kept {
     /// The shadow learned it as well as its label's clean probes.
     Learned,
     /// Not learned as well yet, but most of its nearest window samples carry its label, and
-    /// its input signature is not beyond every probe's (a clean-label poison, which keeps its
-    /// true label, sits among its class too, but carries its trigger in its inputs).
+    /// its inputs share no trigger with its label's flagged samples (a clean-label poison,
+    /// which keeps its true label, sits among its class too, but carries its trigger:
+    /// [`GreyZone::no_trigger_shared_with_its_label`]).
     AmongItsLabel,
     /// Not learned as well yet, but its loss still falling, some of its nearest window samples
     /// carrying its label, and nothing in its inputs that its class shares apart from the
@@ -175,7 +176,8 @@ impl Keeping {
             }
             Kept::AmongItsLabel => {
                 "most of its nearest window samples carry its label (not learned as well as its \
-                 label's clean probes yet), its input signature not beyond every probe's"
+                 label's clean probes yet), and its inputs share no trigger with its label's \
+                 flagged samples"
             }
             Kept::StillLearning => {
                 "its loss still falling in the window's second half, with company of its label \
@@ -294,7 +296,10 @@ impl<'a> GreyZone<'a> {
         let asking = Asking::Sample { scores: sample_scores };
         let kept = if self.learned_beside_its_label(trajectories, sample.row, at, asking) {
             Kept::Learned
-        } else if final_decision && among_its_label && !self.input_signature_beyond_probes(sample.row) {
+        } else if final_decision
+            && among_its_label
+            && self.no_trigger_shared_with_its_label(sample.row, sample_scores, threshold)
+        {
             Kept::AmongItsLabel
         } else if final_decision && self.still_learning_plain_input(trajectories, sample.row, asking) {
             Kept::StillLearning
@@ -353,6 +358,27 @@ impl<'a> GreyZone<'a> {
     /// off): a clean sample does so with probability at most 1 / (probes + 1).
     fn input_signature_beyond_probes(&self, row: usize) -> bool {
         self.input_signature.as_ref().is_some_and(|levels| levels.rows[row] > levels.highest_probe)
+    }
+
+    /// What the "among its label" evidence asks of window sample `row`'s inputs, since a
+    /// clean-label poison, drawn from its class and keeping its label, sits among its class
+    /// too: its input signature not beyond every probe's, and where it is above the probes'
+    /// level at alpha, either its input distance plain (tabular inputs: the features vary
+    /// together as clean data's do) or most of its nearest samples of its label off the
+    /// probes' principal subspace not above the threshold. There a class's shared trigger is
+    /// most of what is left, so a clean-label backdoor's poisons are each other's nearest and
+    /// flagged together, while a hard clean sample's nearest are ordinary samples of its class
+    /// (session 22, Animal-MNIST: every poison of a clean-label corner patch and blend kept
+    /// this way had most of those neighbours above the threshold, 4 of 417 clean samples).
+    fn no_trigger_shared_with_its_label(&self, row: usize, sample_scores: &[f32], threshold: f32) -> bool {
+        if self.input_signature_beyond_probes(row) {
+            return false;
+        }
+        if self.input_signature_within_probes(row) != Some(false) || self.plain_by_distance(row) {
+            return true;
+        }
+        let off_probes = self.neighbours.same_label_off_probes.as_ref().and_then(|lists| lists.get(row));
+        off_probes.is_none_or(|nearest| !mostly_flagged(nearest, sample_scores, threshold))
     }
 
     /// Whether a flagged probe (its leave-one-out score) would be forwarded as learned hard
@@ -499,8 +525,11 @@ mod tests {
         // Each sample's one neighbour is the other: sample 0 scores in the grey zone and
         // sample 1 below the threshold. Neither sits among its label (a fifth of their nearest
         // carry it).
-        let neighbours =
-            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
+        let neighbours = SampleNeighbours {
+            same_label: vec![vec![1], vec![0]],
+            label_agreement: vec![0.2, 0.2],
+            same_label_off_probes: None,
+        };
         let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
         let calm = [IN_GREY_ZONE, 5.0];
         let keeps = |row, label, score, out_of_range, scores: &[f32]| {
@@ -528,7 +557,11 @@ mod tests {
         let mut label_agreement = vec![0.1; 22];
         label_agreement[0] = 0.0;
         label_agreement[2] = 0.0;
-        let neighbours = SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement };
+        let neighbours = SampleNeighbours {
+            same_label: vec![vec![1], vec![0]],
+            label_agreement,
+            same_label_off_probes: None,
+        };
         let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
         let flagged = |row| Flagged { row, label: 0, score: IN_GREY_ZONE, out_of_range: false };
         let calm = [IN_GREY_ZONE, 5.0];
@@ -552,7 +585,7 @@ mod tests {
             let mut label_agreement = vec![0.1; 24];
             label_agreement[0] = agreement;
             let same_label = vec![vec![1, 2, 3], vec![0], vec![0], vec![0]];
-            let neighbours = SampleNeighbours { same_label, label_agreement };
+            let neighbours = SampleNeighbours { same_label, label_agreement, same_label_off_probes: None };
             let inputs = InputEvidence::default();
             let zone = GreyZone::new(
                 trajectories.view(),
@@ -586,7 +619,11 @@ mod tests {
             let mut label_agreement = vec![0.1; 22];
             label_agreement[0] = 0.0;
             label_agreement[2..2 + alone].fill(0.0);
-            let neighbours = SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement };
+            let neighbours = SampleNeighbours {
+                same_label: vec![vec![1], vec![0]],
+                label_agreement,
+                same_label_off_probes: None,
+            };
             let zone =
                 final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
             let flagged = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
@@ -599,8 +636,11 @@ mod tests {
     #[test]
     fn a_learned_sample_whose_inputs_carry_its_classs_signature_is_not_kept() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
-        let neighbours =
-            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
+        let neighbours = SampleNeighbours {
+            same_label: vec![vec![1], vec![0]],
+            label_agreement: vec![0.2, 0.2],
+            same_label_off_probes: None,
+        };
         // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
         let kept = |signature: Option<f32>| {
             let rows = signature.map(view_rows);
@@ -619,8 +659,11 @@ mod tests {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         // Sample 0 learned and in the grey zone; its one same-label neighbour, sample 1, is
         // flagged too (the cluster check), in the grey zone or above it.
-        let neighbours =
-            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![0.2, 0.2] };
+        let neighbours = SampleNeighbours {
+            same_label: vec![vec![1], vec![0]],
+            label_agreement: vec![0.2, 0.2],
+            same_label_off_probes: None,
+        };
         // The probes' input distances 0..1.9: at the strict share (alpha 0.5 / 5) the level is 1.8.
         let kept = |distance: Option<f32>, neighbour_score: f32| {
             let inputs = InputEvidence { signature: None, distance: distance.map(view_rows) };
@@ -645,6 +688,7 @@ mod tests {
             let neighbours = SampleNeighbours {
                 same_label: vec![vec![1], vec![0]],
                 label_agreement: vec![1.0, agreement],
+                same_label_off_probes: None,
             };
             let zone = GreyZone::new(
                 trajectories.view(),
@@ -670,8 +714,11 @@ mod tests {
     #[test]
     fn a_sample_among_its_label_whose_input_signature_is_beyond_every_probe_is_not_kept() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
-        let neighbours =
-            SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement: vec![1.0, 0.8] };
+        let neighbours = SampleNeighbours {
+            same_label: vec![vec![1], vec![0]],
+            label_agreement: vec![1.0, 0.8],
+            same_label_off_probes: None,
+        };
         // The probes' input signatures 0..1.9: the highest probe's is 1.9.
         let kept = |signature: f32| {
             let mut rows = vec![0.0, signature];
@@ -683,6 +730,32 @@ mod tests {
         };
         assert_eq!(kept(1.5), Some(Kept::AmongItsLabel), "beyond most probes, not beyond all: hard");
         assert_eq!(kept(2.5), None, "beyond every probe: a clean-label trigger's inputs");
+    }
+
+    #[test]
+    fn a_sample_among_its_label_whose_nearest_off_the_probes_subspace_are_flagged_is_not_kept() {
+        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
+        // Sample 1 (never learned) in the grey zone, most of its nearest window samples carry
+        // its label. Its nearest of its label: none in the input space (the cluster check
+        // passes), sample 0 off the probes' principal subspace.
+        let neighbours = SampleNeighbours {
+            same_label: vec![vec![1], vec![]],
+            label_agreement: vec![1.0, 0.8],
+            same_label_off_probes: Some(vec![vec![1], vec![0]]),
+        };
+        // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0, the highest 1.9.
+        let kept = |signature: f32, neighbour_score: f32| {
+            let mut rows = vec![0.0, signature];
+            rows.extend((0..20).map(|p| p as f32 / 10.0));
+            let inputs = InputEvidence { signature: Some(&rows), distance: None };
+            let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
+            let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+            let scores = [neighbour_score, IN_GREY_ZONE];
+            zone.keeps(trajectories.view(), sample, &scores, THRESHOLD).map(|k| k.kept)
+        };
+        assert_eq!(kept(1.5, 5.0), Some(Kept::AmongItsLabel), "its nearest off the subspace are calm");
+        assert_eq!(kept(1.5, 12.0), None, "flagged together off the subspace: a trigger they share");
+        assert_eq!(kept(0.5, 12.0), Some(Kept::AmongItsLabel), "a plain signature is not asked");
     }
 
     #[test]
@@ -699,6 +772,7 @@ mod tests {
             let neighbours = SampleNeighbours {
                 same_label: vec![vec![1], vec![0]],
                 label_agreement: vec![1.0, agreement],
+                same_label_off_probes: None,
             };
             // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
             let mut rows = vec![0.0, signature];

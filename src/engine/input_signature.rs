@@ -88,6 +88,14 @@ impl ProbeSubspaces {
         Some(Self { halves: [half(0), half(1)] })
     }
 
+    /// Every row's coordinates on the even half's principal directions, for distances off the
+    /// probes' subspace between window samples (`neighbours::same_label_neighbours`): either half
+    /// would do, since no probe is compared there.
+    pub(crate) fn coordinates(&self, rows: ArrayView2<f32>) -> Array2<f32> {
+        let subspace = &self.halves[0];
+        (&rows - &subspace.mean).dot(&subspace.basis.t())
+    }
+
     /// The number of directions each half keeps.
     #[cfg(test)]
     fn widths(&self) -> [usize; 2] {

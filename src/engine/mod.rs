@@ -178,6 +178,9 @@ pub struct OtherViews {
 pub struct SampleNeighbours {
     /// Its nearest window samples of its label, nearest first ([`neighbours::same_label_neighbours`]).
     pub same_label: Vec<Vec<u32>>,
+    /// The same off the probes' principal subspace, where a trigger the class's poisons share
+    /// is most of what is left (`scorer.input_signature`; `None` when that view is off).
+    pub same_label_off_probes: Option<Vec<Vec<u32>>>,
     /// For every row (the window's samples, then its probes), the share of its nearest window
     /// samples, of any label, that carry its label ([`neighbours::label_votes`]).
     pub label_agreement: Vec<f32>,
@@ -591,14 +594,21 @@ fn input_views(
             .map(|subspaces| input_signature::scores(subspaces, features, &joined.labels, sample_count)),
         input_distance: (fitted.spread.as_ref())
             .map(|spread| input_distance::distances(spread, features, sample_count)),
-        sample_neighbours: keeps_hard_clean.then(|| SampleNeighbours {
-            same_label: neighbours::same_label_neighbours(
+        sample_neighbours: keeps_hard_clean.then(|| {
+            let samples = features.slice(s![..sample_count, ..]);
+            let along = fitted.subspaces.as_ref().map(|subspaces| subspaces.coordinates(samples));
+            let nearest = neighbours::same_label_neighbours(
                 features,
+                along.as_ref().map(|a| a.view()),
                 &joined.labels,
                 sample_count,
                 hard_clean::NEIGHBOURS,
-            ),
-            label_agreement: votes.unwrap_or_default(),
+            );
+            SampleNeighbours {
+                same_label: nearest.in_input,
+                same_label_off_probes: nearest.off_along,
+                label_agreement: votes.unwrap_or_default(),
+            }
         }),
     }
 }

@@ -170,47 +170,86 @@ fn orthonormalise_rows(matrix: &mut Array2<f64>) {
     }
 }
 
+/// Each window sample's nearest window samples of its label, nearest first, in two spaces.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SameLabelNeighbours {
+    /// In the (already scaled) input space.
+    pub(crate) in_input: Vec<Vec<u32>>,
+    /// In what is left of the input once the directions of `along` are taken out; `None`
+    /// without them.
+    pub(crate) off_along: Option<Vec<Vec<u32>>>,
+}
+
 /// For every window sample (rows `..sample_count`), its `k` nearest other window samples of
-/// the same label in the (already scaled) input space, nearest first; fewer when its label has
-/// fewer. Poisons of one attack share their trigger, so they are each other's neighbours.
+/// the same label, nearest first; fewer when its label has fewer. Poisons of one attack share
+/// their trigger, so they are each other's neighbours. `along`: every row's coordinates on a
+/// set of orthonormal directions (the probes' principal subspace); the second list measures
+/// distance without them, |x - y|^2 less the part along them, from the same products: a
+/// trigger small beside what separates two clean inputs (a 5x5 patch on 28x28 images) is most
+/// of what is left there.
 pub(crate) fn same_label_neighbours(
     features: ArrayView2<f32>,
+    along: Option<ArrayView2<f32>>,
     labels: &[i64],
     sample_count: usize,
     k: usize,
-) -> Vec<Vec<u32>> {
-    let mut neighbours = vec![Vec::new(); sample_count];
+) -> SameLabelNeighbours {
+    let mut in_input = vec![Vec::new(); sample_count];
+    let mut off_along = along.map(|_| vec![Vec::new(); sample_count]);
     let mut distinct: Vec<i64> = labels[..sample_count].to_vec();
     distinct.sort_unstable();
     distinct.dedup();
     for label in distinct {
         let members: Vec<usize> = (0..sample_count).filter(|&i| labels[i] == label).collect();
         let rows = features.select(Axis(0), &members);
-        let norms: Vec<f32> = rows.rows().into_iter().map(|r| r.dot(&r)).collect();
+        let norms = squared_norms(rows.view());
+        let coordinates = along.map(|a| a.select(Axis(0), &members));
+        let coordinate_norms = coordinates.as_ref().map(|c| squared_norms(c.view()));
         // A chunk of rows against all of the label's at a time: memory grows with the label's
         // size, not with its square (a window of one label would otherwise need n^2 floats).
         const CHUNK: usize = 512;
         for start in (0..members.len()).step_by(CHUNK) {
             let end = (start + CHUNK).min(members.len());
             let products = rows.slice(ndarray::s![start..end, ..]).dot(&rows.t());
-            for (a, dots) in (start..end).zip(products.axis_iter(Axis(0))) {
-                let mut by_distance: Vec<(f32, u32)> = (0..members.len())
-                    .filter(|&b| b != a)
-                    .map(|b| (norms[a] + norms[b] - 2.0 * dots[b], members[b] as u32))
-                    .collect();
-                let nearest = k.min(by_distance.len());
-                if nearest == 0 {
-                    continue;
+            let along_products =
+                coordinates.as_ref().map(|c| c.slice(ndarray::s![start..end, ..]).dot(&c.t()));
+            for (offset, a) in (start..end).enumerate() {
+                let input_distance = |b: usize| norms[a] + norms[b] - 2.0 * products[[offset, b]];
+                in_input[members[a]] = nearest(k, &members, a, input_distance);
+                if let (Some(lists), Some(along_products), Some(coordinate_norms)) =
+                    (off_along.as_mut(), along_products.as_ref(), coordinate_norms.as_ref())
+                {
+                    let off_distance = |b: usize| {
+                        let part_along =
+                            coordinate_norms[a] + coordinate_norms[b] - 2.0 * along_products[[offset, b]];
+                        input_distance(b) - part_along
+                    };
+                    lists[members[a]] = nearest(k, &members, a, off_distance);
                 }
-                by_distance.select_nth_unstable_by(nearest - 1, |x, y| x.0.total_cmp(&y.0));
-                let kept = &mut by_distance[..nearest];
-                kept.sort_by(|x, y| x.0.total_cmp(&y.0));
-                // From the slice: collected in place, the list would keep the whole buffer.
-                neighbours[members[a]] = kept.iter().map(|&(_, j)| j).collect();
             }
         }
     }
-    neighbours
+    SameLabelNeighbours { in_input, off_along }
+}
+
+fn squared_norms(rows: ArrayView2<f32>) -> Vec<f32> {
+    rows.rows().into_iter().map(|r| r.dot(&r)).collect()
+}
+
+/// The `k` members (as rows) nearest to member `a` by `distance` (to member `b`), `a` itself
+/// left out, nearest first.
+fn nearest(k: usize, members: &[usize], a: usize, distance: impl Fn(usize) -> f32) -> Vec<u32> {
+    let mut by_distance: Vec<(f32, u32)> =
+        (0..members.len()).filter(|&b| b != a).map(|b| (distance(b), members[b] as u32)).collect();
+    let nearest = k.min(by_distance.len());
+    if nearest == 0 {
+        return Vec::new();
+    }
+    by_distance.select_nth_unstable_by(nearest - 1, |x, y| x.0.total_cmp(&y.0));
+    let kept = &mut by_distance[..nearest];
+    kept.sort_by(|x, y| x.0.total_cmp(&y.0));
+    // From the slice: collected in place, the list would keep the whole buffer.
+    kept.iter().map(|&(_, j)| j).collect()
 }
 
 /// The mean of the [`NEAREST`] smallest distances, or none when there are none.
@@ -247,11 +286,24 @@ mod tests {
     }
 
     #[test]
+    fn off_a_subspace_the_nearest_sample_is_the_one_that_differs_only_along_it() {
+        // Three samples of one label in 2-D; the subspace is the first axis. In the input space
+        // sample 0's nearest is sample 1 (5 apart, along the second axis); off the first axis
+        // it is sample 2 (10 apart along the first, 0.1 along the second).
+        let features = Array2::from_shape_vec((3, 2), vec![0.0f32, 0.0, 0.1, 5.0, 10.0, 0.1]).unwrap();
+        let along = features.column(0).to_owned().insert_axis(Axis(1));
+        let nearest = same_label_neighbours(features.view(), Some(along.view()), &[0, 0, 0], 3, 1);
+        assert_eq!(nearest.in_input[0], vec![1]);
+        assert_eq!(nearest.off_along.as_ref().map(|lists| lists[0].clone()), Some(vec![2]));
+        assert_eq!(same_label_neighbours(features.view(), None, &[0, 0, 0], 3, 1).off_along, None);
+    }
+
+    #[test]
     fn each_sample_gets_its_nearest_same_label_window_samples_nearest_first() {
         // Samples (x): 0.0, 0.1, 5.0 labelled 0; 0.05 labelled 1; then one probe at 0.0.
         let features = Array2::from_shape_vec((5, 1), vec![0.0f32, 0.1, 5.0, 0.05, 0.0]).unwrap();
         let labels = vec![0i64, 0, 0, 1, 0];
-        let neighbours = same_label_neighbours(features.view(), &labels, 4, 2);
+        let neighbours = same_label_neighbours(features.view(), None, &labels, 4, 2).in_input;
         assert_eq!(neighbours, vec![vec![1, 2], vec![0, 2], vec![1, 0], vec![]]);
     }
 
@@ -368,7 +420,7 @@ mod tests {
         let n = 1200;
         let features = Array2::from_shape_fn((n, 1), |(i, _)| i as f32);
         let labels = vec![0i64; n];
-        let neighbours = same_label_neighbours(features.view(), &labels, n, 2);
+        let neighbours = same_label_neighbours(features.view(), None, &labels, n, 2).in_input;
         for (i, nearest) in neighbours.iter().enumerate().take(n - 1).skip(1) {
             let mut got = nearest.clone();
             got.sort_unstable();
