@@ -383,11 +383,9 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
         .map(|view| extrapolated_tail_shares(view, sample_count))
         .collect();
     let shares = far_out_in_one_or_out_in_several(&view_shares, sample_count);
-    // Below the smallest empirical share, 1 / (n + 1), and below every row in range, whose
-    // share beyond the probes' top is extrapolated and may be smaller.
-    let in_range = (0..shares.len()).filter(|&i| !gate.as_ref().is_some_and(|g| g[i]));
-    let smallest_in_range = in_range.map(|i| shares[i]).fold(1.0, f64::min);
-    let out_of_range_share = (0.5 / (probes_n + 1.0)).min(0.5 * smallest_in_range);
+    // Below the smallest empirical share a sample can have, 1 / (n + 1); a row far beyond the
+    // probes in a view may still rank above it (its share is extrapolated).
+    let out_of_range_share = 0.5 / (probes_n + 1.0);
     let fused: Vec<f32> = (0..trajectory.len())
         .map(|i| {
             let mut share = shares[i];
@@ -717,11 +715,12 @@ mod tests {
     }
 
     #[test]
-    fn a_sample_out_of_range_is_fused_above_every_sample_in_range() {
-        // Rows: samples 0 (odd trajectory), 1 (out of range, ordinary trajectory), 2 (ordinary),
-        // then 20 probes of one label, one of them slightly outside the others' range.
+    fn a_sample_out_of_range_is_fused_above_a_sample_in_range_just_beyond_every_probe() {
+        // Rows: samples 0 (an odd trajectory, just beyond every probe's), 1 (out of range,
+        // ordinary trajectory), 2 (ordinary), then 20 probes of one label, one of them slightly
+        // outside the others' range.
         let probes: Vec<f32> = (0..20).map(|i| i as f32 / 20.0).collect();
-        let trajectory = [10.0, 0.5, 0.5];
+        let trajectory = [1.0, 0.5, 0.5];
         let mut exceedance = vec![0.0, 3.0, 0.0];
         exceedance.extend((0..20).map(|i| if i == 7 { 0.1 } else { 0.0 }));
         let labels = vec![0i64; 23];
