@@ -182,8 +182,9 @@ pub(crate) struct SameLabelNeighbours {
 
 /// For every window sample (rows `..sample_count`), its `k` nearest other window samples of
 /// the same label, nearest first; fewer when its label has fewer. Poisons of one attack share
-/// their trigger, so they are each other's neighbours. `along`: every row's coordinates on a
-/// set of orthonormal directions (the probes' principal subspace); the second list measures
+/// their trigger, so they are each other's neighbours. `along`: every window sample's
+/// coordinates on a set of orthonormal directions (the probes' principal subspace), one row
+/// each in the samples' order; the second list measures
 /// distance without them, |x - y|^2 less the part along them, from the same products: a
 /// trigger small beside what separates two clean inputs (a 5x5 patch on 28x28 images) is most
 /// of what is left there.
