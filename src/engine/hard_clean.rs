@@ -24,9 +24,10 @@
 //!   its nearest samples of its label off the probes' principal subspace not above the
 //!   threshold, unless its input distance is plain ([`GreyZone::no_trigger_shared_with_its_label`];
 //!   Animal-MNIST: SIG beside a warp caught 96.5 -> 100 %, a clean-label corner patch 71 -> 92
-//!   %). Not in the first of two passes: what that pass forwards, the second shadow trains on, and a poison forwarded there teaches it its backdoor (penbased, seed 1:
-//!   the three-feature backdoor caught 89 -> 82 % with the vote in both passes, 88 % with it in
-//!   the final decision only); **or**, in a window's final decision too, its loss is still
+//!   %). Not in the first of two passes: what that pass forwards, the second shadow trains on,
+//!   and a poison forwarded there teaches it its backdoor (penbased, seed 1: the three-feature
+//!   backdoor caught 89 -> 82 % with the vote in both passes, 88 % with it in the final
+//!   decision only); **or**, in a window's final decision too, its loss is still
 //!   falling (its last kept epoch no higher than halfway), at least one of its nearest window
 //!   samples carries its label, and its input signature is within what the probes reach at
 //!   alpha (session 17): a hard clean sample is still being learned, a relabelled one is not
@@ -509,12 +510,30 @@ mod tests {
         GreyZone::new(trajectories.view(), labels, 2, probe_scores, neighbours, inputs, 0.5, evidence)
     }
 
-    /// An input view's values for the fixture's rows: `sample` for sample 0, 0 for sample 1,
-    /// and 0.0, 0.1, ..., 1.9 for the probes.
-    fn view_rows(sample: f32) -> Vec<f32> {
-        let mut rows = vec![sample, 0.0];
+    /// An input view's values for the fixture's rows: `value` for sample `row`, 0 for the
+    /// other sample, and 0.0, 0.1, ..., 1.9 for the probes.
+    fn view_rows(row: usize, value: f32) -> Vec<f32> {
+        let mut rows = vec![0.0; 2];
+        rows[row] = value;
         rows.extend((0..20).map(|p| p as f32 / 10.0));
         rows
+    }
+
+    /// Whether the fixture's sample 1 (never learned), in the grey zone with `neighbours` and
+    /// input signature `signature`, is kept in a final decision, sample 0 scoring
+    /// `neighbour_score`.
+    fn kept_with_signature(
+        neighbours: &SampleNeighbours,
+        signature: f32,
+        neighbour_score: f32,
+    ) -> Option<Kept> {
+        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
+        let rows = view_rows(1, signature);
+        let inputs = InputEvidence { signature: Some(&rows), distance: None };
+        let zone = final_zone(&trajectories, &labels, &probe_scores, neighbours, inputs);
+        let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+        let scores = [neighbour_score, IN_GREY_ZONE];
+        zone.keeps(trajectories.view(), sample, &scores, THRESHOLD).map(|k| k.kept)
     }
 
     // At alpha 0.5 the threshold is the 11th probe score, the strict one (alpha 0.1) the 19th.
@@ -645,7 +664,7 @@ mod tests {
         };
         // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
         let kept = |signature: Option<f32>| {
-            let rows = signature.map(view_rows);
+            let rows = signature.map(|value| view_rows(0, value));
             let inputs = InputEvidence { signature: rows.as_deref(), distance: None };
             let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
@@ -668,7 +687,8 @@ mod tests {
         };
         // The probes' input distances 0..1.9: at the strict share (alpha 0.5 / 5) the level is 1.8.
         let kept = |distance: Option<f32>, neighbour_score: f32| {
-            let inputs = InputEvidence { signature: None, distance: distance.map(view_rows) };
+            let inputs =
+                InputEvidence { signature: None, distance: distance.map(|value| view_rows(0, value)) };
             let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, neighbour_score], THRESHOLD)
@@ -715,28 +735,19 @@ mod tests {
 
     #[test]
     fn a_sample_among_its_label_whose_input_signature_is_beyond_every_probe_is_not_kept() {
-        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         let neighbours = SampleNeighbours {
             same_label: vec![vec![1], vec![0]],
             label_agreement: vec![1.0, 0.8],
             same_label_off_probes: None,
         };
         // The probes' input signatures 0..1.9: the highest probe's is 1.9.
-        let kept = |signature: f32| {
-            let mut rows = vec![0.0, signature];
-            rows.extend((0..20).map(|p| p as f32 / 10.0));
-            let inputs = InputEvidence { signature: Some(&rows), distance: None };
-            let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
-            let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
-            zone.keeps(trajectories.view(), sample, &[5.0, IN_GREY_ZONE], THRESHOLD).map(|k| k.kept)
-        };
+        let kept = |signature: f32| kept_with_signature(&neighbours, signature, 5.0);
         assert_eq!(kept(1.5), Some(Kept::AmongItsLabel), "beyond most probes, not beyond all: hard");
         assert_eq!(kept(2.5), None, "beyond every probe: a clean-label trigger's inputs");
     }
 
     #[test]
     fn a_sample_among_its_label_whose_nearest_off_the_probes_subspace_are_flagged_is_not_kept() {
-        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         // Sample 1 (never learned) in the grey zone, most of its nearest window samples carry
         // its label. Its nearest of its label: none in the input space (the cluster check
         // passes), sample 0 off the probes' principal subspace.
@@ -747,13 +758,7 @@ mod tests {
         };
         // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0, the highest 1.9.
         let kept = |signature: f32, neighbour_score: f32| {
-            let mut rows = vec![0.0, signature];
-            rows.extend((0..20).map(|p| p as f32 / 10.0));
-            let inputs = InputEvidence { signature: Some(&rows), distance: None };
-            let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
-            let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
-            let scores = [neighbour_score, IN_GREY_ZONE];
-            zone.keeps(trajectories.view(), sample, &scores, THRESHOLD).map(|k| k.kept)
+            kept_with_signature(&neighbours, signature, neighbour_score)
         };
         assert_eq!(kept(1.5, 5.0), Some(Kept::AmongItsLabel), "its nearest off the subspace are calm");
         assert_eq!(kept(1.5, 12.0), None, "flagged together off the subspace: a trigger they share");
@@ -777,8 +782,7 @@ mod tests {
                 same_label_off_probes: None,
             };
             // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
-            let mut rows = vec![0.0, signature];
-            rows.extend((0..20).map(|p| p as f32 / 10.0));
+            let rows = view_rows(1, signature);
             let zone = GreyZone::new(
                 trajectories.view(),
                 &labels,

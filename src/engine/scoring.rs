@@ -349,7 +349,8 @@ pub(crate) fn stale_probes_warning(out_of_range: &[bool]) -> Option<String> {
 /// decide alone (SIG caught 2 % on MNIST), and standardising the trajectory scores by 25
 /// probes a label as well made their calibration noisy (the frequency backdoor 10 % -> 59 %
 /// success). A row out of the probes' input range (`input_range`) gets a share below any
-/// other, so it ranks above every row that is not. The fused score is -ln(share), plus less
+/// empirical one, so it ranks above every row in range but those far beyond the probes in a
+/// view (their shares are extrapolated). The fused score is -ln(share), plus less
 /// than two share steps so that it is always above 0 (an absolute threshold of 0 quarantines
 /// everything); the probes' fused scores go to the same conformal calibration, so the
 /// false-reject budget covers every view together.
