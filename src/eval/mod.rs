@@ -8,6 +8,7 @@ pub mod defence;
 mod dump;
 pub(crate) mod metrics;
 pub mod plots;
+pub mod provenance;
 pub mod report;
 pub(crate) mod scenario;
 pub mod sweep;
@@ -157,6 +158,9 @@ pub struct Settings {
     pub decision: String,
     pub victim: VictimConfig,
     pub loss_value_epochs: usize,
+    /// When and at which commit; absent in results written before session 23.
+    #[serde(default)]
+    pub measured: Option<provenance::Provenance>,
 }
 
 /// Raw arrays of the first seed, for the plots (not written to JSON).
@@ -199,6 +203,7 @@ impl Harness<'_> {
             decision,
             victim: self.victim.clone(),
             loss_value_epochs: self.loss_value_epochs,
+            measured: Some(provenance::Provenance::now()),
         }
     }
 

@@ -219,6 +219,11 @@ fn where_accuracy_goes(attacks: &[Attack], seeds: &[SeedComparison], out: &mut S
 }
 
 /// A width the results recorded, or `?` for results written before it was.
+/// When and at which commit a result was measured, as a report states it.
+fn measured(provenance: Option<&super::provenance::Provenance>) -> String {
+    provenance.map_or_else(|| super::provenance::UNRECORDED.to_string(), |p| p.stated())
+}
+
 fn shown(width: usize) -> String {
     if width == 0 {
         "?".into()
@@ -272,6 +277,7 @@ fn comparison_section(c: &Comparison, out: &mut String) {
         s.loss_value_epochs,
         super::defence::LOSS_VALUE_LEARNING_RATE,
     );
+    let _ = writeln!(out, "This comparison was {}.\n", measured(s.measured.as_ref()));
     out.push_str("### Targets\n\n");
     targets(c, out);
 
@@ -390,13 +396,14 @@ fn sweep_section(sweep: &Sweep, out: &mut String) {
     let name = sweep.param.name();
     let _ = writeln!(
         out,
-        "### {name}\n\n`lossgate eval --sweep {name}`; {} samples per seed, seeds {}.\n",
+        "### {name}\n\n`lossgate eval --sweep {name}`; {} samples per seed, seeds {}; {}.\n",
         sweep.stream_samples,
         sweep
             .points
             .first()
             .map(|p| p.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        measured(sweep.measured.as_ref())
     );
     out.push_str(
         "| value | clean false-reject | poisons caught | score AUC | mean attack success | clean accuracy |",

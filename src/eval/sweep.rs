@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::defence::{run_engine, run_engine_cut};
 use super::metrics::Detection;
+use super::provenance::Provenance;
 use super::victim::VictimResult;
 use super::{parallel, progress_bar, Harness, Summary};
 use crate::decision::Policy;
@@ -218,6 +219,9 @@ pub struct Sweep {
     pub stream_samples: usize,
     pub attacks: Vec<String>,
     pub points: Vec<SweepPoint>,
+    /// When and at which commit; absent in sweeps written before session 23.
+    #[serde(default)]
+    pub measured: Option<Provenance>,
 }
 
 struct PointRun {
@@ -280,6 +284,7 @@ impl Harness<'_> {
             stream_samples: self.stream_len(),
             attacks: self.attacks.iter().map(|a| a.name.clone()).collect(),
             points,
+            measured: Some(Provenance::now()),
         })
     }
 
