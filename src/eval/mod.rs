@@ -178,7 +178,8 @@ pub struct PlotData {
 }
 
 impl Harness<'_> {
-    pub fn settings(&self, dataset: &str) -> Settings {
+    /// The settings of a run that began when `measured` was taken.
+    pub fn settings(&self, dataset: &str, measured: provenance::Provenance) -> Settings {
         let c = &self.config;
         let decision = match c.decision.policy {
             Policy::Calibrated => format!("calibrated, alpha {}", c.decision.alpha),
@@ -203,7 +204,7 @@ impl Harness<'_> {
             decision,
             victim: self.victim.clone(),
             loss_value_epochs: self.loss_value_epochs,
-            measured: Some(provenance::Provenance::now()),
+            measured: Some(measured),
         }
     }
 
@@ -420,6 +421,8 @@ impl Harness<'_> {
 
     /// Runs the comparison over `seeds`; returns it with the first seed's plot data.
     pub fn compare(&self, seeds: &[u64], dataset: &str) -> Result<(Comparison, Option<PlotData>)> {
+        // Taken before the run: the tree may move while it runs.
+        let measured = provenance::Provenance::now();
         let progress =
             progress_bar(seeds.len() as u64 * self.comparison_epochs(), "epochs (shadow + victims)");
         let results = parallel(seeds, self.jobs, |&seed| {
@@ -435,8 +438,11 @@ impl Harness<'_> {
             }
             seeds_out.push(seed);
         }
-        let comparison =
-            Comparison { settings: self.settings(dataset), attacks: self.attacks.clone(), seeds: seeds_out };
+        let comparison = Comparison {
+            settings: self.settings(dataset, measured),
+            attacks: self.attacks.clone(),
+            seeds: seeds_out,
+        };
         Ok((comparison, plots))
     }
 }

@@ -232,6 +232,8 @@ struct PointRun {
 impl Harness<'_> {
     /// Runs one sweep over `seeds`; with `victims`, trains a victim at every point and seed.
     pub fn sweep(&self, param: SweepParam, values: &[f64], seeds: &[u64], victims: bool) -> Result<Sweep> {
+        // Taken before the run: the tree may move while it runs.
+        let measured = Provenance::now();
         for &value in values {
             param
                 .apply(&self.config, value)
@@ -284,7 +286,7 @@ impl Harness<'_> {
             stream_samples: self.stream_len(),
             attacks: self.attacks.iter().map(|a| a.name.clone()).collect(),
             points,
-            measured: Some(Provenance::now()),
+            measured: Some(measured),
         })
     }
 
