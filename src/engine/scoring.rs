@@ -836,9 +836,8 @@ mod tests {
 
     #[test]
     fn a_sample_beyond_its_own_labels_light_tail_is_rare_though_ordinary_among_all_probes() {
-        // Label 0's 30 probes hardly vary (0.0-0.29), label 1's spread over 0-29; a few of 3
-        // probes of label 2 (too few to stand alone). Samples: 5.0 in label 0, 5.0 in label 1,
-        // 5.0 in label 2.
+        // Label 0's 30 probes hardly vary (0.0-0.29), label 1's spread over 0-29, and label 2 has
+        // 3 probes (too few to stand alone). Samples: 5.0 in each of the three labels.
         let mut scores = vec![5.0, 5.0, 5.0];
         let mut labels = vec![0, 1, 2];
         scores.extend((0..30).map(|v| v as f32 / 100.0));

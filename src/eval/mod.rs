@@ -421,7 +421,7 @@ impl Harness<'_> {
 
     /// Runs the comparison over `seeds`; returns it with the first seed's plot data.
     pub fn compare(&self, seeds: &[u64], dataset: &str) -> Result<(Comparison, Option<PlotData>)> {
-        // Taken before the run: the tree may move while it runs.
+        // The day the run began (a long run may end on the next).
         let measured = provenance::Provenance::now();
         let progress =
             progress_bar(seeds.len() as u64 * self.comparison_epochs(), "epochs (shadow + victims)");

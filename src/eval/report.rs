@@ -218,12 +218,12 @@ fn where_accuracy_goes(attacks: &[Attack], seeds: &[SeedComparison], out: &mut S
     }
 }
 
-/// A width the results recorded, or `?` for results written before it was.
 /// When and at which commit a result was measured, as a report states it.
 fn measured(provenance: Option<&super::provenance::Provenance>) -> String {
     provenance.map_or_else(|| super::provenance::UNRECORDED.to_string(), |p| p.stated())
 }
 
+/// A width the results recorded, or `?` for results written before it was.
 fn shown(width: usize) -> String {
     if width == 0 {
         "?".into()

@@ -232,7 +232,7 @@ struct PointRun {
 impl Harness<'_> {
     /// Runs one sweep over `seeds`; with `victims`, trains a victim at every point and seed.
     pub fn sweep(&self, param: SweepParam, values: &[f64], seeds: &[u64], victims: bool) -> Result<Sweep> {
-        // Taken before the run: the tree may move while it runs.
+        // The day the run began (a long run may end on the next).
         let measured = Provenance::now();
         for &value in values {
             param
