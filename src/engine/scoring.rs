@@ -566,8 +566,8 @@ const MIN_LABEL_PROBES: usize = 2 * MIN_TAIL_PROBES;
 /// alone a trigger in a class with a heavy natural tail hid in it. The probes' fused scores are computed the same way, so
 /// the calibration covers it.
 fn pooled_and_own_label_tail_shares(scores: &[f32], labels: &[i64], sample_count: usize) -> Vec<f64> {
-    let pooled = extrapolated_tail_shares(scores, sample_count);
-    let mut out = pooled.clone();
+    // Starts as the pooled shares; each label with enough probes combines its own into them.
+    let mut out = extrapolated_tail_shares(scores, sample_count);
     let mut distinct: Vec<i64> = labels[sample_count..].to_vec();
     distinct.sort_unstable();
     distinct.dedup();
