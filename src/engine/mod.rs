@@ -9,6 +9,7 @@ mod input_range;
 mod input_signature;
 mod neighbours;
 pub mod pool;
+mod repeated_values;
 mod representation;
 mod scoring;
 pub mod trajectory;
@@ -168,6 +169,10 @@ pub struct OtherViews {
     /// Each row's squared Mahalanobis distance from the probes' mean (`scorer.input_distance`,
     /// [`input_distance`]); `None` also when the probes are too few for the input's width.
     pub input_distance: Option<Vec<f32>>,
+    /// How much more often each row's feature values recur among the window's samples than
+    /// among the probes (`scorer.repeated_values`, [`repeated_values`]); `None` also when the
+    /// inputs are too wide for it.
+    pub repeated_values: Option<Vec<f32>>,
     /// Not a score: each window sample's neighbourhood in input space, which
     /// `decision.keep_hard_clean` asks about ([`hard_clean`]).
     pub sample_neighbours: Option<SampleNeighbours>,
@@ -194,6 +199,7 @@ impl OtherViews {
             && self.label_vote.is_none()
             && self.input_signature.is_none()
             && self.input_distance.is_none()
+            && self.repeated_values.is_none()
     }
 }
 
@@ -273,6 +279,9 @@ struct FittedOnProbes {
     subspaces: Option<input_signature::ProbeSubspaces>,
     /// The probes' means and covariances (`scorer.input_distance`), when they are enough.
     spread: Option<input_distance::ProbeSpread>,
+    /// Whether the repeated-values view is measured (`scorer.repeated_values`, inputs narrow
+    /// enough).
+    repeated_values: bool,
 }
 
 impl FittedOnProbes {
@@ -297,7 +306,16 @@ impl FittedOnProbes {
                  features vary together (each half of them must outnumber the features)"
             );
         }
-        Self { subspaces, spread }
+        let repeated_values = scorer.repeated_values && repeated_values::applies(probes);
+        if scorer.repeated_values && !repeated_values {
+            tracing::info!(
+                features = probes.ncols(),
+                probes = probes.nrows(),
+                "scorer.repeated_values: off, the inputs are as wide as half the probes or wider \
+                 (images: the input range and signature views see their triggers)"
+            );
+        }
+        Self { subspaces, spread, repeated_values }
     }
 }
 
@@ -332,6 +350,13 @@ impl Engine {
         } else {
             FeatureScaling::identity(config.input.features)
         };
+        if !scaling.own_units().is_empty() {
+            tracing::info!(
+                features = ?scaling.own_units(),
+                "these features' spread lies over an order of magnitude from the median feature's: each is \
+                 scaled by its own spread, the rest by one common scale (shadow.standardize)"
+            );
+        }
         let probes = scaling.applied(&probes);
         let fitted_on_probes = FittedOnProbes::fit(&config.scorer, probes.features.view());
         Ok(Self { config, model, probes, scaling, windows_done: 0, learning_rate, fitted_on_probes })
@@ -568,7 +593,7 @@ impl Engine {
 
 /// The views of every row of `joined` that need only its inputs (`scorer.input_range`,
 /// `scorer.neighbour_labels`, `scorer.label_vote`, `scorer.input_signature`,
-/// `scorer.input_distance`) and the samples' neighbourhoods.
+/// `scorer.input_distance`, `scorer.repeated_values`) and the samples' neighbourhoods.
 fn input_views(
     scorer: &ScorerConfig,
     keeps_hard_clean: bool,
@@ -594,6 +619,9 @@ fn input_views(
             .map(|subspaces| input_signature::scores(subspaces, features, &joined.labels, sample_count)),
         input_distance: (fitted.spread.as_ref())
             .map(|spread| input_distance::distances(spread, features, sample_count)),
+        repeated_values: fitted
+            .repeated_values
+            .then(|| repeated_values::excess_recurrence(features, sample_count)),
         sample_neighbours: keeps_hard_clean.then(|| {
             let samples = features.slice(s![..sample_count, ..]);
             let along = fitted.subspaces.as_ref().map(|subspaces| subspaces.coordinates(samples));

@@ -136,6 +136,7 @@ fn grey_zone<'a>(
             signature: views.input_signature.as_deref(),
             distance: (views.input_distance.as_ref())
                 .map(|distances| standardised_per_label(distances, labels, sample_count)),
+            recurrence: views.repeated_values.as_deref(),
         };
         GreyZone::new(
             trajectories,
@@ -381,6 +382,7 @@ fn fuse(samples: &[f32], probes: &[f32], views: &OtherViews, labels: &[i64]) -> 
     let mut view_shares: Vec<Vec<f64>> = std::iter::once(&trajectory)
         .chain(standardised.iter())
         .chain(views.label_vote.as_ref())
+        .chain(views.repeated_values.as_ref())
         .map(|view| extrapolated_tail_shares(view, sample_count))
         .collect();
     view_shares.extend(

@@ -161,6 +161,7 @@ pub fn run_offline(
     offline.scorer.label_vote = false;
     offline.scorer.input_signature = false;
     offline.scorer.input_distance = false;
+    offline.scorer.repeated_values = false;
     offline.decision.policy = Policy::RejectFraction;
     offline.decision.reject_fraction = 0.4;
     run_engine(runtime, &offline, scenario, seed, on_epoch)

@@ -38,7 +38,8 @@ pub(crate) fn write_windows(
 /// them off (`label_vote`: the share of its nearest window samples that carry another
 /// label); `label_agreement`: the hard-clean rule's label vote; `input_signature`: the score
 /// along the class's shared direction off the probes' principal subspace; `input_distance`:
-/// the squared Mahalanobis distance from the probes' mean; then
+/// the squared Mahalanobis distance from the probes' mean; `repeated_values`: how much more
+/// often its values recur among the window's samples than among the probes; then
 /// the loss in every epoch under the shadow that judged the row (the second's
 /// for a probe) and the features as the engine saw them before scaling.
 fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> String {
@@ -46,7 +47,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
     let epochs = outcome.losses.ncols();
     let features = scenario.stream.features.ncols();
     let mut text = String::from(
-        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,grey_zone_top,representation,label_disagreement,range_exceedance,label_vote,label_agreement,input_signature,input_distance",
+        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,grey_zone_top,representation,label_disagreement,range_exceedance,label_vote,label_agreement,input_signature,input_distance,repeated_values",
     );
     (1..=epochs).for_each(|e| {
         let _ = write!(text, ",loss_epoch{e}");
@@ -79,7 +80,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
         };
         let _ = write!(
             text,
-            "{row},{origin},{},{decided},{},{},{},{},{},{},{},{},{}",
+            "{row},{origin},{},{decided},{},{},{},{},{},{},{},{},{},{}",
             outcome.labels[row],
             outcome.threshold.value,
             outcome.grey_zone_top.map(|top| top.to_string()).unwrap_or_default(),
@@ -90,6 +91,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
             agreement(row),
             view(&outcome.views.input_signature, row),
             view(&outcome.views.input_distance, row),
+            view(&outcome.views.repeated_values, row),
         );
         let losses = match row < samples {
             true => outcome.trajectory(row),
