@@ -166,15 +166,21 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
         assert_eq!(&header[..4], ["row", "origin", "label", "flagged"]);
-        assert_eq!(header.len(), 16 + 10 + 12, "fixed columns, a loss per epoch, the features");
+        assert_eq!(header.len(), 17 + 10 + 12, "fixed columns, a loss per epoch, the features");
         assert_eq!(&header[7..9], ["threshold", "grey_zone_top"]);
-        assert_eq!(&header[12..16], ["label_vote", "label_agreement", "input_signature", "input_distance"]);
+        assert_eq!(
+            &header[12..17],
+            ["label_vote", "label_agreement", "input_signature", "input_distance", "repeated_values"]
+        );
         for line in lines {
             let cells: Vec<&str> = line.split(',').collect();
             assert_eq!(cells.len(), header.len(), "{line}");
             // 12 features and 125 probes a half: the input distance is measured on every row.
             let distance: f32 = cells[15].parse().unwrap();
             assert!(distance >= 0.0, "a squared distance: {line}");
+            // 12 features: how often the row's values recur is measured too.
+            let recurrence: f32 = cells[16].parse().unwrap();
+            assert!(recurrence >= 0.0, "a sum of excesses, each at least 0: {line}");
             if cells[1] != "probe" {
                 // Two shadows by default: every sample says which one judged it.
                 assert!(matches!(cells[5], "true" | "false"), "{line}");
