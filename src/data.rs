@@ -73,7 +73,7 @@ pub struct FeatureScaling {
 
 /// How far (a factor) a feature's spread may lie from the median feature's and still be taken
 /// as in the same units: an order of magnitude.
-pub const OWN_UNITS_FACTOR: f64 = 10.0;
+pub(crate) const OWN_UNITS_FACTOR: f64 = 10.0;
 
 impl FeatureScaling {
     pub fn fit(samples: ndarray::ArrayView2<f32>) -> Self {

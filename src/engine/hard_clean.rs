@@ -96,8 +96,8 @@ pub(crate) struct GreyZone<'a> {
     /// Per window sample: whether its input distance is within what all but the strict share
     /// of the probes reach, when the view is on.
     plain_by_distance: Option<Vec<bool>>,
-    /// Per window sample: whether its values recur beyond every probe's
-    /// (`scorer.repeated_values`), when the view is on.
+    /// Per window sample: whether its values recur beyond every probe's by
+    /// [`RECURRENCE_MARGIN`] (`scorer.repeated_values`), when the view is on.
     recurs_beyond_probes: Option<Vec<bool>>,
     /// The labels seen in the window, sorted; `last_loss_limits` follows their order.
     labels: Vec<i64>,
@@ -607,7 +607,7 @@ mod tests {
     }
 
     #[test]
-    fn a_learned_sample_whose_values_recur_beyond_every_probes_is_not_kept() {
+    fn a_learned_sample_whose_values_recur_far_beyond_every_probes_is_not_kept() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         let neighbours = each_others_neighbours(vec![0.2, 0.2]);
         let calm = [IN_GREY_ZONE, 5.0];
