@@ -85,14 +85,13 @@ impl FeatureScaling {
             .zip(&mean)
             .map(|(c, m)| (c.iter().map(|v| (v - m).powi(2)).sum::<f64>() / c.len().max(1) as f64).sqrt())
             .collect();
-        let own_units = features_in_own_units(&columns, &spread);
-        let common: Vec<f64> =
-            (0..spread.len()).filter(|j| !own_units.contains(j)).map(|j| spread[j].powi(2)).collect();
+        let own = in_own_units(&columns, &spread);
+        let common: Vec<f64> = spread.iter().zip(&own).filter(|(_, &o)| !o).map(|(s, _)| s * s).collect();
         let common_scale = (common.iter().sum::<f64>() / common.len().max(1) as f64).sqrt();
         let inverse = |scale: f64| if scale > 1e-12 { (1.0 / scale) as f32 } else { 1.0 };
-        let inverse_scale = (0..spread.len())
-            .map(|j| inverse(if own_units.contains(&j) { spread[j] } else { common_scale }))
-            .collect();
+        let inverse_scale =
+            spread.iter().zip(&own).map(|(&s, &o)| inverse(if o { s } else { common_scale })).collect();
+        let own_units = (0..own.len()).filter(|&j| own[j]).collect();
         Self { mean: mean.into_iter().map(|m| m as f32).collect(), inverse_scale, own_units }
     }
 
@@ -122,21 +121,18 @@ impl FeatureScaling {
     }
 }
 
-/// The features whose spread says they are measured in units of their own (see
+/// Per feature, whether its spread says it is measured in units of its own (see
 /// [`FeatureScaling`]): over [`OWN_UNITS_FACTOR`] times the median varying feature's spread,
 /// or under a [`OWN_UNITS_FACTOR`]th of it with a middle half of more than one value.
-fn features_in_own_units(columns: &[Vec<f64>], spread: &[f64]) -> Vec<usize> {
+fn in_own_units(columns: &[Vec<f64>], spread: &[f64]) -> Vec<bool> {
     let mut varying: Vec<f64> = spread.iter().copied().filter(|&s| s > 1e-12).collect();
-    if varying.is_empty() {
-        return Vec::new();
-    }
     varying.sort_by(f64::total_cmp);
-    let median = varying[varying.len() / 2];
-    (0..spread.len())
-        .filter(|&j| {
-            let s = spread[j];
-            s > median * OWN_UNITS_FACTOR
-                || (s > 1e-12 && s * OWN_UNITS_FACTOR < median && dense(&columns[j]))
+    let Some(&median) = varying.get(varying.len() / 2) else { return vec![false; spread.len()] };
+    spread
+        .iter()
+        .zip(columns)
+        .map(|(&s, column)| {
+            s > median * OWN_UNITS_FACTOR || (s > 1e-12 && s * OWN_UNITS_FACTOR < median && dense(column))
         })
         .collect()
 }
