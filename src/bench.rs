@@ -324,6 +324,19 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
     }
     row("2 workers against 1 (same windows, same run)", format!("{:>10.2} x", rates[1] / rates[0]));
 
+    // The hard-clean rule's joint recurrence: every pair of features, so its cost grows with
+    // the square of the width (16: penbased's discrete coordinates; 57: spambase; 124: the
+    // widest the view takes with 250 probes).
+    for (features, levels) in [(16, Some(101)), (57, None), (124, None)] {
+        let rows = tabular_window(config.window.size + config.probes.count, features, levels);
+        let t = seconds_per_call(budget, || {
+            std::hint::black_box(crate::engine::joint_excess(rows.view(), config.window.size));
+            Ok(())
+        })?;
+        let kind = levels.map_or("continuous".to_string(), |l| format!("{l} levels"));
+        row(&format!("joint recurrence, {features} features ({kind}), a window"), format!("{t:>10.3} s"));
+    }
+
     for probes in [250, 2_500, 25_000] {
         let probe_rows = synthetic_trajectories(probes, 30, 5);
         let queries = synthetic_trajectories(if quick { 200 } else { 2000 }, 30, 6);
@@ -342,6 +355,16 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
         );
     }
     Ok(out)
+}
+
+/// `rows` random tabular rows of `features` features, each drawn from `levels` integer levels
+/// or continuous.
+fn tabular_window(rows: usize, features: usize, levels: Option<u32>) -> Array2<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    Array2::from_shape_fn((rows, features), |_| match levels {
+        Some(l) => rng.random_range(0..l) as f32,
+        None => rng.random::<f32>(),
+    })
 }
 
 /// Training FLOPs per window row: a train step per epoch and per pass (the second pass trains

@@ -14,6 +14,10 @@ mod representation;
 mod scoring;
 pub mod trajectory;
 
+/// For `lossgate bench`: the hard-clean rule's joint recurrence is the one input view whose
+/// cost grows with the square of the features.
+pub(crate) use repeated_values::joint_excess;
+
 use anyhow::{Context, Result};
 use ndarray::{s, Array2, ArrayView2};
 
@@ -173,6 +177,11 @@ pub struct OtherViews {
     /// among the probes (`scorer.repeated_values`, [`repeated_values`]); `None` also when the
     /// inputs are too wide for it.
     pub repeated_values: Option<Vec<f32>>,
+    /// Not a score: how much more often each row's values recur together than the window's
+    /// counts of each value alone expect, beyond the probes on the same pair of features, on
+    /// its furthest pair ([`repeated_values::joint_excess`]), which the hard-clean rule asks;
+    /// measured with the repeated-values view when the rule is on.
+    pub joint_recurrence: Option<Vec<f32>>,
     /// Not a score: each window sample's neighbourhood in input space, which
     /// `decision.keep_hard_clean` asks about ([`hard_clean`]).
     pub sample_neighbours: Option<SampleNeighbours>,
@@ -622,6 +631,8 @@ fn input_views(
         repeated_values: fitted
             .repeated_values
             .then(|| repeated_values::excess_recurrence(features, sample_count)),
+        joint_recurrence: (fitted.repeated_values && keeps_hard_clean)
+            .then(|| joint_excess(features, sample_count)),
         sample_neighbours: keeps_hard_clean.then(|| {
             let samples = features.slice(s![..sample_count, ..]);
             let along = fitted.subspaces.as_ref().map(|subspaces| subspaces.coordinates(samples));

@@ -137,6 +137,7 @@ fn grey_zone<'a>(
             distance: (views.input_distance.as_ref())
                 .map(|distances| standardised_per_label(distances, labels, sample_count)),
             recurrence: views.repeated_values.as_deref(),
+            joint_recurrence: views.joint_recurrence.as_deref(),
         };
         GreyZone::new(
             trajectories,

@@ -39,7 +39,10 @@ pub(crate) fn write_windows(
 /// label); `label_agreement`: the hard-clean rule's label vote; `input_signature`: the score
 /// along the class's shared direction off the probes' principal subspace; `input_distance`:
 /// the squared Mahalanobis distance from the probes' mean; `repeated_values`: how much more
-/// often its values recur among the window's samples than among the probes; then
+/// often its values recur among the window's samples than among the probes; `joint_recurrence`:
+/// how much more often two of its values recur together than the window's counts of each alone
+/// expect, beyond the probes on that pair of features, on its furthest pair (the hard-clean
+/// rule's); then
 /// the loss in every epoch under the shadow that judged the row (the second's
 /// for a probe) and the features as the engine saw them before scaling.
 fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> String {
@@ -47,7 +50,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
     let epochs = outcome.losses.ncols();
     let features = scenario.stream.features.ncols();
     let mut text = String::from(
-        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,grey_zone_top,representation,label_disagreement,range_exceedance,label_vote,label_agreement,input_signature,input_distance,repeated_values",
+        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,grey_zone_top,representation,label_disagreement,range_exceedance,label_vote,label_agreement,input_signature,input_distance,repeated_values,joint_recurrence",
     );
     (1..=epochs).for_each(|e| {
         let _ = write!(text, ",loss_epoch{e}");
@@ -80,7 +83,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
         };
         let _ = write!(
             text,
-            "{row},{origin},{},{decided},{},{},{},{},{},{},{},{},{},{}",
+            "{row},{origin},{},{decided},{},{},{},{},{},{},{},{},{},{},{}",
             outcome.labels[row],
             outcome.threshold.value,
             outcome.grey_zone_top.map(|top| top.to_string()).unwrap_or_default(),
@@ -92,6 +95,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
             view(&outcome.views.input_signature, row),
             view(&outcome.views.input_distance, row),
             view(&outcome.views.repeated_values, row),
+            view(&outcome.views.joint_recurrence, row),
         );
         let losses = match row < samples {
             true => outcome.trajectory(row),
