@@ -174,16 +174,37 @@ impl ValueCodes {
     fn window_count(&self, row: usize) -> u32 {
         self.in_window[self.code[row] as usize]
     }
+
+    /// Whether no two window samples hold the same value.
+    fn unique_in_window(&self) -> bool {
+        self.in_window.iter().all(|&n| n <= 1)
+    }
 }
 
-/// How many window samples hold each pair of codes of two features: a table where the pairs
-/// are few (discrete features), a map where they are many (continuous ones).
+/// How many window samples hold each pair of codes of two features: where one feature's values
+/// are each held by one window sample at most (continuous values), the other feature's code
+/// beside each; a table where the pairs are few (discrete features); a map otherwise.
 #[derive(Default)]
 struct PairCounts {
+    mode: Counting,
+    /// Per code of the unique feature, the other's code beside it ([`NONE`] when no window
+    /// sample holds it); or per pair of codes, its count.
     table: Vec<u32>,
     map: HashMap<u64, u32>,
-    dense: bool,
 }
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Counting {
+    /// The first feature's values are unique in the window.
+    #[default]
+    FirstUnique,
+    SecondUnique,
+    Table,
+    Map,
+}
+
+/// No code: a value no window sample holds.
+const NONE: u32 = u32::MAX;
 
 /// The most pairs of codes counted in a table rather than a map.
 const DENSE_PAIRS: usize = 1 << 16;
@@ -191,27 +212,53 @@ const DENSE_PAIRS: usize = 1 << 16;
 impl PairCounts {
     fn fill(&mut self, first: &ValueCodes, second: &ValueCodes, sample_count: usize) {
         let pairs = first.distinct() * second.distinct();
-        self.dense = pairs <= DENSE_PAIRS;
-        if self.dense {
-            self.table.clear();
-            self.table.resize(pairs, 0);
-        } else {
-            self.map.clear();
-        }
-        for i in 0..sample_count {
-            let key = Self::key(first, second, i);
-            match self.dense {
-                true => self.table[key as usize] += 1,
-                false => *self.map.entry(key).or_default() += 1,
+        self.mode = match (first.unique_in_window(), second.unique_in_window()) {
+            (true, _) => Counting::FirstUnique,
+            (_, true) => Counting::SecondUnique,
+            _ if pairs <= DENSE_PAIRS => Counting::Table,
+            _ => Counting::Map,
+        };
+        self.table.clear();
+        self.map.clear();
+        match self.mode {
+            Counting::FirstUnique | Counting::SecondUnique => {
+                let (unique, other) = self.unique_first(first, second);
+                self.table.resize(unique.distinct(), NONE);
+                for i in 0..sample_count {
+                    self.table[unique.code[i] as usize] = other.code[i];
+                }
+            }
+            Counting::Table => {
+                self.table.resize(pairs, 0);
+                (0..sample_count).for_each(|i| self.table[Self::key(first, second, i) as usize] += 1);
+            }
+            Counting::Map => {
+                (0..sample_count)
+                    .for_each(|i| *self.map.entry(Self::key(first, second, i)).or_default() += 1);
             }
         }
     }
 
     fn get(&self, first: &ValueCodes, second: &ValueCodes, row: usize) -> u32 {
-        let key = Self::key(first, second, row);
-        match self.dense {
-            true => self.table[key as usize],
-            false => self.map.get(&key).copied().unwrap_or(0),
+        match self.mode {
+            Counting::FirstUnique | Counting::SecondUnique => {
+                let (unique, other) = self.unique_first(first, second);
+                u32::from(self.table[unique.code[row] as usize] == other.code[row])
+            }
+            Counting::Table => self.table[Self::key(first, second, row) as usize],
+            Counting::Map => self.map.get(&Self::key(first, second, row)).copied().unwrap_or(0),
+        }
+    }
+
+    /// The feature whose values are unique in the window, then the other.
+    fn unique_first<'c>(
+        &self,
+        first: &'c ValueCodes,
+        second: &'c ValueCodes,
+    ) -> (&'c ValueCodes, &'c ValueCodes) {
+        match self.mode {
+            Counting::SecondUnique => (second, first),
+            _ => (first, second),
         }
     }
 
@@ -325,6 +372,41 @@ mod tests {
         assert!(joint[..poisons].iter().all(|&e| e > highest_probe), "{:?} vs {highest_probe}", &joint[..5]);
         let clean_beyond = joint[poisons..samples].iter().filter(|&&e| e > highest_probe).count();
         assert!(clean_beyond < 20, "{clean_beyond} clean samples beyond every probe");
+    }
+
+    #[test]
+    fn every_way_of_counting_pairs_counts_alike() {
+        // Feature 0 continuous (unique), 1 and 2 discrete (a table), 3 with many levels and
+        // repeats (a map: 400 x 400 pairs of codes).
+        let (samples, probes) = (3000, 100);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let rows = Array2::from_shape_fn((samples + probes, 4), |(_, j)| match j {
+            0 => rng.random::<f32>(),
+            1 | 2 => rng.random_range(0..5) as f32,
+            _ => rng.random_range(0..400) as f32,
+        });
+        let codes: Vec<ValueCodes> = rows.columns().into_iter().map(|c| ValueCodes::of(c, samples)).collect();
+        let naive = |a: usize, b: usize, row: usize| {
+            (0..samples).filter(|&i| rows[[i, a]] == rows[[row, a]] && rows[[i, b]] == rows[[row, b]]).count()
+                as u32
+        };
+        let mut counts = PairCounts::default();
+        for (a, b, mode) in [
+            (0, 1, Counting::FirstUnique),
+            (1, 0, Counting::SecondUnique),
+            (1, 2, Counting::Table),
+            (3, 3, Counting::Map),
+        ] {
+            counts.fill(&codes[a], &codes[b], samples);
+            assert!(counts.mode == mode, "features {a} and {b}");
+            for row in (0..samples + probes).step_by(97) {
+                assert_eq!(
+                    counts.get(&codes[a], &codes[b], row),
+                    naive(a, b, row),
+                    "features {a}, {b}, row {row}"
+                );
+            }
+        }
     }
 
     #[test]
