@@ -330,7 +330,8 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
     for (features, levels) in [(16, Some(101)), (57, None), (124, None)] {
         let rows = tabular_window(config.window.size + config.probes.count, features, levels);
         let t = seconds_per_call(budget, || {
-            std::hint::black_box(crate::engine::joint_excess(rows.view(), config.window.size));
+            let codes = crate::engine::value_codes(rows.view(), config.window.size);
+            std::hint::black_box(crate::engine::joint_excess(&codes, config.window.size));
             Ok(())
         })?;
         let kind = levels.map_or("continuous".to_string(), |l| format!("{l} levels"));

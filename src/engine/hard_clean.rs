@@ -591,12 +591,7 @@ mod tests {
     ) -> Option<Kept> {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
         let rows = view_rows(1, signature);
-        let inputs = InputEvidence {
-            signature: Some(&rows),
-            distance: None,
-            recurrence: None,
-            joint_recurrence: None,
-        };
+        let inputs = InputEvidence { signature: Some(&rows), ..Default::default() };
         let zone = final_zone(&trajectories, &labels, &probe_scores, neighbours, inputs);
         let sample = Flagged { row: 1, label: 0, score: IN_GREY_ZONE, out_of_range: false };
         let scores = [neighbour_score, IN_GREY_ZONE];
@@ -760,12 +755,7 @@ mod tests {
         // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
         let kept = |signature: Option<f32>| {
             let rows = signature.map(|value| view_rows(0, value));
-            let inputs = InputEvidence {
-                signature: rows.as_deref(),
-                distance: None,
-                recurrence: None,
-                joint_recurrence: None,
-            };
+            let inputs = InputEvidence { signature: rows.as_deref(), ..Default::default() };
             let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, 5.0], THRESHOLD).map(|k| k.kept)
@@ -783,12 +773,8 @@ mod tests {
         let neighbours = each_others_neighbours(vec![0.2, 0.2]);
         // The probes' input distances 0..1.9: at the strict share (alpha 0.5 / 5) the level is 1.8.
         let kept = |distance: Option<f32>, neighbour_score: f32| {
-            let inputs = InputEvidence {
-                signature: None,
-                distance: distance.map(|value| view_rows(0, value)),
-                recurrence: None,
-                joint_recurrence: None,
-            };
+            let inputs =
+                InputEvidence { distance: distance.map(|value| view_rows(0, value)), ..Default::default() };
             let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, neighbour_score], THRESHOLD)
@@ -889,12 +875,7 @@ mod tests {
                 2,
                 &probe_scores,
                 &neighbours,
-                InputEvidence {
-                    signature: Some(&rows),
-                    distance: None,
-                    recurrence: None,
-                    joint_recurrence: None,
-                },
+                InputEvidence { signature: Some(&rows), ..Default::default() },
                 0.5,
                 evidence,
             );

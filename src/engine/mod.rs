@@ -16,7 +16,7 @@ pub mod trajectory;
 
 /// For `lossgate bench`: the hard-clean rule's joint recurrence is the one input view whose
 /// cost grows with the square of the features.
-pub(crate) use repeated_values::joint_excess;
+pub(crate) use repeated_values::{joint_excess, value_codes};
 
 use anyhow::{Context, Result};
 use ndarray::{s, Array2, ArrayView2};
@@ -614,6 +614,14 @@ fn input_views(
     // One vote per row, for the view (every row) and the hard-clean rule (the samples).
     let votes = (scorer.label_vote || keeps_hard_clean)
         .then(|| neighbours::label_votes(features, &joined.labels, sample_count, hard_clean::NEIGHBOURS));
+    // The values alone for the view, together for the hard-clean rule, coded once.
+    let (repeated_values, joint_recurrence) = match fitted.repeated_values {
+        true => {
+            let (alone, together) = repeated_values::recurrences(features, sample_count, keeps_hard_clean);
+            (Some(alone), together)
+        }
+        false => (None, None),
+    };
     OtherViews {
         representation: None,
         range_exceedance: scorer.input_range.then(|| input_range::exceedances(features, sample_count)),
@@ -628,11 +636,8 @@ fn input_views(
             .map(|subspaces| input_signature::scores(subspaces, features, &joined.labels, sample_count)),
         input_distance: (fitted.spread.as_ref())
             .map(|spread| input_distance::distances(spread, features, sample_count)),
-        repeated_values: fitted
-            .repeated_values
-            .then(|| repeated_values::excess_recurrence(features, sample_count)),
-        joint_recurrence: (fitted.repeated_values && keeps_hard_clean)
-            .then(|| joint_excess(features, sample_count)),
+        repeated_values,
+        joint_recurrence,
         sample_neighbours: keeps_hard_clean.then(|| {
             let samples = features.slice(s![..sample_count, ..]);
             let along = fitted.subspaces.as_ref().map(|subspaces| subspaces.coordinates(samples));

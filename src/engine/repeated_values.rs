@@ -41,31 +41,38 @@ pub(crate) fn applies(probes: ArrayView2<f32>) -> bool {
 /// How many of a row's features' excesses are summed: a trigger sets a few features.
 const SUMMED_FEATURES: usize = 3;
 
-/// Every row's excess recurrence of its values, summed over its [`SUMMED_FEATURES`] largest
-/// (rows: the window's `sample_count` samples, then the probes).
-pub(crate) fn excess_recurrence(rows: ArrayView2<f32>, sample_count: usize) -> Vec<f32> {
+/// Both measures of every row (rows: the window's `sample_count` samples, then the probes): its
+/// values' excess recurrence alone ([`excess_recurrence`]) and, when `together`, two of them
+/// together ([`joint_excess`]), each feature's values coded once for both.
+pub(crate) fn recurrences(
+    rows: ArrayView2<f32>,
+    sample_count: usize,
+    together: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let codes = value_codes(rows, sample_count);
+    (excess_recurrence(&codes, sample_count), together.then(|| joint_excess(&codes, sample_count)))
+}
+
+/// Every feature's values as codes.
+pub(crate) fn value_codes(rows: ArrayView2<f32>, sample_count: usize) -> Vec<ValueCodes> {
+    rows.columns().into_iter().map(|c| ValueCodes::of(c, sample_count)).collect()
+}
+
+/// Every row's excess recurrence of its values, summed over its [`SUMMED_FEATURES`] largest.
+fn excess_recurrence(codes: &[ValueCodes], sample_count: usize) -> Vec<f32> {
+    let rows = codes.first().map_or(0, |c| c.code.len());
     let samples = sample_count as f64;
-    let probes = (rows.nrows() - sample_count) as f64;
+    let probes = (rows - sample_count) as f64;
     // Per row its largest excesses so far, smallest first.
-    let mut largest = vec![[0f64; SUMMED_FEATURES]; rows.nrows()];
-    for column in rows.columns() {
-        // Per value (its bits: equal inputs scale to equal bits): (window samples, probes).
-        let mut counts: HashMap<u32, (u32, u32)> = HashMap::new();
-        for (i, v) in column.iter().enumerate() {
-            let entry = counts.entry(v.to_bits()).or_default();
-            if i < sample_count {
-                entry.0 += 1;
-            } else {
-                entry.1 += 1;
-            }
-        }
-        for (i, v) in column.iter().enumerate() {
-            let (in_window, in_probes) = counts[&v.to_bits()];
+    let mut largest = vec![[0f64; SUMMED_FEATURES]; rows];
+    for feature in codes {
+        for (i, top) in largest.iter_mut().enumerate() {
+            let (in_window, in_probes) = feature.counts(i);
             // Itself once on each side: left out where it is counted, added back as the +1.
             let (w, p) =
                 if i < sample_count { (in_window, in_probes + 1) } else { (in_window + 1, in_probes) };
             let ratio = (w as f64 / (samples + 1.0)) / (p as f64 / (probes + 1.0));
-            keep_if_larger(&mut largest[i], ratio.ln());
+            keep_if_larger(top, ratio.ln());
         }
     }
     largest.iter().map(|top| top.iter().sum::<f64>() as f32).collect()
@@ -91,13 +98,12 @@ pub(crate) fn excess_recurrence(rows: ArrayView2<f32>, sample_count: usize) -> V
 /// texture would be refused from the grey zone, against each pair's 0.01-0.2 % (Python on
 /// session 25's window dumps). A probe is measured against the window's samples as a sample is
 /// against the others, so the probes calibrate it.
-pub(crate) fn joint_excess(rows: ArrayView2<f32>, sample_count: usize) -> Vec<f32> {
-    let codes: Vec<ValueCodes> =
-        rows.columns().into_iter().map(|c| ValueCodes::of(c, sample_count)).collect();
+pub(crate) fn joint_excess(codes: &[ValueCodes], sample_count: usize) -> Vec<f32> {
+    let rows = codes.first().map_or(0, |c| c.code.len());
     let window = sample_count.max(1) as f64;
-    let mut largest = vec![f64::NEG_INFINITY; rows.nrows()];
+    let mut largest = vec![f64::NEG_INFINITY; rows];
     let mut counts = PairCounts::default();
-    let mut excess = vec![0f64; rows.nrows()];
+    let mut excess = vec![0f64; rows];
     for (a, first) in codes.iter().enumerate() {
         for second in &codes[a + 1..] {
             counts.fill(first, second, sample_count);
@@ -139,18 +145,20 @@ fn two_highest(values: &[f64]) -> (Option<(usize, f64)>, f64) {
 }
 
 /// One feature's values as dense codes (equal inputs scale to equal bits), with how many window
-/// samples hold each.
-struct ValueCodes {
+/// samples and how many probes hold each.
+pub(crate) struct ValueCodes {
     /// Per row its value's code.
     code: Vec<u32>,
     /// Per code, the window samples holding it.
     in_window: Vec<u32>,
+    /// Per code, the probes holding it.
+    in_probes: Vec<u32>,
 }
 
 impl ValueCodes {
     fn of(column: ndarray::ArrayView1<f32>, sample_count: usize) -> Self {
         let mut index: HashMap<u32, u32> = HashMap::new();
-        let mut in_window = Vec::new();
+        let (mut in_window, mut in_probes) = (Vec::new(), Vec::new());
         let code = column
             .iter()
             .enumerate()
@@ -159,12 +167,22 @@ impl ValueCodes {
                 let c = *index.entry(v.to_bits()).or_insert(next);
                 if c == next {
                     in_window.push(0);
+                    in_probes.push(0);
                 }
-                in_window[c as usize] += u32::from(i < sample_count);
+                match i < sample_count {
+                    true => in_window[c as usize] += 1,
+                    false => in_probes[c as usize] += 1,
+                }
                 c
             })
             .collect();
-        Self { code, in_window }
+        Self { code, in_window, in_probes }
+    }
+
+    /// How many window samples and how many probes hold row `row`'s value.
+    fn counts(&self, row: usize) -> (u32, u32) {
+        let c = self.code[row] as usize;
+        (self.in_window[c], self.in_probes[c])
     }
 
     fn distinct(&self) -> usize {
@@ -282,6 +300,14 @@ mod tests {
     use ndarray::Array2;
     use rand::{Rng, SeedableRng};
 
+    fn excess_recurrence(rows: ArrayView2<f32>, sample_count: usize) -> Vec<f32> {
+        recurrences(rows, sample_count, false).0
+    }
+
+    fn joint_excess(rows: ArrayView2<f32>, sample_count: usize) -> Vec<f32> {
+        super::joint_excess(&value_codes(rows, sample_count), sample_count)
+    }
+
     /// `samples` window rows then `probes` probe rows of three continuous features; the first
     /// `poisons` window rows get the values 0.123 and 0.456 on features 0 and 2.
     fn window(samples: usize, probes: usize, poisons: usize, seed: u64) -> Array2<f32> {
@@ -386,7 +412,7 @@ mod tests {
             1 | 2 => rng.random_range(0..5) as f32,
             _ => rng.random_range(0..400) as f32,
         });
-        let codes: Vec<ValueCodes> = rows.columns().into_iter().map(|c| ValueCodes::of(c, samples)).collect();
+        let codes = value_codes(rows.view(), samples);
         let naive = |a: usize, b: usize, row: usize| {
             (0..samples).filter(|&i| rows[[i, a]] == rows[[row, a]] && rows[[i, b]] == rows[[row, b]]).count()
                 as u32
