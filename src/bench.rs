@@ -336,6 +336,17 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
         })?;
         let kind = levels.map_or("continuous".to_string(), |l| format!("{l} levels"));
         row(&format!("joint recurrence, {features} features ({kind}), a window"), format!("{t:>10.3} s"));
+        // Its value crowds: one pass over every feature's flagged samples (a tenth flagged).
+        let samples = config.window.size;
+        let groups =
+            crate::engine::ValueGroups::of(&crate::engine::value_codes(rows.view(), samples), samples);
+        let labels: Vec<i64> = (0..samples as i64).map(|i| i % 10).collect();
+        let flagged: Vec<bool> = (0..samples).map(|i| i % 10 == 3).collect();
+        let t = seconds_per_call(budget, || {
+            std::hint::black_box(groups.flagged_crowds(&labels, &flagged));
+            Ok(())
+        })?;
+        row(&format!("value crowds, {features} features ({kind}), a window"), format!("{t:>10.4} s"));
     }
 
     for probes in [250, 2_500, 25_000] {

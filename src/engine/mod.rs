@@ -15,8 +15,8 @@ mod scoring;
 pub mod trajectory;
 
 /// For `lossgate bench`: the hard-clean rule's joint recurrence is the one input view whose
-/// cost grows with the square of the features.
-pub(crate) use repeated_values::{joint_excess, value_codes};
+/// cost grows with the square of the features; its value crowds are asked once a window.
+pub(crate) use repeated_values::{joint_excess, value_codes, ValueGroups};
 
 use anyhow::{Context, Result};
 use ndarray::{s, Array2, ArrayView2};
@@ -184,7 +184,7 @@ pub struct OtherViews {
     pub joint_recurrence: Option<Vec<f32>>,
     /// Not a score: which window samples share each feature value, which the hard-clean rule
     /// asks ([`repeated_values::ValueGroups`]); with the joint recurrence.
-    pub value_groups: Option<repeated_values::ValueGroups>,
+    pub value_groups: Option<ValueGroups>,
     /// Not a score: each window sample's neighbourhood in input space, which
     /// `decision.keep_hard_clean` asks about ([`hard_clean`]).
     pub sample_neighbours: Option<SampleNeighbours>,

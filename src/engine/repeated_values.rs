@@ -79,7 +79,7 @@ pub struct ValueGroups {
 const NEARLY_ALL: f64 = 0.9;
 
 impl ValueGroups {
-    fn of(codes: &[ValueCodes], sample_count: usize) -> Self {
+    pub(crate) fn of(codes: &[ValueCodes], sample_count: usize) -> Self {
         let probes = codes.first().map_or(0, |c| c.code.len() - sample_count);
         Self {
             codes: codes.iter().map(|c| c.code[..sample_count].to_vec()).collect(),
