@@ -112,10 +112,11 @@ pub(crate) struct GreyZone<'a> {
     /// [`RECURRENCE_MARGIN`], or two of them together beyond every probe's furthest pair
     /// (`scorer.repeated_values`), when the view is on.
     recurs_beyond_probes: Option<Vec<bool>>,
-    /// Which window samples share each feature value (`scorer.repeated_values`), and, once the
-    /// window's flagged samples are known ([`GreyZone::knowing_the_flagged`]), per window
-    /// sample whether those sharing one of its values are a flagged crowd of its label.
+    /// Which window samples share each feature value (`scorer.repeated_values`).
     value_groups: Option<&'a ValueGroups>,
+    /// Per window sample, once the window's flagged samples are known
+    /// ([`GreyZone::knowing_the_flagged`]), whether those sharing one of its values are a
+    /// flagged crowd of its label.
     in_flagged_value_crowd: Option<Vec<bool>>,
     /// The labels seen in the window, sorted; `last_loss_limits` follows their order.
     labels: Vec<i64>,
@@ -416,6 +417,12 @@ impl<'a> GreyZone<'a> {
         self.plain_by_distance.as_ref().is_some_and(|plain| plain[row])
     }
 
+    /// Whether the window samples sharing one of window sample `row`'s values are a flagged
+    /// crowd of its label (false when the view is off or the flagged are not yet known).
+    fn in_flagged_value_crowd(&self, row: usize) -> bool {
+        self.in_flagged_value_crowd.as_ref().is_some_and(|crowded| crowded[row])
+    }
+
     /// Whether window sample `row`'s values recur among the window beyond every probe's, by
     /// [`RECURRENCE_MARGIN`] (false when the view is off): a clean sample does so rarely,
     /// while every poison of a trigger that sets feature values does once the window holds a
@@ -424,10 +431,6 @@ impl<'a> GreyZone<'a> {
     /// three seeds); or whether two of its values recur together beyond every probe's furthest
     /// pair (session 25: a trigger on 1 % of a window recurs alone no further than the probes
     /// can resolve, together far beyond).
-    fn in_flagged_value_crowd(&self, row: usize) -> bool {
-        self.in_flagged_value_crowd.as_ref().is_some_and(|crowded| crowded[row])
-    }
-
     fn recurs_beyond_probes(&self, row: usize) -> bool {
         self.recurs_beyond_probes.as_ref().is_some_and(|beyond| beyond[row])
     }
