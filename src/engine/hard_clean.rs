@@ -12,9 +12,14 @@
 //!   same conformal level (a label flip, never learned as well, stays out), at least one of
 //!   its [`NEIGHBOURS`] nearest window samples carries its label and is not itself above the
 //!   grey zone (session 21: a backdoor's poisons keep each other company), and (session 17, when the
-//!   view is on) its input signature is within the probes' level at alpha (a learned backdoor
-//!   keeps its trigger: six of the ten Animal-MNIST hole poisons the rule let through had
-//!   signatures of 5-7 against the probes' 1.5-2.2), **or**, in a
+//!   view is on) its inputs share no trigger with its class: its input signature within the
+//!   probes' level at alpha, or not beyond every probe's and its input distance plain or its
+//!   nearest samples of its label off the probes' subspace mostly below the threshold, as the
+//!   label-vote evidence below asks (a learned backdoor keeps its trigger: six of the ten
+//!   Animal-MNIST hole poisons the rule let through had signatures of 5-7 against the probes'
+//!   1.5-2.2; session 26: asked the probes' level at alpha alone, 1-2 % of the clean data of
+//!   marketing and magic, learned, stayed in quarantine for a signature a little above it,
+//!   false-reject 5.6 -> 3.6 % and 5.3 -> 4.7 %, every backdoor caught as before), **or**, in a
 //!   window's final decision, most of its [`NEIGHBOURS`] nearest window samples of any label
 //!   carry its label (`neighbours::label_votes`): a sample the shadow has not learned yet
 //!   but that lies among its own class is hard, not mislabelled, while a relabelled one lies
@@ -208,7 +213,8 @@ impl Keeping {
         let evidence = match self.kept {
             Kept::Learned => {
                 "learned as well as its label's clean probes, with company of its label not far out \
-                 where the window asks for it, its input signature within the probes'"
+                 where the window asks for it, its inputs sharing no trigger with its label's flagged \
+                 samples"
             }
             Kept::AmongItsLabel => {
                 "most of its nearest window samples carry its label (not learned as well as its \
@@ -363,7 +369,10 @@ impl<'a> GreyZone<'a> {
         let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
         let final_decision = self.evidence == Evidence::AnyKind;
         let asking = Asking::Sample { scores: sample_scores };
-        let kept = if self.learned_beside_its_label(trajectories, sample.row, at, asking) {
+        let kept = if self.learned(trajectories, sample.row, at)
+            && self.has_label_company(sample.row, asking)
+            && self.no_trigger_shared_with_its_label(sample.row, sample_scores, threshold)
+        {
             Kept::Learned
         } else if final_decision
             && among_its_label
@@ -476,10 +485,13 @@ impl<'a> GreyZone<'a> {
             .is_some_and(|at| self.learned_beside_its_label(trajectories, probe.row, at, Asking::Probe))
     }
 
-    /// Whether row `row` was learned as well as its label's probes, at least one of its
+    /// Whether probe `row` was learned as well as its label's probes, at least one of its
     /// nearest window samples carries its label, and its input signature (when the view is on)
     /// is within the probes': a learned backdoor makes its poisons look learned, but does not
-    /// move them among samples of their label, nor take its trigger out of their inputs.
+    /// move them among samples of their label, nor take its trigger out of their inputs. A
+    /// window sample is asked instead whether its inputs share a trigger with its label
+    /// ([`GreyZone::no_trigger_shared_with_its_label`]), which asks its neighbours where its
+    /// signature is above that level; a probe has none among the window's samples.
     fn learned_beside_its_label(
         &self,
         trajectories: ArrayView2<f32>,
@@ -788,18 +800,39 @@ mod tests {
     #[test]
     fn a_learned_sample_whose_inputs_carry_its_classs_signature_is_not_kept() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
-        let neighbours = each_others_neighbours(vec![0.2, 0.2]);
-        // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0.
-        let kept = |signature: Option<f32>| {
+        // Sample 0 learned, in the grey zone, with no nearest sample of its label in the input
+        // space (the cluster check passes; no probe has one either, so none is asked for);
+        // its nearest of its label off the probes' principal subspace is sample 1, scoring
+        // `neighbour_score`.
+        let mut label_agreement = vec![0.0; 22];
+        label_agreement[..2].fill(0.2);
+        let neighbours = SampleNeighbours {
+            same_label: vec![vec![], vec![0]],
+            label_agreement,
+            same_label_off_probes: Some(vec![vec![1], vec![0]]),
+        };
+        // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0, the highest 1.9.
+        let kept = |signature: Option<f32>, neighbour_score: f32| {
             let rows = signature.map(|value| view_rows(0, value));
             let inputs = InputEvidence { signature: rows.as_deref(), ..Default::default() };
             let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
-            zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, 5.0], THRESHOLD).map(|k| k.kept)
+            zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, neighbour_score], THRESHOLD)
+                .map(|k| k.kept)
         };
-        assert_eq!(kept(Some(0.5)), Some(Kept::Learned));
-        assert_eq!(kept(Some(1.5)), None, "learned, but its inputs stand out as a trigger's would");
-        assert_eq!(kept(None), Some(Kept::Learned), "without the view the loss decides");
+        assert_eq!(kept(Some(0.5), 5.0), Some(Kept::Learned));
+        assert_eq!(kept(Some(2.5), 5.0), None, "learned, but its inputs lie beyond every probe's");
+        assert_eq!(
+            kept(Some(1.5), 12.0),
+            None,
+            "beyond most probes, and flagged together off the subspace: a trigger its class shares"
+        );
+        assert_eq!(
+            kept(Some(1.5), 5.0),
+            Some(Kept::Learned),
+            "beyond most probes, its nearest off the subspace calm: hard (session 26)"
+        );
+        assert_eq!(kept(None, 5.0), Some(Kept::Learned), "without the view the loss decides");
     }
 
     #[test]
