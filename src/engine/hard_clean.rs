@@ -12,14 +12,13 @@
 //!   same conformal level (a label flip, never learned as well, stays out), at least one of
 //!   its [`NEIGHBOURS`] nearest window samples carries its label and is not itself above the
 //!   grey zone (session 21: a backdoor's poisons keep each other company), and (session 17, when the
-//!   view is on) its inputs share no trigger with its class: its input signature within the
-//!   probes' level at alpha, or not beyond every probe's and its input distance plain or its
-//!   nearest samples of its label off the probes' subspace mostly below the threshold, as the
-//!   label-vote evidence below asks (a learned backdoor keeps its trigger: six of the ten
-//!   Animal-MNIST hole poisons the rule let through had signatures of 5-7 against the probes'
-//!   1.5-2.2; session 26: asked the probes' level at alpha alone, 1-2 % of the clean data of
-//!   marketing and magic, learned, stayed in quarantine for a signature a little above it,
-//!   false-reject 5.6 -> 3.6 % and 5.3 -> 4.7 %, every backdoor caught as before), **or**, in a
+//!   view is on) its input signature is within the probes' level at alpha (a learned backdoor
+//!   keeps its trigger: six of the ten Animal-MNIST hole poisons the rule let through had
+//!   signatures of 5-7 against the probes' 1.5-2.2) or, where the input distance is measured
+//!   (tabular inputs), not beyond every probe's and its input distance plain (session 26: 1-2
+//!   % of the clean data of marketing and magic, learned, stayed in quarantine for a
+//!   signature a little above that level while its features varied together as clean data's
+//!   do; false-reject 5.6 -> 3.7 % and 5.3 -> 4.8 %, every backdoor caught as before), **or**, in a
 //!   window's final decision, most of its [`NEIGHBOURS`] nearest window samples of any label
 //!   carry its label (`neighbours::label_votes`): a sample the shadow has not learned yet
 //!   but that lies among its own class is hard, not mislabelled, while a relabelled one lies
@@ -213,8 +212,8 @@ impl Keeping {
         let evidence = match self.kept {
             Kept::Learned => {
                 "learned as well as its label's clean probes, with company of its label not far out \
-                 where the window asks for it, its inputs sharing no trigger with its label's flagged \
-                 samples"
+                 where the window asks for it, its input signature within the probes' or its features \
+                 varying together as clean data's do"
             }
             Kept::AmongItsLabel => {
                 "most of its nearest window samples carry its label (not learned as well as its \
@@ -371,7 +370,7 @@ impl<'a> GreyZone<'a> {
         let asking = Asking::Sample { scores: sample_scores };
         let kept = if self.learned(trajectories, sample.row, at)
             && self.has_label_company(sample.row, asking)
-            && self.no_trigger_shared_with_its_label(sample.row, sample_scores, threshold)
+            && self.inputs_plain_for_a_learned_sample(sample.row)
         {
             Kept::Learned
         } else if final_decision
@@ -424,6 +423,16 @@ impl<'a> GreyZone<'a> {
     /// data's do, so a crowd of flagged samples around it is no trigger they share.
     fn plain_by_distance(&self, row: usize) -> bool {
         self.plain_by_distance.as_ref().is_some_and(|plain| plain[row])
+    }
+
+    /// What a learned window sample's inputs must show: its input signature within the probes'
+    /// level at alpha (or the view off), or, where the input distance is measured, not beyond
+    /// every probe's and its input distance plain: a signature a little above most probes'
+    /// with features that vary together as clean data's do is a hard sample's, while a
+    /// trigger the class shares moves both (session 26).
+    fn inputs_plain_for_a_learned_sample(&self, row: usize) -> bool {
+        self.input_signature_within_probes(row) != Some(false)
+            || (self.plain_by_distance(row) && !self.input_signature_beyond_probes(row))
     }
 
     /// Whether the window samples sharing one of window sample `row`'s values are a flagged
@@ -489,9 +498,9 @@ impl<'a> GreyZone<'a> {
     /// nearest window samples carries its label, and its input signature (when the view is on)
     /// is within the probes': a learned backdoor makes its poisons look learned, but does not
     /// move them among samples of their label, nor take its trigger out of their inputs. A
-    /// window sample is asked instead whether its inputs share a trigger with its label
-    /// ([`GreyZone::no_trigger_shared_with_its_label`]), which asks its neighbours where its
-    /// signature is above that level; a probe has none among the window's samples.
+    /// window sample whose signature is above that level may still pass on a plain input
+    /// distance ([`GreyZone::inputs_plain_for_a_learned_sample`]); a probe's is not measured
+    /// against the others.
     fn learned_beside_its_label(
         &self,
         trajectories: ArrayView2<f32>,
@@ -800,39 +809,27 @@ mod tests {
     #[test]
     fn a_learned_sample_whose_inputs_carry_its_classs_signature_is_not_kept() {
         let (trajectories, labels, probe_scores) = two_samples_and_their_probes();
-        // Sample 0 learned, in the grey zone, with no nearest sample of its label in the input
-        // space (the cluster check passes; no probe has one either, so none is asked for);
-        // its nearest of its label off the probes' principal subspace is sample 1, scoring
-        // `neighbour_score`.
-        let mut label_agreement = vec![0.0; 22];
-        label_agreement[..2].fill(0.2);
-        let neighbours = SampleNeighbours {
-            same_label: vec![vec![], vec![0]],
-            label_agreement,
-            same_label_off_probes: Some(vec![vec![1], vec![0]]),
-        };
-        // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0, the highest 1.9.
-        let kept = |signature: Option<f32>, neighbour_score: f32| {
+        let neighbours = each_others_neighbours(vec![0.2, 0.2]);
+        // The probes' input signatures 0..1.9: the level at alpha 0.5 is 1.0, the highest 1.9;
+        // their input distances 0..1.9: within the strict share (alpha 0.5 / 5) up to 1.8.
+        let kept = |signature: Option<f32>, distance: Option<f32>| {
             let rows = signature.map(|value| view_rows(0, value));
-            let inputs = InputEvidence { signature: rows.as_deref(), ..Default::default() };
+            let distance = distance.map(|value| view_rows(0, value));
+            let inputs = InputEvidence { signature: rows.as_deref(), distance, ..Default::default() };
             let zone = final_zone(&trajectories, &labels, &probe_scores, &neighbours, inputs);
             let sample = Flagged { row: 0, label: 0, score: IN_GREY_ZONE, out_of_range: false };
-            zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, neighbour_score], THRESHOLD)
-                .map(|k| k.kept)
+            zone.keeps(trajectories.view(), sample, &[IN_GREY_ZONE, 5.0], THRESHOLD).map(|k| k.kept)
         };
-        assert_eq!(kept(Some(0.5), 5.0), Some(Kept::Learned));
-        assert_eq!(kept(Some(2.5), 5.0), None, "learned, but its inputs lie beyond every probe's");
+        assert_eq!(kept(Some(0.5), None), Some(Kept::Learned));
+        assert_eq!(kept(Some(1.5), None), None, "learned, but its inputs stand out as a trigger's would");
         assert_eq!(
-            kept(Some(1.5), 12.0),
-            None,
-            "beyond most probes, and flagged together off the subspace: a trigger its class shares"
-        );
-        assert_eq!(
-            kept(Some(1.5), 5.0),
+            kept(Some(1.5), Some(0.5)),
             Some(Kept::Learned),
-            "beyond most probes, its nearest off the subspace calm: hard (session 26)"
+            "beyond most probes, but its features vary together as clean data's do (session 26)"
         );
-        assert_eq!(kept(None, 5.0), Some(Kept::Learned), "without the view the loss decides");
+        assert_eq!(kept(Some(1.5), Some(1.85)), None, "nor do its features");
+        assert_eq!(kept(Some(2.5), Some(0.5)), None, "beyond every probe, whatever its distance");
+        assert_eq!(kept(None, None), Some(Kept::Learned), "without the view the loss decides");
     }
 
     #[test]
