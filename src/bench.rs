@@ -339,7 +339,7 @@ pub fn report(runtime: &Runtime, quick: bool) -> Result<String> {
         // Its value crowds: one pass over every feature's flagged samples (a tenth flagged).
         let samples = config.window.size;
         let groups =
-            crate::engine::ValueGroups::of(&crate::engine::value_codes(rows.view(), samples), samples);
+            crate::engine::ValueGroups::of(crate::engine::value_codes(rows.view(), samples), samples);
         let labels: Vec<i64> = (0..samples as i64).map(|i| i % 10).collect();
         let flagged: Vec<bool> = (0..samples).map(|i| i % 10 == 3).collect();
         let t = seconds_per_call(budget, || {

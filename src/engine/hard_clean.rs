@@ -368,10 +368,7 @@ impl<'a> GreyZone<'a> {
         let among_its_label = 2.0 * self.agreement(sample.row) > 1.0;
         let final_decision = self.evidence == Evidence::AnyKind;
         let asking = Asking::Sample { scores: sample_scores };
-        let kept = if self.learned(trajectories, sample.row, at)
-            && self.has_label_company(sample.row, asking)
-            && self.inputs_plain_for_a_learned_sample(sample.row)
-        {
+        let kept = if self.learned_beside_its_label(trajectories, sample.row, at, asking) {
             Kept::Learned
         } else if final_decision
             && among_its_label
@@ -494,13 +491,13 @@ impl<'a> GreyZone<'a> {
             .is_some_and(|at| self.learned_beside_its_label(trajectories, probe.row, at, Asking::Probe))
     }
 
-    /// Whether probe `row` was learned as well as its label's probes, at least one of its
-    /// nearest window samples carries its label, and its input signature (when the view is on)
-    /// is within the probes': a learned backdoor makes its poisons look learned, but does not
-    /// move them among samples of their label, nor take its trigger out of their inputs. A
-    /// window sample whose signature is above that level may still pass on a plain input
-    /// distance ([`GreyZone::inputs_plain_for_a_learned_sample`]); a probe's is not measured
-    /// against the others.
+    /// Whether row `row` was learned as well as its label's probes, at least one of its
+    /// nearest window samples carries its label, and its inputs are plain: a learned backdoor
+    /// makes its poisons look learned, but does not move them among samples of their label,
+    /// nor take its trigger out of their inputs. A probe's input signature must be within the
+    /// probes' level at alpha (when the view is on); a window sample's may be above it on a
+    /// plain input distance ([`GreyZone::inputs_plain_for_a_learned_sample`]), which is
+    /// measured for window samples only.
     fn learned_beside_its_label(
         &self,
         trajectories: ArrayView2<f32>,
@@ -508,9 +505,11 @@ impl<'a> GreyZone<'a> {
         at: usize,
         asking: Asking,
     ) -> bool {
-        self.learned(trajectories, row, at)
-            && self.has_label_company(row, asking)
-            && self.input_signature_within_probes(row) != Some(false)
+        let inputs_plain = match asking {
+            Asking::Probe => self.input_signature_within_probes(row) != Some(false),
+            Asking::Sample { .. } => self.inputs_plain_for_a_learned_sample(row),
+        };
+        self.learned(trajectories, row, at) && self.has_label_company(row, asking) && inputs_plain
     }
 
     /// Whether at least one of row `row`'s nearest window samples carries its label, or the

@@ -48,10 +48,14 @@ const SUMMED_FEATURES: usize = 3;
 /// feature's values coded once for all three.
 pub(crate) fn recurrences(rows: ArrayView2<f32>, sample_count: usize, together: bool) -> Recurrences {
     let codes = value_codes(rows, sample_count);
-    Recurrences {
-        alone: excess_recurrence(&codes, sample_count),
-        together: together.then(|| joint_excess(&codes, sample_count)),
-        groups: together.then(|| ValueGroups::of(&codes, sample_count)),
+    let alone = excess_recurrence(&codes, sample_count);
+    match together {
+        true => Recurrences {
+            alone,
+            together: Some(joint_excess(&codes, sample_count)),
+            groups: Some(ValueGroups::of(codes, sample_count)),
+        },
+        false => Recurrences { alone, together: None, groups: None },
     }
 }
 
@@ -62,15 +66,12 @@ pub(crate) struct Recurrences {
     pub(crate) groups: Option<ValueGroups>,
 }
 
-/// Not a score: every window sample's value on every feature as a code, with how many window
-/// samples hold each, for the hard-clean rule's question whether the samples sharing one of a
+/// Not a score: every row's value on every feature as a code (the recurrence measures' own),
+/// with how many window samples hold each, for the hard-clean rule's question whether the samples sharing one of a
 /// sample's values are a flagged crowd of its label ([`ValueGroups::flagged_crowds`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ValueGroups {
-    /// Per feature, per window sample, its value's code.
-    codes: Vec<Vec<u32>>,
-    /// Per feature, per code, the window samples holding it.
-    holders: Vec<Vec<u32>>,
+    features: Vec<ValueCodes>,
     probes: usize,
 }
 
@@ -79,13 +80,9 @@ pub struct ValueGroups {
 const NEARLY_ALL: f64 = 0.9;
 
 impl ValueGroups {
-    pub(crate) fn of(codes: &[ValueCodes], sample_count: usize) -> Self {
-        let probes = codes.first().map_or(0, |c| c.code.len() - sample_count);
-        Self {
-            codes: codes.iter().map(|c| c.code[..sample_count].to_vec()).collect(),
-            holders: codes.iter().map(|c| c.in_window.clone()).collect(),
-            probes,
-        }
+    pub(crate) fn of(features: Vec<ValueCodes>, sample_count: usize) -> Self {
+        let probes = features.first().map_or(0, |c| c.code.len() - sample_count);
+        Self { features, probes }
     }
 
     /// Per window sample (`flagged`: above the window's threshold; `labels`: the samples'
@@ -112,18 +109,18 @@ impl ValueGroups {
         if !(rate > 0.0 && rate < 1.0) {
             return crowded;
         }
-        let level = ((self.codes.len() * (self.probes + 1)) as f64).ln();
+        let level = ((self.features.len() * (self.probes + 1)) as f64).ln();
         let flagged_rows: Vec<usize> = (0..samples).filter(|&i| flagged[i]).collect();
         let mut flagged_of_label: HashMap<(u32, i64), u32> = HashMap::new();
-        for (codes, holders) in self.codes.iter().zip(&self.holders) {
+        for feature in &self.features {
             flagged_of_label.clear();
             for &i in &flagged_rows {
-                *flagged_of_label.entry((codes[i], labels[i])).or_default() += 1;
+                *flagged_of_label.entry((feature.code[i], labels[i])).or_default() += 1;
             }
             for &i in &flagged_rows {
                 // Itself is among both counts.
-                let others = holders[codes[i] as usize] - 1;
-                let alike = flagged_of_label[&(codes[i], labels[i])] - 1;
+                let others = feature.window_count(i) - 1;
+                let alike = flagged_of_label[&(feature.code[i], labels[i])] - 1;
                 crowded[i] |= is_flagged_crowd(alike, others, rate, level);
             }
         }
@@ -238,6 +235,7 @@ fn two_highest(values: &[f64]) -> (Option<(usize, f64)>, f64) {
 
 /// One feature's values as dense codes (equal inputs scale to equal bits), with how many window
 /// samples and how many probes hold each.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct ValueCodes {
     /// Per row its value's code.
     code: Vec<u32>,
