@@ -10,35 +10,96 @@
 //! almost none of the false-reject budget; rows inside the probes' spread are left to the other
 //! two views.
 
-use ndarray::ArrayView2;
+use ndarray::{ArrayView1, ArrayView2};
 
 /// Every row's summed distance outside the probes' per-feature range (rows `sample_count..`
 /// are the probes; a probe is measured against the other probes), each feature's distance in
 /// units of that feature's range among the probes (for a probe, among the others). A feature the probes hardly vary on is
 /// measured in a tenth of the median feature's range instead, so that a constant feature (a
-/// blank image border) does not turn a faint stroke into an infinite distance.
-pub(crate) fn exceedances(features: ArrayView2<f32>, sample_count: usize) -> Vec<f32> {
+/// blank image border) does not turn a faint stroke into an infinite distance. A window
+/// sample past the probes only where window samples of several labels lie as far out
+/// ([`shared_by_several_labels`]) is in range (0): what a few probes missed of the clean data.
+/// Past them on one feature where it does not, its whole distance counts: a blend trigger
+/// lies a little past the probes on many pixels, among clean ink of every digit on most of
+/// them, and alone with its fellow poisons on a few (waiving feature by feature lost 1-2 %
+/// of MNIST's blend poisons).
+pub(crate) fn exceedances(features: ArrayView2<f32>, labels: &[i64], sample_count: usize) -> Vec<f32> {
     let columns: Vec<ColumnRange> = features
         .columns()
         .into_iter()
         .map(|column| ColumnRange::of(column.iter().skip(sample_count).copied()))
         .collect();
     let floor = unit_floor(&columns);
-    features
-        .rows()
-        .into_iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let is_probe = i >= sample_count;
-            row.iter()
-                .zip(&columns)
-                .map(|(&x, range)| {
-                    let (low, high) = range.bounds(x, is_probe);
-                    (x - high).max(low - x).max(0.0) / (high - low).max(floor)
-                })
-                .sum()
-        })
-        .collect()
+    let mut sums = vec![0.0f32; features.nrows()];
+    // Whether a row lies beyond the probes on some feature its window company there does not waive.
+    let mut measured = vec![false; features.nrows()];
+    for (column, range) in features.columns().into_iter().zip(&columns) {
+        let distances: Vec<f32> = column
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let (low, high) = range.bounds(x, i >= sample_count);
+                (x - high).max(low - x).max(0.0) / (high - low).max(floor)
+            })
+            .collect();
+        let waived =
+            shared_by_several_labels(&distances[..sample_count], column, range, &labels[..sample_count]);
+        for (i, (sum, &distance)) in sums.iter_mut().zip(&distances).enumerate() {
+            *sum += distance;
+            measured[i] |= distance > 0.0 && !waived.get(i).copied().unwrap_or(false);
+        }
+    }
+    sums.iter().zip(&measured).map(|(&sum, &measured)| if measured { sum } else { 0.0 }).collect()
+}
+
+/// Window samples beyond the probes on one side of a feature needed before their labels are
+/// read as mixed: nine in ten of one label is the most a trigger's poisons can be asked for.
+const MIXED_LABELS_AT_LEAST: usize = 10;
+
+/// Which window samples lie beyond the probes' range on this feature where the window samples
+/// as far out or further on the same side are of several labels: at least
+/// [`MIXED_LABELS_AT_LEAST`] of them, no label holding nine in ten. A trigger value past every
+/// clean sample's is set on poisons of one label (dirty-label, its target; clean-label, its
+/// class), so the samples at or beyond it are of that label; clean samples a few probes failed
+/// to reach are of whatever labels the data puts there (penbased at 100 probes: one feature's
+/// probes stopped at 86 of 100 and 4 % of the window lay beyond, 70 % of them one class's).
+/// The farthest few on a side stay measured, so a lone trigger value is never waived by
+/// samples nearer in.
+fn shared_by_several_labels(
+    distances: &[f32],
+    column: ArrayView1<f32>,
+    range: &ColumnRange,
+    labels: &[i64],
+) -> Vec<bool> {
+    let mut waived = vec![false; distances.len()];
+    for above in [true, false] {
+        let mut beyond: Vec<usize> = (0..distances.len())
+            .filter(|&i| distances[i] > 0.0 && (column[i] > range.highest) == above)
+            .collect();
+        if beyond.len() < MIXED_LABELS_AT_LEAST {
+            continue;
+        }
+        // Farthest first; samples at one distance join together.
+        beyond.sort_by(|&a, &b| distances[b].total_cmp(&distances[a]));
+        let mut counts: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+        let mut start = 0;
+        while start < beyond.len() {
+            let end = (start..beyond.len())
+                .find(|&k| distances[beyond[k]] != distances[beyond[start]])
+                .unwrap_or(beyond.len());
+            for &i in &beyond[start..end] {
+                *counts.entry(labels[i]).or_default() += 1;
+            }
+            let largest = counts.values().copied().max().unwrap_or(0);
+            if end >= MIXED_LABELS_AT_LEAST && 10 * largest < 9 * end {
+                for &i in &beyond[start..end] {
+                    waived[i] = true;
+                }
+            }
+            start = end;
+        }
+    }
+    waived
 }
 
 /// Which rows are out of range: beyond every probe's own distance (a probe: beyond every other
@@ -159,7 +220,7 @@ mod tests {
     #[test]
     fn only_a_row_beyond_every_probe_is_out_of_range() {
         let features = rows(&[[0.5, 0.5], [1.5, 0.5], [1.0, 1.0]]);
-        let e = exceedances(features.view(), 3);
+        let e = exceedances(features.view(), &[0; 53], 3);
         assert_eq!(e[0], 0.0);
         assert!((e[1] - 0.5).abs() < 1e-6, "{}", e[1]);
         let gate = out_of_range(&e, 3);
@@ -167,10 +228,52 @@ mod tests {
     }
 
     #[test]
+    fn clean_samples_of_several_labels_past_the_probes_are_in_range_a_triggers_poisons_are_not() {
+        // Past the probes' top on feature 0 (1.0): twenty samples of three labels at 1.0-1.2,
+        // and twenty poisons of label 7 at 3.0; one sample of label 1 also past the probes on
+        // feature 1, where only the poisons' label lies besides it.
+        let mut samples = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..20 {
+            samples.push([1.0 + 0.01 * (i + 1) as f32, 0.5]);
+            labels.push(i as i64 % 3);
+        }
+        for _ in 0..20 {
+            samples.push([3.0, 0.5]);
+            labels.push(7);
+        }
+        samples.push([1.05, 1.5]);
+        labels.push(1);
+        for _ in 0..12 {
+            samples.push([0.5, 2.0]);
+            labels.push(7);
+        }
+        let count = samples.len();
+        let features = rows(&samples);
+        labels.extend(std::iter::repeat_n(0, 50));
+        let gate = out_of_range(&exceedances(features.view(), &labels, count), count);
+        assert!(gate[..18].iter().all(|&g| !g), "mixed labels past the probes: in range");
+        // The two farthest of them stay out: with the poisons beyond them, nine in ten of the
+        // samples as far out or further are of label 7.
+        assert!(gate[18] && gate[19]);
+        assert!(gate[20..40].iter().all(|&g| g), "one label's trigger value past them: out of range");
+        assert!(gate[40], "past the probes on a feature where one label's samples lie beside it");
+    }
+
+    #[test]
+    fn fewer_than_ten_past_the_probes_are_measured_whatever_their_labels() {
+        let samples: Vec<[f32; 2]> = (0..9).map(|i| [1.5 + 0.1 * i as f32, 0.5]).collect();
+        let mut labels: Vec<i64> = (0..9).collect();
+        labels.extend(std::iter::repeat_n(0, 50));
+        let gate = out_of_range(&exceedances(rows(&samples).view(), &labels, 9), 9);
+        assert!(gate[..9].iter().all(|&g| g));
+    }
+
+    #[test]
     fn a_probe_is_measured_against_the_others_and_at_most_one_is_out_of_range() {
         let mut features = rows(&[]);
         features[[0, 0]] = -2.0; // one probe far below the rest on feature 0
-        let e = exceedances(features.view(), 0);
+        let e = exceedances(features.view(), &[0; 50], 0);
         // Against the other probes' range, 1/49..1 on both features: feature 0 is 2 + 1/49
         // below it, feature 1 (its lowest) 1/49 below.
         let others = 48.0 / 49.0;
@@ -186,7 +289,7 @@ mod tests {
         let mut features = rows(&[[0.5, 0.5], [0.5, 0.5]]);
         features.column_mut(1).fill(0.0);
         features[[1, 1]] = 0.2;
-        let e = exceedances(features.view(), 2);
+        let e = exceedances(features.view(), &[0; 52], 2);
         assert!((e[1] - 2.0).abs() < 1e-5, "{}", e[1]);
     }
 
@@ -209,7 +312,8 @@ mod tests {
                     0.0
                 }
             });
-            let gate = out_of_range(&exceedances(features.view(), samples), samples);
+            let gate =
+                out_of_range(&exceedances(features.view(), &vec![0; samples + probes], samples), samples);
             gated += gate[..samples].iter().filter(|&&g| g).count();
         }
         let share = gated as f64 / (20 * samples) as f64;

@@ -627,7 +627,9 @@ fn input_views(
     };
     OtherViews {
         representation: None,
-        range_exceedance: scorer.input_range.then(|| input_range::exceedances(features, sample_count)),
+        range_exceedance: scorer
+            .input_range
+            .then(|| input_range::exceedances(features, &joined.labels, sample_count)),
         label_disagreement: scorer
             .neighbour_labels
             .then(|| neighbours::label_disagreement(features, &joined.labels, sample_count)),
