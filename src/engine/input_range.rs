@@ -8,7 +8,10 @@
 //! out of range only when it lies further outside than any probe does from the others, so a
 //! clean row is out of range with probability at most 1 / (probes + 1) and the view spends
 //! almost none of the false-reject budget; rows inside the probes' spread are left to the other
-//! two views.
+//! two views. That bound holds over draws of the probes, not for each draw: ten probes a class
+//! leave some of a class's clean range unreached, so a row past the probes only where window
+//! samples of several labels lie as far out is in range too (a trigger's poisons are of one
+//! label).
 
 use ndarray::{ArrayView1, ArrayView2};
 
