@@ -449,12 +449,9 @@ fn standardised_per_label(scores: &[f32], labels: &[i64], sample_count: usize) -
     distinct.sort_unstable();
     distinct.dedup();
     let everyone = &scores[sample_count..];
-    let probes_of = |label: i64| -> Vec<usize> {
-        (0..probe_labels.len()).filter(|&i| probe_labels[i] == label).collect()
-    };
     let floors = SpreadFloor::new(scores, labels, sample_count, &distinct);
     for label in distinct {
-        let own = probes_of(label);
+        let own: Vec<usize> = (0..probe_labels.len()).filter(|&i| probe_labels[i] == label).collect();
         let floor = floors.of(label);
         // The label's probes but `skip`; all probes when fewer than two are left.
         let reference = |skip: Option<usize>| {
