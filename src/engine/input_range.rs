@@ -13,6 +13,7 @@
 //! samples of several labels lie as far out is in range too (a trigger's poisons are of one
 //! label).
 
+use super::repeated_values::NEARLY_ALL;
 use ndarray::{ArrayView1, ArrayView2};
 
 /// Every row's summed distance outside the probes' per-feature range (rows `sample_count..`
@@ -56,12 +57,12 @@ pub(crate) fn exceedances(features: ArrayView2<f32>, labels: &[i64], sample_coun
 }
 
 /// Window samples beyond the probes on one side of a feature needed before their labels are
-/// read as mixed: nine in ten of one label is the most a trigger's poisons can be asked for.
+/// read as mixed: [`NEARLY_ALL`] of one label is the most a trigger's poisons can be asked for.
 const MIXED_LABELS_AT_LEAST: usize = 10;
 
 /// Which window samples lie beyond the probes' range on this feature where the window samples
 /// as far out or further on the same side are of several labels: at least
-/// [`MIXED_LABELS_AT_LEAST`] of them, no label holding nine in ten. A trigger value past every
+/// [`MIXED_LABELS_AT_LEAST`] of them, no label holding [`NEARLY_ALL`] of them. A trigger value past every
 /// clean sample's is set on poisons of one label (dirty-label, its target; clean-label, its
 /// class), so the samples at or beyond it are of that label; clean samples a few probes failed
 /// to reach are of whatever labels the data puts there (penbased at 100 probes: one feature's
@@ -94,7 +95,7 @@ fn shared_by_several_labels(
                 *counts.entry(labels[i]).or_default() += 1;
             }
             let largest = counts.values().copied().max().unwrap_or(0);
-            if end >= MIXED_LABELS_AT_LEAST && 10 * largest < 9 * end {
+            if end >= MIXED_LABELS_AT_LEAST && (largest as f64 / end as f64) < NEARLY_ALL {
                 for &i in &beyond[start..end] {
                     waived[i] = true;
                 }

@@ -75,9 +75,9 @@ pub struct ValueGroups {
     probes: usize,
 }
 
-/// How nearly all of the samples sharing a value must be flagged and of the sample's label
-/// for them to be a trigger's crowd.
-const NEARLY_ALL: f64 = 0.9;
+/// How nearly all of a crowd must share a label (and, for a value crowd, be flagged) to be a
+/// trigger's poisons: here, and for the samples past the probes' range (`input_range`).
+pub(super) const NEARLY_ALL: f64 = 0.9;
 
 impl ValueGroups {
     pub(crate) fn of(features: Vec<ValueCodes>, sample_count: usize) -> Self {
