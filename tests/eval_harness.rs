@@ -282,17 +282,27 @@ fn a_second_image_set_animal_mnist_with_the_defaults() {
     for (a, attack) in comparison.attacks.iter().enumerate() {
         let caught = lossgate.detection.caught_per_attack[a];
         match none.victim.attack_success[a] {
-            Some(undefended) => {
-                assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
-                assert!(caught >= 0.95, "{}: caught {caught}\n{summary}", attack.name);
-                let after = lossgate.victim.attack_success[a].unwrap();
-                assert!(after <= 0.05, "{}: {after} success after lossgate\n{summary}", attack.name);
-            }
+            Some(_) => assert_backdoor_stopped(&comparison, a, 0.95),
             // Label noise: no backdoor to measure.
             None => assert!(caught >= 0.85, "{}: caught {caught}\n{summary}", attack.name),
         }
     }
     assert!(lossgate.detection.clean_false_reject <= 0.1, "{summary}");
+}
+
+/// On the first seed of `comparison`, backdoor `a` works undefended (80 % or more), is caught at
+/// `least_caught` or more and works on at most 5 % of triggered test samples after lossgate.
+fn assert_backdoor_stopped(comparison: &Comparison, a: usize, least_caught: f64) {
+    let seed = &comparison.seeds[0];
+    let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
+    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
+    let name = &comparison.attacks[a].name;
+    let undefended = none.victim.attack_success[a].expect("a backdoor has a success rate");
+    assert!(undefended >= 0.8, "{name}: the backdoor works undefended\n{summary}");
+    let caught = lossgate.detection.caught_per_attack[a];
+    assert!(caught >= least_caught, "{name}: caught {caught}\n{summary}");
+    let after = lossgate.victim.attack_success[a].expect("a backdoor has a success rate");
+    assert!(after <= 0.05, "{name}: {after} success after lossgate\n{summary}");
 }
 
 /// Clean-label versions of two image triggers on Animal-MNIST (`config/attacks/animal-clean-label.toml`:
@@ -514,15 +524,8 @@ fn an_imbalanced_set_whose_minority_class_carries_a_clean_label_trigger_page_blo
 #[test]
 fn a_categorical_set_one_hot_encoded_mushroom() {
     let comparison = compare_on_cached_set("mushroom", 98, 2);
-    let seed = &comparison.seeds[0];
-    let (none, lossgate) = (&seed.defences[0], &seed.defences[1]);
-    let summary = serde_json::to_string_pretty(&seed.defences).unwrap();
-    let (a, attack) = comparison.attacks.iter().enumerate().find(|(_, a)| a.name == "rare-levels").unwrap();
-    let undefended = none.victim.attack_success[a].unwrap();
-    assert!(undefended >= 0.8, "{}: the backdoor works undefended\n{summary}", attack.name);
-    let caught = lossgate.detection.caught_per_attack[a];
-    assert!(caught >= 0.97, "{}: caught {caught}\n{summary}", attack.name);
-    let after = lossgate.victim.attack_success[a].unwrap();
-    assert!(after <= 0.05, "{}: {after} success after lossgate\n{summary}", attack.name);
-    assert!(lossgate.detection.clean_false_reject <= 0.08, "{summary}");
+    let a = comparison.attacks.iter().position(|a| a.name == "rare-levels").unwrap();
+    assert_backdoor_stopped(&comparison, a, 0.97);
+    let lossgate = &comparison.seeds[0].defences[1];
+    assert!(lossgate.detection.clean_false_reject <= 0.08, "{}", lossgate.detection.clean_false_reject);
 }
