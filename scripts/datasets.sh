@@ -26,7 +26,9 @@
 # so that the image attacks of config/attacks/animal.toml draw their triggers on the same
 # scale. Its arrays are NumPy pickles, read here by a restricted unpickler that only builds
 # byte buffers (no NumPy, nothing else from the pickle is run).
-# Fills each data set's folder only when it is empty; needs python3 and pip (no numpy).
+# And mnist-animal: MNIST's digits beside Animal-MNIST's silhouettes as twenty classes (session 28).
+# Fills each data set's folder only when it is empty; needs python3 and pip (no numpy), and the
+# setup's MNIST (scripts/setup.sh fetches it first).
 set -euo pipefail
 
 CACHE="${LOSSGATE_CACHE:-$HOME/.cache/lossgate}"
@@ -97,6 +99,37 @@ for split, keep in [("train", lambda i: i % 5 != 0), ("test", lambda i: i % 5 ==
             if keep(i):
                 f.write(",".join(f"{p / 255:.4g}" for p in pixels) + f",{label}\n")
 print(f"datasets: animal: {len(rows)} rows, 784 features, {len(set(label_values))} classes", file=sys.stderr)
+PY
+fi
+
+# mnist-animal (session 28): twenty classes of two image families, MNIST's digits (labels 0-9,
+# 8 000 training and 2 000 test images drawn with a fixed seed from the setup's MNIST) beside
+# Animal-MNIST's silhouettes (labels 10-19, all of its rows), so that a class's poisons come
+# from classes that look nothing like each other and 250 probes give each class about twelve.
+if [[ ! -f "$OUT/mnist-animal/test.csv" ]]; then
+  python3 - "$CACHE/mnist" "$OUT/animal" "$OUT/mnist-animal" <<'PY'
+import os, random, struct, sys
+mnist, animal, out = sys.argv[1:4]
+
+def idx_pairs(images, labels):
+    pixels = open(f"{mnist}/{images}", "rb").read()
+    count = struct.unpack(">I", pixels[4:8])[0]
+    digits = open(f"{mnist}/{labels}", "rb").read()[8:]
+    return [(pixels[16 + i * 784:16 + (i + 1) * 784], digits[i]) for i in range(count)]
+
+rng = random.Random(20261207)
+os.makedirs(out, exist_ok=True)
+for split, images, labels, keep in [("train", "train-images-idx3-ubyte", "train-labels-idx1-ubyte", 8000),
+                                    ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 2000)]:
+    digits = rng.sample(idx_pairs(images, labels), keep)
+    rows = [",".join(f"{p / 255:.4g}" for p in pixels) + f",{label}" for pixels, label in digits]
+    with open(f"{animal}/{split}.csv") as f:
+        header = next(f).strip()
+        rows += [line.strip().rsplit(",", 1)[0] + f",{int(line.strip().rsplit(',', 1)[1]) + 10}" for line in f]
+    rng.shuffle(rows)
+    with open(f"{out}/{split}.csv", "w") as f:
+        f.write(header + "\n" + "\n".join(rows) + "\n")
+print("datasets: mnist-animal: 20 000 rows, 784 features, 20 classes", file=sys.stderr)
 PY
 fi
 
