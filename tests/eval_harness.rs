@@ -225,7 +225,8 @@ fn compare_on_cached_set(name: &str, features: usize, classes: usize) -> Compari
 }
 
 /// [`compare_on_cached_set`] with the attacks of `config/attacks/ATTACKS.toml`, `probes`
-/// probes instead of the config's when given, on `seed`.
+/// probes instead of the config's when given (k at most half of them, as `--sweep probes`
+/// sets it), on `seed`.
 fn compare_on_cached_set_with(
     name: &str,
     attacks: &str,
@@ -249,7 +250,9 @@ fn compare_on_cached_set_with(
         .engine();
     let mut config = config;
     if let Some(count) = probes {
+        // As the probes sweep sets them: k at most half the probes.
         config.probes.count = count;
+        config.scorer.k = config.scorer.k.min(count / 2).max(1);
     }
     let attacks_file = root.join(format!("config/attacks/{attacks}.toml"));
     let runtime = common::runtime();
@@ -528,4 +531,21 @@ fn a_categorical_set_one_hot_encoded_mushroom() {
     assert_backdoor_stopped(&comparison, a, 0.97);
     let lossgate = &comparison.seeds[0].defences[1];
     assert!(lossgate.detection.clean_false_reject <= 0.08, "{}", lossgate.detection.clean_false_reject);
+}
+
+/// penbased with 50 probes, seed 2: five a class, fewer than the nine that the hard-clean
+/// rule's "learned as well as its label's probes" needs at alpha 0.1 (250 probes over 26
+/// classes leave many classes there). Until session 28 that level was then infinite, every
+/// grey-zone sample counted as learned, and the two in-range backdoors were caught 82 % and 85
+/// %; a label with too few probes is now judged against all of them.
+#[test]
+fn a_class_with_too_few_probes_for_the_learned_level_is_judged_against_all_penbased_50_probes() {
+    let comparison = compare_on_cached_set_with("penbased", "penbased", 16, 10, Some(50), 2);
+    let lossgate = &comparison.seeds[0].defences[1];
+    let summary = serde_json::to_string_pretty(&lossgate.detection).unwrap();
+    for (a, attack) in comparison.attacks.iter().enumerate().filter(|(_, a)| a.name.starts_with("features")) {
+        let caught = lossgate.detection.caught_per_attack[a];
+        assert!(caught >= 0.9, "{}: caught {caught}\n{summary}", attack.name);
+    }
+    assert!(lossgate.detection.clean_false_reject <= 0.05, "{summary}");
 }

@@ -9,7 +9,8 @@
 //! the threshold at `alpha` and not above the one at `alpha / 5`; a sample there is forwarded
 //! when
 //! - its loss in the shadow's last kept epoch is within what its label's probes reach at the
-//!   same conformal level (a label flip, never learned as well, stays out), at least one of
+//!   same conformal level, or all probes' where its label has too few for it (session 28; a
+//!   label flip, never learned as well, stays out), at least one of
 //!   its [`NEIGHBOURS`] nearest window samples carries its label and is not itself above the
 //!   grey zone (session 21: a backdoor's poisons keep each other company), and (session 17, when the
 //!   view is on) its input signature is within the probes' level at alpha (a learned backdoor
@@ -124,7 +125,8 @@ pub(crate) struct GreyZone<'a> {
     in_flagged_value_crowd: Option<Vec<bool>>,
     /// The labels seen in the window, sorted; `last_loss_limits` follows their order.
     labels: Vec<i64>,
-    /// Per label: the last-epoch loss its probes stay within at the conformal level alpha.
+    /// Per label: the last-epoch loss its probes stay within at the conformal level alpha; all
+    /// probes' where the label has too few for that level.
     last_loss_limits: Vec<f32>,
     /// Whether having no nearest window sample of one's label is plain for the probes (more
     /// than alpha of them have none), so that asking a sample for one is no evidence.
@@ -308,10 +310,17 @@ impl<'a> GreyZone<'a> {
         let last_loss_limits = seen
             .iter()
             .map(|&label| {
+                let last_of = |rows: &[usize]| -> Vec<f32> {
+                    rows.iter().map(|&r| last_loss(trajectories, r)).collect()
+                };
                 let own: Vec<usize> = probe_rows.iter().copied().filter(|&r| labels[r] == label).collect();
-                let rows = if own.len() >= 2 { &own } else { &probe_rows };
-                let last: Vec<f32> = rows.iter().map(|&r| last_loss(trajectories, r)).collect();
-                conformal_quantile(&last, alpha)
+                // Too few probes of its own for that level (fewer than (1 - alpha) / alpha): the
+                // level is infinite, and every sample of the label would pass as learned.
+                let limit = conformal_quantile(&last_of(&own), alpha);
+                match limit.is_finite() {
+                    true => limit,
+                    false => conformal_quantile(&last_of(&probe_rows), alpha),
+                }
             })
             .collect();
         let alone_is_plain = alone_is_plain(&neighbours.label_agreement, &probe_rows, alpha);
@@ -688,6 +697,39 @@ mod tests {
             None,
             "its neighbour is flagged too"
         );
+    }
+
+    /// With 250 probes over 26 classes a class draws about ten, and fewer than the nine that
+    /// the conformal level at alpha 0.1 needs leave that level infinite: until session 28 every
+    /// sample of such a class passed as learned, a relabelled poison among them.
+    #[test]
+    fn a_label_with_too_few_probes_is_learned_against_all_of_them() {
+        let (mut trajectories, mut labels, _) = two_samples_and_their_probes();
+        // Samples 0 (learned) and 1 (never learned) and two probes of label 1, which learned
+        // at once; the other twenty probes, of label 0, stop at 0.05..1.0.
+        trajectories.push_row(ndarray::ArrayView1::from(&[0.0, 0.0])).unwrap();
+        trajectories.push_row(ndarray::ArrayView1::from(&[0.0, 0.0])).unwrap();
+        labels[0] = 1;
+        labels[1] = 1;
+        labels.extend([1, 1]);
+        let probe_scores: Vec<f32> = (1..=22).map(|s| s as f32).collect();
+        let neighbours = each_others_neighbours(vec![0.2; 24]);
+        let zone = GreyZone::new(
+            trajectories.view(),
+            &labels,
+            2,
+            &probe_scores,
+            &neighbours,
+            InputEvidence::default(),
+            0.1,
+            Evidence::AnyKind,
+        );
+        let kept = |row| {
+            let sample = Flagged { row, label: 1, score: IN_GREY_ZONE, out_of_range: false };
+            zone.keeps(trajectories.view(), sample, &[5.0, 5.0], THRESHOLD).map(|k| k.kept)
+        };
+        assert_eq!(kept(0), Some(Kept::Learned), "within what all probes reach");
+        assert_eq!(kept(1), None, "never learned: beyond all probes' level, not only its two's");
     }
 
     #[test]
