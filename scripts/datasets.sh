@@ -106,7 +106,9 @@ fi
 # 8 000 training and 2 000 test images drawn with a fixed seed from the setup's MNIST) beside
 # Animal-MNIST's silhouettes (labels 10-19, all of its rows), so that a class's poisons come
 # from classes that look nothing like each other and 250 probes give each class about twelve.
-if [[ ! -f "$OUT/mnist-animal/test.csv" ]]; then
+if [[ ! -f "$OUT/mnist-animal/test.csv" && ! -f "$CACHE/mnist/train-images-idx3-ubyte" ]]; then
+  log "mnist-animal: skipped, no MNIST in $CACHE/mnist yet (scripts/setup.sh fetches it first)"
+elif [[ ! -f "$OUT/mnist-animal/test.csv" ]]; then
   python3 - "$CACHE/mnist" "$OUT/animal" "$OUT/mnist-animal" <<'PY'
 import os, random, struct, sys
 mnist, animal, out = sys.argv[1:4]
