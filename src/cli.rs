@@ -593,12 +593,14 @@ fn make_probes(config: &std::path::Path, source: ProbeSource, out: &std::path::P
     };
     let source =
         ProbesConfig { count, file: Some(from), format, labels_file, label_column, seed, topic: None };
-    let coverage =
+    let drawn =
         make_probe_file(&source, config.input.features, config.input.classes, config.decision.alpha, out)?;
+    let coverage = drawn.coverage;
     println!("wrote {count} probes to {}; per class:", out.display());
     for (class, n) in coverage.per_class.iter().enumerate() {
         println!("  class {class}: {n}");
     }
+    print_uncovered_values(&drawn.uncovered);
     let thin = coverage.thin();
     if !thin.is_empty() {
         tracing::warn!(
@@ -610,6 +612,29 @@ fn make_probes(config: &std::path::Path, source: ProbeSource, out: &std::path::P
         );
     }
     Ok(())
+}
+
+/// The values many trusted samples hold and no probe does, the most held first (ten at most
+/// named): what a stream sample holding one will be judged against.
+fn print_uncovered_values(uncovered: &[crate::probes::UncoveredValue]) {
+    const NAMED: usize = 10;
+    if uncovered.is_empty() {
+        return;
+    }
+    println!(
+        "{} feature value(s) held by {:.0} % or more of the trusted samples are held by no probe; a \
+         stream sample holding one is compared with probes that never saw the value, which can \
+         quarantine it (one-hot categories: nearly always); raise --count, or add trusted samples \
+         holding them to the probes:",
+        uncovered.len(),
+        100.0 * crate::probes::NOTABLE_SHARE
+    );
+    for u in uncovered.iter().take(NAMED) {
+        println!("  feature {} = {}: {} samples ({:.1} %)", u.feature, u.value, u.samples, 100.0 * u.share);
+    }
+    if uncovered.len() > NAMED {
+        println!("  and {} more", uncovered.len() - NAMED);
+    }
 }
 
 /// `--dirty-ratio`: a share of the training data, strictly between 0 and 1.
