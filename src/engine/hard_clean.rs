@@ -712,18 +712,11 @@ mod tests {
         labels[0] = 1;
         labels[1] = 1;
         labels.extend([1, 1]);
-        let probe_scores: Vec<f32> = (1..=22).map(|s| s as f32).collect();
+        let probes: Vec<f32> = (1..=22).map(|s| s as f32).collect();
         let neighbours = each_others_neighbours(vec![0.2; 24]);
-        let zone = GreyZone::new(
-            trajectories.view(),
-            &labels,
-            2,
-            &probe_scores,
-            &neighbours,
-            InputEvidence::default(),
-            0.1,
-            Evidence::AnyKind,
-        );
+        let (inputs, evidence) = (InputEvidence::default(), Evidence::AnyKind);
+        let zone =
+            GreyZone::new(trajectories.view(), &labels, 2, &probes, &neighbours, inputs, 0.1, evidence);
         let kept = |row| {
             let sample = Flagged { row, label: 1, score: IN_GREY_ZONE, out_of_range: false };
             zone.keeps(trajectories.view(), sample, &[5.0, 5.0], THRESHOLD).map(|k| k.kept)
