@@ -307,19 +307,20 @@ impl<'a> GreyZone<'a> {
         let mut seen: Vec<i64> = labels.to_vec();
         seen.sort_unstable();
         seen.dedup();
+        let last_of =
+            |rows: &[usize]| -> Vec<f32> { rows.iter().map(|&r| last_loss(trajectories, r)).collect() };
+        let all_probes_limit = conformal_quantile(&last_of(&probe_rows), alpha);
         let last_loss_limits = seen
             .iter()
             .map(|&label| {
-                let last_of = |rows: &[usize]| -> Vec<f32> {
-                    rows.iter().map(|&r| last_loss(trajectories, r)).collect()
-                };
                 let own: Vec<usize> = probe_rows.iter().copied().filter(|&r| labels[r] == label).collect();
                 // Too few probes of its own for that level (fewer than (1 - alpha) / alpha): the
                 // level is infinite, and every sample of the label would pass as learned.
                 let limit = conformal_quantile(&last_of(&own), alpha);
-                match limit.is_finite() {
-                    true => limit,
-                    false => conformal_quantile(&last_of(&probe_rows), alpha),
+                if limit.is_finite() {
+                    limit
+                } else {
+                    all_probes_limit
                 }
             })
             .collect();
