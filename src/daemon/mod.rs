@@ -205,7 +205,16 @@ async fn release_clients(pipeline: Arc<Pipeline>) {
 fn log_probe_coverage(probes: &LabelledSamples, classes: usize, alpha: f64) {
     let coverage = Coverage::of(probes, classes, alpha);
     let Some((class, fewest)) = coverage.fewest() else { return };
-    if fewest < STEADY_PER_CLASS {
+    let missing = coverage.missing();
+    if !missing.is_empty() {
+        tracing::warn!(
+            probes = probes.len(),
+            classes = ?missing,
+            "no probe carries these classes: each of their samples is compared with no clean sample \
+             of its class and will mostly be quarantined (the reason says so); add trusted samples \
+             of them to the probe file (lossgate make-probes draws from a file and names what it lacks)"
+        );
+    } else if fewest < STEADY_PER_CLASS {
         tracing::info!(
             probes = probes.len(),
             classes,

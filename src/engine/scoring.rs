@@ -15,6 +15,17 @@ use crate::scorer::ProbeScorer;
 pub(crate) const OUT_OF_RANGE_REASON: &str =
     "; its features lie further outside the clean probes' range than any probe does (scorer.input_range)";
 
+/// Why a flagged sample of a label no probe carries was flagged besides its score: every view
+/// compares a sample with clean samples of its label, and there are none, so every sample of
+/// such a label looks unlike the clean data (the shuttle data's four rarest classes, 0.02-0.3 %
+/// of the stream, drew no probe of 250 at random and were quarantined whole; README, session 29).
+fn no_probe_reason(label: i64) -> String {
+    format!(
+        "; no probe carries label {label}, so nothing clean of it was there to compare with: add \
+         trusted samples of label {label} to the probe file (lossgate make-probes)"
+    )
+}
+
 /// Scoring and decision on a recorded `[samples + probes, epochs]` loss matrix (samples first)
 /// with the label of every row; `learning_rate` is the shadow's, recorded in the outcome;
 /// the `views` given (one value per row each) are fused with the trajectory scores.
@@ -96,6 +107,7 @@ pub(crate) fn judge(
     let grey_zone =
         grey_zone(config, trajectories.view(), labels, sample_count, probe_scores, views, evidence)
             .map(|zone| zone.knowing_the_flagged(labels, sample_scores, threshold.value));
+    let probe_labels: std::collections::HashSet<i64> = labels[sample_count..].iter().copied().collect();
     let decisions = sample_scores
         .iter()
         .enumerate()
@@ -110,6 +122,9 @@ pub(crate) fn judge(
                 decided = decision.keep_as_hard_clean(decided, &why);
             } else if decided.flagged && is_outside(i) {
                 decided.reason.push_str(OUT_OF_RANGE_REASON);
+            }
+            if decided.flagged && !probe_labels.contains(&labels[i]) {
+                decided.reason.push_str(&no_probe_reason(labels[i]));
             }
             decided
         })
@@ -1050,6 +1065,24 @@ mod tests {
             outcome.decisions[1].reason
         );
         assert!(!outcome.decisions[0].reason.contains("input_range"), "{}", outcome.decisions[0].reason);
+    }
+
+    #[test]
+    fn a_quarantined_sample_of_a_label_no_probe_carries_says_so() {
+        // Rows: 4 samples then 40 probes of label 0; samples 2 (label 1) and 3 (label 0) are
+        // learned far slower than any probe.
+        let losses = Array2::from_shape_fn((44, 4), |(i, e)| match i {
+            2 | 3 => 5.0,
+            _ => 2.0 / (1.0 + e as f32) + (i % 7) as f32 * 0.01,
+        });
+        let mut labels = vec![0; 44];
+        labels[2] = 1;
+        let outcome =
+            score_and_decide(&EngineConfig::default(), losses, labels, 4, 0.01, OtherViews::default());
+        let [_, _, unprobed, probed] = [0, 1, 2, 3].map(|i| &outcome.decisions[i]);
+        assert!(unprobed.flagged && probed.flagged, "{unprobed:?} {probed:?}");
+        assert!(unprobed.reason.ends_with(&no_probe_reason(1)), "{}", unprobed.reason);
+        assert!(!probed.reason.contains("no probe carries"), "{}", probed.reason);
     }
 
     #[test]
