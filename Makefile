@@ -71,14 +71,16 @@ eval-outside-in: setup
 	done
 
 ## Outside-in on data with classes of very different sizes: shuttle (Debian's r-cran-mlbench,
-## scripts/shuttle.sh; 7 classes, 79 % down to 0.02 %), 3 seeds, a victim each, a minute or two;
-## docs/results-outside-in/shuttle/.
+## scripts/shuttle.sh; 7 classes, 79 % down to 0.02 %), with the default probe draw and with
+## probes.every_class, 3 seeds, a victim each, a few minutes; docs/results-outside-in/shuttle*/.
 eval-shuttle: setup
 	bash scripts/shuttle.sh
-	data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/shuttle"; \
-	$(CARGO) run --release -- eval --config config/datasets/shuttle.toml --train-csv $$data/train.csv \
-	  --test-csv $$data/test.csv --attacks config/attacks/shuttle.toml --seeds 1,2,3 --defences none,lossgate \
-	  --out docs/results-outside-in/shuttle --markdown docs/results-outside-in/shuttle/RESULTS.md
+	for c in shuttle shuttle-every-class; do \
+	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/shuttle"; \
+	  $(CARGO) run --release -- eval --config config/datasets/$$c.toml --train-csv $$data/train.csv \
+	    --test-csv $$data/test.csv --attacks config/attacks/shuttle.toml --seeds 1,2,3 --defences none,lossgate \
+	    --out docs/results-outside-in/$$c --markdown docs/results-outside-in/$$c/RESULTS.md || exit 1; \
+	done
 
 ## Everything in docs/RESULTS.md: the comparison and every sweep (about 40 minutes on 2 cores).
 results: setup

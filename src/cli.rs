@@ -96,6 +96,12 @@ enum Command {
         count: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Give every class of the trusted data at least the probes its calibrated threshold
+        /// needs (9 at alpha 0.1), or all it has, in place of probes of the largest classes:
+        /// for data with rare classes, whose samples are otherwise all quarantined (README,
+        /// "Rare classes"). The price: label noise into those classes is caught less.
+        #[arg(long)]
+        every_class: bool,
         /// Where to write the probe file (JSON lines).
         #[arg(long)]
         out: PathBuf,
@@ -467,8 +473,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Quarantine(command) => quarantine_command(command),
-        Command::MakeProbes { config, from, format, labels_file, label_column, count, seed, out } => {
-            let source = ProbeSource { from, format, labels_file, label_column, count, seed };
+        Command::MakeProbes {
+            config,
+            from,
+            format,
+            labels_file,
+            label_column,
+            count,
+            seed,
+            every_class,
+            out,
+        } => {
+            let source = ProbeSource { from, format, labels_file, label_column, count, seed, every_class };
             make_probes(&config, source, &out)
         }
     }
@@ -579,11 +595,12 @@ struct ProbeSource {
     label_column: String,
     count: usize,
     seed: u64,
+    every_class: bool,
 }
 
 /// `make-probes`: draws the probe file and says how well each class is covered.
 fn make_probes(config: &std::path::Path, source: ProbeSource, out: &std::path::Path) -> Result<()> {
-    let ProbeSource { from, format, labels_file, label_column, count, seed } = source;
+    let ProbeSource { from, format, labels_file, label_column, count, seed, every_class } = source;
     use crate::probes::{make_probe_file, ProbeFormat, ProbesConfig};
     let config = Config::from_file(config)?;
     let format = match format {
@@ -591,8 +608,16 @@ fn make_probes(config: &std::path::Path, source: ProbeSource, out: &std::path::P
         ProbeSourceFormat::Idx => ProbeFormat::Idx,
         ProbeSourceFormat::Jsonl => ProbeFormat::Jsonl,
     };
-    let source =
-        ProbesConfig { count, file: Some(from), format, labels_file, label_column, seed, topic: None };
+    let source = ProbesConfig {
+        count,
+        file: Some(from),
+        format,
+        labels_file,
+        label_column,
+        seed,
+        topic: None,
+        every_class: every_class || config.probes.every_class,
+    };
     let drawn =
         make_probe_file(&source, config.input.features, config.input.classes, config.decision.alpha, out)?;
     let coverage = drawn.coverage;

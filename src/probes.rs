@@ -40,6 +40,11 @@ pub struct ProbesConfig {
     pub label_column: String,
     /// Which `count` samples of the file are drawn.
     pub seed: u64,
+    /// Give every class the probes its calibrated threshold needs (9 at alpha 0.1), or all the
+    /// file holds of it, in place of probes of the largest classes: for data with rare classes,
+    /// which a random draw misses and whose samples are then all quarantined. The price: label
+    /// noise into those classes is caught less (README, "Rare classes").
+    pub every_class: bool,
 }
 
 impl Default for ProbesConfig {
@@ -52,6 +57,7 @@ impl Default for ProbesConfig {
             labels_file: None,
             label_column: "label".into(),
             seed: 0,
+            every_class: false,
         }
     }
 }
@@ -98,10 +104,27 @@ impl ProbesConfig {
         }
     }
 
-    /// Loads the probe file, checks it against the input shape and draws `count` probes.
-    pub fn load(&self, features: usize, classes: usize) -> Result<LabelledSamples> {
+    /// Loads the probe file, checks it against the input shape and draws `count` probes
+    /// ([`Self::draw_from`]).
+    pub fn load(&self, features: usize, classes: usize, alpha: f64) -> Result<LabelledSamples> {
         let (all, file) = self.load_all(features, classes)?;
-        draw(&all, self.count, self.seed).with_context(|| format!("probe file {}", file.display()))
+        self.draw_from(&all, alpha).with_context(|| format!("probe file {}", file.display()))
+    }
+
+    /// `count` probes of `all`, drawn with `seed`; with `every_class`, each class topped up to
+    /// what a calibrated threshold at `alpha` needs ([`every_class_topped_up`]).
+    pub fn draw_from(&self, all: &LabelledSamples, alpha: f64) -> Result<LabelledSamples> {
+        let order = shuffled(all, self.count, self.seed)?;
+        Ok(all.select(&self.chosen(all, &order, alpha)))
+    }
+
+    /// The probes among `from`, taken in `order`: its first `count`, topped up with
+    /// `every_class`.
+    pub(crate) fn chosen(&self, from: &LabelledSamples, order: &[usize], alpha: f64) -> Vec<usize> {
+        match self.every_class {
+            true => every_class_topped_up(from, order, self.count, Coverage::needed(alpha)),
+            false => order[..self.count].to_vec(),
+        }
     }
 
     /// Every sample of the probe file, checked against the input shape, and the file's path.
@@ -121,11 +144,48 @@ impl ProbesConfig {
 
 /// `count` samples drawn without replacement with a fixed seed.
 pub fn draw(from: &LabelledSamples, count: usize, seed: u64) -> Result<LabelledSamples> {
+    let mut indices = shuffled(from, count, seed)?;
+    indices.truncate(count);
+    Ok(from.select(&indices))
+}
+
+/// Every index of `from` in an order fixed by `seed`, once `from` is known to hold `count`.
+fn shuffled(from: &LabelledSamples, count: usize, seed: u64) -> Result<Vec<usize>> {
     anyhow::ensure!(from.len() >= count, "holds {} samples, probes.count asks for {count}", from.len());
     let mut indices: Vec<usize> = (0..from.len()).collect();
     indices.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-    indices.truncate(count);
-    Ok(from.select(&indices))
+    Ok(indices)
+}
+
+/// `probes` (indices into `from`, drawn in order from `order`) with every class given at least
+/// `floor` probes, or all `from` holds of it where that is fewer: each class short of it takes
+/// its next samples in `order`, each in place of the last probe drawn of the class with most
+/// probes then (while that class keeps more than `floor`), so that the count stays.
+fn every_class_topped_up(from: &LabelledSamples, order: &[usize], count: usize, floor: usize) -> Vec<usize> {
+    let mut chosen: Vec<usize> = order[..count].to_vec();
+    let mut per_class = std::collections::BTreeMap::<i64, usize>::new();
+    for &i in order {
+        per_class.entry(from.labels[i]).or_default();
+    }
+    for &i in &chosen {
+        *per_class.entry(from.labels[i]).or_default() += 1;
+    }
+    for &i in &order[count..] {
+        let class = from.labels[i];
+        if per_class[&class] >= floor {
+            continue;
+        }
+        let Some((&richest, _)) = per_class.iter().filter(|(_, &n)| n > floor).max_by_key(|(&c, &n)| (n, -c))
+        else {
+            break;
+        };
+        let given_up = chosen.iter().rposition(|&j| from.labels[j] == richest).expect("it has probes");
+        chosen.remove(given_up);
+        chosen.push(i);
+        *per_class.get_mut(&richest).expect("counted") -= 1;
+        *per_class.get_mut(&class).expect("counted") += 1;
+    }
+    chosen
 }
 
 /// Probes a class should have for a steady per-class score. Measured on penbased (10 classes,
@@ -151,8 +211,12 @@ impl Coverage {
                 *n += 1;
             }
         }
-        let needed_per_class = ((1.0 - alpha) / alpha).ceil().max(1.0) as usize;
-        Self { per_class, needed_per_class }
+        Self { per_class, needed_per_class: Self::needed(alpha) }
+    }
+
+    /// The fewest probes a class needs for its own calibrated threshold at `alpha`.
+    pub fn needed(alpha: f64) -> usize {
+        ((1.0 - alpha) / alpha).ceil().max(1.0) as usize
     }
 
     /// The class with the fewest probes and their count (the first such class).
@@ -224,8 +288,7 @@ pub struct Drawn {
 
 /// Draws `count` probes from trusted data (`source` says where and in what format), checks
 /// them against the input shape and the classes, and writes them as JSON lines in the input
-/// format. A class without any probe is an error; thin classes and the values no probe holds
-/// are returned for the operator.
+/// format (`source.every_class` tops up thin classes). A class without any probe is an error; thin classes and the values no probe holds are returned for the operator.
 pub fn make_probe_file(
     source: &ProbesConfig,
     features: usize,
@@ -234,8 +297,8 @@ pub fn make_probe_file(
     out: &Path,
 ) -> Result<Drawn> {
     let (trusted, file) = source.load_all(features, classes)?;
-    let probes = draw(&trusted, source.count, source.seed)
-        .with_context(|| format!("probe file {}", file.display()))?;
+    let probes =
+        source.draw_from(&trusted, alpha).with_context(|| format!("probe file {}", file.display()))?;
     let coverage = Coverage::of(&probes, classes, alpha);
     let missing = coverage.missing();
     anyhow::ensure!(
@@ -305,6 +368,32 @@ mod tests {
         let uncovered = uncovered_values(&trusted, &probes);
         assert_eq!(uncovered, vec![UncoveredValue { feature: 0, value: 1.0, samples: 10, share: 0.05 }]);
         assert!(uncovered_values(&trusted, &trusted.select(&(0..60).collect::<Vec<_>>())).is_empty());
+    }
+
+    /// A class of 1 % of the trusted data, which 50 random probes miss: with `every_class` it
+    /// gets the nine alpha 0.1 needs, in place of probes of the largest class, and the count stays.
+    #[test]
+    fn every_class_gets_the_probes_its_threshold_needs_in_place_of_the_largest_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = |i: usize| match i % 100 {
+            0 => 2,
+            1..=30 => 1,
+            _ => 0,
+        };
+        let rows: Vec<(f32, f32, i64)> = (0..2000).map(|i| (i as f32, 0.5, labels(i))).collect();
+        let trusted = csv(dir.path(), &rows);
+        let out = dir.path().join("probes.jsonl");
+        let plain = (0..20u64).find(|&seed| {
+            let source = ProbesConfig { seed, ..source(trusted.clone(), 50) };
+            make_probe_file(&source, 2, 3, 0.1, &out).is_err()
+        });
+        let seed = plain.expect("some seed's 50 random probes miss a class of 1 %");
+        let source = ProbesConfig { seed, every_class: true, ..source(trusted, 50) };
+        let drawn = make_probe_file(&source, 2, 3, 0.1, &out).unwrap();
+        assert_eq!(drawn.coverage.per_class.iter().sum::<usize>(), 50);
+        assert_eq!(drawn.coverage.per_class[2], 9, "{:?}", drawn.coverage.per_class);
+        assert!(drawn.coverage.per_class[1] >= 9, "{:?}", drawn.coverage.per_class);
+        assert_eq!(read_json_lines(&out).unwrap().len(), 50);
     }
 
     #[test]

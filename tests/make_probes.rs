@@ -37,7 +37,7 @@ fn a_probe_file_from_mnist_loads_as_the_daemon_would_and_a_missing_class_is_refu
         format: lossgate::probes::ProbeFormat::Jsonl,
         ..Default::default()
     };
-    assert_eq!(probes.load(784, 10).unwrap().len(), 250);
+    assert_eq!(probes.load(784, 10, 0.1).unwrap().len(), 250);
 
     // Eleven classes configured, MNIST has ten: class 10 has no probe.
     let eleven = dir.path().join("eleven.toml");

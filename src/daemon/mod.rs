@@ -133,9 +133,10 @@ pub async fn run(options: DaemonOptions, shutdown: impl std::future::Future<Outp
     let probes = match (probes, &config.probes.topic) {
         (Some(p), _) => p,
         (None, Some(topic)) => probes_from_topic(&config, topic)?,
-        (None, None) => {
-            config.probes.load(config.input.features, config.input.classes).context("loading probes")?
-        }
+        (None, None) => config
+            .probes
+            .load(config.input.features, config.input.classes, config.decision.alpha)
+            .context("loading probes")?,
     };
     readiness.probes_loaded.store(true, Ordering::Relaxed);
     log_probe_coverage(&probes, config.input.classes, config.decision.alpha);
@@ -247,8 +248,7 @@ fn probes_from_topic(config: &Config, topic: &str) -> Result<LabelledSamples> {
         ndarray::Array2::from_shape_vec((labels.len(), config.input.features), features)?,
         labels,
     )?;
-    crate::probes::draw(&all, config.probes.count, config.probes.seed)
-        .with_context(|| format!("probe topic {topic}"))
+    config.probes.draw_from(&all, config.decision.alpha).with_context(|| format!("probe topic {topic}"))
 }
 
 /// Every 2 s, asks the brokers for metadata: `/readyz` reports a broker that stopped answering

@@ -217,7 +217,7 @@ impl Harness<'_> {
         Scenario::build(
             &self.dataset,
             &self.attacks,
-            self.config.probes.count,
+            (&self.config.probes, self.config.decision.alpha),
             self.max_samples,
             probe_contamination,
             seed,

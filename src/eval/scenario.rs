@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::attack::{Attack, AttackKind};
 use crate::data::{read_csv, read_idx_pair, LabelledSamples};
+use crate::probes::ProbesConfig;
 
 /// Where the data comes from.
 #[derive(Debug, Clone)]
@@ -70,21 +71,26 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Shuffles the training split with `seed`, holds out `probe_count` samples as probes, keeps
-    /// at most `max_samples` as the stream and lets every attack poison its share of it.
-    /// `probe_contamination` of the probes are then poisoned too (the probe-trust question).
+    /// Shuffles the training split with `seed`, holds out `probe_draw.count` samples as probes
+    /// (the first in that order; with `every_class`, topped up as the daemon tops up its
+    /// probes at `alpha`), keeps at most `max_samples` of the rest as the stream and lets every
+    /// attack poison its share of it. `probe_contamination` of the probes are then poisoned too
+    /// (the probe-trust question).
     pub fn build(
         dataset: &Dataset,
         attacks: &[Attack],
-        probe_count: usize,
+        probe_draw: (&ProbesConfig, f64),
         max_samples: Option<usize>,
         probe_contamination: f64,
         seed: u64,
     ) -> Self {
         let mut order: Vec<usize> = (0..dataset.train.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-        let mut probes = dataset.train.select(&order[..probe_count]);
-        let mut stream_order = order.split_off(probe_count);
+        let (draw, alpha) = probe_draw;
+        let held_out = draw.chosen(&dataset.train, &order, alpha);
+        let mut probes = dataset.train.select(&held_out);
+        let is_probe: std::collections::HashSet<usize> = held_out.into_iter().collect();
+        let mut stream_order: Vec<usize> = order.into_iter().filter(|i| !is_probe.contains(i)).collect();
         stream_order.truncate(max_samples.unwrap_or(usize::MAX));
         let mut stream = dataset.train.select(&stream_order);
         let origin = poison_all(&mut stream, attacks, dataset.classes, seed, |a| Some(a.clone()));

@@ -308,7 +308,7 @@ impl Harness<'_> {
             let scenario = crate::eval::Scenario::build(
                 &self.dataset,
                 &self.attacks,
-                config.probes.count,
+                (&config.probes, config.decision.alpha),
                 self.max_samples,
                 contamination(value),
                 seed,
