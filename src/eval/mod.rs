@@ -146,6 +146,10 @@ pub struct Settings {
     pub stream_samples: usize,
     pub window: usize,
     pub probes: usize,
+    /// `probes.every_class`: every class given the probes its threshold needs; absent in
+    /// results written before session 29 (off).
+    #[serde(default)]
+    pub probes_every_class: bool,
     pub hidden: Vec<usize>,
     pub epochs: usize,
     /// When each epoch's loss was taken; absent in results written before it was a setting
@@ -196,6 +200,7 @@ impl Harness<'_> {
             stream_samples: self.stream_len(),
             window: c.window.size,
             probes: c.probes.count,
+            probes_every_class: c.probes.every_class,
             hidden: c.shadow.hidden.clone(),
             epochs: c.shadow.epochs,
             losses: Some(c.shadow.losses),

@@ -249,7 +249,7 @@ fn comparison_section(c: &Comparison, out: &mut String) {
     let _ = writeln!(
         out,
         "Data: {}, {} training samples streamed per seed, {} seeds ({}). Engine (the daemon's \
-         defaults): windows of {}, {} probes held out of the training split, shadow {}-{:?}-{} \
+         defaults): windows of {}, {} probes held out of the training split{}, shadow {}-{:?}-{} \
          for {} epochs at lr {}{}{}, k = {}, decision {}. Victim: MLP {:?}, {} epochs, lr {}, \
          momentum {}. Loss-value baseline: {} shadow epochs at lr {}.\n",
         s.dataset,
@@ -258,6 +258,10 @@ fn comparison_section(c: &Comparison, out: &mut String) {
         c.seeds.iter().map(|s| s.seed.to_string()).collect::<Vec<_>>().join(", "),
         s.window,
         s.probes,
+        match s.probes_every_class {
+            true => " (every class given the probes its calibrated threshold needs: probes.every_class)",
+            false => "",
+        },
         shown(s.features),
         s.hidden,
         shown(s.classes),
