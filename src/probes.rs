@@ -157,10 +157,10 @@ fn shuffled(from: &LabelledSamples, count: usize, seed: u64) -> Result<Vec<usize
     Ok(indices)
 }
 
-/// `probes` (indices into `from`, drawn in order from `order`) with every class given at least
-/// `floor` probes, or all `from` holds of it where that is fewer: each class short of it takes
-/// its next samples in `order`, each in place of the last probe drawn of the class with most
-/// probes then (while that class keeps more than `floor`), so that the count stays.
+/// The first `count` of `order` (indices into `from`) with every class given at least `floor`
+/// of them, or all `from` holds of it where that is fewer: a class short of it takes its next
+/// samples in `order`, each in place of the last one taken of the class with most then (while
+/// that class keeps more than `floor`), so that the count stays.
 fn every_class_topped_up(from: &LabelledSamples, order: &[usize], count: usize, floor: usize) -> Vec<usize> {
     let mut chosen: Vec<usize> = order[..count].to_vec();
     let mut per_class = std::collections::BTreeMap::<i64, usize>::new();
