@@ -71,11 +71,11 @@ eval-outside-in: setup
 	done
 
 ## Outside-in on data with classes of very different sizes: shuttle (Debian's r-cran-mlbench,
-## scripts/shuttle.sh; 7 classes, 79 % down to 0.02 %), with the default probe draw and with
-## probes.every_class, 3 seeds, a victim each, a few minutes; docs/results-outside-in/shuttle*/.
+## scripts/shuttle.sh; 7 classes, 79 % down to 0.02 %), with the default probe draw (every class) and
+## at random, 3 seeds, a victim each, a few minutes; docs/results-outside-in/shuttle*/.
 eval-shuttle: setup
 	bash scripts/shuttle.sh
-	for c in shuttle shuttle-every-class; do \
+	for c in shuttle shuttle-random-draw; do \
 	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/shuttle"; \
 	  $(CARGO) run --release -- eval --config config/datasets/$$c.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/shuttle.toml --seeds 1,2,3 --defences none,lossgate \

@@ -96,12 +96,10 @@ enum Command {
         count: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Give every class of the trusted data at least the probes its calibrated threshold
-        /// needs (9 at alpha 0.1), or all it has, in place of probes of the largest classes:
-        /// for data with rare classes, whose samples are otherwise all quarantined (README,
-        /// "Rare classes"). The price: label noise into those classes is caught less.
+        /// Draw at random, without giving every class the probes its calibrated threshold
+        /// needs (the config's `probes.every_class`, on by default: README, "Rare classes").
         #[arg(long)]
-        every_class: bool,
+        random_draw: bool,
         /// Where to write the probe file (JSON lines).
         #[arg(long)]
         out: PathBuf,
@@ -481,10 +479,10 @@ fn run(cli: Cli) -> Result<()> {
             label_column,
             count,
             seed,
-            every_class,
+            random_draw,
             out,
         } => {
-            let source = ProbeSource { from, format, labels_file, label_column, count, seed, every_class };
+            let source = ProbeSource { from, format, labels_file, label_column, count, seed, random_draw };
             make_probes(&config, source, &out)
         }
     }
@@ -595,12 +593,12 @@ struct ProbeSource {
     label_column: String,
     count: usize,
     seed: u64,
-    every_class: bool,
+    random_draw: bool,
 }
 
 /// `make-probes`: draws the probe file and says how well each class is covered.
 fn make_probes(config: &std::path::Path, source: ProbeSource, out: &std::path::Path) -> Result<()> {
-    let ProbeSource { from, format, labels_file, label_column, count, seed, every_class } = source;
+    let ProbeSource { from, format, labels_file, label_column, count, seed, random_draw } = source;
     use crate::probes::{make_probe_file, ProbeFormat, ProbesConfig};
     let config = Config::from_file(config)?;
     let format = match format {
@@ -616,7 +614,7 @@ fn make_probes(config: &std::path::Path, source: ProbeSource, out: &std::path::P
         label_column,
         seed,
         topic: None,
-        every_class: every_class || config.probes.every_class,
+        every_class: config.probes.every_class && !random_draw,
     };
     let drawn =
         make_probe_file(&source, config.input.features, config.input.classes, config.decision.alpha, out)?;
