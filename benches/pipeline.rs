@@ -95,7 +95,8 @@ async fn run_once(
     fill(&config.kafka.brokers, &config.kafka.input_topic, &config, mnist, count).await?;
 
     let (_, test) = load_mnist(mnist)?;
-    let probes = probes::draw(&test, config.probes.count, 1)?;
+    let draw = probes::ProbesConfig { seed: 1, ..config.probes.clone() };
+    let probes = draw.draw_from(&test, config.decision.alpha)?;
     let metrics = Metrics::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // In pass-through every window is "committed" at once; with the engine, one per worker

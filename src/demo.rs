@@ -113,7 +113,8 @@ pub(crate) async fn run(mut config: Config, mnist_dir: &Path, options: DemoOptio
     for i in blend.poison(&mut stream, &mut taken, 10, options.seed + 2) {
         truth[i] = Truth::Blend;
     }
-    let probes = probes::draw(&test, config.probes.count, options.seed)?;
+    let draw = probes::ProbesConfig { seed: options.seed, ..config.probes.clone() };
+    let probes = draw.draw_from(&test, config.decision.alpha)?;
 
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -144,13 +144,6 @@ impl ProbesConfig {
     }
 }
 
-/// `count` samples drawn without replacement with a fixed seed.
-pub fn draw(from: &LabelledSamples, count: usize, seed: u64) -> Result<LabelledSamples> {
-    let mut indices = shuffled(from, count, seed)?;
-    indices.truncate(count);
-    Ok(from.select(&indices))
-}
-
 /// Every index of `from` in an order fixed by `seed`, once `from` is known to hold `count`.
 fn shuffled(from: &LabelledSamples, count: usize, seed: u64) -> Result<Vec<usize>> {
     anyhow::ensure!(from.len() >= count, "holds {} samples, probes.count asks for {count}", from.len());
