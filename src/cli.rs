@@ -74,9 +74,11 @@ enum Command {
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
     /// Make a probe file from trusted clean data (CSV with a label column, IDX images and
-    /// labels, or JSON lines): `--count` samples drawn with `--seed`, checked against the
-    /// config's `[input]`, written as JSON lines for `[probes] file`. Refuses a draw that misses
-    /// a class; warns when a class has too few probes for its calibrated threshold.
+    /// labels, or JSON lines): `--count` samples drawn with `--seed`, every class given the
+    /// probes its calibrated threshold needs where the data holds them (`--random-draw`: plain),
+    /// checked against the config's `[input]`, written as JSON lines for `[probes] file`. Refuses
+    /// a draw that misses a class; warns when a class has too few probes for its calibrated
+    /// threshold.
     MakeProbes {
         /// The config whose `[input]` (features, classes) and `[decision] alpha` apply.
         #[arg(long)]

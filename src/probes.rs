@@ -283,7 +283,8 @@ pub struct Drawn {
 
 /// Draws `count` probes from trusted data (`source` says where and in what format), checks
 /// them against the input shape and the classes, and writes them as JSON lines in the input
-/// format (`source.every_class` tops up thin classes). A class without any probe is an error; thin classes and the values no probe holds are returned for the operator.
+/// format (`source.every_class` tops up thin classes). A class without any probe is an error;
+/// thin classes and the values no probe holds are returned for the operator.
 pub fn make_probe_file(
     source: &ProbesConfig,
     features: usize,
@@ -328,6 +329,7 @@ mod tests {
     }
 
     fn source(file: PathBuf, count: usize) -> ProbesConfig {
+        // Drawn at random: the draws these tests pin (a class missed, a class thin).
         let every_class = false;
         ProbesConfig {
             count,
