@@ -253,8 +253,9 @@ fn compare_on_cached_set_with(
     if let Some(count) = probes {
         // As the probes sweep sets them: k at most half the probes.
         config.probes.count = count;
-        config.probes.every_class = false;
         config.scorer.k = config.scorer.k.min(count / 2).max(1);
+        // The random draw these tests pin (see above).
+        config.probes.every_class = false;
     }
     let attacks_file = root.join(format!("config/attacks/{attacks}.toml"));
     let runtime = common::runtime();
