@@ -102,6 +102,7 @@ pub struct Metrics {
     pub kept_hard_clean: IntCounter,
     pub out_of_range: IntCounter,
     pub window_out_of_range_share: Gauge,
+    pub probes_above_threshold: GaugeVec,
     pub dead_lettered: IntCounterVec,
     pub skipped_already_produced: IntCounter,
     pub redelivered: IntCounter,
@@ -166,6 +167,18 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(window_out_of_range_share.clone())).unwrap();
+        let probes_above_threshold = GaugeVec::new(
+            Opts::new(
+                "lossgate_probes_above_threshold_share",
+                "Share of the clean probes of each class scoring above the last window's threshold: \
+                 the clean data of that class the threshold takes before hard clean data is kept; \
+                 a class far above decision.alpha needs more (or more typical) probes; NaN for a \
+                 class no window has measured (no probe carries it)",
+            ),
+            &["label"],
+        )
+        .unwrap();
+        r.register(Box::new(probes_above_threshold.clone())).unwrap();
         let window_size = IntGauge::new("lossgate_window_size", "Records in the last window").unwrap();
         r.register(Box::new(window_size.clone())).unwrap();
         let consumer_lag = IntGauge::new(
@@ -218,6 +231,7 @@ impl Metrics {
                 "Records outside the probes' input range, quarantined by scorer.input_range",
             ),
             window_out_of_range_share,
+            probes_above_threshold,
             dead_lettered: counter_vec(
                 &r,
                 "lossgate_records_dead_lettered_total",
@@ -293,6 +307,8 @@ impl Metrics {
         }
         for label in 0..classes {
             self.quarantined_by_label.with_label_values(&[&label.to_string()]);
+            // Not a measurement until a window has one; a class no probe carries stays so.
+            self.probes_above_threshold.with_label_values(&[&label.to_string()]).set(f64::NAN);
         }
     }
 

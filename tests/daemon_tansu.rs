@@ -90,6 +90,15 @@ async fn exactly_once_end_to_end_with_dead_letters_metrics_and_health() {
         assert!(m.contains_key(name), "metric {name} missing");
     }
     assert!(m.keys().any(|k| k.starts_with("lossgate_build_info{")));
+    // How much of each class's clean probes the last threshold took: one series per class of
+    // the probes (MNIST's ten), each a share.
+    let probe_shares: Vec<f64> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("lossgate_probes_above_threshold_share{"))
+        .map(|(_, &v)| v)
+        .collect();
+    assert_eq!(probe_shares.len(), 10, "{probe_shares:?}");
+    assert!(probe_shares.iter().all(|s| (0.0..=1.0).contains(s)), "{probe_shares:?}");
     assert!(wait_for_status(s.metrics_port, "/readyz", 200));
 
     assert_eq!(firewall.terminate(), Some(0), "SIGTERM ends lossgate cleanly");

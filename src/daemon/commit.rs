@@ -170,6 +170,9 @@ fn record_window_metrics(
             .inc_by(o.decisions.iter().filter(|d| d.flagged && d.action == Action::Forward).count() as u64);
         m.kept_hard_clean.inc_by(o.decisions.iter().filter(|d| d.kept_hard_clean).count() as u64);
         m.threshold.set(o.threshold.value as f64);
+        for (label, share) in o.probes_above_threshold_by_label() {
+            m.probes_above_threshold.with_label_values(&[&label.to_string()]).set(share);
+        }
         m.shadow_learning_rate.set(o.learning_rate as f64);
         if let Some(pace) = o.pace {
             m.shadow_first_epoch_pace.set(pace);

@@ -91,6 +91,9 @@ pub struct WindowOutcome {
     pub labels: Vec<i64>,
     /// One score per window sample.
     pub sample_scores: Vec<f32>,
+    /// One score per probe, on the samples' scale: the clean scores the threshold was
+    /// calibrated on (each probe scored as a window sample is, without itself).
+    pub probe_scores: Vec<f32>,
     pub threshold: Threshold,
     /// One decision per window sample, in input order.
     pub decisions: Vec<Decision>,
@@ -218,6 +221,22 @@ impl OtherViews {
 impl WindowOutcome {
     pub fn sample_count(&self) -> usize {
         self.decisions.len()
+    }
+
+    /// Per label of the probes, the share of its probes scoring above the threshold: the
+    /// clean data of that class the threshold takes before hard clean data is kept. Pooled,
+    /// the shares hold alpha; a class far above it pays more of the false-reject budget than
+    /// the others (its clean data varies more than the probes of the rest say), and more or
+    /// more typical probes of it are what lowers it.
+    pub fn probes_above_threshold_by_label(&self) -> Vec<(i64, f64)> {
+        let mut by_label = std::collections::BTreeMap::<i64, (usize, usize)>::new();
+        let probe_labels = &self.labels[self.sample_count()..];
+        for (&label, &score) in probe_labels.iter().zip(&self.probe_scores) {
+            let (above, all) = by_label.entry(label).or_default();
+            *above += usize::from(score > self.threshold.value);
+            *all += 1;
+        }
+        by_label.into_iter().map(|(label, (above, all))| (label, above as f64 / all as f64)).collect()
     }
 
     /// Whether window sample `i` was judged by the first of two shadows (held out of the

@@ -176,6 +176,7 @@ pub(crate) fn outcome(scored: Scored, judged: Judged, labels: Vec<i64>, learning
         losses: scored.losses,
         labels,
         sample_scores: scored.sample_scores,
+        probe_scores: scored.probe_scores,
         threshold: judged.threshold,
         decisions: judged.decisions,
         learning_rate,
@@ -1083,6 +1084,28 @@ mod tests {
         assert!(unprobed.flagged && probed.flagged, "{unprobed:?} {probed:?}");
         assert!(unprobed.reason.ends_with(&no_probe_reason(1)), "{}", unprobed.reason);
         assert!(!probed.reason.contains("no probe carries"), "{}", probed.reason);
+    }
+
+    #[test]
+    fn a_window_says_how_much_of_each_classs_probes_its_threshold_takes() {
+        // Two samples, then ten probes of label 0 (0.0-0.9) and ten of label 1: six low, four
+        // far above every probe of label 0. At alpha 0.25 the threshold is the 16th smallest
+        // of the 20 probe scores (0.9), so label 1's four are above it and none of label 0's.
+        let mut config = EngineConfig::default();
+        config.decision.alpha = 0.25;
+        let mut probe_scores: Vec<f32> = (0..10).map(|i| i as f32 / 10.0).collect();
+        probe_scores.extend([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 8.0, 9.0, 10.0, 11.0]);
+        let labels: Vec<i64> = [0, 1].into_iter().chain([0; 10]).chain([1; 10]).collect();
+        let scored = Scored {
+            losses: Array2::zeros((22, 2)),
+            sample_scores: vec![0.1, 20.0],
+            probe_scores,
+            views: OtherViews::default(),
+        };
+        let judged = judge(&config, &scored, &labels, 2, Evidence::AnyKind);
+        assert_eq!(judged.threshold.value, 0.9);
+        let outcome = outcome(scored, judged, labels, 0.01);
+        assert_eq!(outcome.probes_above_threshold_by_label(), vec![(0, 0.0), (1, 0.4)]);
     }
 
     #[test]

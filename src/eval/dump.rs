@@ -32,19 +32,19 @@ pub(crate) fn write_windows(
 
 /// One row per window sample, then one per probe. `origin`: the attack's index, `clean`, or
 /// `probe`; `flagged` and `kept_hard_clean`: the decision (empty for a probe); `held_out`: a
-/// first-pass suspect, judged by the first shadow (empty with one pass, and for a probe);
-/// `score`: the fused score (empty for a probe); `grey_zone_top`: the grey zone's upper edge
-/// (empty when `decision.keep_hard_clean` is off); the views are empty where the config leaves
-/// them off (`label_vote`: the share of its nearest window samples that carry another
-/// label); `label_agreement`: the hard-clean rule's label vote; `input_signature`: the score
-/// along the class's shared direction off the probes' principal subspace; `input_distance`:
-/// the squared Mahalanobis distance from the probes' mean; `repeated_values`: how much more
-/// often its values recur among the window's samples than among the probes; `joint_recurrence`:
-/// how much more often two of its values recur together than the window's counts of each alone
-/// expect, beyond the probes on that pair of features, on its furthest pair (the hard-clean
-/// rule's); then
-/// the loss in every epoch under the shadow that judged the row (the second's
-/// for a probe) and the features as the engine saw them before scaling.
+/// first-pass suspect, judged by the first shadow (empty with one pass, and for a probe); `score`:
+/// the fused score (a probe's: the one the threshold was calibrated on, so that
+/// `scripts/classes-from-dump.py` can set each class's probes against its clean samples);
+/// `grey_zone_top`: the grey zone's upper edge (empty when `decision.keep_hard_clean` is off); the
+/// views are empty where the config leaves them off (`label_vote`: the share of its nearest window
+/// samples that carry another label); `label_agreement`: the hard-clean rule's label vote;
+/// `input_signature`: the score along the class's shared direction off the probes' principal
+/// subspace; `input_distance`: the squared Mahalanobis distance from the probes' mean;
+/// `repeated_values`: how much more often its values recur among the window's samples than among
+/// the probes; `joint_recurrence`: how much more often two of its values recur together than the
+/// window's counts of each alone expect, beyond the probes on that pair of features, on its
+/// furthest pair (the hard-clean rule's); then the loss in every epoch under the shadow that judged
+/// the row (the second's for a probe) and the features as the engine saw them before scaling.
 fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> String {
     let samples = outcome.sample_count();
     let epochs = outcome.losses.ncols();
@@ -79,7 +79,11 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
                     format!("{},{},{held_out},{}", d.flagged, d.kept_hard_clean, outcome.sample_scores[row]);
                 (origin, decided, scenario.stream.features.row(i))
             }
-            false => ("probe".to_string(), ",,,".to_string(), scenario.probes.features.row(row - samples)),
+            false => {
+                let probe = row - samples;
+                let decided = format!(",,,{}", outcome.probe_scores[probe]);
+                ("probe".to_string(), decided, scenario.probes.features.row(probe))
+            }
         };
         let _ = write!(
             text,
