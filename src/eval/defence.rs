@@ -84,6 +84,23 @@ impl StreamRun {
             .collect()
     }
 
+    /// Per class `0..classes`, the share of its probes above the window's threshold, averaged
+    /// over the windows ([`crate::engine::WindowOutcome::probes_above_threshold_by_label`]; every
+    /// window scores the same probes); `None` for a class no probe carries.
+    pub fn probes_above_threshold_per_class(&self, classes: usize) -> Vec<Option<f64>> {
+        let mut sum = vec![0.0; classes];
+        let mut windows = vec![0usize; classes];
+        for w in &self.windows {
+            for (label, share) in w.outcome.probes_above_threshold_by_label() {
+                if let Some(class) = usize::try_from(label).ok().filter(|&c| c < classes) {
+                    sum[class] += share;
+                    windows[class] += 1;
+                }
+            }
+        }
+        sum.iter().zip(&windows).map(|(&s, &n)| (n > 0).then(|| s / n as f64)).collect()
+    }
+
     /// The same loss trajectories scored and decided under another scorer/decision config.
     pub fn rescored(&self, config: &EngineConfig) -> StreamRun {
         let windows = self

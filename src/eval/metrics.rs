@@ -117,6 +117,13 @@ pub struct Detection {
     /// score could catch at the target false-reject rate, against what the decision caught.
     #[serde(default)]
     pub caught_at_target_false_reject: Vec<Option<f64>>,
+    /// Per class, the share of its clean probes above the window's threshold (lossgate only,
+    /// [`super::defence::StreamRun::probes_above_threshold_per_class`]): where it follows the
+    /// class's false-reject, the calibration, pooled over the classes, gave that class more of
+    /// the budget; where the false-reject runs above it, the class's window samples score
+    /// above its probes.
+    #[serde(default)]
+    pub probes_above_threshold_per_class: Vec<Option<f64>>,
 }
 
 /// The detection issue's bound on the clean false-reject rate.
@@ -188,6 +195,7 @@ impl Detection {
             auc: auc_against(None),
             auc_per_attack: (0..attacks).map(|a| auc_against(Some(a))).collect(),
             caught_at_target_false_reject,
+            probes_above_threshold_per_class: Vec::new(),
         }
     }
 }

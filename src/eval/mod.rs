@@ -331,7 +331,11 @@ impl Harness<'_> {
         let mut defences = Vec::new();
         for (defence, flagged, scores) in &flagged_by {
             let victim = self.victim_on(&scenario, flagged, victim_seed, &tick)?;
-            let detection = self.detection(&scenario, flagged, scores.as_deref());
+            let mut detection = self.detection(&scenario, flagged, scores.as_deref());
+            if let (Defence::Lossgate, Some(run)) = (defence, &lossgate) {
+                detection.probes_above_threshold_per_class =
+                    run.probes_above_threshold_per_class(self.dataset.classes);
+            }
             tracing::info!(
                 seed,
                 defence = defence.name(),

@@ -361,29 +361,7 @@ fn comparison_section(c: &Comparison, out: &mut String) {
     score_or_decision(c, out);
     where_accuracy_goes(&c.attacks, &c.seeds, out);
 
-    out.push_str("\n### Clean false-reject rate per class\n\n");
-    let classes = c
-        .seeds
-        .first()
-        .and_then(|s| s.defences.first())
-        .map_or(0, |d| d.detection.false_reject_per_class.len());
-    out.push_str("| class | ");
-    for which in &Defence::ALL[1..] {
-        let _ = write!(out, "{} | ", which.name());
-    }
-    out.push_str("\n|---|");
-    out.push_str(&"---|".repeat(Defence::ALL.len() - 1));
-    out.push('\n');
-    for class in 0..classes {
-        let _ = write!(out, "| {class} | ");
-        for which in &Defence::ALL[1..] {
-            let v = over_seeds(&c.seeds, |s| {
-                defence(s, *which).map(|d| d.detection.false_reject_per_class[class])
-            });
-            let _ = write!(out, "{} | ", cell(v, pct));
-        }
-        out.push('\n');
-    }
+    false_reject_per_class(&c.seeds, out);
     let first_seed = c.seeds.first().map_or("?".to_string(), |s| s.seed.to_string());
     let _ = write!(out, "\n### Figures (seed {first_seed})\n\n");
     out.push_str(
@@ -394,6 +372,55 @@ fn comparison_section(c: &Comparison, out: &mut String) {
          ![lossgate ROC](results/roc-lossgate.png)\n\n\
          ![offline ROC](results/roc-offline.png)\n",
     );
+}
+
+/// Each defence's clean false-reject per class, and beside lossgate's the share of the class's
+/// probes above the threshold (in comparisons that measured it): the budget the pooled
+/// calibration gave the class, against what its clean samples paid.
+fn false_reject_per_class(seeds: &[SeedComparison], out: &mut String) {
+    out.push_str("\n### Clean false-reject rate per class\n\n");
+    let classes = seeds
+        .first()
+        .and_then(|s| s.defences.first())
+        .map_or(0, |d| d.detection.false_reject_per_class.len());
+    let probes_above = |s: &SeedComparison, class: usize| {
+        defence(s, Defence::Lossgate)
+            .and_then(|d| d.detection.probes_above_threshold_per_class.get(class).copied()?)
+    };
+    let with_probes = seeds.iter().any(|s| (0..classes).any(|class| probes_above(s, class).is_some()));
+    if with_probes {
+        out.push_str(
+            "lossgate's column is followed by the share of that class's clean probes above the \
+             window's threshold (over every window): pooled over the classes it holds alpha, and \
+             a class that pays more of the false-reject budget than the others shows it there \
+             first (before hard clean data is kept, which takes back about half); a false-reject \
+             near or above it means the class's window samples score above its probes, or the \
+             grey zone keeps few of them.\n\n",
+        );
+    }
+    out.push_str("| class | ");
+    for which in &Defence::ALL[1..] {
+        let _ = write!(out, "{} | ", which.name());
+        if with_probes && *which == Defence::Lossgate {
+            out.push_str("lossgate: its probes above the threshold | ");
+        }
+    }
+    let columns = Defence::ALL.len() - 1 + usize::from(with_probes);
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(columns));
+    out.push('\n');
+    for class in 0..classes {
+        let _ = write!(out, "| {class} | ");
+        for which in &Defence::ALL[1..] {
+            let v =
+                over_seeds(&seeds, |s| defence(s, *which).map(|d| d.detection.false_reject_per_class[class]));
+            let _ = write!(out, "{} | ", cell(v, pct));
+            if with_probes && *which == Defence::Lossgate {
+                let _ = write!(out, "{} | ", cell(over_seeds(&seeds, |s| probes_above(s, class)), pct));
+            }
+        }
+        out.push('\n');
+    }
 }
 
 fn sweep_section(sweep: &Sweep, out: &mut String) {
@@ -574,6 +601,7 @@ mod tests {
             auc: None,
             auc_per_attack: vec![None],
             caught_at_target_false_reject: vec![],
+            probes_above_threshold_per_class: vec![],
         };
         let with_accuracy = |clean_accuracy| VictimResult { clean_accuracy, ..victim(&[None]) };
         let mut seed = SeedComparison {
@@ -605,5 +633,43 @@ mod tests {
         assert!(out.contains("| lossgate | 5.0 ± 0.0 % | 2.0 ± 0.0 % |"), "{out}");
         assert!(out.contains("forwarded (oracle) | 1.0 ± 0.0 % | 0.5 ± 0.0 % |"), "{out}");
         assert!(out.contains("| flip | dirty | 25.0 ± 0.0 % |"), "{out}");
+    }
+
+    #[test]
+    fn the_false_reject_per_class_sets_each_classs_probes_above_the_threshold_beside_lossgate() {
+        let detection = |probes_above_threshold_per_class| Detection {
+            dropped: 0.06,
+            clean_false_reject: 0.05,
+            caught: 1.0,
+            caught_per_attack: vec![],
+            false_reject_per_class: vec![0.02, 0.08],
+            auc: None,
+            auc_per_attack: vec![],
+            caught_at_target_false_reject: vec![],
+            probes_above_threshold_per_class,
+        };
+        let seed = |probes_above| SeedComparison {
+            seed: 1,
+            stream_samples: 100,
+            poisons_per_attack: vec![],
+            clean_only: victim(&[]),
+            defences: vec![DefenceResult {
+                defence: Defence::Lossgate,
+                detection: detection(probes_above),
+                victim: victim(&[]),
+            }],
+            seconds: 0.0,
+            shadow_learning_rate: None,
+            window_paces: vec![],
+            windows_rate_rechosen: 0,
+            grey_zone: None,
+        };
+        let mut out = String::new();
+        false_reject_per_class(&[seed(vec![Some(0.05), Some(0.2)])], &mut out);
+        assert!(out.contains("| 1 | 8.0 ± 0.0 % | 20.0 ± 0.0 % | – |"), "{out}");
+        // A comparison written before the probes' shares were measured keeps its old table.
+        let mut old = String::new();
+        false_reject_per_class(&[seed(vec![])], &mut old);
+        assert!(old.contains("| 1 | 8.0 ± 0.0 % | – |") && !old.contains("its probes above"), "{old}");
     }
 }
