@@ -413,10 +413,10 @@ fn false_reject_per_class(seeds: &[SeedComparison], out: &mut String) {
         let _ = write!(out, "| {class} | ");
         for which in &Defence::ALL[1..] {
             let v =
-                over_seeds(&seeds, |s| defence(s, *which).map(|d| d.detection.false_reject_per_class[class]));
+                over_seeds(seeds, |s| defence(s, *which).map(|d| d.detection.false_reject_per_class[class]));
             let _ = write!(out, "{} | ", cell(v, pct));
             if with_probes && *which == Defence::Lossgate {
-                let _ = write!(out, "{} | ", cell(over_seeds(&seeds, |s| probes_above(s, class)), pct));
+                let _ = write!(out, "{} | ", cell(over_seeds(seeds, |s| probes_above(s, class)), pct));
             }
         }
         out.push('\n');
