@@ -587,6 +587,26 @@ mod tests {
         assert!((missed - 0.03).abs() < 1e-12, "{missed}");
     }
 
+    /// Seed 1 of a comparison of lossgate alone, on a stream of 100 samples.
+    fn lossgate_only(
+        detection: Detection,
+        clean_only: VictimResult,
+        lossgate: VictimResult,
+    ) -> SeedComparison {
+        SeedComparison {
+            seed: 1,
+            stream_samples: 100,
+            poisons_per_attack: vec![],
+            clean_only,
+            defences: vec![DefenceResult { defence: Defence::Lossgate, detection, victim: lossgate }],
+            seconds: 0.0,
+            shadow_learning_rate: None,
+            window_paces: vec![],
+            windows_rate_rechosen: 0,
+            grey_zone: None,
+        }
+    }
+
     #[test]
     fn the_accuracy_section_sets_the_grey_zone_oracle_beside_lossgate() {
         let attacks =
@@ -604,22 +624,8 @@ mod tests {
             probes_above_threshold_per_class: vec![],
         };
         let with_accuracy = |clean_accuracy| VictimResult { clean_accuracy, ..victim(&[None]) };
-        let mut seed = SeedComparison {
-            seed: 1,
-            stream_samples: 100,
-            poisons_per_attack: vec![1],
-            clean_only: with_accuracy(0.92),
-            defences: vec![DefenceResult {
-                defence: Defence::Lossgate,
-                detection,
-                victim: with_accuracy(0.90),
-            }],
-            seconds: 0.0,
-            shadow_learning_rate: None,
-            window_paces: vec![],
-            windows_rate_rechosen: 0,
-            grey_zone: None,
-        };
+        let mut seed = lossgate_only(detection, with_accuracy(0.92), with_accuracy(0.90));
+        seed.poisons_per_attack = vec![1];
         let mut out = String::new();
         where_accuracy_goes(&attacks, std::slice::from_ref(&seed), &mut out);
         assert!(out.is_empty(), "nothing to say without the oracle: {out}");
@@ -648,22 +654,7 @@ mod tests {
             caught_at_target_false_reject: vec![],
             probes_above_threshold_per_class,
         };
-        let seed = |probes_above| SeedComparison {
-            seed: 1,
-            stream_samples: 100,
-            poisons_per_attack: vec![],
-            clean_only: victim(&[]),
-            defences: vec![DefenceResult {
-                defence: Defence::Lossgate,
-                detection: detection(probes_above),
-                victim: victim(&[]),
-            }],
-            seconds: 0.0,
-            shadow_learning_rate: None,
-            window_paces: vec![],
-            windows_rate_rechosen: 0,
-            grey_zone: None,
-        };
+        let seed = |probes_above| lossgate_only(detection(probes_above), victim(&[]), victim(&[]));
         let mut out = String::new();
         false_reject_per_class(&[seed(vec![Some(0.05), Some(0.2)])], &mut out);
         assert!(out.contains("| 1 | 8.0 ± 0.0 % | 20.0 ± 0.0 % | – |"), "{out}");
