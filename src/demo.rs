@@ -198,8 +198,9 @@ pub(crate) async fn run(mut config: Config, mnist_dir: &Path, options: DemoOptio
     let tally = tally.lock().unwrap();
     println!("{}", tally.table(total, started.elapsed()));
     println!("metrics served on http://{}/metrics during the run; a sample of them:", config.metrics.listen);
-    for line in metrics.render().lines().filter(|l| !l.starts_with('#') && l.starts_with("lossgate_records"))
-    {
+    // Each class's quarantined records beside the share of its clean probes the last threshold took.
+    let shown = ["lossgate_records", "lossgate_probes_above_threshold_share"];
+    for line in metrics.render().lines().filter(|l| shown.iter().any(|prefix| l.starts_with(prefix))) {
         println!("  {line}");
     }
     Ok(())
