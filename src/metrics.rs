@@ -172,8 +172,9 @@ impl Metrics {
                 "lossgate_probes_above_threshold_share",
                 "Share of the clean probes of each class scoring above the last window's threshold: \
                  the clean data of that class the threshold takes before hard clean data is kept; \
-                 a class far above decision.alpha needs more (or more typical) probes; NaN for a \
-                 class no window has measured (no probe carries it)",
+                 a class far above decision.alpha pays more of the false-reject budget than the \
+                 others (its clean data varies more, or its probes are few); NaN for a class no \
+                 window has measured (no probe carries it)",
             ),
             &["label"],
         )

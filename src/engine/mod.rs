@@ -226,8 +226,7 @@ impl WindowOutcome {
     /// Per label of the probes, the share of its probes scoring above the threshold: the
     /// clean data of that class the threshold takes before hard clean data is kept. Pooled,
     /// the shares hold alpha; a class far above it pays more of the false-reject budget than
-    /// the others (its clean data varies more than the probes of the rest say), and more or
-    /// more typical probes of it are what lowers it.
+    /// the others (its clean data varies more than theirs, or its probes are few).
     pub fn probes_above_threshold_by_label(&self) -> Vec<(i64, f64)> {
         let mut by_label = std::collections::BTreeMap::<i64, (usize, usize)>::new();
         let probe_labels = &self.labels[self.sample_count()..];
