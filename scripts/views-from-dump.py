@@ -10,8 +10,8 @@ Per view: the ROC-AUC of poisons against those clean samples (1.0: the view alon
 poison above them; 0.5: it does not see the attack; below 0.5: the poisons look more ordinary
 than the clean data), the poisons' median, the clean samples' and the probes' 90th percentile
 (the probes of the same labels: what the calibration sees), and the share of the poisons above
-that probe percentile. `score` is the fused score the threshold cuts; `loss_epochN` the shadow's
-loss at epoch N. A view the config left off is skipped. No NumPy.
+that probe percentile. `score` is the fused score the threshold cuts; `trajectory` the paper's
+view alone (BaDLoss); `loss_epochN` the shadow's loss at epoch N. A view the config left off is skipped. No NumPy.
 """
 import csv
 import glob
@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 
 VIEWS = [
-    "score", "representation", "label_disagreement", "range_exceedance", "label_vote",
+    "score", "trajectory", "representation", "label_disagreement", "range_exceedance", "label_vote",
     "input_signature", "input_distance", "repeated_values", "joint_recurrence",
 ]
 

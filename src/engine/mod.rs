@@ -94,6 +94,10 @@ pub struct WindowOutcome {
     /// One score per probe, on the samples' scale: the clean scores the threshold was
     /// calibrated on (each probe scored as a window sample is, without itself).
     pub probe_scores: Vec<f32>,
+    /// The trajectory view alone (BaDLoss), before the other views are fused with it: each row's
+    /// distance to its nearest probe trajectories (samples, then probes without themselves),
+    /// under the shadow that judged it, as `trajectory` reads its losses.
+    pub trajectory_scores: Vec<f32>,
     pub threshold: Threshold,
     /// One decision per window sample, in input order.
     pub decisions: Vec<Decision>,

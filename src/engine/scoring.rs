@@ -43,11 +43,13 @@ pub fn score_and_decide(
 }
 
 /// One shadow's scores of a window: every row's recorded losses (samples, then probes), the
-/// samples' fused scores, the probes' leave-one-out fused scores, and the views behind them.
+/// samples' fused scores, the probes' leave-one-out fused scores, the trajectory view's own
+/// scores (samples, then probes, before fusion), and the other views behind them.
 pub(crate) struct Scored {
     pub(crate) losses: Array2<f32>,
     pub(crate) sample_scores: Vec<f32>,
     pub(crate) probe_scores: Vec<f32>,
+    pub(crate) trajectory_scores: Vec<f32>,
     pub(crate) views: OtherViews,
 }
 
@@ -78,11 +80,12 @@ pub(crate) fn score(
         let scorer = ProbeScorer::build(&config.scorer, probes);
         (scorer.score_rows(samples), scorer.leave_one_out_scores(probes))
     };
+    let trajectory_scores = samples.iter().chain(&probes).copied().collect();
     let (sample_scores, probe_scores) = match views.is_empty() {
         true => (samples, probes),
         false => fuse(&samples, &probes, &views, labels),
     };
-    Scored { losses, sample_scores, probe_scores, views }
+    Scored { losses, sample_scores, probe_scores, trajectory_scores, views }
 }
 
 /// The loss matrix's kept epochs ([`kept_epochs`]), row-major.
@@ -98,7 +101,7 @@ pub(crate) fn judge(
     sample_count: usize,
     evidence: Evidence,
 ) -> Judged {
-    let Scored { losses, sample_scores, probe_scores, views } = scored;
+    let Scored { losses, sample_scores, probe_scores, views, .. } = scored;
     let trajectories = kept_trajectories(losses.view());
     let decision = &config.decision;
     let threshold = decision.threshold(probe_scores, sample_scores);
@@ -177,6 +180,7 @@ pub(crate) fn outcome(scored: Scored, judged: Judged, labels: Vec<i64>, learning
         labels,
         sample_scores: scored.sample_scores,
         probe_scores: scored.probe_scores,
+        trajectory_scores: scored.trajectory_scores,
         threshold: judged.threshold,
         decisions: judged.decisions,
         learning_rate,
@@ -252,11 +256,12 @@ pub(crate) fn two_pass_outcome(
         losses: judged_losses,
         sample_scores: pick(&first_samples, &second_samples, 0),
         probe_scores: pick(&first_probes, &second_probes, sample_count),
+        trajectory_scores: pick(&first.trajectory_scores, &second.trajectory_scores, 0),
         views: second.views,
     };
     let judged = judge(config, &merged, &labels, sample_count, Evidence::AnyKind);
-    let Scored { sample_scores, probe_scores, views, .. } = merged;
-    let last_shadow = Scored { losses: second.losses, sample_scores, probe_scores, views };
+    let Scored { sample_scores, probe_scores, trajectory_scores, views, .. } = merged;
+    let last_shadow = Scored { losses: second.losses, sample_scores, probe_scores, trajectory_scores, views };
     let mut outcome = outcome(last_shadow, judged, labels, learning_rate);
     outcome.first_pass =
         Some(FirstPass { losses: first.losses, representation: first.views.representation, held_out });
@@ -933,6 +938,7 @@ mod tests {
             losses: Array2::from_shape_fn((5, 2), |(i, _)| row(i)),
             sample_scores: (0..2).map(row).collect(),
             probe_scores: (2..5).map(row).collect(),
+            trajectory_scores: (0..5).map(row).collect(),
             views: OtherViews { representation: Some((0..5).map(row).collect()), ..Default::default() },
         }
     }
@@ -959,6 +965,7 @@ mod tests {
         // that judged it.
         assert!(outcome.judged_by_first_pass(0) && !outcome.judged_by_first_pass(1));
         assert_eq!((outcome.trajectory(0), outcome.trajectory(1)), (vec![0.0, 9.0], vec![101.0, 101.0]));
+        assert_eq!(outcome.trajectory_scores[..2], [0.0, 101.0]);
         assert_eq!(outcome.probe_band(0)[0], [2.0, 3.0, 4.0]);
         assert_eq!(outcome.probe_band(1)[0], [102.0, 103.0, 104.0]);
     }
@@ -1054,7 +1061,9 @@ mod tests {
     #[test]
     fn a_quarantined_sample_out_of_range_says_so() {
         // Rows: 3 samples then 40 probes, one label; sample 1 alone is out of range.
-        let losses = Array2::from_shape_fn((43, 4), |(i, e)| 2.0 / (1.0 + e as f32) + (i % 7) as f32 * 0.01);
+        let losses_again =
+            || Array2::from_shape_fn((43, 4), |(i, e)| 2.0 / (1.0 + e as f32) + (i % 7) as f32 * 0.01);
+        let losses = losses_again();
         let mut exceedance = vec![0.0; 43];
         exceedance[1] = 5.0;
         let views = OtherViews { range_exceedance: Some(exceedance), ..Default::default() };
@@ -1066,6 +1075,20 @@ mod tests {
             outcome.decisions[1].reason
         );
         assert!(!outcome.decisions[0].reason.contains("input_range"), "{}", outcome.decisions[0].reason);
+        // The trajectory view's own scores stay as they were before the range was fused in:
+        // the same as with no other view at all.
+        let alone = score_and_decide(
+            &EngineConfig::default(),
+            losses_again(),
+            vec![0; 43],
+            3,
+            0.01,
+            OtherViews::default(),
+        );
+        assert_eq!(outcome.trajectory_scores, alone.trajectory_scores);
+        let unfused: Vec<f32> = alone.sample_scores.iter().chain(&alone.probe_scores).copied().collect();
+        assert_eq!(alone.trajectory_scores, unfused);
+        assert_ne!(outcome.sample_scores, alone.sample_scores);
     }
 
     #[test]
@@ -1099,6 +1122,7 @@ mod tests {
         let scored = Scored {
             losses: Array2::zeros((22, 2)),
             sample_scores: vec![0.1, 20.0],
+            trajectory_scores: vec![0.0; 22],
             probe_scores,
             views: OtherViews::default(),
         };

@@ -35,8 +35,9 @@ pub(crate) fn write_windows(
 /// first-pass suspect, judged by the first shadow (empty with one pass, and for a probe); `score`:
 /// the fused score (a probe's: the one the threshold was calibrated on, so that
 /// `scripts/classes-from-dump.py` can set each class's probes against its clean samples);
-/// `grey_zone_top`: the grey zone's upper edge (empty when `decision.keep_hard_clean` is off); the
-/// views are empty where the config leaves them off (`label_vote`: the share of its nearest window
+/// `grey_zone_top`: the grey zone's upper edge (empty when `decision.keep_hard_clean` is off);
+/// `trajectory`: the trajectory view alone (BaDLoss: the distance to the nearest probe
+/// trajectories) under the shadow that judged the row, before fusion; the other views are empty where the config leaves them off (`label_vote`: the share of its nearest window
 /// samples that carry another label); `label_agreement`: the hard-clean rule's label vote;
 /// `input_signature`: the score along the class's shared direction off the probes' principal
 /// subspace; `input_distance`: the squared Mahalanobis distance from the probes' mean;
@@ -50,7 +51,7 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
     let epochs = outcome.losses.ncols();
     let features = scenario.stream.features.ncols();
     let mut text = String::from(
-        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,grey_zone_top,representation,label_disagreement,range_exceedance,label_vote,label_agreement,input_signature,input_distance,repeated_values,joint_recurrence",
+        "row,origin,label,flagged,kept_hard_clean,held_out,score,threshold,grey_zone_top,trajectory,representation,label_disagreement,range_exceedance,label_vote,label_agreement,input_signature,input_distance,repeated_values,joint_recurrence",
     );
     (1..=epochs).for_each(|e| {
         let _ = write!(text, ",loss_epoch{e}");
@@ -87,10 +88,11 @@ fn window_csv(scenario: &Scenario, start: usize, outcome: &WindowOutcome) -> Str
         };
         let _ = write!(
             text,
-            "{row},{origin},{},{decided},{},{},{},{},{},{},{},{},{},{},{}",
+            "{row},{origin},{},{decided},{},{},{},{},{},{},{},{},{},{},{},{}",
             outcome.labels[row],
             outcome.threshold.value,
             outcome.grey_zone_top.map(|top| top.to_string()).unwrap_or_default(),
+            outcome.trajectory_scores[row],
             view(&outcome.views.representation, row),
             view(&outcome.views.label_disagreement, row),
             view(&outcome.views.range_exceedance, row),
