@@ -4,7 +4,8 @@ attack (the dump's `origin` index, in the order of the attacks file), its poison
 clean window samples of the labels the poisons carry (a dirty-label backdoor's target class; for
 label noise, every class), view by view.
 
-    python3 scripts/views-from-dump.py DIR [ATTACK]
+    python3 scripts/views-from-dump.py DIR           # every attack: a row each, a view a column
+    python3 scripts/views-from-dump.py DIR ATTACK    # one attack, a view a row, in detail
 
 Per view: the ROC-AUC of poisons against those clean samples (1.0: the view alone orders every
 poison above them; 0.5: it does not see the attack; below 0.5: the poisons look more ordinary
@@ -62,24 +63,39 @@ def main(folder, only):
                     if row[view] != "":
                         rows[row["origin"]][view][int(row["label"])].append(float(row[view]))
     attacks = sorted((o for o in rows if o not in ("clean", "probe")), key=int)
-    if only is not None:
-        attacks = [a for a in attacks if a == only] or sys.exit(f"no attack {only} in {folder} (there: {', '.join(attacks)})")
     print(f"{len(files)} windows from {folder}")
-    for attack in attacks:
-        print(f"\nattack {attack}")
-        print(f"| view | AUC | poisons' median | clean q90 | probes' q90 | poisons above the probes' q90 |")
-        print("|---|---|---|---|---|---|")
-        for view in views:
-            labels = rows[attack][view].keys()
-            poisons = [v for label in labels for v in rows[attack][view][label]]
-            clean = [v for label in labels for v in rows["clean"][view][label]]
-            probes = [v for label in labels for v in rows["probe"][view][label]]
-            if not poisons or not clean or not probes:
-                continue
-            level = quantile(probes, 0.9)
-            above = sum(v > level for v in poisons) / len(poisons)
-            print(f"| {view} | {auc(poisons, clean):.3f} | {quantile(poisons, 0.5):.3f} | "
-                  f"{quantile(clean, 0.9):.3f} | {level:.3f} | {100 * above:.1f} % |")
+    if only is None:
+        shown = [v for v in views if any(measure(rows, a, v) for a in attacks)]
+        print("\nAUC / poisons past the probes' q90\n")
+        print("| attack | " + " | ".join(shown) + " |")
+        print("|---" * (len(shown) + 1) + "|")
+        for attack in attacks:
+            cells = [measure(rows, attack, v) for v in shown]
+            print(f"| {attack} | " + " | ".join(f"{m[0]:.3f} / {100 * m[4]:.1f} %" if m else "-" for m in cells) + " |")
+        return
+    if only not in attacks:
+        sys.exit(f"no attack {only} in {folder} (there: {', '.join(attacks)})")
+    print(f"\nattack {only}")
+    print("| view | AUC | poisons' median | clean q90 | probes' q90 | poisons above the probes' q90 |")
+    print("|---|---|---|---|---|---|")
+    for view in views:
+        m = measure(rows, only, view)
+        if m:
+            print(f"| {view} | {m[0]:.3f} | {m[1]:.3f} | {m[2]:.3f} | {m[3]:.3f} | {100 * m[4]:.1f} % |")
+
+
+def measure(rows, attack, view):
+    """AUC, the poisons' median, the clean q90, the probes' q90 and the share of poisons past it;
+    None where the view has no values for the attack's labels."""
+    labels = rows[attack][view].keys()
+    poisons = [v for label in labels for v in rows[attack][view][label]]
+    clean = [v for label in labels for v in rows["clean"][view][label]]
+    probes = [v for label in labels for v in rows["probe"][view][label]]
+    if not poisons or not clean or not probes:
+        return None
+    level = quantile(probes, 0.9)
+    above = sum(v > level for v in poisons) / len(poisons)
+    return auc(poisons, clean), quantile(poisons, 0.5), quantile(clean, 0.9), level, above
 
 
 if __name__ == "__main__":
