@@ -12,7 +12,8 @@ poison above them; 0.5: it does not see the attack; below 0.5: the poisons look 
 than the clean data), the poisons' median, the clean samples' and the probes' 90th percentile
 (the probes of the same labels: what the calibration sees), and the share of the poisons above
 that probe percentile. `score` is the fused score the threshold cuts; `trajectory` the paper's
-view alone (BaDLoss); `loss_epochN` the shadow's loss at epoch N. A view the config left off is skipped. No NumPy.
+view alone (BaDLoss); `loss_epochN` the shadow's loss at epoch N (the first, middle and last
+epochs). A view the config left off is skipped. No NumPy.
 """
 import csv
 import glob

@@ -96,7 +96,8 @@ pub struct WindowOutcome {
     pub probe_scores: Vec<f32>,
     /// The trajectory view alone (BaDLoss), before the other views are fused with it: each row's
     /// distance to its nearest probe trajectories (samples, then probes without themselves),
-    /// under the shadow that judged it, as `trajectory` reads its losses.
+    /// from the shadow whose fused score the row took (with two shadows, the first for a
+    /// first-pass suspect, sample or probe).
     pub trajectory_scores: Vec<f32>,
     pub threshold: Threshold,
     /// One decision per window sample, in input order.

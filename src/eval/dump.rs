@@ -37,8 +37,10 @@ pub(crate) fn write_windows(
 /// `scripts/classes-from-dump.py` can set each class's probes against its clean samples);
 /// `grey_zone_top`: the grey zone's upper edge (empty when `decision.keep_hard_clean` is off);
 /// `trajectory`: the trajectory view alone (BaDLoss: the distance to the nearest probe
-/// trajectories) under the shadow that judged the row, before fusion; the other views are empty where the config leaves them off (`label_vote`: the share of its nearest window
-/// samples that carry another label); `label_agreement`: the hard-clean rule's label vote;
+/// trajectories) before fusion, from the shadow whose score `score` took (for a probe too, so
+/// it may differ from the shadow of its loss columns); the other views are empty where the
+/// config leaves them off (`label_vote`: the share of its nearest window samples that carry
+/// another label); `label_agreement`: the hard-clean rule's label vote;
 /// `input_signature`: the score along the class's shared direction off the probes' principal
 /// subspace; `input_distance`: the squared Mahalanobis distance from the probes' mean;
 /// `repeated_values`: how much more often its values recur among the window's samples than among
