@@ -166,10 +166,10 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap().split(',').collect();
         assert_eq!(&header[..4], ["row", "origin", "label", "flagged"]);
-        assert_eq!(header.len(), 18 + 10 + 12, "fixed columns, a loss per epoch, the features");
-        assert_eq!(&header[7..9], ["threshold", "grey_zone_top"]);
+        assert_eq!(header.len(), 19 + 10 + 12, "fixed columns, a loss per epoch, the features");
+        assert_eq!(&header[7..10], ["threshold", "grey_zone_top", "trajectory"]);
         assert_eq!(
-            &header[12..18],
+            &header[13..19],
             [
                 "label_vote",
                 "label_agreement",
@@ -179,19 +179,22 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
                 "joint_recurrence"
             ]
         );
+        let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
         // Each pair of features is measured against its highest probe (a probe against the
         // others'), so on its own furthest pair the highest probe lies at or beyond 0.
         let mut highest_probe_joint = f32::NEG_INFINITY;
         for line in lines {
             let cells: Vec<&str> = line.split(',').collect();
             assert_eq!(cells.len(), header.len(), "{line}");
+            let value = |name: &str| -> f32 { cells[column(name)].parse().unwrap() };
+            // The trajectory view alone: a mean distance to the nearest probe trajectories.
+            let trajectory = value("trajectory");
+            assert!(trajectory.is_finite() && trajectory >= 0.0, "a distance: {line}");
             // 12 features and 125 probes a half: the input distance is measured on every row.
-            let distance: f32 = cells[15].parse().unwrap();
-            assert!(distance >= 0.0, "a squared distance: {line}");
+            assert!(value("input_distance") >= 0.0, "a squared distance: {line}");
             // 12 features: how often the row's values recur is measured too.
-            let recurrence: f32 = cells[16].parse().unwrap();
-            assert!(recurrence >= 0.0, "a sum of excesses, each at least 0: {line}");
-            let joint: f32 = cells[17].parse().unwrap();
+            assert!(value("repeated_values") >= 0.0, "a sum of excesses, each at least 0: {line}");
+            let joint = value("joint_recurrence");
             assert!(joint.is_finite(), "{line}");
             if cells[1] == "probe" {
                 highest_probe_joint = highest_probe_joint.max(joint);
@@ -199,11 +202,11 @@ fn csv_data_with_a_feature_trigger_from_an_attacks_file() {
             if cells[1] != "probe" {
                 // Two shadows by default: every sample says which one judged it.
                 assert!(matches!(cells[5], "true" | "false"), "{line}");
-                let agreement: f32 = cells[13].parse().unwrap();
+                let agreement = value("label_agreement");
                 assert!((0.0..=1.0).contains(&agreement), "a share of neighbours: {line}");
-                let vote: f32 = cells[12].parse().unwrap();
+                let vote = value("label_vote");
                 assert!((0.0..=1.0).contains(&vote), "a share of neighbours: {line}");
-                let (threshold, top): (f32, f32) = (cells[7].parse().unwrap(), cells[8].parse().unwrap());
+                let (threshold, top) = (value("threshold"), value("grey_zone_top"));
                 assert!(top >= threshold, "the grey zone lies above the threshold: {line}");
                 samples += 1;
                 poisons += (cells[1] == "0") as usize;
