@@ -1061,13 +1061,11 @@ mod tests {
     #[test]
     fn a_quarantined_sample_out_of_range_says_so() {
         // Rows: 3 samples then 40 probes, one label; sample 1 alone is out of range.
-        let losses_again =
-            || Array2::from_shape_fn((43, 4), |(i, e)| 2.0 / (1.0 + e as f32) + (i % 7) as f32 * 0.01);
-        let losses = losses_again();
+        let losses = Array2::from_shape_fn((43, 4), |(i, e)| 2.0 / (1.0 + e as f32) + (i % 7) as f32 * 0.01);
         let mut exceedance = vec![0.0; 43];
         exceedance[1] = 5.0;
         let views = OtherViews { range_exceedance: Some(exceedance), ..Default::default() };
-        let outcome = score_and_decide(&EngineConfig::default(), losses, vec![0; 43], 3, 0.01, views);
+        let outcome = score_and_decide(&EngineConfig::default(), losses.clone(), vec![0; 43], 3, 0.01, views);
         assert!(outcome.decisions[1].flagged, "{:?}", outcome.decisions[1]);
         assert!(
             outcome.decisions[1].reason.ends_with(OUT_OF_RANGE_REASON),
@@ -1077,14 +1075,8 @@ mod tests {
         assert!(!outcome.decisions[0].reason.contains("input_range"), "{}", outcome.decisions[0].reason);
         // The trajectory view's own scores stay as they were before the range was fused in:
         // the same as with no other view at all.
-        let alone = score_and_decide(
-            &EngineConfig::default(),
-            losses_again(),
-            vec![0; 43],
-            3,
-            0.01,
-            OtherViews::default(),
-        );
+        let alone =
+            score_and_decide(&EngineConfig::default(), losses, vec![0; 43], 3, 0.01, OtherViews::default());
         assert_eq!(outcome.trajectory_scores, alone.trajectory_scores);
         let unfused: Vec<f32> = alone.sample_scores.iter().chain(&alone.probe_scores).copied().collect();
         assert_eq!(alone.trajectory_scores, unfused);
