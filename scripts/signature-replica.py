@@ -24,6 +24,7 @@ import csv
 import numpy as np
 
 VARIANCE_KEPT = 0.95
+RANDOM_WIDTH = 0
 FOLDS = 4
 
 
@@ -115,6 +116,9 @@ def neighbourhood_signature(origin, labels, features, neighbours, width, strip):
         if width and width < residuals.shape[1]:
             top = np.linalg.eigh(centred.T @ centred / len(centred))[1][:, ::-1][:, :width]
             residuals, centred = residuals @ top, centred @ top
+        if RANDOM_WIDTH and RANDOM_WIDTH < residuals.shape[1]:
+            projection = np.random.RandomState(0).standard_normal((residuals.shape[1], RANDOM_WIDTH))
+            residuals, centred = residuals @ projection, centred @ projection
         for label in present:
             rows = np.where(world_labels[:n] == label)[0]
             label_probes = n + np.where(world_labels[n:] == label)[0]
@@ -147,8 +151,11 @@ def main():
     parser.add_argument("--neighbours", type=int, default=10)
     parser.add_argument("--width", type=int, default=0)
     parser.add_argument("--no-strip", action="store_true")
+    parser.add_argument("--random-width", type=int, default=0)
     parser.add_argument("windows", nargs="+")
     args = parser.parse_args()
+    global RANDOM_WIDTH
+    RANDOM_WIDTH = args.random_width
     for path in args.windows:
         origin, labels, features, engine = load(path)
         local = neighbourhood_signature(origin, labels, features, args.neighbours, args.width, not args.no_strip)
