@@ -3,7 +3,7 @@
 the windows `lossgate eval --dump-windows DIR` wrote, beside the engine's own signature (the
 dump's `input_signature` column) and the larger of the two per row.
 
-    python3 scripts/signature-replica.py [--neighbours N] [--width W] [--no-strip] CSV...
+    python3 scripts/signature-replica.py [--neighbours N] [--width W] [--random-width W] [--no-strip] CSV...
 
 The variant whitens each label by the covariance of a neighbourhood of it rather than by the
 window's pooled within-class covariance: its window samples' N nearest window samples of other
@@ -12,7 +12,8 @@ engine's method: each probe half's principal subspace (fitted within classes her
 variance) strips its world (every window sample and the other half's probes; none with
 --no-strip), four folds of cross-fitted top directions per label, scores standardised per label
 on the window samples (median and MAD). --width W first projects every residual onto the top W
-directions of the world's pooled within-class covariance (the cheap form measured in session 32).
+directions of the world's pooled within-class covariance, --random-width W onto W fixed Gaussian
+directions (the cheaper forms measured in session 32).
 
 Per window and attack (the dump's `origin` index): the ROC-AUC of its poisons against the clean
 window samples of the label most of them carry, and per view the share of clean window samples
