@@ -26,6 +26,11 @@
 //! replica): beyond every probe lie 91 % of Animal-MNIST's SIG poisons, 90 % of its corner
 //! patch's and its blend's, 99 % of MNIST's pixel backdoor's, and 0.2-0.6 % of the clean
 //! samples. README, session 16.
+//!
+//! On inputs up to [`NEIGHBOURHOOD_MAX_WIDTH`] features each label is also whitened by the
+//! covariance of its neighbourhood, its window samples' nearest window samples of other labels
+//! ([`neighbourhood_scores`]), and a row takes the larger of its two scores: a covariance pooled
+//! over every class lets one family of classes set the scale of another (README, session 32).
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
