@@ -26,15 +26,10 @@
 //! replica): beyond every probe lie 91 % of Animal-MNIST's SIG poisons, 90 % of its corner
 //! patch's and its blend's, 99 % of MNIST's pixel backdoor's, and 0.2-0.6 % of the clean
 //! samples. README, session 16.
-//!
-//! On inputs up to [`NEIGHBOURHOOD_MAX_WIDTH`] features each label is also whitened by the
-//! covariance of its neighbourhood, its window samples' nearest window samples of other labels
-//! ([`neighbourhood_scores`]), and a row takes the larger of its two scores: a covariance pooled
-//! over every class lets one family of classes set the scale of another (README, session 32).
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
-use super::representation::{coordinate_median, whitened_rows};
+use super::representation::{coordinate_median, whitening};
 use super::scoring::robust_centre_and_spread;
 
 /// The share of a probe half's variance its principal subspace keeps (the rest is the residual
@@ -56,13 +51,6 @@ const MIN_ROWS: usize = 20;
 /// Residuals wider than this are scored unwhitened: the whitening's factor and inverse cost the
 /// width cubed (784 pixels: 65 ms a window; 3 072 would take seconds).
 pub(crate) const MAX_WHITENED_WIDTH: usize = 1024;
-
-/// Inputs wider than this get no neighbourhood whitening ([`neighbourhood_scores`]): it
-/// factors a covariance as wide as the input for every label and probe half, and sums one over
-/// each label's neighbourhood (thousands of rows). At 256 features a few milliseconds a label;
-/// at MNIST's 784 about 40 ms, and `lossgate bench`'s whole window took 1.90 -> 2.80 s (session
-/// 32), far over the speed bound.
-pub(crate) const NEIGHBOURHOOD_MAX_WIDTH: usize = 256;
 
 /// Power-iteration steps on a class's Gram matrix.
 const POWER_STEPS: usize = 30;
@@ -161,7 +149,6 @@ pub(crate) fn scores(
     features: ArrayView2<f32>,
     labels: &[i64],
     sample_count: usize,
-    other_label: &[Vec<u32>],
 ) -> Vec<f32> {
     let mut scores = vec![0.0; labels.len()];
     for (parity, subspace) in subspaces.halves.iter().enumerate() {
@@ -171,7 +158,7 @@ pub(crate) fn scores(
         let world_labels: Vec<i64> = world.iter().map(|&i| labels[i]).collect();
         let residuals = subspace.residuals(features.select(Axis(0), &world));
         // The window samples lead the world in their own order, so `sample_count` still splits it.
-        let world_scores = world_scores(residuals, &world_labels, sample_count, other_label);
+        let world_scores = world_scores(residuals, &world_labels, sample_count);
         for (&row, value) in world.iter().zip(world_scores) {
             if row >= sample_count || row % 2 == parity {
                 scores[row] = value;
@@ -182,12 +169,7 @@ pub(crate) fn scores(
 }
 
 /// One world's scores: its rows (window samples first, then probes) already stripped.
-fn world_scores(
-    residuals: Array2<f32>,
-    labels: &[i64],
-    sample_count: usize,
-    other_label: &[Vec<u32>],
-) -> Vec<f32> {
+fn world_scores(residuals: Array2<f32>, labels: &[i64], sample_count: usize) -> Vec<f32> {
     let mut distinct = labels[..sample_count].to_vec();
     distinct.sort_unstable();
     distinct.dedup();
@@ -199,9 +181,8 @@ fn world_scores(
             (rows, probes)
         })
         .collect();
-    // The larger of two scores a row: whitened by the label's neighbourhood, and by the pooled classes.
-    let mut scores = neighbourhood_scores(residuals.view(), &classes, other_label);
     let whitened = whitened_within_classes(residuals, &classes);
+    let mut scores = vec![0.0; labels.len()];
     for (rows, probes) in &classes {
         if rows.len() < MIN_ROWS {
             continue;
@@ -209,67 +190,10 @@ fn world_scores(
         let raw = class_scores(whitened.view(), rows, probes);
         let (centre, spread) = robust_centre_and_spread(&raw[..rows.len()]);
         for (&row, value) in rows.iter().chain(probes).zip(raw) {
-            scores[row] = scores[row].max((value - centre) / spread);
-        }
-    }
-    scores.iter().map(|&s| if s == f32::NEG_INFINITY { 0.0 } else { s }).collect()
-}
-
-/// Each class's rows (`rows`, then `probes`) scored as [`world_scores`] scores them, but whitened
-/// by the covariance of the class's neighbourhood: its window samples' nearest window samples of
-/// other labels (`other_label`, from the label vote), each centred on its own class's median,
-/// Ledoit-Wolf shrunk. The pooled within-class covariance lets one family of classes set the
-/// scale of another: on mnist-animal (MNIST's digits beside Animal-MNIST's silhouettes) what
-/// digits vary along in the middle of the image whitened away a hole punched there into
-/// silhouettes (AUC 0.44), and a label's own covariance whitens away its own poisons' direction;
-/// the classes a label's samples lie nearest, without the label itself, hold neither. Alone it
-/// loses triggers the pooled whitening sees (MNIST's blends, penbased's clean-label trigger), so
-/// a row takes the larger of the two scores. `f32::NEG_INFINITY` for rows it does not score
-/// (inputs wider than [`NEIGHBOURHOOD_MAX_WIDTH`], no neighbours given, a class with fewer than
-/// [`MIN_ROWS`] window samples or fewer than two neighbours). README, session 32.
-fn neighbourhood_scores(
-    residuals: ArrayView2<f32>,
-    classes: &[(Vec<usize>, Vec<usize>)],
-    other_label: &[Vec<u32>],
-) -> Vec<f32> {
-    let mut scores = vec![f32::NEG_INFINITY; residuals.nrows()];
-    if residuals.ncols() > NEIGHBOURHOOD_MAX_WIDTH || other_label.is_empty() {
-        return scores;
-    }
-    let centres: Vec<Array1<f32>> = classes.iter().map(|(rows, _)| class_centre(residuals, rows)).collect();
-    let class_of = |row: usize| classes.iter().position(|(rows, _)| rows.binary_search(&row).is_ok());
-    for (rows, probes) in classes.iter().filter(|(rows, _)| rows.len() >= MIN_ROWS) {
-        let mut neighbourhood: Vec<usize> =
-            rows.iter().flat_map(|&r| other_label[r].iter().map(|&b| b as usize)).collect();
-        neighbourhood.sort_unstable();
-        neighbourhood.dedup();
-        if neighbourhood.len() < 2 {
-            continue;
-        }
-        let mut centred = residuals.select(Axis(0), &neighbourhood);
-        for (mut row, &member) in centred.rows_mut().into_iter().zip(&neighbourhood) {
-            if let Some(class) = class_of(member) {
-                row -= &centres[class];
-            }
-        }
-        let covariance = centred.t().dot(&centred) / neighbourhood.len() as f32;
-        let ridge = ledoit_wolf_ridge(centred.view(), covariance.view());
-        let members: Vec<usize> = rows.iter().chain(probes).copied().collect();
-        let whitened = whitened_rows(residuals.select(Axis(0), &members).view(), covariance.view(), ridge);
-        let own_rows: Vec<usize> = (0..rows.len()).collect();
-        let own_probes: Vec<usize> = (rows.len()..members.len()).collect();
-        let raw = class_scores(whitened.view(), &own_rows, &own_probes);
-        let (centre, spread) = robust_centre_and_spread(&raw[..rows.len()]);
-        for (&row, value) in members.iter().zip(raw) {
             scores[row] = (value - centre) / spread;
         }
     }
     scores
-}
-
-/// The coordinate-wise median of a class's window samples.
-fn class_centre(residuals: ArrayView2<f32>, rows: &[usize]) -> Array1<f32> {
-    coordinate_median(residuals.select(Axis(0), rows).mapv(f64::from).view()).mapv(|v| v as f32)
 }
 
 /// `residuals` whitened by the pooled within-class covariance of the window samples and the
@@ -292,7 +216,8 @@ fn whitened_within_classes(residuals: Array2<f32>, classes: &[(Vec<usize>, Vec<u
     let mut centred = Array2::<f32>::zeros((members.len(), residuals.ncols()));
     let mut at = 0;
     for (rows, probes) in classes {
-        let centre = class_centre(residuals.view(), rows);
+        let centre =
+            coordinate_median(residuals.select(Axis(0), rows).mapv(f64::from).view()).mapv(|v| v as f32);
         for &row in rows.iter().chain(probes) {
             centred.row_mut(at).assign(&(&residuals.row(row) - &centre));
             at += 1;
@@ -300,7 +225,8 @@ fn whitened_within_classes(residuals: Array2<f32>, classes: &[(Vec<usize>, Vec<u
     }
     let covariance = centred.t().dot(&centred) / members.len().max(1) as f32;
     let ridge = ledoit_wolf_ridge(centred.view(), covariance.view());
-    whitened_rows(residuals.view(), covariance.view(), ridge)
+    let transform = whitening(covariance.mapv(f64::from), ridge).mapv(|v| v as f32);
+    residuals.dot(&transform.t())
 }
 
 /// The ridge r that makes `covariance + r I` proportional to the Ledoit-Wolf (2004) shrinkage
@@ -518,7 +444,7 @@ mod tests {
             base + pattern
         });
         let subspaces = ProbeSubspaces::fit(features.slice(ndarray::s![samples.., ..])).unwrap();
-        (scores(&subspaces, features.view(), &labels, samples, &[]), labels)
+        (scores(&subspaces, features.view(), &labels, samples), labels)
     }
 
     #[test]
@@ -541,81 +467,11 @@ mod tests {
         assert!(samples < 0.15 && (probes - samples).abs() < 0.08, "samples {samples}, probes {probes}");
     }
 
-    /// Two families of two labels, 120 window samples a label, then 30 probes a label. Every
-    /// row varies widely along features 0-3 (what the probes' subspace strips); family A (labels
-    /// 0, 1) also varies along features 4-7 and barely along 8-11, family B (labels 2, 3) the
-    /// other way round; feature 12 sets the families 40 apart, so a label's nearest samples of
-    /// other labels are of its family. A fifth of label 2's window samples carry +-0.6 on
-    /// features 4-7: well within family A's spread there, far outside family B's. Pooled over
-    /// both families, the covariance takes 4-7 for a direction classes vary along and B's spread
-    /// along 8-11 for a larger one than the trigger; label 2's neighbourhood (label 3) does not.
-    /// The window samples' scores, with the neighbourhoods or without.
-    fn two_families_with_a_trigger_one_family_varies_along(neighbourhoods: bool) -> (Vec<f32>, Vec<bool>) {
-        let (samples, probes, width) = (480, 120, 13);
-        let rows = samples + probes;
-        let labels: Vec<i64> = (0..rows).map(|i| (i % 4) as i64).collect();
-        let poisoned: Vec<bool> = (0..rows).map(|i| i < samples && i % 4 == 2 && i / 4 >= 96).collect();
-        let draws = uniform(rows, width);
-        let features = Array2::from_shape_fn((rows, width), |(i, j)| {
-            let family_a = labels[i] < 2;
-            let spread = match j {
-                0..4 => 10.0,
-                4..8 if family_a => 3.0,
-                8..12 if !family_a => 1.0,
-                _ => 0.05,
-            };
-            let trigger = if poisoned[i] && (4..8).contains(&j) {
-                0.6 * if j % 2 == 0 { 1.0 } else { -1.0 }
-            } else {
-                0.0
-            };
-            let family = if j == 12 {
-                if family_a {
-                    20.0
-                } else {
-                    -20.0
-                }
-            } else {
-                0.0
-            };
-            spread * draws[[i, j]] + trigger + family
-        });
-        let subspaces = ProbeSubspaces::fit(features.slice(ndarray::s![samples.., ..])).unwrap();
-        let other_label = match neighbourhoods {
-            true => {
-                super::super::neighbours::label_votes(features.view(), &labels, samples, 10, true).other_label
-            }
-            false => Vec::new(),
-        };
-        let scores = scores(&subspaces, features.view(), &labels, samples, &other_label);
-        (scores[..samples].to_vec(), poisoned[..samples].to_vec())
-    }
-
-    /// The share of the poisons above every clean window sample.
-    fn poisons_above_every_clean_sample(scores: &[f32], poisoned: &[bool]) -> f32 {
-        let clean_max =
-            scores.iter().zip(poisoned).filter(|(_, p)| !**p).map(|(s, _)| *s).fold(f32::MIN, f32::max);
-        let above = scores.iter().zip(poisoned).filter(|(s, p)| **p && **s > clean_max).count();
-        above as f32 / poisoned.iter().filter(|p| **p).count() as f32
-    }
-
-    #[test]
-    fn a_trigger_within_another_familys_spread_stands_out_against_its_labels_neighbourhood() {
-        let (scores, poisoned) = two_families_with_a_trigger_one_family_varies_along(true);
-        let with = poisons_above_every_clean_sample(&scores, &poisoned);
-        let (scores, poisoned) = two_families_with_a_trigger_one_family_varies_along(false);
-        let without = poisons_above_every_clean_sample(&scores, &poisoned);
-        assert!(
-            with >= 0.9 && without <= 0.5,
-            "poisons above every clean sample: {with} with the neighbourhoods, {without} without"
-        );
-    }
-
     #[test]
     fn a_label_with_too_few_window_samples_scores_zero() {
         let features = uniform(14, 4);
         let labels: Vec<i64> = (0..14).map(|i| (i % 2) as i64).collect();
         let subspaces = ProbeSubspaces::fit(features.slice(ndarray::s![10.., ..])).unwrap();
-        assert!(scores(&subspaces, features.view(), &labels, 10, &[]).iter().all(|s| *s == 0.0));
+        assert!(scores(&subspaces, features.view(), &labels, 10).iter().all(|s| *s == 0.0));
     }
 }

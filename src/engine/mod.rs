@@ -638,18 +638,8 @@ fn input_views(
 ) -> OtherViews {
     let features = joined.features.view();
     // One vote per row, for the view (every row) and the hard-clean rule (the samples).
-    // The input signature's neighbourhoods come from the vote's distances.
-    let neighbourhoods =
-        fitted.subspaces.is_some() && features.ncols() <= input_signature::NEIGHBOURHOOD_MAX_WIDTH;
-    let votes = (scorer.label_vote || keeps_hard_clean || neighbourhoods).then(|| {
-        neighbours::label_votes(
-            features,
-            &joined.labels,
-            sample_count,
-            hard_clean::NEIGHBOURS,
-            neighbourhoods,
-        )
-    });
+    let votes = (scorer.label_vote || keeps_hard_clean)
+        .then(|| neighbours::label_votes(features, &joined.labels, sample_count, hard_clean::NEIGHBOURS));
     // The values alone for the view, together for the hard-clean rule, coded once.
     let (repeated_values, joint_recurrence, value_groups) = match fitted.repeated_values {
         true => {
@@ -669,11 +659,9 @@ fn input_views(
         label_vote: votes
             .as_ref()
             .filter(|_| scorer.label_vote)
-            .map(|votes| votes.agreement.iter().map(|agreement| 1.0 - agreement).collect()),
-        input_signature: (fitted.subspaces.as_ref()).map(|subspaces| {
-            let other_label = votes.as_ref().map(|v| v.other_label.as_slice()).unwrap_or_default();
-            input_signature::scores(subspaces, features, &joined.labels, sample_count, other_label)
-        }),
+            .map(|votes| votes.iter().map(|agreement| 1.0 - agreement).collect()),
+        input_signature: (fitted.subspaces.as_ref())
+            .map(|subspaces| input_signature::scores(subspaces, features, &joined.labels, sample_count)),
         input_distance: (fitted.spread.as_ref())
             .map(|spread| input_distance::distances(spread, features, sample_count)),
         repeated_values,
@@ -692,7 +680,7 @@ fn input_views(
             SampleNeighbours {
                 same_label: nearest.in_input,
                 same_label_off_probes: nearest.off_along,
-                label_agreement: votes.map(|v| v.agreement).unwrap_or_default(),
+                label_agreement: votes.unwrap_or_default(),
             }
         }),
     }

@@ -61,15 +61,13 @@ const VOTE_WIDTH: usize = 64;
 /// a view (`scorer.label_vote`): it asks no probe of the sample's label to be near, and so
 /// holds with few probes a class. Inputs wider than [`VOTE_WIDTH`] are first projected onto the
 /// probes' principal directions ([`probe_principal_directions`]). A sample alone in its window
-/// gets 0: no neighbour vouches for its label. From the same distances, when `other_label`,
-/// each window sample's `k` nearest window samples of other labels ([`LabelVotes::other_label`]).
+/// gets 0: no neighbour vouches for its label.
 pub(crate) fn label_votes(
     features: ArrayView2<f32>,
     labels: &[i64],
     sample_count: usize,
     k: usize,
-    other_label: bool,
-) -> LabelVotes {
+) -> Vec<f32> {
     let rows = features.nrows();
     let directions = match features.ncols() > VOTE_WIDTH {
         true => probe_principal_directions(features, sample_count, VOTE_WIDTH),
@@ -81,47 +79,28 @@ pub(crate) fn label_votes(
     };
     let samples = projected.slice(ndarray::s![..sample_count, ..]);
     let norms: Vec<f32> = projected.rows().into_iter().map(|r| r.dot(&r)).collect();
-    let mut votes =
-        LabelVotes { agreement: Vec::with_capacity(rows), other_label: Vec::with_capacity(sample_count) };
+    let mut agreement = Vec::with_capacity(rows);
     const CHUNK: usize = 512;
     for start in (0..rows).step_by(CHUNK) {
         let end = (start + CHUNK).min(rows);
         let products = projected.slice(ndarray::s![start..end, ..]).dot(&samples.t());
         for (a, dots) in (start..end).zip(products.axis_iter(Axis(0))) {
-            let distance = |b: usize| norms[a] + norms[b] - 2.0 * dots[b];
-            if other_label && a < sample_count {
-                let others: Vec<usize> = (0..sample_count).filter(|&b| labels[b] != labels[a]).collect();
-                // No member is `a` itself: none is left out.
-                votes.other_label.push(nearest(k, &others, others.len(), |b| distance(others[b])));
-            }
             let mut by_distance: Vec<(f32, bool)> = (0..sample_count)
                 .filter(|&b| b != a)
-                .map(|b| (distance(b), labels[b] == labels[a]))
+                .map(|b| (norms[a] + norms[b] - 2.0 * dots[b], labels[b] == labels[a]))
                 .collect();
             let nearest = k.min(by_distance.len());
             if nearest == 0 {
                 // Alone in the window: no neighbour vouches for its label.
-                votes.agreement.push(0.0);
+                agreement.push(0.0);
                 continue;
             }
             by_distance.select_nth_unstable_by(nearest - 1, |x, y| x.0.total_cmp(&y.0));
             let same = by_distance[..nearest].iter().filter(|(_, same)| *same).count();
-            votes.agreement.push(same as f32 / nearest as f32);
+            agreement.push(same as f32 / nearest as f32);
         }
     }
-    votes
-}
-
-/// What [`label_votes`] measures of a window.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct LabelVotes {
-    /// For every row (the window samples, then the probes), the share of its nearest window
-    /// samples that carry its label.
-    pub(crate) agreement: Vec<f32>,
-    /// For every window sample, its nearest window samples of other labels, nearest first: the
-    /// clean data that lies nearest a class without being of it (`input_signature`); empty
-    /// unless asked for.
-    pub(crate) other_label: Vec<Vec<u32>>,
+    agreement
 }
 
 /// Orthogonal-iteration steps for [`probe_principal_directions`]: the vote needs the span of
@@ -339,16 +318,12 @@ mod tests {
         xs.extend([0.45, 4.0]);
         labels.extend([1, 0]);
         let features = Array2::from_shape_vec((xs.len(), 1), xs).unwrap();
-        let agreement = label_votes(features.view(), &labels, 22, 5, false).agreement;
+        let agreement = label_votes(features.view(), &labels, 22, 5);
         assert_eq!(agreement[20], 0.0, "relabelled: {agreement:?}");
         assert_eq!(agreement[21], 1.0, "unusual but among its own: {agreement:?}");
         assert!(agreement[..20].iter().all(|&a| a >= 0.8), "{agreement:?}");
         let alone = Array2::from_shape_vec((1, 1), vec![0.0f32]).unwrap();
-        assert_eq!(
-            label_votes(alone.view(), &[0], 1, 5, false).agreement,
-            vec![0.0],
-            "no neighbour, no vote"
-        );
+        assert_eq!(label_votes(alone.view(), &[0], 1, 5), vec![0.0], "no neighbour, no vote");
     }
 
     #[test]
@@ -362,10 +337,9 @@ mod tests {
             .collect();
         let labels: Vec<i64> = [0; 5].into_iter().chain([1; 5]).chain([0, 0, 1]).collect();
         let features = Array2::from_shape_vec((xs.len(), 1), xs).unwrap();
-        let votes = label_votes(features.view(), &labels, 10, 4, false).agreement;
+        let votes = label_votes(features.view(), &labels, 10, 4);
         assert_eq!(votes[10..], [1.0, 0.0, 0.0], "{votes:?}");
-        let without_probes =
-            label_votes(features.slice(ndarray::s![..10, ..]), &labels[..10], 10, 4, false).agreement;
+        let without_probes = label_votes(features.slice(ndarray::s![..10, ..]), &labels[..10], 10, 4);
         assert_eq!(votes[..10], without_probes[..], "the probes do not vote on the samples");
     }
 
@@ -382,7 +356,7 @@ mod tests {
             centre + rng.random_range(-0.5f32..0.5)
         });
         let labels: Vec<i64> = (0..n + 20).map(|i| if plus(i) && i != 40 { 0 } else { 1 }).collect();
-        let agreement = label_votes(features.view(), &labels, n, 10, false).agreement;
+        let agreement = label_votes(features.view(), &labels, n, 10);
         assert_eq!(agreement[40], 0.0, "{:?}", &agreement[38..]);
         assert!(agreement[..40].iter().all(|&a| a >= 0.9), "{agreement:?}");
     }
@@ -414,7 +388,7 @@ mod tests {
             }
         });
         let labels: Vec<i64> = kinds.iter().map(|k| k.0).collect();
-        let agreement = label_votes(features.view(), &labels, 172, 10, false).agreement;
+        let agreement = label_votes(features.view(), &labels, 172, 10);
         assert!(agreement[160..172].iter().all(|&a| a <= 0.4), "poisons: {:?}", &agreement[160..172]);
         assert!(agreement[..160].iter().all(|&a| a >= 0.6), "clean: {:?}", &agreement[..160]);
     }
