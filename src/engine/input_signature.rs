@@ -29,7 +29,7 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
-use super::representation::{coordinate_median, whitening};
+use super::representation::{coordinate_median, whitened_rows};
 use super::scoring::robust_centre_and_spread;
 
 /// The share of a probe half's variance its principal subspace keeps (the rest is the residual
@@ -48,8 +48,9 @@ const FOLDS: usize = 4;
 /// A class with fewer window samples than this gets no direction: its rows score 0.
 const MIN_ROWS: usize = 20;
 
-/// Residuals wider than this are scored unwhitened: the whitening's factor and inverse cost the
-/// width cubed (784 pixels: 65 ms a window; 3 072 would take seconds).
+/// Residuals wider than this are scored unwhitened: the whitening's factor costs the width
+/// cubed and its solve the rows times the width squared (784 pixels: 10-15 ms for the blocked
+/// factor; 3 072 would take seconds).
 pub(crate) const MAX_WHITENED_WIDTH: usize = 1024;
 
 /// Power-iteration steps on a class's Gram matrix.
@@ -225,8 +226,7 @@ fn whitened_within_classes(residuals: Array2<f32>, classes: &[(Vec<usize>, Vec<u
     }
     let covariance = centred.t().dot(&centred) / members.len().max(1) as f32;
     let ridge = ledoit_wolf_ridge(centred.view(), covariance.view());
-    let transform = whitening(covariance.mapv(f64::from), ridge).mapv(|v| v as f32);
-    residuals.dot(&transform.t())
+    whitened_rows(residuals.view(), covariance.view(), ridge)
 }
 
 /// The ridge r that makes `covariance + r I` proportional to the Ledoit-Wolf (2004) shrinkage

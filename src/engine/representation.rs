@@ -129,6 +129,60 @@ pub(super) fn whitening(mut covariance: Array2<f64>, ridge: f64) -> Array2<f64> 
     lower_triangular_inverse(&cholesky(&covariance))
 }
 
+/// Columns a block in [`whitened_rows`]: its diagonal blocks are factored and inverted entry by
+/// entry, everything else is matrix products (as fast as the GEMM, where entry by entry the
+/// 784 x 784 factor and inverse took 65 ms).
+const BLOCK: usize = 64;
+
+/// `rows` times the inverse transpose of the Cholesky factor L of `covariance + ridge * I`: rows
+/// of that covariance become rows of identity covariance (as [`whitening`]'s transform does),
+/// by a blocked factorisation and a blocked triangular solve, so that only the rows asked for
+/// are whitened and nothing is inverted but the diagonal blocks.
+pub(super) fn whitened_rows(rows: ArrayView2<f32>, covariance: ArrayView2<f32>, ridge: f64) -> Array2<f32> {
+    let mut covariance = covariance.mapv(f64::from);
+    covariance.diag_mut().mapv_inplace(|v| v + ridge);
+    let lower = blocked_cholesky(&covariance);
+    solve_lower_transposed(rows, &lower)
+}
+
+/// The lower Cholesky factor of a symmetric positive definite matrix, a block of columns at a
+/// time (left-looking): each block less the product of the finished columns, its diagonal
+/// block factored by [`cholesky`], the rows below it solved against that factor.
+fn blocked_cholesky(a: &Array2<f64>) -> Array2<f64> {
+    let n = a.nrows();
+    let mut lower = Array2::<f64>::zeros((n, n));
+    for start in (0..n).step_by(BLOCK) {
+        let end = (start + BLOCK).min(n);
+        let finished = lower.slice(s![start.., ..start]);
+        let panel =
+            &a.slice(s![start.., start..end]) - &finished.dot(&finished.slice(s![..end - start, ..]).t());
+        let diagonal = cholesky(&panel.slice(s![..end - start, ..]).to_owned());
+        let below = panel.slice(s![end - start.., ..]).dot(&lower_triangular_inverse(&diagonal).t());
+        lower.slice_mut(s![start..end, start..end]).assign(&diagonal);
+        lower.slice_mut(s![end.., start..end]).assign(&below);
+    }
+    lower
+}
+
+/// `rows` times the inverse transpose of `lower`: the Y with Y L^T = rows, a block of columns
+/// at a time, each its columns of `rows` less the finished blocks' part, times its diagonal
+/// block's inverse transpose. The factor is f64; the products over the rows run in f32, as
+/// the rows are.
+fn solve_lower_transposed(rows: ArrayView2<f32>, lower: &Array2<f64>) -> Array2<f32> {
+    let n = lower.nrows();
+    let lower32 = lower.mapv(|v| v as f32);
+    let mut solved = Array2::<f32>::zeros(rows.dim());
+    for start in (0..n).step_by(BLOCK) {
+        let end = (start + BLOCK).min(n);
+        let rest = &rows.slice(s![.., start..end])
+            - &solved.slice(s![.., ..start]).dot(&lower32.slice(s![start..end, ..start]).t());
+        let inverse =
+            lower_triangular_inverse(&lower.slice(s![start..end, start..end]).to_owned()).mapv(|v| v as f32);
+        solved.slice_mut(s![.., start..end]).assign(&rest.dot(&inverse.t()));
+    }
+    solved
+}
+
 /// The inverse of a lower triangular matrix with a positive diagonal; lower triangular too.
 /// Row by row (row i of the inverse is e_i less the earlier rows weighted by row i of the
 /// matrix, over its diagonal), so every step runs over contiguous memory: for the 784 x 784
@@ -272,6 +326,24 @@ mod tests {
             assert!((v - expected).abs() < 1e-9, "L^-1 L at {i},{j}: {v}");
             assert!(j <= i || lower[[i, j]] == 0.0 && inverse[[i, j]] == 0.0);
         }
+    }
+
+    #[test]
+    fn the_blocked_factor_and_solve_agree_with_the_entry_by_entry_ones() {
+        // 150 columns: two whole blocks and a part one.
+        let n = 150;
+        let b = Array2::from_shape_fn((n, n), |(i, j)| ((i * 7 + j * 13) % 11) as f64 - 5.0);
+        let a = b.t().dot(&b) / n as f64 + Array2::<f64>::eye(n);
+        let lower = blocked_cholesky(&a);
+        let reference = cholesky(&a);
+        assert!(lower.iter().zip(&reference).all(|(x, y)| (x - y).abs() < 1e-9), "factors differ");
+        let rows = Array2::from_shape_fn((5, n), |(i, j)| ((i * 3 + j) % 7) as f64 - 3.0);
+        let solved = solve_lower_transposed(rows.mapv(|v| v as f32).view(), &lower).mapv(f64::from);
+        let back = solved.dot(&lower.t());
+        assert!(back.iter().zip(&rows).all(|(x, y)| (x - y).abs() < 1e-4), "Y L^T is not the rows");
+        let whitened = whitened_rows(rows.mapv(|v| v as f32).view(), a.mapv(|v| v as f32).view(), 0.0);
+        let expected = rows.dot(&whitening(a, 0.0).t());
+        assert!(whitened.iter().zip(&expected).all(|(x, y)| (f64::from(*x) - y).abs() < 1e-4));
     }
 
     #[test]
