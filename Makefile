@@ -60,7 +60,9 @@ eval-heavy: setup
 ## spambase, phoneme, banana), an imbalanced one (page-blocks0, session 25) and three categorical
 ## ones one-hot encoded (mushroom, splice, chess, session 28), attacks written from their
 ## quantiles or level shares before any run (config/attacks/NAME.toml), 3 seeds with victims, no
-## defence beside lossgate: docs/results-outside-in/NAME/RESULTS.md; about 4 minutes.
+## defence beside lossgate: docs/results-outside-in/NAME/RESULTS.md; and (session 33) seven image
+## triggers written before any run (config/attacks/images-outside-in.toml) on MNIST, Animal-MNIST
+## and mnist-animal: docs/results-outside-in/images-SET/; about 10 minutes in all.
 eval-outside-in: setup
 	LOSSGATE_NEED_DATASETS=1 bash scripts/setup.sh
 	for d in twonorm ring spambase phoneme banana page-blocks0 mushroom splice chess; do \
@@ -68,6 +70,16 @@ eval-outside-in: setup
 	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
 	    --test-csv $$data/test.csv --attacks config/attacks/$$d.toml --seeds 1,2,3 --defences none,lossgate \
 	    --out docs/results-outside-in/$$d --markdown docs/results-outside-in/$$d/RESULTS.md || exit 1; \
+	done
+	$(CARGO) run --release -- eval --attacks config/attacks/images-outside-in.toml --seeds 1,2,3 \
+	  --defences none,lossgate --out docs/results-outside-in/images-mnist \
+	  --markdown docs/results-outside-in/images-mnist/RESULTS.md
+	for d in animal mnist-animal; do \
+	  data="$${LOSSGATE_CACHE:-$$HOME/.cache/lossgate}/datasets/$$d"; \
+	  $(CARGO) run --release -- eval --config config/datasets/$$d.toml --train-csv $$data/train.csv \
+	    --test-csv $$data/test.csv --attacks config/attacks/images-outside-in.toml --seeds 1,2,3 \
+	    --defences none,lossgate --out docs/results-outside-in/images-$$d \
+	    --markdown docs/results-outside-in/images-$$d/RESULTS.md || exit 1; \
 	done
 
 ## Outside-in on data with classes of very different sizes: shuttle (Debian's r-cran-mlbench,
