@@ -21,8 +21,17 @@ Needs NumPy.
 """
 import argparse
 import csv
+import importlib.util
+import pathlib
 
 import numpy as np
+
+# The Ledoit-Wolf shrinkage, as the other replica of the signature computes it.
+_spec = importlib.util.spec_from_file_location(
+    "signature_replica", pathlib.Path(__file__).with_name("signature-replica.py"))
+_replica = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_replica)
+ledoit_wolf = _replica.ledoit_wolf
 
 VARIANCE_KEPT = 0.95
 
@@ -37,18 +46,6 @@ def load(path):
     labels = np.array([int(r[2]) for r in rows])
     features = np.array([r[first_feature:] for r in rows], dtype=np.float64)
     return origin, labels, features
-
-
-def ledoit_wolf(rows):
-    """The Ledoit-Wolf shrinkage of the covariance of `rows` (already centred)."""
-    n, width = rows.shape
-    covariance = rows.T @ rows / n
-    mean_variance = np.trace(covariance) / width
-    dispersion = ((covariance - mean_variance * np.eye(width)) ** 2).sum()
-    fourth = ((rows**2).sum(1) ** 2).mean()
-    noise = max((fourth - (covariance**2).sum()) / n, 0.0)
-    rho = min(noise / dispersion, 1.0) if dispersion > 0 else 1.0
-    return (1 - rho) * covariance + rho * mean_variance * np.eye(width)
 
 
 def signature_space(origin, labels, features):
