@@ -2,6 +2,7 @@
 //! table with GFLOP/s and the train step's share of the machine's GEMM rate).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -86,10 +87,12 @@ impl GemmCeiling {
     }
 }
 
-/// A whole window at the default size: train a fresh shadow, score, decide.
+/// A whole window at the default size, after another (the daemon's steady state): train a
+/// fresh shadow, score, decide.
 pub struct WholeWindow {
     engine: Engine,
     window: LabelledSamples,
+    earlier: LabelledSamples,
 }
 
 /// The config with its learning rate fixed: a step costs the same at any rate, and the
@@ -115,11 +118,12 @@ impl WholeWindow {
         let shape = shape_of(&config);
         let window = random_samples(config.window.size, &shape, 3);
         let probes = random_samples(config.probes.count, &shape, 4);
-        Ok(Self { engine: Engine::new(runtime, steady_state(config), probes)?, window })
+        let earlier = random_samples(config.window.size, &shape, 5);
+        Ok(Self { engine: Engine::new(runtime, steady_state(config), probes)?, window, earlier })
     }
 
     pub fn run(&mut self) -> Result<()> {
-        self.engine.process(&self.window).map(|_| ())
+        self.engine.process_after(&self.window, &self.earlier).map(|_| ())
     }
 }
 
@@ -127,7 +131,8 @@ impl WholeWindow {
 /// rows trained) per second.
 pub struct PooledWindows {
     pool: EnginePool,
-    window: LabelledSamples,
+    /// Every window submitted, each after the one before (the daemon's steady state).
+    window: Arc<LabelledSamples>,
     rows_per_window: usize,
     decision: crate::decision::DecisionConfig,
 }
@@ -135,7 +140,7 @@ pub struct PooledWindows {
 impl PooledWindows {
     pub fn new(runtime: &Runtime, config: EngineConfig, workers: usize) -> Result<Self> {
         let shape = shape_of(&config);
-        let window = random_samples(config.window.size, &shape, 3);
+        let window = Arc::new(random_samples(config.window.size, &shape, 3));
         let probes = random_samples(config.probes.count, &shape, 4);
         let rows_per_window = config.window.size + config.probes.count;
         let decision = config.decision.clone();
@@ -148,7 +153,10 @@ impl PooledWindows {
     pub fn run(&self, first: u64, windows: usize) -> Result<f64> {
         let started = Instant::now();
         let pending: Vec<_> = (0..windows as u64)
-            .map(|i| self.pool.submit(self.window.clone(), first + i, self.decision.clone()))
+            .map(|i| {
+                let earlier = Some(self.window.clone());
+                self.pool.submit(self.window.clone(), earlier, first + i, self.decision.clone())
+            })
             .collect();
         for p in pending {
             pool::wait(p)?;

@@ -59,6 +59,41 @@ fn windows_of_the_wrong_shape_are_refused_with_a_reason() {
     assert!(err.contains("label 12"), "{err}");
 }
 
+/// The window before is fitted beside this one's in the input signature and changes nothing
+/// else it is given: same seed, same first shadow, same other input views; a window before of
+/// the wrong shape is refused.
+#[test]
+fn the_window_before_changes_only_the_input_signature() {
+    let runtime = common::runtime();
+    let all = common::mnist_train(1300);
+    let (earlier, window, probes) = (all.slice(0, 500), all.slice(500, 1000), all.slice(1000, 1300));
+    let mut config = small_config();
+    config.shadow.epochs = 3;
+    // Fixed, so that the first window does not choose a rate the second then runs at.
+    config.shadow.learning_rate = lossgate::shadow::LearningRate::Fixed(0.05);
+    let mut engine = Engine::new(&runtime, config, probes).unwrap();
+    let alone = engine.process_seeded(&window, None, 7, |_| {}).unwrap();
+    let after = engine.process_seeded(&window, Some(&earlier), 7, |_| {}).unwrap();
+    // The first shadow's (a second one trains without what the fused scores flagged).
+    let first_losses =
+        |o: &lossgate::engine::WindowOutcome| o.first_pass.as_ref().map_or(&o.losses, |f| &f.losses).clone();
+    assert_eq!(first_losses(&alone), first_losses(&after));
+    let (a, b) = (&alone.views, &after.views);
+    assert_eq!((&a.range_exceedance, &a.label_vote), (&b.range_exceedance, &b.label_vote));
+    let (a_signature, b_signature) =
+        (a.input_signature.as_ref().unwrap(), b.input_signature.as_ref().unwrap());
+    assert_eq!(
+        a_signature.len(),
+        b_signature.len(),
+        "a score for every row of this window, none for the window before"
+    );
+    assert_ne!(a_signature, b_signature, "the window before was fitted");
+    let mut wrong = earlier.slice(0, 30);
+    wrong.labels[0] = 11;
+    let err = format!("{:#}", engine.process_seeded(&window, Some(&wrong), 7, |_| {}).unwrap_err());
+    assert!(err.contains("window before") && err.contains("label 11"), "{err}");
+}
+
 #[test]
 fn too_few_probes_for_k_are_refused_at_start() {
     let runtime = common::runtime();
@@ -68,8 +103,9 @@ fn too_few_probes_for_k_are_refused_at_start() {
     assert!(format!("{err:#}").contains("scorer.k"), "{err:#}");
 }
 
-/// Four real windows, poisoned with a corner patch, through pools of 1 and 2 workers: the same
-/// seeds give the same decisions whichever worker takes a window and in whatever order they end.
+/// Four real windows, poisoned with a corner patch, through pools of 1 and 2 workers, each
+/// submitted after the one before it: the same seeds and the same earlier window give the same
+/// decisions whichever worker takes a window and in whatever order they end.
 #[test]
 fn the_number_of_workers_does_not_change_a_decision() {
     use lossgate::engine::pool::{wait, EnginePool};
@@ -85,6 +121,7 @@ fn the_number_of_workers_does_not_change_a_decision() {
             window.labels[row] = 7;
         }
     }
+    let windows: Vec<_> = windows.into_iter().map(std::sync::Arc::new).collect();
     let mut config = small_config();
     config.shadow.epochs = 4;
     let decide = |workers: usize| {
@@ -92,7 +129,10 @@ fn the_number_of_workers_does_not_change_a_decision() {
         let pending: Vec<_> = windows
             .iter()
             .enumerate()
-            .map(|(i, w)| pool.submit(w.clone(), i as u64, config.decision.clone()))
+            .map(|(i, w)| {
+                let earlier = i.checked_sub(1).map(|before| windows[before].clone());
+                pool.submit(w.clone(), earlier, i as u64, config.decision.clone())
+            })
             .collect();
         pending
             .into_iter()

@@ -29,6 +29,12 @@ pub(super) struct WindowJob {
     /// Dispatch order: names the window in logs and headers and seeds its shadow.
     pub window_id: u64,
     pub records: Vec<InputRecord>,
+    /// What of the records the engine decides; `None` when nothing is (all undecodable,
+    /// already produced, or passthrough).
+    pub to_decide: Option<ToDecide>,
+    /// The samples of the window dispatched before this one, which the engine fits beside this
+    /// window's (`engine::input_signature`); `None` for the first window of a run or of a re-read.
+    pub earlier: Option<Arc<LabelledSamples>>,
     pub decision: DecisionConfig,
     pub outputs_before: OutputsBefore,
     /// Hands this window's checkpoint to the next one once this one is committed; dropped
@@ -58,25 +64,22 @@ pub(super) struct Committed {
 /// Decides one window, writes every record to exactly one topic, waits for all acks, then
 /// commits the input offsets (with the output checkpoint, or inside a transaction).
 pub(super) async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> Result<Committed> {
-    let WindowJob { window_id, records, decision, outputs_before, handoff, floor } = job;
+    let WindowJob { window_id, records, to_decide, earlier, decision, outputs_before, handoff, floor } = job;
     let started = Instant::now();
     let config = &pipeline.config;
     let metrics = &pipeline.metrics;
-    let to_decide: Vec<usize> = (0..records.len())
-        .filter(|&i| !pipeline.passthrough && records[i].sample.is_ok() && !records[i].already_produced)
-        .collect();
-    let outcome = if to_decide.is_empty() {
-        None
-    } else {
-        let samples = samples_of(&records, &to_decide, config.input.features)?;
-        let training = Instant::now();
-        let outcome = pipeline
-            .engines
-            .submit(samples, window_id, decision)
-            .await
-            .map_err(|_| stopped_mid_window())??;
-        metrics.training_seconds.observe(training.elapsed().as_secs_f64());
-        Some(outcome)
+    let (to_decide, outcome) = match to_decide {
+        None => (Vec::new(), None),
+        Some(ToDecide { rows, samples }) => {
+            let training = Instant::now();
+            let outcome = pipeline
+                .engines
+                .submit(samples, earlier, window_id, decision)
+                .await
+                .map_err(|_| stopped_mid_window())??;
+            metrics.training_seconds.observe(training.elapsed().as_secs_f64());
+            (rows, Some(outcome))
+        }
     };
     let mut checkpoint = match outputs_before {
         OutputsBefore::Known(checkpoint) => checkpoint,
@@ -116,6 +119,28 @@ pub(super) async fn process_window(pipeline: Arc<Pipeline>, job: WindowJob) -> R
         "window committed"
     );
     Ok(Committed { checkpoint, offsets: next })
+}
+
+/// The records of a window the engine decides, and their samples.
+pub(super) struct ToDecide {
+    /// Indices into the window's records.
+    pub rows: Vec<usize>,
+    pub samples: Arc<LabelledSamples>,
+}
+
+impl ToDecide {
+    /// The decodable records not produced by an earlier run; `None` when there are none or the
+    /// daemon passes everything through undecided.
+    pub(super) fn of(records: &[InputRecord], passthrough: bool, features: usize) -> Result<Option<Self>> {
+        let rows: Vec<usize> = (0..records.len())
+            .filter(|&i| !passthrough && records[i].sample.is_ok() && !records[i].already_produced)
+            .collect();
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let samples = Arc::new(samples_of(records, &rows, features)?);
+        Ok(Some(Self { rows, samples }))
+    }
 }
 
 fn samples_of(records: &[InputRecord], indices: &[usize], features: usize) -> Result<LabelledSamples> {

@@ -17,12 +17,13 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{oneshot, watch};
 
-use super::commit::{self, Committed, OutputsBefore, WindowJob};
+use super::commit::{self, Committed, OutputsBefore, ToDecide, WindowJob};
 use super::gaps::{Arrival, ReadPositions};
 use super::http::Readiness;
 use super::recovery::{self, rewind, Recovery};
 use super::window::{InputRecord, OpenWindow};
 use super::{Pipeline, RebalanceEvent, KAFKA_TIMEOUT};
+use crate::data::LabelledSamples;
 use crate::decision::DecisionConfig;
 use crate::kafka::checkpoint::Checkpoint;
 use crate::kafka::position::{Position, TopicPosition};
@@ -49,6 +50,9 @@ pub(super) struct LoopState {
     next_window: u64,
     /// The last window dispatched hands its checkpoint over here once it is committed.
     handoff: Option<oneshot::Receiver<Checkpoint>>,
+    /// The samples of the last window dispatched with any: the next window's earlier rows.
+    /// Cleared when windows are re-read, whose predecessor is then gone.
+    pub last_samples: Option<Arc<LabelledSamples>>,
 }
 
 pub(super) async fn run(
@@ -70,6 +74,7 @@ pub(super) async fn run(
         pending_events: Vec::new(),
         next_window: 0,
         handoff: None,
+        last_samples: None,
     };
     let workers = pipeline.engines.workers();
     // Oldest first; at most `workers`, plus the open window: `workers + 1` windows held.
@@ -169,7 +174,17 @@ fn dispatch(
     state.handoff = Some(next);
     let window_id = state.next_window;
     state.next_window += 1;
-    let job = WindowJob { window_id, records, decision, outputs_before, handoff, floor };
+    let to_decide = match ToDecide::of(&records, pipeline.passthrough, pipeline.config.input.features) {
+        Ok(to_decide) => to_decide,
+        // Fails the window like any failure in it: nothing written, the handoff dropped (so the
+        // next window is not written either), all re-read.
+        Err(e) => return tokio::spawn(async move { Err(e) }),
+    };
+    let earlier = match &to_decide {
+        Some(this) => state.last_samples.replace(this.samples.clone()),
+        None => state.last_samples.clone(),
+    };
+    let job = WindowJob { window_id, records, to_decide, earlier, decision, outputs_before, handoff, floor };
     let in_flight = pipeline.gate.enter();
     let p = pipeline.clone();
     tokio::spawn(async move {

@@ -202,6 +202,7 @@ fn apply(state: &mut LoopState, scanned: Scanned) {
 /// After an aborted window: drop what is buffered and read again from the committed offsets.
 pub(super) fn rewind(pipeline: &Pipeline, state: &mut LoopState) {
     state.open.take();
+    state.last_samples = None;
     state.positions.clear();
     let topic = &pipeline.config.kafka.input_topic;
     let mut list = TopicPartitionList::new();

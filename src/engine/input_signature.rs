@@ -155,17 +155,23 @@ pub(crate) fn scores(
     features: ArrayView2<f32>,
     labels: &[i64],
     sample_count: usize,
+    earlier: Option<EarlierRows<'_>>,
 ) -> Vec<f32> {
     let mut scores = vec![0.0; labels.len()];
     for (parity, subspace) in subspaces.halves.iter().enumerate() {
         let world: Vec<usize> = (0..labels.len())
             .filter(|&i| i.checked_sub(sample_count).is_none_or(|probe| probe % 2 != parity))
             .collect();
-        let world_labels: Vec<i64> = world.iter().map(|&i| labels[i]).collect();
-        let residuals = subspace.residuals(features.select(Axis(0), &world));
-        // The window samples lead the world in their own order, so `sample_count` still splits it.
-        let world_scores = world_scores(residuals, &world_labels, sample_count);
-        for (&row, value) in world.iter().zip(world_scores) {
+        let mut world_labels: Vec<i64> = world.iter().map(|&i| labels[i]).collect();
+        let mut rows = features.select(Axis(0), &world);
+        // The earlier rows follow the world's: stripped by the same half, fitted, never scored.
+        if let Some(earlier) = &earlier {
+            rows.append(Axis(0), earlier.features).expect("the engine checked the earlier window's width");
+            world_labels.extend_from_slice(earlier.labels);
+        }
+        let residuals = subspace.residuals(rows);
+        let layout = WorldLayout { sample_count, earlier_from: world.len() };
+        for (&row, value) in world.iter().zip(world_scores(residuals, &world_labels, layout)) {
             if row >= sample_count || row % 2 == parity {
                 scores[row] = value;
             }
@@ -174,28 +180,80 @@ pub(crate) fn scores(
     scores
 }
 
-/// One world's scores: its rows (window samples first, then probes) already stripped.
-fn world_scores(residuals: Array2<f32>, labels: &[i64], sample_count: usize) -> Vec<f32> {
+/// The window before this one in the stream (scaled like it), whose samples fit each class's
+/// direction beside the window's own and are never scored: a clean-label trigger on a fifth of
+/// a class is a few dozen rows of a window in hundreds of dimensions, where a class's spectrum
+/// is nearly flat and one window's rows leave its direction among the noise's. Twice the rows
+/// (the previous window's poisons, if the attack goes on, and its clean rows) find it more
+/// often. Measured in session 34 (README).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EarlierRows<'a> {
+    pub features: ArrayView2<'a, f32>,
+    pub labels: &'a [i64],
+}
+
+/// Where a world's rows lie: window samples `..sample_count`, then probes `..earlier_from`,
+/// then the earlier window's samples.
+#[derive(Debug, Clone, Copy)]
+struct WorldLayout {
+    sample_count: usize,
+    earlier_from: usize,
+}
+
+/// One label's rows of a world, by role.
+struct ClassRows {
+    /// Window samples: fitted and scored.
+    samples: Vec<usize>,
+    /// Probes: scored, never fitted.
+    probes: Vec<usize>,
+    /// The earlier window's samples: fitted, never scored; none when fewer than [`MIN_ROWS`].
+    earlier: Vec<usize>,
+}
+
+impl ClassRows {
+    /// The earlier window's rows centred on their own coordinate-wise median (`None` without
+    /// them). Two windows' medians differ by their noise: centred on this window's, every
+    /// earlier row would share that offset, a direction of their own that the class's direction
+    /// locked onto (a synthetic faint pattern in a flat spectrum, 12 seeds: the poisons'
+    /// ranking 0.64 -> 0.62 on the window's median, 0.64 -> 0.80 on their own).
+    fn earlier_centred(&self, residuals: ArrayView2<f32>) -> Option<Array2<f32>> {
+        (!self.earlier.is_empty()).then(|| centred_on_median(residuals, &self.earlier, &self.earlier))
+    }
+}
+
+/// `rows` of `residuals` less the coordinate-wise median of the rows `centre_of`.
+fn centred_on_median(residuals: ArrayView2<f32>, centre_of: &[usize], rows: &[usize]) -> Array2<f32> {
+    let centre = coordinate_median(residuals.select(Axis(0), centre_of).mapv(f64::from).view());
+    residuals.select(Axis(0), rows) - &centre.mapv(|v| v as f32)
+}
+
+/// One world's scores: its rows (window samples, probes, earlier samples) already stripped.
+fn world_scores(residuals: Array2<f32>, labels: &[i64], layout: WorldLayout) -> Vec<f32> {
+    let WorldLayout { sample_count, earlier_from } = layout;
     let mut distinct = labels[..sample_count].to_vec();
     distinct.sort_unstable();
     distinct.dedup();
-    let classes: Vec<(Vec<usize>, Vec<usize>)> = distinct
+    let of_label =
+        |range: std::ops::Range<usize>, label: i64| range.filter(|&i| labels[i] == label).collect();
+    let classes: Vec<ClassRows> = distinct
         .into_iter()
-        .map(|label| {
-            let rows = (0..sample_count).filter(|&i| labels[i] == label).collect();
-            let probes = (sample_count..labels.len()).filter(|&i| labels[i] == label).collect();
-            (rows, probes)
+        .map(|label| ClassRows {
+            samples: of_label(0..sample_count, label),
+            probes: of_label(sample_count..earlier_from, label),
+            earlier: Some(of_label(earlier_from..labels.len(), label))
+                .filter(|rows: &Vec<usize>| rows.len() >= MIN_ROWS)
+                .unwrap_or_default(),
         })
         .collect();
     let whitened = whitened_within_classes(residuals, &classes);
-    let mut scores = vec![0.0; labels.len()];
-    for (rows, probes) in &classes {
-        if rows.len() < MIN_ROWS {
+    let mut scores = vec![0.0; earlier_from];
+    for class in &classes {
+        if class.samples.len() < MIN_ROWS {
             continue;
         }
-        let raw = class_scores(whitened.view(), rows, probes);
-        let (centre, spread) = robust_centre_and_spread(&raw[..rows.len()]);
-        for (&row, value) in rows.iter().chain(probes).zip(raw) {
+        let raw = class_scores(whitened.view(), class);
+        let (centre, spread) = robust_centre_and_spread(&raw[..class.samples.len()]);
+        for (&row, value) in class.samples.iter().chain(&class.probes).zip(raw) {
             scores[row] = (value - centre) / spread;
         }
     }
@@ -210,26 +268,23 @@ fn world_scores(residuals: Array2<f32>, labels: &[i64], sample_count: usize) -> 
 /// a window has a few thousand samples; its amount is estimated from the window, not set.
 /// Measured on window dumps (3 seeds): Animal-MNIST's SIG poisons beyond every probe 30 -> 91 %,
 /// its corner patch 0 -> 90 %, its blend 0 -> 90 %; MNIST's pixel backdoor 0 -> 99 %.
-fn whitened_within_classes(residuals: Array2<f32>, classes: &[(Vec<usize>, Vec<usize>)]) -> Array2<f32> {
+fn whitened_within_classes(residuals: Array2<f32>, classes: &[ClassRows]) -> Array2<f32> {
     if residuals.ncols() > MAX_WHITENED_WIDTH {
         return residuals;
     }
     // The probes count too, each as much as a sample: fitted on the window samples alone, every
     // sample's extremes would be shrunk a little by its own weight in the covariance and no
     // probe's, and the probes calibrate the score.
-    let members: Vec<usize> =
-        classes.iter().flat_map(|(rows, probes)| rows.iter().chain(probes)).copied().collect();
-    let mut centred = Array2::<f32>::zeros((members.len(), residuals.ncols()));
-    let mut at = 0;
-    for (rows, probes) in classes {
-        let centre =
-            coordinate_median(residuals.select(Axis(0), rows).mapv(f64::from).view()).mapv(|v| v as f32);
-        for &row in rows.iter().chain(probes) {
-            centred.row_mut(at).assign(&(&residuals.row(row) - &centre));
-            at += 1;
-        }
+    let view = residuals.view();
+    let mut blocks = Vec::with_capacity(2 * classes.len());
+    for class in classes {
+        let own: Vec<usize> = class.samples.iter().chain(&class.probes).copied().collect();
+        blocks.push(centred_on_median(view, &class.samples, &own));
+        blocks.extend(class.earlier_centred(view));
     }
-    let covariance = centred.t().dot(&centred) / members.len().max(1) as f32;
+    let views: Vec<ArrayView2<f32>> = blocks.iter().map(|b| b.view()).collect();
+    let centred = ndarray::concatenate(Axis(0), &views).expect("every block as wide as the residuals");
+    let covariance = centred.t().dot(&centred) / centred.nrows().max(1) as f32;
     let ridge = ledoit_wolf_ridge(centred.view(), covariance.view());
     whitened_rows(residuals.view(), covariance.view(), ridge)
 }
@@ -257,44 +312,49 @@ pub(super) fn ledoit_wolf_ridge(rows: ArrayView2<f32>, covariance: ArrayView2<f3
     (rho / (1.0 - rho) * mean_variance).max(floor)
 }
 
-/// The class's rows' (`rows`, then `probes`) |projection| on the top direction of the other
-/// folds' residuals, centred on the class's window samples' median.
-fn class_scores(residuals: ArrayView2<f32>, rows: &[usize], probes: &[usize]) -> Vec<f32> {
-    let centre = coordinate_median(residuals.select(Axis(0), rows).mapv(f64::from).view()).mapv(|v| v as f32);
-    let centred = |indices: &[usize]| residuals.select(Axis(0), indices) - &centre;
-    let samples = centred(rows);
-    let gram = samples.dot(&samples.t());
-    // Each fold's weights over the class's rows: the top eigenvector of the Gram matrix of the
+/// The class's window samples' and then its probes' |projection| on the top direction of the
+/// other folds' residuals (and the earlier window's, in every fold's fit), centred on the
+/// class's window samples' median.
+fn class_scores(residuals: ArrayView2<f32>, class: &ClassRows) -> Vec<f32> {
+    let samples = centred_on_median(residuals, &class.samples, &class.samples);
+    let rows = match class.earlier_centred(residuals) {
+        Some(earlier) => ndarray::concatenate(Axis(0), &[samples.view(), earlier.view()])
+            .expect("every block as wide as the residuals"),
+        None => samples,
+    };
+    let gram = rows.dot(&rows.t());
+    // Each fold's weights over the fitted rows: the top eigenvector of the Gram matrix of the
     // other folds' rows, zero on its own; the direction is those rows so weighted.
-    let weights = fold_eigenvectors(gram.view());
+    let weights = fold_eigenvectors(gram.view(), class.samples.len());
     let directions: Vec<Array1<f32>> = weights
         .columns()
         .into_iter()
         .map(|w| {
-            let direction = samples.t().dot(&w);
+            let direction = rows.t().dot(&w);
             let norm = direction.dot(&direction).sqrt();
             if norm > 1e-12 {
                 direction / norm
             } else {
-                Array1::zeros(samples.ncols())
+                Array1::zeros(rows.ncols())
             }
         })
         .collect();
-    let probe_rows = centred(probes);
-    let sample_scores =
-        samples.rows().into_iter().enumerate().map(|(i, r)| r.dot(&directions[i % FOLDS]).abs());
+    let probe_rows = centred_on_median(residuals, &class.samples, &class.probes);
+    let sample_scores = (rows.rows().into_iter().take(class.samples.len()).enumerate())
+        .map(|(i, r)| r.dot(&directions[i % FOLDS]).abs());
     let probe_scores =
         probe_rows.rows().into_iter().enumerate().map(|(j, r)| r.dot(&directions[j % FOLDS]).abs());
     sample_scores.chain(probe_scores).collect()
 }
 
-/// For each fold (row i belongs to fold i % [`FOLDS`]), the unit eigenvector of the largest
-/// eigenvalue of `gram` restricted to the other folds' rows (as near as [`POWER_STEPS`] get),
-/// as a column that is zero on the fold's own rows: power iteration from a fixed start, all
-/// folds at once (one matrix product a step, not four matrix-vector products).
-fn fold_eigenvectors(gram: ArrayView2<f32>) -> Array2<f32> {
+/// For each fold (window sample i belongs to fold i % [`FOLDS`]; rows from `folded` on, the
+/// earlier window's, to none), the unit eigenvector of the largest eigenvalue of `gram`
+/// restricted to the rows outside the fold (as near as [`POWER_STEPS`] get), as a column that
+/// is zero on the fold's own rows: power iteration from a fixed start, all folds at once (one
+/// matrix product a step, not four matrix-vector products).
+fn fold_eigenvectors(gram: ArrayView2<f32>, folded: usize) -> Array2<f32> {
     let n = gram.nrows();
-    let outside_fold = |i: usize, fold: usize| i % FOLDS != fold;
+    let outside_fold = |i: usize, fold: usize| i >= folded || i % FOLDS != fold;
     let mut vectors = Array2::from_shape_fn((n, FOLDS), |(i, fold)| match outside_fold(i, fold) {
         true => 1.0 + (i % 7) as f32 / 7.0,
         false => 0.0,
@@ -393,16 +453,17 @@ mod tests {
         let rows = uniform(24, 5)
             + &Array2::from_shape_fn((24, 5), |(i, j)| if j == 0 { (i % 5) as f32 } else { 0.0 });
         let gram = rows.dot(&rows.t());
-        let weights = fold_eigenvectors(gram.view());
+        let weights = fold_eigenvectors(gram.view(), 20);
         for fold in 0..FOLDS {
-            let others: Vec<usize> = (0..24).filter(|i| i % FOLDS != fold).collect();
+            // Rows 20-23 stand for an earlier window's: outside every fold.
+            let others: Vec<usize> = (0..24).filter(|&i| i >= 20 || i % FOLDS != fold).collect();
             let sub_gram = gram.select(Axis(0), &others).select(Axis(1), &others).mapv(f64::from);
             let (_, vectors) = symmetric_eigen(sub_gram);
             let expected = vectors.column(0);
             let got: Vec<f64> = others.iter().map(|&i| f64::from(weights[[i, fold]])).collect();
             let alignment: f64 = got.iter().zip(expected).map(|(a, b)| a * b).sum();
             assert!(alignment.abs() > 0.999, "fold {fold}: {alignment}");
-            assert!((0..24).filter(|i| i % FOLDS == fold).all(|i| weights[[i, fold]] == 0.0));
+            assert!((0..20).filter(|i| i % FOLDS == fold).all(|i| weights[[i, fold]] == 0.0));
         }
     }
 
@@ -449,7 +510,7 @@ mod tests {
             base + pattern
         });
         let subspaces = ProbeSubspaces::fit(features.slice(ndarray::s![samples.., ..])).unwrap();
-        (scores(&subspaces, features.view(), &labels, samples), labels)
+        (scores(&subspaces, features.view(), &labels, samples, None), labels)
     }
 
     #[test]
@@ -472,11 +533,75 @@ mod tests {
         assert!(samples < 0.15 && (probes - samples).abs() < 0.08, "samples {samples}, probes {probes}");
     }
 
+    /// The share of (poison, clean) pairs of label 0's window samples in which the poison
+    /// scores higher, for a faint pattern on `poisons` of its 120 window samples in 150
+    /// dimensions (a nearly flat spectrum), with or without an earlier window drawn alike.
+    fn faint_pattern_ranking(poisons: usize, with_earlier: bool, seed: u64) -> f64 {
+        use rand::{Rng, SeedableRng};
+        let (per_label, labels_n, probes, width) = (120, 3, 150, 150);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let pattern: Vec<f32> = (0..width).map(|j| if j >= 4 && j % 3 == 0 { 0.05 } else { 0.0 }).collect();
+        let mut draw = |poisoned: bool, label: usize| -> Vec<f32> {
+            (0..width)
+                .map(|j| {
+                    let noise = rng.random::<f32>() - 0.5;
+                    let spread = if j < 4 { 4.0 + label as f32 } else { 0.3 };
+                    spread * noise + if poisoned { pattern[j] } else { 0.0 }
+                })
+                .collect()
+        };
+        let mut rows = Vec::new();
+        let mut labels = Vec::new();
+        let window =
+            |draw: &mut dyn FnMut(bool, usize) -> Vec<f32>, rows: &mut Vec<f32>, labels: &mut Vec<i64>| {
+                for i in 0..per_label * labels_n {
+                    let label = i % labels_n;
+                    rows.extend(draw(label == 0 && i / labels_n < poisons, label));
+                    labels.push(label as i64);
+                }
+            };
+        window(&mut draw, &mut rows, &mut labels);
+        for i in 0..probes {
+            rows.extend(draw(false, i % labels_n));
+            labels.push((i % labels_n) as i64);
+        }
+        let features = Array2::from_shape_vec((labels.len(), width), rows).unwrap();
+        let (mut earlier_rows, mut earlier_labels) = (Vec::new(), Vec::new());
+        window(&mut draw, &mut earlier_rows, &mut earlier_labels);
+        let earlier_features = Array2::from_shape_vec((earlier_labels.len(), width), earlier_rows).unwrap();
+        let samples = per_label * labels_n;
+        let subspaces = ProbeSubspaces::fit(features.slice(ndarray::s![samples.., ..])).unwrap();
+        let earlier =
+            with_earlier.then(|| EarlierRows { features: earlier_features.view(), labels: &earlier_labels });
+        let scores = scores(&subspaces, features.view(), &labels, samples, earlier);
+        assert_eq!(scores.len(), labels.len(), "the earlier rows get no score");
+        let of_label_0 = |poisoned: bool| -> Vec<f32> {
+            (0..samples)
+                .filter(|&i| i % labels_n == 0 && (i / labels_n < poisons) == poisoned)
+                .map(|i| scores[i])
+                .collect()
+        };
+        let (poison, clean) = (of_label_0(true), of_label_0(false));
+        let above: usize = poison.iter().map(|p| clean.iter().filter(|c| p > *c).count()).sum();
+        above as f64 / (poison.len() * clean.len()) as f64
+    }
+
+    #[test]
+    fn an_earlier_window_ranks_a_faint_shared_pattern_higher() {
+        let seeds = 1..=12;
+        let mean = |with_earlier: bool| {
+            seeds.clone().map(|seed| faint_pattern_ranking(20, with_earlier, seed)).sum::<f64>() / 12.0
+        };
+        let (alone, after) = (mean(false), mean(true));
+        // Measured: 0.64 -> 0.81 (0.62 with the earlier rows centred on this window's median).
+        assert!(after > alone + 0.1, "the poisons' ranking {alone:.3} alone, {after:.3} after a window");
+    }
+
     #[test]
     fn a_label_with_too_few_window_samples_scores_zero() {
         let features = uniform(14, 4);
         let labels: Vec<i64> = (0..14).map(|i| (i % 2) as i64).collect();
         let subspaces = ProbeSubspaces::fit(features.slice(ndarray::s![10.., ..])).unwrap();
-        assert!(scores(&subspaces, features.view(), &labels, 10).iter().all(|s| *s == 0.0));
+        assert!(scores(&subspaces, features.view(), &labels, 10, None).iter().all(|s| *s == 0.0));
     }
 }

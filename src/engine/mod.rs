@@ -467,29 +467,57 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs the next window: numbered by how many this engine has run.
+    /// Runs the next window, numbered by how many this engine has run, with no window before it.
     pub fn process(&mut self, window: &LabelledSamples) -> Result<WindowOutcome> {
         let sequence = self.windows_done;
-        self.process_numbered(window, sequence)
+        self.process_numbered(window, None, sequence)
     }
 
-    /// Runs window number `sequence` of a stream with that window's seed, so that the same
-    /// window gets the same decisions whichever engine of a pool runs it.
-    pub fn process_numbered(&mut self, window: &LabelledSamples, sequence: u64) -> Result<WindowOutcome> {
+    /// Runs the next window after `earlier`, the stream's window before it (see
+    /// [`Self::process_seeded`]).
+    pub fn process_after(
+        &mut self,
+        window: &LabelledSamples,
+        earlier: &LabelledSamples,
+    ) -> Result<WindowOutcome> {
+        let sequence = self.windows_done;
+        self.process_numbered(window, Some(earlier), sequence)
+    }
+
+    /// Runs window number `sequence` of a stream with that window's seed, after `earlier` (the
+    /// stream's window before it, if any), so that the same window gets the same decisions
+    /// whichever engine of a pool runs it.
+    pub fn process_numbered(
+        &mut self,
+        window: &LabelledSamples,
+        earlier: Option<&LabelledSamples>,
+        sequence: u64,
+    ) -> Result<WindowOutcome> {
         let seed = self.config.shadow.seed.wrapping_add(sequence.wrapping_mul(0x9e37_79b9));
         self.windows_done += 1;
-        self.process_seeded(window, seed, |_| {})
+        self.process_seeded(window, earlier, seed, |_| {})
     }
 
     /// Trains a fresh shadow model on `window` + probes, scores every sample against the
-    /// probes' trajectories and decides. `on_epoch` reports training progress.
+    /// probes' trajectories and decides. `earlier`, the stream's window before this one, is
+    /// never judged again: its samples only help fit each class's input signature
+    /// ([`input_signature::EarlierRows`]). `on_epoch` reports training progress.
     pub fn process_seeded(
         &mut self,
         window: &LabelledSamples,
+        earlier: Option<&LabelledSamples>,
         seed: u64,
         mut on_epoch: impl FnMut(usize),
     ) -> Result<WindowOutcome> {
         window.check_shape(self.config.input.features, self.config.input.classes).context("window")?;
+        if let Some(earlier) = earlier {
+            earlier
+                .check_shape(self.config.input.features, self.config.input.classes)
+                .context("the window before this one")?;
+        }
+        // Scaled only where a view asks for it.
+        let earlier =
+            earlier.filter(|_| self.fitted_on_probes.subspaces.is_some()).map(|e| self.scaling.applied(e));
         let calibrates_now = self.needs_calibration() && Self::can_calibrate_on(window);
         if calibrates_now {
             let calibration = self.calibrate(window)?;
@@ -508,8 +536,10 @@ impl Engine {
         let (inputs, losses) = std::thread::scope(|scope| {
             let (scorer, decision) = (&self.config.scorer, &self.config.decision);
             let (fitted, rows, sample_count) = (&self.fitted_on_probes, &joined, window.len());
-            let inputs = scope
-                .spawn(move || input_views(scorer, decision.keep_hard_clean, fitted, rows, sample_count));
+            let earlier = earlier.as_ref();
+            let inputs = scope.spawn(move || {
+                input_views(scorer, decision.keep_hard_clean, fitted, (rows, sample_count), earlier)
+            });
             let losses = averaged_losses(
                 &mut self.model,
                 &self.config.shadow,
@@ -633,8 +663,8 @@ fn input_views(
     scorer: &ScorerConfig,
     keeps_hard_clean: bool,
     fitted: &FittedOnProbes,
-    joined: &LabelledSamples,
-    sample_count: usize,
+    (joined, sample_count): (&LabelledSamples, usize),
+    earlier: Option<&LabelledSamples>,
 ) -> OtherViews {
     let features = joined.features.view();
     // One vote per row, for the view (every row) and the hard-clean rule (the samples).
@@ -660,8 +690,11 @@ fn input_views(
             .as_ref()
             .filter(|_| scorer.label_vote)
             .map(|votes| votes.iter().map(|agreement| 1.0 - agreement).collect()),
-        input_signature: (fitted.subspaces.as_ref())
-            .map(|subspaces| input_signature::scores(subspaces, features, &joined.labels, sample_count)),
+        input_signature: (fitted.subspaces.as_ref()).map(|subspaces| {
+            let earlier = earlier
+                .map(|e| input_signature::EarlierRows { features: e.features.view(), labels: &e.labels });
+            input_signature::scores(subspaces, features, &joined.labels, sample_count, earlier)
+        }),
         input_distance: (fitted.spread.as_ref())
             .map(|spread| input_distance::distances(spread, features, sample_count)),
         repeated_values,

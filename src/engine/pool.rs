@@ -62,7 +62,9 @@ pub fn available_cores() -> usize {
 }
 
 struct Job {
-    samples: LabelledSamples,
+    samples: Arc<LabelledSamples>,
+    /// The stream's window before this one, for the input signature's fit.
+    earlier: Option<Arc<LabelledSamples>>,
     sequence: u64,
     decision: DecisionConfig,
     learning_rate: RateSource,
@@ -181,13 +183,22 @@ impl EnginePool {
         self.workers
     }
 
-    /// Queues window number `sequence` under `decision`; the first free worker takes it.
-    pub fn submit(&self, samples: LabelledSamples, sequence: u64, decision: DecisionConfig) -> Pending {
+    /// Queues window number `sequence`, which followed `earlier` in the stream, under
+    /// `decision`; the first free worker takes it. The submitter hands over the window before
+    /// (not the pool, which may take windows out of order), so a window's decisions do not depend
+    /// on which worker ran the one before it.
+    pub fn submit(
+        &self,
+        samples: Arc<LabelledSamples>,
+        earlier: Option<Arc<LabelledSamples>>,
+        sequence: u64,
+        decision: DecisionConfig,
+    ) -> Pending {
         let (reply, answer) = oneshot::channel();
         let learning_rate = self.rate.source_for(self.calibrates, &samples);
         // A send fails only once every worker thread has ended; the dropped reply then tells
         // the submitter.
-        let _ = self.jobs.send(Job { samples, sequence, decision, learning_rate, reply });
+        let _ = self.jobs.send(Job { samples, earlier, sequence, decision, learning_rate, reply });
         answer
     }
 }
@@ -211,7 +222,7 @@ fn serve(mut engine: Engine, queue: &Mutex<mpsc::Receiver<Job>>, rate: &SharedRa
         };
         let result = take_learning_rate(&mut engine, job.learning_rate, &job.samples, rate)
             .and_then(|_| engine.set_decision(job.decision))
-            .and_then(|_| engine.process_numbered(&job.samples, job.sequence));
+            .and_then(|_| engine.process_numbered(&job.samples, job.earlier.as_deref(), job.sequence));
         let _ = job.reply.send(result);
     }
 }

@@ -144,7 +144,9 @@ pub fn run_engine_cut(
         }
         let end = (start + size).min(stream.len());
         let window_seed = seed.wrapping_mul(1_000_003).wrapping_add(index as u64);
-        let outcome = engine.process_seeded(&stream.slice(start, end), window_seed, |_| on_epoch())?;
+        let earlier = windows.last().map(|w: &WindowRecord| stream.slice(w.start, start));
+        let window = stream.slice(start, end);
+        let outcome = engine.process_seeded(&window, earlier.as_ref(), window_seed, |_| on_epoch())?;
         windows.push(WindowRecord { start, outcome });
         (start, size) = (end, cut.max(1));
     }
