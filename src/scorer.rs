@@ -63,6 +63,11 @@ pub struct ScorerConfig {
     /// subspace, for clean-label triggers added to a class (SIG, blends) that no view of the
     /// shadow sees.
     pub input_signature: bool,
+    /// The input signature also fits each class's direction on the samples of the window before
+    /// this one in the stream, never scoring them: a faint clean-label trigger on part of a
+    /// class needs more rows than one window has (session 34). Costs the signature's work twice
+    /// over (a default window 1.6 -> 2.2 s on the 2-core machine); off, each window alone.
+    pub window_before: bool,
     /// A sixth, from the inputs alone (`engine::input_distance`): the squared Mahalanobis
     /// distance from the probes' mean under their (shrunk) covariance, for trigger values that
     /// are each possible but break how the features vary together. Off by itself when each
@@ -90,6 +95,7 @@ impl Default for ScorerConfig {
             neighbour_labels: true,
             label_vote: true,
             input_signature: true,
+            window_before: true,
             input_distance: true,
             repeated_values: true,
         }

@@ -19,7 +19,9 @@
 //! rows) is whitened and scored on its own (a window sample takes its parity's world's score);
 //! the whitening counts each sample and each probe of the world once; a class's direction is
 //! fitted on three quarters of its window samples and scores the fourth (and every fourth probe
-//! of the label). The scores are
+//! of the label). The window before this one in the stream, when there is one ([`EarlierRows`]),
+//! is stripped, whitened and fitted in every fold beside them and never scored: neither a probe
+//! nor a scored sample is ever in its own direction's fit. The scores are
 //! standardised per label on the class's window samples (median and MAD), hundreds where the
 //! probes of a label are tens: the same transform for the class's probes and samples, without
 //! the noise of a spread measured on 25 probes. Measured on window dumps (3 seeds, Python
@@ -215,7 +217,7 @@ impl ClassRows {
     /// them). Two windows' medians differ by their noise: centred on this window's, every
     /// earlier row would share that offset, a direction of their own that the class's direction
     /// locked onto (a synthetic faint pattern in a flat spectrum, 12 seeds: the poisons'
-    /// ranking 0.64 -> 0.62 on the window's median, 0.64 -> 0.80 on their own).
+    /// ranking 0.64 -> 0.62 on the window's median, 0.64 -> 0.81 on their own).
     fn earlier_centred(&self, residuals: ArrayView2<f32>) -> Option<Array2<f32>> {
         (!self.earlier.is_empty()).then(|| centred_on_median(residuals, &self.earlier, &self.earlier))
     }

@@ -515,9 +515,10 @@ impl Engine {
                 .check_shape(self.config.input.features, self.config.input.classes)
                 .context("the window before this one")?;
         }
-        // Scaled only where a view asks for it.
-        let earlier =
-            earlier.filter(|_| self.fitted_on_probes.subspaces.is_some()).map(|e| self.scaling.applied(e));
+        // Scaled only where the input signature asks for it.
+        let earlier = earlier
+            .filter(|_| self.config.scorer.window_before && self.fitted_on_probes.subspaces.is_some())
+            .map(|e| self.scaling.applied(e));
         let calibrates_now = self.needs_calibration() && Self::can_calibrate_on(window);
         if calibrates_now {
             let calibration = self.calibrate(window)?;
