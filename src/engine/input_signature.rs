@@ -324,10 +324,9 @@ fn class_scores(residuals: ArrayView2<f32>, class: &ClassRows) -> Vec<f32> {
             .expect("every block as wide as the residuals"),
         None => samples,
     };
-    let gram = rows.dot(&rows.t());
     // Each fold's weights over the fitted rows: the top eigenvector of the Gram matrix of the
     // other folds' rows, zero on its own; the direction is those rows so weighted.
-    let weights = fold_eigenvectors(gram.view(), class.samples.len());
+    let weights = fold_eigenvectors(rows.view(), class.samples.len());
     let directions: Vec<Array1<f32>> = weights
         .columns()
         .into_iter()
@@ -350,19 +349,21 @@ fn class_scores(residuals: ArrayView2<f32>, class: &ClassRows) -> Vec<f32> {
 }
 
 /// For each fold (window sample i belongs to fold i % [`FOLDS`]; rows from `folded` on, the
-/// earlier window's, to none), the unit eigenvector of the largest eigenvalue of `gram`
-/// restricted to the rows outside the fold (as near as [`POWER_STEPS`] get), as a column that
-/// is zero on the fold's own rows: power iteration from a fixed start, all folds at once (one
-/// matrix product a step, not four matrix-vector products).
-fn fold_eigenvectors(gram: ArrayView2<f32>, folded: usize) -> Array2<f32> {
-    let n = gram.nrows();
+/// earlier window's, to none), the unit eigenvector of the largest eigenvalue of the Gram
+/// matrix of `rows` restricted to the rows outside the fold (as near as [`POWER_STEPS`] get),
+/// as a column that is zero on the fold's own rows: power iteration from a fixed start, all
+/// folds at once. Each step multiplies by the rows and back (`rows (rows^T w)`, 4 n d a column)
+/// rather than by the Gram matrix, which would cost n^2 d to form: with the window before, a
+/// class has twice the rows, and the Gram matrix four times the cost.
+fn fold_eigenvectors(rows: ArrayView2<f32>, folded: usize) -> Array2<f32> {
+    let n = rows.nrows();
     let outside_fold = |i: usize, fold: usize| i >= folded || i % FOLDS != fold;
     let mut vectors = Array2::from_shape_fn((n, FOLDS), |(i, fold)| match outside_fold(i, fold) {
         true => 1.0 + (i % 7) as f32 / 7.0,
         false => 0.0,
     });
     for _ in 0..POWER_STEPS {
-        let mut next = gram.dot(&vectors);
+        let mut next = rows.dot(&rows.t().dot(&vectors));
         for (fold, mut column) in next.columns_mut().into_iter().enumerate() {
             column.indexed_iter_mut().filter(|(i, _)| !outside_fold(*i, fold)).for_each(|(_, v)| *v = 0.0);
             let norm = column.dot(&column).sqrt();
@@ -455,7 +456,7 @@ mod tests {
         let rows = uniform(24, 5)
             + &Array2::from_shape_fn((24, 5), |(i, j)| if j == 0 { (i % 5) as f32 } else { 0.0 });
         let gram = rows.dot(&rows.t());
-        let weights = fold_eigenvectors(gram.view(), 20);
+        let weights = fold_eigenvectors(rows.view(), 20);
         for fold in 0..FOLDS {
             // Rows 20-23 stand for an earlier window's: outside every fold.
             let others: Vec<usize> = (0..24).filter(|&i| i >= 20 || i % FOLDS != fold).collect();
