@@ -223,10 +223,14 @@ impl ClassRows {
     }
 }
 
+/// The coordinate-wise median of the rows `of` of `residuals`.
+fn median_of(residuals: ArrayView2<f32>, of: &[usize]) -> Array1<f32> {
+    coordinate_median(residuals.select(Axis(0), of).mapv(f64::from).view()).mapv(|v| v as f32)
+}
+
 /// `rows` of `residuals` less the coordinate-wise median of the rows `centre_of`.
 fn centred_on_median(residuals: ArrayView2<f32>, centre_of: &[usize], rows: &[usize]) -> Array2<f32> {
-    let centre = coordinate_median(residuals.select(Axis(0), centre_of).mapv(f64::from).view());
-    residuals.select(Axis(0), rows) - &centre.mapv(|v| v as f32)
+    residuals.select(Axis(0), rows) - &median_of(residuals, centre_of)
 }
 
 /// One world's scores: its rows (window samples, probes, earlier samples) already stripped.
@@ -318,7 +322,10 @@ pub(super) fn ledoit_wolf_ridge(rows: ArrayView2<f32>, covariance: ArrayView2<f3
 /// other folds' residuals (and the earlier window's, in every fold's fit), centred on the
 /// class's window samples' median.
 fn class_scores(residuals: ArrayView2<f32>, class: &ClassRows) -> Vec<f32> {
-    let samples = centred_on_median(residuals, &class.samples, &class.samples);
+    // One centre for the samples and the probes alike.
+    let centre = median_of(residuals, &class.samples);
+    let centred = |indices: &[usize]| residuals.select(Axis(0), indices) - &centre;
+    let samples = centred(&class.samples);
     let rows = match class.earlier_centred(residuals) {
         Some(earlier) => ndarray::concatenate(Axis(0), &[samples.view(), earlier.view()])
             .expect("every block as wide as the residuals"),
@@ -340,7 +347,7 @@ fn class_scores(residuals: ArrayView2<f32>, class: &ClassRows) -> Vec<f32> {
             }
         })
         .collect();
-    let probe_rows = centred_on_median(residuals, &class.samples, &class.probes);
+    let probe_rows = centred(&class.probes);
     let sample_scores = (rows.rows().into_iter().take(class.samples.len()).enumerate())
         .map(|(i, r)| r.dot(&directions[i % FOLDS]).abs());
     let probe_scores =
